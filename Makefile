@@ -1,0 +1,29 @@
+# The two commands of the README: `make run` (the main job) and `make test`.
+# Both set everything up on a fresh machine first.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup run test bench clean
+
+$(BIN)/feedalign: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# The CPU build of torch that lies on this machine's disk; never the CUDA download.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(BIN)/feedalign
+
+run: setup
+	$(BIN)/feedalign compare
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/feedalign bench
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,5 @@
+import sys
+
+from feedalign.cli import main
+
+sys.exit(main())

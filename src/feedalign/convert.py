@@ -1,0 +1,67 @@
+"""``convert(model, rule)``: the one entry point that turns a model into a learner with ``rule``."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .rules.base import RULE_ATTRIBUTE, get_rule, linear_layers
+
+
+def convert(model: nn.Module, rule: str, *, seed: int = 0, feedback_init: str = "uniform",
+            feedback_scale: float | None = None, inplace: bool = False) -> nn.Module:
+    """Return ``model`` rewired to learn with ``rule`` (see :func:`feedalign.rules`).
+
+    The forward pass is unchanged, and so is the training loop:
+    ``loss = criterion(model(x), y); loss.backward(); optimizer.step()``.
+
+    Args:
+        model: any module whose trainable layers are ``nn.Linear`` (nested containers
+            included), with element-wise functions between them. Forward order is taken
+            to be registration order.
+        rule: ``"bp"``, ``"fa"``, ``"dfa"``, ``"ifa"``, ...
+        seed: seeds the fixed random feedback matrices; the same seed gives the same B.
+        feedback_init: ``"uniform"`` (U[-s, s]) or ``"gaussian"`` (N(0, s^2)).
+        feedback_scale: s; ``None`` takes the rule's documented default.
+        inplace: rewire ``model`` itself instead of a deep copy (parameters are then
+            shared, so an optimizer built on ``model`` keeps working).
+    """
+    learning_rule = get_rule(rule)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"convert expects an nn.Module, got {type(model).__name__}")
+    if hasattr(model, RULE_ATTRIBUTE):
+        raise ValueError(f"model was already converted with rule {getattr(model, RULE_ATTRIBUTE)!r}")
+    if feedback_init not in ("uniform", "gaussian"):
+        raise ValueError(f"unknown feedback_init {feedback_init!r}; expected 'uniform' or 'gaussian'")
+    if feedback_scale is not None and not (float(feedback_scale) >= 0):
+        raise ValueError(f"feedback_scale must be a non-negative number or None, got {feedback_scale!r}")
+    if not linear_layers(model):
+        raise ValueError(f"model has no nn.Linear layer to convert ({type(model).__name__})")
+    if not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    model = learning_rule.convert(model, generator=generator, feedback_init=feedback_init,
+                                  feedback_scale=feedback_scale)
+    setattr(model, RULE_ATTRIBUTE, rule)
+    return model
+
+
+def rule_of(model: nn.Module) -> str:
+    """The rule ``model`` was converted with; a plain model learns with ``"bp"``."""
+    return getattr(model, RULE_ATTRIBUTE, "bp")
+
+
+def feedback_matrices(model: nn.Module) -> list[torch.Tensor]:
+    """The fixed feedback buffers of a converted model, in forward order.
+
+    - ``fa``: one per linear layer, with the shape of its weight (out, in); the
+      layer's input gradient is ``grad_output @ B``.
+    - ``dfa``: one per hidden layer k, (out_features, width_k); the hidden output
+      ``h_k`` receives ``e @ B_k`` with ``e = dL/dy``.
+    - ``ifa``: ``[B_1]``, (out_features, width_1).
+    - ``bp``: ``[]``.
+    """
+    return get_rule(rule_of(model)).feedback_matrices(model)

@@ -1,0 +1,9 @@
+"""Learning rules, one module each, registered by name.
+
+Adding a rule: a new module here with a :class:`LearningRule` subclass decorated
+with :func:`register`, an import below, and its reference-gradient tests.
+"""
+from .base import LearningRule, get_rule, linear_layers, register, rules
+from . import bp, dfa, fa, ifa  # noqa: F401  (registration)
+
+__all__ = ["LearningRule", "get_rule", "linear_layers", "register", "rules"]

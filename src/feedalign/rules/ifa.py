@@ -1,0 +1,75 @@
+"""Indirect Feedback Alignment (Nøkland 2016, NeurIPS, Fig. 1d).
+
+The output error reaches the first hidden layer through one fixed random matrix
+B_1 of shape (out_features, width_1): ``delta a_1 = (e B_1) * f'(a_1)``. Each higher
+hidden layer gets its signal by sending the one below forward through the forward
+weights: ``delta a_k = (delta a_{k-1} W_k^T) * f'(a_k)`` (row vectors, ``W_k`` of shape
+(width_k, width_{k-1})). The output layer's gradients are the ordinary ones.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._cut import HiddenCut, find_cut
+from .base import LearningRule, linear_layers, register, sample_feedback
+
+
+class _IndirectFeedback(torch.autograd.Function):
+    """Identity on ``y``; backward sends ``e`` to ``y`` and the IFA signal ``g_k`` to each hidden ``h_k``.
+
+    ``g_1 = e B_1`` and ``g_k = delta a_{k-1} W_k^T``. The factor ``f'(a_k)`` is applied by
+    autograd on the way from ``h_k`` to ``a_k`` (once inside this backward, to get the
+    ``delta a_{k-1}`` the next layer needs, and once by the engine afterwards).
+    """
+
+    @staticmethod
+    def forward(ctx, output, feedback, n_hidden, *tensors):
+        hidden, preactivations, weights = tensors[:n_hidden], tensors[n_hidden:2 * n_hidden], tensors[2 * n_hidden:]
+        ctx.save_for_backward(feedback, *weights)
+        ctx.graph = (hidden, preactivations)  # kept with their autograd history for f'(a_k)
+        ctx.n_tensors = len(tensors)
+        return output.view_as(output)
+
+    @staticmethod
+    def backward(ctx, error):
+        feedback, *weights = ctx.saved_tensors
+        hidden, preactivations = ctx.graph
+        signal = error.reshape(-1, error.shape[-1]).mm(feedback).reshape(hidden[0].shape)
+        signals = [signal]
+        for k, weight in enumerate(weights):  # weight of linear k+2, mapping h_{k+1} to a_{k+2}
+            (delta,) = torch.autograd.grad(hidden[k], preactivations[k], signal, retain_graph=True)
+            signal = F.linear(delta, weight)
+            signals.append(signal)
+        ctx.graph = None
+        padding = [None] * (ctx.n_tensors - len(signals))
+        return (error, None, None, *signals, *padding)
+
+
+def _attach(root, output, hidden, preactivations):
+    cut = find_cut(root)
+    weights = [layer.weight for layer in cut.linears[1:-1]]
+    return _IndirectFeedback.apply(output, root.feedback, len(hidden), *hidden, *preactivations, *weights)
+
+
+@register
+class IndirectFeedbackAlignment(LearningRule):
+    """``ifa``. Default feedback: B_1 ~ U[-1/sqrt(width_1), 1/sqrt(width_1)], as for DFA."""
+
+    name = "ifa"
+
+    def convert(self, model, *, generator, feedback_init, feedback_scale):
+        linears = linear_layers(model)
+        cut = HiddenCut(model, linears, _attach, record_preactivations=True)
+        width = cut.widths[0]
+        model.register_buffer("feedback", sample_feedback(
+            (linears[-1].out_features, width), fan=width, init=feedback_init, scale=feedback_scale,
+            generator=generator, like=linears[-1].weight))
+        model._feedalign_cut = cut
+        return model
+
+    def feedback_matrices(self, model: nn.Module) -> list[torch.Tensor]:
+        """``[B_1]``, of shape (out_features, width_1): the first hidden layer's signal is ``e @ B_1``."""
+        find_cut(model)
+        return [model.feedback]
