@@ -6,8 +6,8 @@
 """
 from .convert import convert, feedback_matrices, rule_of
 from .models import mlp, parse_sizes
-from .rules import get_rule, register, rules
+from .rules import exact_gradients, get_rule, register, rules
 
 __version__ = "0.1.0"
 
-__all__ = ["convert", "feedback_matrices", "get_rule", "mlp", "parse_sizes", "register", "rule_of", "rules"]
+__all__ = ["convert", "exact_gradients", "feedback_matrices", "get_rule", "mlp", "parse_sizes", "register", "rule_of", "rules"]

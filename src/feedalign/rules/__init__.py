@@ -3,7 +3,7 @@
 Adding a rule: a new module here with a :class:`LearningRule` subclass decorated
 with :func:`register`, an import below, and its reference-gradient tests.
 """
-from .base import LearningRule, get_rule, linear_layers, register, rules
+from .base import LearningRule, exact_gradients, get_rule, linear_layers, register, rules
 from . import bp, dfa, fa, ifa  # noqa: F401  (registration)
 
-__all__ = ["LearningRule", "get_rule", "linear_layers", "register", "rules"]
+__all__ = ["LearningRule", "exact_gradients", "get_rule", "linear_layers", "register", "rules"]

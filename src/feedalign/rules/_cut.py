@@ -26,6 +26,8 @@ class HiddenCut:
     only when ``record_preactivations``).
     """
 
+    exact_gradient = False  # set by feedalign.exact_gradients(): no cut, plain backprop
+
     def __init__(self, root: nn.Module, linears: list[nn.Linear], attach, record_preactivations: bool = False):
         if len(linears) < 2:
             raise ValueError(
@@ -49,6 +51,9 @@ class HiddenCut:
         return [layer.in_features for layer in self.linears[1:]]
 
     def _start(self, root, args):
+        if self.exact_gradient:
+            self._hidden = self._preactivations = None
+            return
         n = len(self.linears) - 1
         self._hidden = [None] * n
         self._preactivations = [None] * n if self.record_preactivations else None

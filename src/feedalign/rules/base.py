@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
 from typing import ClassVar
 
@@ -36,6 +37,11 @@ def get_rule(name: str) -> "LearningRule":
 
 class LearningRule(abc.ABC):
     """A learning rule: rewires a model's backward pass, never its forward pass.
+
+    Every object a rule installs that changes the backward pass (a layer, a hook
+    holder) has a boolean attribute ``exact_gradient``; while it is True the object
+    must give the plain backprop gradient. :func:`exact_gradients` flips them, so
+    diagnostics can compare a rule's update with the true gradient on the same weights.
 
     Subclasses set ``name`` and implement :meth:`convert` (in place, on a model that
     :func:`feedalign.convert` has already copied) and :meth:`feedback_matrices`.
@@ -78,3 +84,24 @@ def sample_feedback(shape: tuple[int, ...], *, fan: int, init: str, scale: float
     else:
         raise ValueError(f"unknown feedback_init {init!r}; expected 'uniform' or 'gaussian'")
     return values.to(device=like.device, dtype=like.dtype)
+
+
+@contextlib.contextmanager
+def exact_gradients(model: nn.Module):
+    """Within this block ``model`` computes true backprop gradients, whatever its rule.
+
+    The forward pass, parameters and buffers are untouched; only the backward
+    pass of the rule's layers and hooks reverts to backprop. Used by diagnostics.
+    """
+    switches = [m for m in model.modules() if hasattr(m, "exact_gradient")]
+    cut = getattr(model, "_feedalign_cut", None)
+    if cut is not None:
+        switches.append(cut)
+    previous = [s.exact_gradient for s in switches]
+    for s in switches:
+        s.exact_gradient = True
+    try:
+        yield model
+    finally:
+        for s, value in zip(switches, previous):
+            s.exact_gradient = value

@@ -42,6 +42,7 @@ class FALinear(nn.Linear):
     """``nn.Linear`` whose backward uses the fixed buffer ``feedback`` (shape of ``weight``)."""
 
     feedback: torch.Tensor
+    exact_gradient = False  # set by feedalign.exact_gradients(): backward through W, for diagnostics
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
@@ -59,7 +60,7 @@ class FALinear(nn.Linear):
         return layer
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled():
+        if self.exact_gradient or not torch.is_grad_enabled():
             return F.linear(input, self.weight, self.bias)
         return _FALinearFunction.apply(input, self.weight, self.bias, self.feedback)
 
@@ -80,10 +81,13 @@ class FeedbackAlignment(LearningRule):
     def convert(self, model, *, generator, feedback_init, feedback_scale):
         if isinstance(model, nn.Linear):
             return self._swap(model, generator, feedback_init, feedback_scale)
+        swapped = {}  # a layer used in two places stays one layer
         for parent in list(model.modules()):
             for child_name, child in list(parent.named_children()):
                 if isinstance(child, nn.Linear):
-                    setattr(parent, child_name, self._swap(child, generator, feedback_init, feedback_scale))
+                    if id(child) not in swapped:
+                        swapped[id(child)] = self._swap(child, generator, feedback_init, feedback_scale)
+                    setattr(parent, child_name, swapped[id(child)])
         return model
 
     @staticmethod

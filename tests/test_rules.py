@@ -1,0 +1,266 @@
+"""Every rule's weight and bias gradients against a hand-written float64 reference."""
+from __future__ import annotations
+
+import copy
+import io
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import feedalign
+from feedalign.rules import linear_layers
+
+from reference import reference_gradients
+
+RULES = ["bp", "fa", "dfa", "ifa"]
+
+
+def run_torch(model, x, target, loss):
+    output = model(x)
+    value = F.mse_loss(output, target) if loss == "mse" else F.cross_entropy(output, target)
+    value.backward()
+
+
+def check_against_reference(model, rule, x, target, activation, loss, bias=True):
+    layers = linear_layers(model)
+    weights = [layer.weight.detach().numpy() for layer in layers]
+    biases = [layer.bias.detach().numpy() if bias else None for layer in layers]
+    feedback = [b.detach().numpy() for b in feedalign.feedback_matrices(model)]
+    grad_w, grad_b = reference_gradients(rule, weights, biases, feedback, x.numpy(), target.numpy(), activation, loss)
+    run_torch(model, x, target, loss)
+    for l, layer in enumerate(layers):
+        np.testing.assert_allclose(layer.weight.grad.numpy(), grad_w[l], rtol=1e-6, atol=1e-10, err_msg=f"{rule} W{l + 1}")
+        if bias:
+            np.testing.assert_allclose(layer.bias.grad.numpy(), grad_b[l], rtol=1e-6, atol=1e-10, err_msg=f"{rule} b{l + 1}")
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("batch", [1, 7])
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_gradients_match_reference(rule, activation, bias, batch, loss):
+    torch.manual_seed(batch + 10 * bias)
+    net = feedalign.mlp("5-7-6-4-3", activation=activation, bias=bias).double()
+    model = feedalign.convert(net, rule, seed=3, feedback_scale=0.8 if rule != "bp" else None)
+    x = torch.randn(batch, 5, dtype=torch.float64)
+    target = torch.randn(batch, 3, dtype=torch.float64) if loss == "mse" else torch.randint(0, 3, (batch,))
+    check_against_reference(model, rule, x, target, activation, loss, bias)
+
+
+class Nested(nn.Module):
+    """Nested containers and functional activations, as users write them."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Sequential(nn.Linear(6, 4)))
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.encoder(x)))
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_nested_model_with_functional_activation(rule):
+    torch.manual_seed(0)
+    model = feedalign.convert(Nested().double(), rule, seed=1)
+    x, target = torch.randn(4, 5, dtype=torch.float64), torch.randint(0, 3, (4,))
+    check_against_reference(model, rule, x, target, "tanh", "cross_entropy")
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_identity_activation(rule):
+    torch.manual_seed(0)
+    model = feedalign.convert(feedalign.mlp("4-5-5-2", activation="linear").double(), rule)
+    x, target = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)
+    check_against_reference(model, rule, x, target, "linear", "mse")
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_conversion_keeps_forward_and_original(rule):
+    net = feedalign.mlp("5-6-4-3")
+    before = copy.deepcopy(net.state_dict())
+    model = feedalign.convert(net, rule)
+    x = torch.randn(2, 5)
+    torch.testing.assert_close(model(x), net(x))
+    model(x).sum().backward()
+    assert all(p.grad is None for p in net.parameters()), "convert must copy unless inplace=True"
+    for key, value in before.items():
+        torch.testing.assert_close(net.state_dict()[key], value)
+    assert feedalign.rule_of(model) == rule
+
+
+@pytest.mark.parametrize("rule", ["fa", "dfa", "ifa"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_optimizer_never_touches_feedback(rule, optimizer):
+    model = feedalign.convert(feedalign.mlp("5-6-4-3"), rule)
+    before = [b.clone() for b in feedalign.feedback_matrices(model)]
+    assert all(not b.requires_grad for b in before)
+    names = {name for name, _ in model.named_parameters()}
+    assert not any("feedback" in name for name in names)
+    opt = (torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=0.1) if optimizer == "sgd"
+           else torch.optim.Adam(model.parameters(), lr=0.1, weight_decay=0.1))
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(model(torch.randn(8, 5)), torch.randint(0, 3, (8,))).backward()
+        opt.step()
+    for old, new in zip(before, feedalign.feedback_matrices(model)):
+        torch.testing.assert_close(old, new, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("rule", ["fa", "dfa", "ifa"])
+def test_feedback_state_dict_round_trip_and_seed(rule):
+    net = feedalign.mlp("5-6-4-3")
+    a = feedalign.convert(net, rule, seed=1)
+    b = feedalign.convert(net, rule, seed=2)
+    same = feedalign.convert(net, rule, seed=1)
+    for x, y in zip(feedalign.feedback_matrices(a), feedalign.feedback_matrices(same)):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    assert not all(torch.equal(x, y) for x, y in zip(feedalign.feedback_matrices(a), feedalign.feedback_matrices(b)))
+    assert any("feedback" in key for key in a.state_dict())
+    buffer = io.BytesIO()
+    torch.save(a.state_dict(), buffer)
+    buffer.seek(0)
+    b.load_state_dict(torch.load(buffer))
+    for x, y in zip(feedalign.feedback_matrices(a), feedalign.feedback_matrices(b)):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("rule", ["fa", "dfa", "ifa"])
+def test_feedback_follows_dtype_and_device_moves(rule):
+    model = feedalign.convert(feedalign.mlp("5-6-4-3"), rule).double()
+    assert all(b.dtype == torch.float64 for b in feedalign.feedback_matrices(model))
+    model = model.to("cpu", torch.float32)
+    assert all(b.dtype == torch.float32 for b in feedalign.feedback_matrices(model))
+
+
+def test_feedback_shapes_and_default_scales():
+    net = feedalign.mlp("20-50-30-10")
+    fa = feedalign.feedback_matrices(feedalign.convert(net, "fa"))
+    assert [tuple(b.shape) for b in fa] == [(50, 20), (30, 50), (10, 30)]
+    assert all(b.abs().max() <= 1 / layer.in_features ** 0.5 for b, layer in zip(fa, linear_layers(net)))
+    dfa = feedalign.feedback_matrices(feedalign.convert(net, "dfa"))
+    assert [tuple(b.shape) for b in dfa] == [(10, 50), (10, 30)]
+    assert dfa[0].abs().max() <= 1 / 50 ** 0.5 and dfa[1].abs().max() <= 1 / 30 ** 0.5
+    ifa = feedalign.feedback_matrices(feedalign.convert(net, "ifa"))
+    assert [tuple(b.shape) for b in ifa] == [(10, 50)]
+    gaussian = feedalign.feedback_matrices(feedalign.convert(net, "dfa", feedback_init="gaussian", feedback_scale=2.0))
+    assert 1.5 < torch.cat([b.flatten() for b in gaussian]).std() < 2.5
+    assert feedalign.feedback_matrices(feedalign.convert(net, "bp")) == []
+
+
+class MatmulCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the matrix products autograd runs."""
+
+    MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in self.MATMULS:
+            self.shapes.append(tuple(out.shape))
+        return out
+
+
+@pytest.mark.parametrize("rule, expected", [("bp", 2 * 4 - 1), ("fa", 2 * 4 - 1), ("dfa", 4 + 1)])
+def test_backward_matmul_count(rule, expected):
+    """DFA computes no input gradient for hidden layers: one weight-gradient matmul per
+    layer plus the single fused feedback matmul; BP and FA need 2L - 1."""
+    model = feedalign.convert(feedalign.mlp("5-6-6-4-3"), rule)
+    loss = F.cross_entropy(model(torch.randn(8, 5)), torch.randint(0, 3, (8,)))
+    with MatmulCounter() as counter:
+        loss.backward()
+    assert len(counter.shapes) == expected, counter.shapes
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+def test_dfa_hidden_layers_get_no_input_gradient():
+    model = feedalign.convert(feedalign.mlp("5-6-6-4-3"), "dfa")
+    seen = {}
+    for k, layer in enumerate(linear_layers(model)):
+        layer.register_full_backward_hook(lambda module, grad_in, grad_out, k=k: seen.__setitem__(k, grad_in[0]))
+    F.cross_entropy(model(torch.randn(8, 5)), torch.randint(0, 3, (8,))).backward()
+    assert set(seen) == {0, 1, 2, 3}
+    assert all(grad is None for grad in seen.values())
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_deepcopy_of_converted_model_learns_the_same(rule):
+    model = feedalign.convert(feedalign.mlp("5-6-4-3").double(), rule)
+    twin = copy.deepcopy(model)
+    x, y = torch.randn(4, 5, dtype=torch.float64), torch.randint(0, 3, (4,))
+    F.cross_entropy(model(x), y).backward()
+    F.cross_entropy(twin(x), y).backward()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_eval_without_grad_and_repeated_forward(rule):
+    model = feedalign.convert(feedalign.mlp("5-6-4-3"), rule)
+    with torch.inference_mode():
+        model(torch.randn(3, 5))
+    # two forward passes, one backward of the summed loss: each pass keeps its own signals
+    x1, x2 = torch.randn(3, 5), torch.randn(2, 5)
+    (model(x1).sum() + model(x2).square().sum()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_errors_are_clear():
+    with pytest.raises(ValueError, match="unknown rule 'nope'; known rules: .*bp.*dfa.*fa.*ifa"):
+        feedalign.convert(feedalign.mlp("3-2"), "nope")
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        feedalign.convert(nn.Sequential(nn.Tanh()), "fa")
+    for rule in ("dfa", "ifa"):
+        with pytest.raises(ValueError, match="hidden layer"):
+            feedalign.convert(feedalign.mlp("3-2"), rule)
+    with pytest.raises(ValueError, match="feedback_init"):
+        feedalign.convert(feedalign.mlp("3-4-2"), "fa", feedback_init="normal")
+    with pytest.raises(ValueError, match="already converted"):
+        feedalign.convert(feedalign.convert(feedalign.mlp("3-4-2"), "fa"), "dfa")
+    with pytest.raises(ValueError, match="nn.Module"):
+        feedalign.convert("not a model", "fa")
+
+
+@pytest.mark.parametrize("spec", ["", "784", "784-", "a-10", "784--10", "784-0-10", "784-10x0-10", "784 10"])
+def test_mlp_rejects_malformed_sizes(spec):
+    with pytest.raises(ValueError, match="malformed architecture") as info:
+        feedalign.mlp(spec)
+    assert repr(spec) in str(info.value)
+
+
+def test_mlp_builds_layers():
+    net = feedalign.mlp("784-240x3-10", activation="relu", bias=False)
+    linears = linear_layers(net)
+    assert [(l.in_features, l.out_features) for l in linears] == [(784, 240), (240, 240), (240, 240), (240, 10)]
+    assert all(l.bias is None for l in linears)
+    assert sum(isinstance(m, nn.ReLU) for m in net) == 3
+    assert isinstance(feedalign.mlp("3-4-2", activation="linear")[1], nn.Identity)
+    with pytest.raises(ValueError, match="unknown activation"):
+        feedalign.mlp("3-4-2", activation="swish2")
+
+
+def test_rules_registry_lists_core_rules():
+    assert {"bp", "fa", "dfa", "ifa"} <= set(feedalign.rules())
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_exact_gradients_gives_backprop(rule):
+    net = feedalign.mlp("5-6-4-3").double()
+    model = feedalign.convert(net, rule)
+    x, y = torch.randn(4, 5, dtype=torch.float64), torch.randint(0, 3, (4,))
+    F.cross_entropy(net(x), y).backward()
+    with feedalign.exact_gradients(model):
+        F.cross_entropy(model(x), y).backward()
+    for p, q in zip(net.parameters(), model.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()  # the rule is back after the block
+    if rule != "bp":
+        assert not all(torch.allclose(p.grad, q.grad) for p, q in zip(net.parameters(), model.parameters()))
