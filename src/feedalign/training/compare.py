@@ -1,0 +1,156 @@
+"""``compare(config, rules, seeds)``: one config trained with several rules and seeds, side by side.
+
+Output directory (``config.out_dir/config.name``, default ``runs/<timestamp>-compare-<dataset>``)::
+
+    <rule>-seed<s>/     one run directory per (rule, seed)
+    compare.json        the table's rows and every run's summary
+    compare.md          the table in Markdown
+    curves.png          validation accuracy per epoch per rule: mean over seeds, std band
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import statistics
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import records
+from .build import check_fit, load_data
+from .checkpoint import atomic_write_text
+from .config import Config
+from .engine import RunResult, train
+
+DEFAULT_RULES = ("bp", "fa", "dfa", "ifa")
+
+
+@dataclass
+class CompareResult:
+    """``rows``: one dict per rule (see :meth:`table`); ``runs[rule]``: its RunResults in seed order."""
+
+    out_dir: Path
+    rows: list[dict]
+    runs: dict[str, list[RunResult]]
+
+    def table(self, markdown: bool = False) -> str:
+        """rule | test error mean ± std (%) over seeds | best epoch | s/epoch | outcome(s)."""
+        head = ["rule", "test error % (mean ± std)", "best epoch", "s/epoch", "outcome"]
+        body = [[r["rule"], _pm(r["test_error_mean"], r["test_error_std"]),
+                 "-" if r["best_epoch"] is None else f"{r['best_epoch']:g}",
+                 "-" if r["seconds_per_epoch"] is None else f"{r['seconds_per_epoch']:.2f}",
+                 r["outcomes"]] for r in self.rows]
+        if markdown:
+            lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body]) + "\n"
+        widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        return "\n".join(fmt.format(*row).rstrip() for row in [head, ["-" * w for w in widths]] + body) + "\n"
+
+
+def compare(config: Config, rules=DEFAULT_RULES, seeds=(0,), *, progress: str = "auto", callbacks=()) -> CompareResult:
+    """Train ``config`` once per (rule, seed) and tabulate test error at the best validation epoch.
+
+    Every (rule, seed) config, the dataset and the architecture are validated before
+    anything is written.
+    """
+    rules, seeds = list(rules), list(seeds)
+    if not rules or not seeds:
+        raise ValueError("compare needs at least one rule and one seed")
+    if len(set(rules)) != len(rules) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"compare: rules and seeds must not repeat; got rules {rules} and seeds {seeds}")
+    out_dir = _compare_dir(config)
+    configs = {(r, s): config.replace(rule=r, seed=s, out_dir=str(out_dir), name=f"{r}-seed{s}")
+               for r in rules for s in seeds}
+    datasets = {}
+    for s in seeds:  # the validation split depends on the seed: one load per seed, shared by all rules
+        datasets[s] = load_data(configs[rules[0], s])
+        check_fit(configs[rules[0], s], datasets[s])
+    from .build import build_model, resolve_device
+    resolve_device(config.device)
+    for r in rules:  # e.g. dfa needs a hidden layer: fail now, not after bp has trained
+        build_model(configs[r, seeds[0]].replace(device="cpu"), resolve_device("cpu"))
+    runs: dict[str, list[RunResult]] = {r: [] for r in rules}
+    for s in seeds:
+        for r in rules:
+            runs[r].append(train(configs[r, s], callbacks, progress=progress, data=datasets[s]))
+    rows = [_aggregate(r, runs[r]) for r in rules]
+    result = CompareResult(out_dir, rows, runs)
+    records.write_json(out_dir / "compare.json", {
+        "config": config.to_dict(), "rules": rules, "seeds": seeds, "rows": rows,
+        "runs": [{"rule": r, "seed": res.config.seed, "summary": res.summary} for r in rules for res in runs[r]]})
+    atomic_write_text(out_dir / "compare.md", f"# {config.dataset}, {config.architecture} {config.activation}, "
+                      f"{config.epochs} epochs, seeds {seeds}\n\n" + result.table(markdown=True))
+    plot_compare(out_dir / "curves.png", runs, title=f"{config.dataset}, {config.architecture}")
+    return result
+
+
+def _compare_dir(config: Config) -> Path:
+    out = Path(config.out_dir)
+    if config.name is not None:
+        path = out / config.name
+        if path.exists():
+            raise ValueError(f"compare directory {str(path)!r} already exists; choose another name")
+        return path
+    base = f"{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}-compare-{config.dataset}"
+    path, n = out / base, 1
+    while path.exists():
+        n += 1
+        path = out / f"{base}-{n}"
+    return path
+
+
+def _aggregate(rule: str, results: list[RunResult]) -> dict:
+    errors = [r.summary["test_error_at_best"] for r in results if r.summary["test_error_at_best"] is not None]
+    best = [r.summary["best_epoch"] for r in results if r.summary["best_epoch"] is not None]
+    speed = [r.summary["seconds_per_epoch"] for r in results if r.summary["seconds_per_epoch"] is not None]
+    counts = Counter(r.summary["outcome"] for r in results)
+    outcomes = ", ".join(f"{n} {o}" if len(results) > 1 else o for o, n in counts.most_common())
+    return {
+        "rule": rule, "seeds": [r.config.seed for r in results],
+        "test_error_mean": statistics.fmean(errors) if errors else None,
+        "test_error_std": statistics.stdev(errors) if len(errors) > 1 else 0.0 if errors else None,
+        "test_errors": errors, "best_epoch": statistics.fmean(best) if best else None,
+        "seconds_per_epoch": statistics.fmean(speed) if speed else None,
+        "outcomes": outcomes, "outcome_list": [r.summary["outcome"] for r in results],
+    }
+
+
+def _pm(mean, std) -> str:
+    return "-" if mean is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def plot_compare(path: Path, runs: dict[str, list[RunResult]], title: str) -> None:
+    """Validation accuracy (or loss, for regression) per epoch: each rule's mean over seeds with a ±std band."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ylabel = "validation accuracy"
+    for rule, results in runs.items():
+        split = results[0].summary["selection_split"]
+        key = f"{split}_accuracy" if results[0].summary["task"] == "classification" else f"{split}_loss"
+        ylabel = key.replace("val_", "validation ").replace("_", " ")
+        length = min(len(r.metrics) for r in results)
+        values = np.array([[m[key] if m[key] is not None else math.nan for m in r.metrics[:length]] for r in results])
+        epochs = np.arange(length)
+        mean, std = np.nanmean(values, 0), np.nanstd(values, 0)
+        (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=rule)
+        if len(results) > 1:
+            ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def load_compare(path: str | Path) -> dict:
+    """Read a compare directory's compare.json."""
+    return json.loads((Path(path) / "compare.json").read_text())

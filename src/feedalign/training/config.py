@@ -1,0 +1,208 @@
+"""``Config``: every setting of a training run, validated, readable from TOML/YAML, savable as TOML.
+
+The defaults are the README's main job (``feedalign compare`` with no arguments):
+a 784-256-256-10 tanh network on MNIST that BP, FA, DFA and IFA all train in a
+few epochs on a laptop CPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Choices of the string-valued settings; checked by Config.validate().
+CHOICES = {
+    "loss": ("auto", "cross_entropy", "mse", "bce"),
+    "optimizer": ("sgd", "adam", "rmsprop"),
+    "schedule": ("constant", "step", "cosine"),
+    "init": ("default", "uniform", "gaussian", "zero"),
+    "feedback_init": ("uniform", "gaussian"),
+}
+_DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
+
+
+def _f(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Config:
+    """One training run. Build with keywords, :meth:`from_dict` or :meth:`from_file`; all three validate."""
+
+    # data
+    dataset: str = _f("mnist", "dataset name (feedalign.data): mnist, fashion-mnist, mnist1d, cifar10, ...")
+    data_dir: str | None = _f(None, "where the dataset files are (default: the data layer's cache)")
+    validation_size: int | None = _f(None, "training examples held out for validation (default: the dataset's)")
+    standardize: bool = _f(False, "standardize features with training-split statistics")
+    # model
+    architecture: str = _f("784-256-256-10", "layer sizes, e.g. 784-800-10 or 784-240x7-10; ends must fit the dataset")
+    activation: str = _f("tanh", "hidden activation: tanh, relu, sigmoid, ...")
+    init: str = _f("default", "forward weight init: default (PyTorch), uniform U[-w,w], gaussian N(0,w^2), zero")
+    init_scale: float | None = _f(None, "w of the uniform/gaussian init (default 1/sqrt(fan_in)); biases follow")
+    # learning rule
+    rule: str = _f("bp", "learning rule: bp, fa, dfa, ifa, ...")
+    feedback_init: str = _f("uniform", "feedback matrices: uniform or gaussian")
+    feedback_scale: float | None = _f(None, "scale of the feedback matrices (default: the rule's)")
+    # objective and optimization
+    loss: str = _f("auto", "cross_entropy, mse, bce (sigmoid + one-hot); auto: cross_entropy, or mse for regression")
+    optimizer: str = _f("sgd", "sgd, adam or rmsprop")
+    lr: float = _f(0.05, "learning rate")
+    momentum: float = _f(0.9, "SGD momentum (0 for plain SGD) / RMSprop momentum")
+    nesterov: bool = _f(False, "Nesterov momentum (SGD with momentum > 0)")
+    weight_decay: float = _f(0.0, "L2 weight decay")
+    schedule: str = _f("constant", "learning-rate schedule over epochs: constant, step or cosine")
+    step_size: int = _f(10, "step schedule: epochs between decays")
+    gamma: float = _f(0.1, "step schedule: decay factor")
+    batch_size: int = _f(64, "minibatch size")
+    epochs: int = _f(3, "passes over the training set")
+    seed: int = _f(0, "seeds forward init, feedback matrices and data order (independent streams)")
+    # where and how
+    device: str = _f("cpu", "cpu, cuda, cuda:N or auto")
+    threads: int | None = _f(None, "torch CPU threads (default: torch's)")
+    out_dir: str = _f("runs", "directory the run directory goes into")
+    name: str | None = _f(None, "run directory name (default: <timestamp>-<rule>-<dataset>)")
+    # outcome labels
+    refuse_margin: float = _f(0.1, "refused: best validation accuracy never beats chance by this much (regression: "
+                                    "final validation loss not this fraction below the initial one)")
+    collapse_drop: float = _f(0.2, "collapsed: validation accuracy ends more than this below its best and stays there")
+
+    def __post_init__(self):
+        self.validate()
+
+    # -- construction ------------------------------------------------------------------
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict, *, source: str = "config") -> "Config":
+        """A Config from a flat mapping; an unknown key is an error naming it and the valid ones."""
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: expected a table of settings (key = value), got {type(values).__name__}")
+        unknown = [k for k in values if k not in cls.keys()]
+        if unknown:
+            raise ValueError(f"{source}: unknown setting {unknown[0]!r}; valid settings: {', '.join(cls.keys())}")
+        return cls(**values)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Config":
+        """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file of flat ``key = value`` settings."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {str(path)!r} does not exist")
+        text = path.read_text()
+        suffix = path.suffix.lower()
+        try:
+            if suffix == ".toml":
+                try:
+                    import tomllib
+                except ModuleNotFoundError:  # Python 3.10
+                    import tomli as tomllib
+                values = tomllib.loads(text)
+            elif suffix in (".yaml", ".yml"):
+                import yaml
+                values = yaml.safe_load(text)
+                values = {} if values is None else values
+            else:
+                raise ValueError(f"config file {str(path)!r}: expected a .toml, .yaml or .yml file")
+        except ValueError:
+            raise
+        except Exception as err:  # yaml.YAMLError and tomllib.TOMLDecodeError (a ValueError) alike
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"config file {str(path)!r} does not parse: {first}") from None
+        return cls.from_dict(values, source=str(path))
+
+    def replace(self, **changes) -> "Config":
+        """A validated copy with ``changes`` applied (unknown keys are errors)."""
+        merged = dataclasses.asdict(self)
+        merged.update(changes)
+        return type(self).from_dict(merged, source="settings")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        """TOML text of every setting; ``None`` (TOML has no null) is left out and reads back as the default."""
+        import tomli_w
+        values = {k: v for k, v in self.to_dict().items() if v is not None}
+        header = ("# feedalign run configuration: `feedalign train --config THIS_FILE` repeats the run.\n"
+                  "# Settings left out are None (their default).\n")
+        return header + tomli_w.dumps(values)
+
+    # -- validation --------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field and what it expects."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name), hints[f.name])
+            if isinstance(getattr(self, f.name), int) and hints[f.name] in (float, float | None):
+                setattr(self, f.name, float(getattr(self, f.name)))  # 1 in a float field means 1.0
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
+        from ..models import ACTIVATIONS, parse_sizes
+        from ..rules import rules
+        if self.rule not in rules():
+            raise ValueError(f"rule must be one of {', '.join(rules())}; got {self.rule!r}")
+        if self.activation.lower() not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(sorted(ACTIVATIONS))}; got {self.activation!r}")
+        parse_sizes(self.architecture)
+        if not _DEVICE.match(self.device):
+            raise ValueError(f"device must be cpu, cuda, cuda:N or auto; got {self.device!r}")
+        if not self.dataset.strip():
+            raise ValueError("dataset must be a dataset name, e.g. 'mnist'; got an empty string")
+        _at_least("lr", self.lr, 0.0)
+        _at_least("weight_decay", self.weight_decay, 0.0)
+        _at_least("gamma", self.gamma, 0.0, strict=True)
+        _at_least("batch_size", self.batch_size, 1)
+        _at_least("epochs", self.epochs, 1)
+        _at_least("step_size", self.step_size, 1)
+        _at_least("seed", self.seed, 0)
+        for name in ("validation_size", "init_scale", "feedback_scale"):
+            if getattr(self, name) is not None:
+                _at_least(name, getattr(self, name), 0)
+        if self.threads is not None:
+            _at_least("threads", self.threads, 1)
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1); got {self.momentum!r}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov needs optimizer = 'sgd' and momentum > 0")
+        if not 0.0 <= self.refuse_margin <= 1.0:
+            raise ValueError(f"refuse_margin must be in [0, 1]; got {self.refuse_margin!r}")
+        if not 0.0 < self.collapse_drop <= 1.0:
+            raise ValueError(f"collapse_drop must be in (0, 1]; got {self.collapse_drop!r}")
+        if self.name is not None and (not self.name.strip() or "/" in self.name or self.name in (".", "..")):
+            raise ValueError(f"name must be a plain directory name (no '/'); got {self.name!r}")
+
+
+def _type_name(hint) -> str:
+    names = [a.__name__ if a is not type(None) else "None" for a in typing.get_args(hint)] or [hint.__name__]
+    names = ["a number" if n == "float" else "an integer" if n == "int" else "true/false" if n == "bool"
+             else "a string" if n == "str" else n for n in names]
+    return " or ".join(names)
+
+
+def _check_type(name: str, value, hint) -> None:
+    allowed = typing.get_args(hint) or (hint,)
+    ok = False
+    for kind in allowed:
+        if kind is type(None):
+            ok |= value is None
+        elif kind is bool:
+            ok |= isinstance(value, bool)
+        elif kind is int:
+            ok |= isinstance(value, int) and not isinstance(value, bool)
+        elif kind is float:
+            ok |= isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else:
+            ok |= isinstance(value, kind)
+    if not ok:
+        raise ValueError(f"{name} must be {_type_name(hint)}; got {value!r}")
+
+
+def _at_least(name: str, value, low, strict: bool = False) -> None:
+    if value < low or (strict and value == low):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {low}; got {value!r}")

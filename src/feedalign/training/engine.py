@@ -1,0 +1,431 @@
+"""The training loop: ``train(config) -> RunResult`` and ``resume(run_dir) -> RunResult``.
+
+One run = one run directory (see :mod:`feedalign.training.records`). Each epoch
+trains on shuffled minibatches, evaluates validation and test sets under
+``torch.inference_mode`` (the rules' hooks fall back to the plain forward pass
+without grad), writes the metrics, then a checkpoint. A NaN/Inf loss stops the
+run at once, leaving the last good checkpoint.
+"""
+from __future__ import annotations
+
+import datetime
+import math
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import records
+from .build import (build_model, check_fit, derived_seeds, load_data, make_loss, make_optimizer, make_schedule,
+                    resolve_device)
+from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint, set_rng_states
+from .config import Config
+from .outcome import label_outcome
+
+EVAL_BATCH = 2048  # evaluation batch size: memory only, results do not depend on it beyond float rounding
+
+
+class Callback:
+    """Hooks into :func:`train`; subclass and override what you need.
+
+    ``on_train_begin(run)`` gets the :class:`Run` (``run.log(...)`` writes per-step values
+    to RUN_DIR/steps.jsonl); ``on_step`` runs after every optimizer step; ``on_epoch_end``
+    may add keys to ``metrics`` (they become columns of metrics.jsonl/csv).
+    """
+
+    def on_train_begin(self, run: "Run") -> None: ...
+
+    def on_step(self, step: int, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> None: ...
+
+    def on_epoch_end(self, epoch: int, metrics: dict) -> None: ...
+
+    def on_train_end(self, summary: dict) -> None: ...
+
+
+@dataclass
+class RunResult:
+    """What :func:`train` returns: where the run lives, its summary, per-epoch metrics and the final model."""
+
+    run_dir: Path
+    summary: dict
+    metrics: list[dict]
+    model: nn.Module
+    config: Config
+
+
+@dataclass
+class Run:
+    """A run in progress, as callbacks see it."""
+
+    config: Config
+    run_dir: Path
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    data: object
+    device: torch.device
+    loss_fn: object
+    schedule: object = None
+    loss_name: str = ""
+    epoch: int = 0
+    step: int = 0
+    _steps_file: object = field(default=None, repr=False)
+
+    def log(self, values: dict, step: int | None = None) -> None:
+        """Append ``{"epoch", "step", **values}`` to RUN_DIR/steps.jsonl (flushed at each epoch end)."""
+        import json
+        if self._steps_file is None:
+            self._steps_file = open(self.run_dir / "steps.jsonl", "a")
+        row = {"epoch": self.epoch, "step": self.step if step is None else step, **values}
+        self._steps_file.write(json.dumps({k: records._clean(v) for k, v in row.items()}) + "\n")
+
+    def _flush(self) -> None:
+        if self._steps_file is not None:
+            self._steps_file.flush()
+
+    def _close(self) -> None:
+        if self._steps_file is not None:
+            self._steps_file.close()
+            self._steps_file = None
+
+
+# -- public API -----------------------------------------------------------------------------
+
+def train(config: Config, callbacks=(), *, progress: str = "auto", data=None) -> RunResult:
+    """Train ``config`` in a new run directory and return its :class:`RunResult`.
+
+    ``progress``: ``"bar"`` (tqdm on stderr), ``"lines"`` (one line per epoch on stderr),
+    ``"none"``, or ``"auto"`` (bar when stderr is a terminal, else lines).
+    Everything is validated (config, dataset, device, run directory) before the run
+    directory is created; a run that fails before its first checkpoint removes it.
+    ``data``: the :class:`feedalign.data.DataSplits` of these settings, if already loaded.
+    """
+    if not isinstance(config, Config):
+        raise ValueError(f"train expects a feedalign.training.Config, got {type(config).__name__}")
+    run = _prepare(config, data)
+    run_dir = _new_run_dir(config)
+    run.run_dir = run_dir
+    try:
+        run_dir.mkdir(parents=True)
+        (run_dir / "checkpoints").mkdir()
+        atomic_write_text(run_dir / "config.toml", config.to_toml())
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return _run(run, start=None, callbacks=callbacks, progress=progress)
+
+
+def resume(run_dir: str | Path, callbacks=(), *, progress: str = "auto") -> RunResult:
+    """Continue the run in ``run_dir`` from its last checkpoint (or from the start if it has none).
+
+    With the same machine and thread count, the result is bitwise that of an uninterrupted run.
+    A finished run is returned as it is.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or not (run_dir / "config.toml").is_file():
+        raise ValueError(f"{str(run_dir)!r} is not a run directory (expected a directory with config.toml, "
+                         "as `feedalign train` makes)")
+    config = Config.from_file(run_dir / "config.toml")
+    run = _prepare(config)
+    run.run_dir = run_dir
+    latest = run_dir / "checkpoints" / "latest.pt"
+    state = load_checkpoint(latest) if latest.exists() else None
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    if (run_dir / "summary.json").exists():
+        import json
+        if state is not None:
+            run.model.load_state_dict(state["model"])
+        summary = json.loads((run_dir / "summary.json").read_text())
+        return RunResult(run_dir, summary, records.read_jsonl(run_dir / "metrics.jsonl"), run.model, config)
+    return _run(run, start=state, callbacks=callbacks, progress=progress)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, *, classification: bool,
+             batch_size: int = EVAL_BATCH) -> tuple[float | None, float | None]:
+    """``(mean loss, accuracy)`` of ``model`` on ``x`` (N, features), ``y`` (N,) or (N, out).
+
+    Accuracy is None for regression; both are None for an empty set. Runs in eval mode
+    under ``torch.inference_mode``, where every rule's forward is the plain one.
+    """
+    if len(x) == 0:
+        return None, None
+    was_training = model.training
+    model.eval()
+    total, correct = 0.0, 0
+    with torch.inference_mode():
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            out = model(xb)
+            total += float(loss_fn(out, yb)) * len(xb)
+            if classification:
+                correct += int((out.argmax(1) == yb).sum())
+    model.train(was_training)
+    return total / len(x), (correct / len(x) if classification else None)
+
+
+# -- internals ------------------------------------------------------------------------------
+
+def _prepare(config: Config, data=None) -> Run:
+    """Validate against machine and dataset and build everything; creates no file."""
+    device = resolve_device(config.device)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    data = load_data(config) if data is None else data
+    loss_name = check_fit(config, data)
+    model = build_model(config, device)
+    optimizer = make_optimizer(config, model)
+    return Run(config=config, run_dir=Path(), model=model, optimizer=optimizer, data=data, device=device,
+               loss_fn=make_loss(loss_name, data.num_classes), schedule=make_schedule(config, optimizer),
+               loss_name=loss_name)
+
+
+def _new_run_dir(config: Config) -> Path:
+    out = Path(config.out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir {str(out)!r} exists and is not a directory")
+    if config.name is not None:
+        run_dir = out / config.name
+        if run_dir.exists():
+            raise ValueError(f"run directory {str(run_dir)!r} already exists; continue it with "
+                             f"`feedalign train --resume {run_dir}` or choose another name")
+        return run_dir
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = f"{stamp}-{config.rule}-{config.dataset}"
+    run_dir, n = out / base, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = out / f"{base}-{n}"
+    return run_dir
+
+
+def _seed_globals(seed: int) -> None:
+    """Seed the global generators so a run does not depend on what the process did before it."""
+    s = derived_seeds(seed)["data"]
+    torch.manual_seed(s)
+    random.seed(s)
+    np.random.seed(s % 2**32)
+
+
+def _epoch_generator(config: Config, epoch: int) -> torch.Generator:
+    """Data order of ``epoch``: a function of (seed, epoch) only, so a resumed epoch replays exactly."""
+    seed = int(np.random.SeedSequence([derived_seeds(config.seed)["data"], epoch]).generate_state(1)[0])
+    return torch.Generator().manual_seed(seed)
+
+
+def _run(run: Run, *, start: dict | None, callbacks, progress: str) -> RunResult:
+    config, data, model = run.config, run.data, run.model
+    fresh = start is None
+    classification = data.task == "classification"
+    to = run.device
+    train_x, train_y = data.train_x.to(to), data.train_y.to(to)
+    sel_split = "val" if len(data.val_x) else "test"  # no validation set: select on test, and say so
+    eval_sets = {"val": (data.val_x.to(to), data.val_y.to(to)), "test": (data.test_x.to(to), data.test_y.to(to))}
+    bar = _Progress(progress, config)
+    callbacks = list(callbacks)
+    try:
+        if fresh:
+            _seed_globals(config.seed)
+            metrics = [_evaluate_row(run, 0, eval_sets, classification, None, 0.0, 0.0)]
+            records.write_metrics(run.run_dir, metrics)
+        else:
+            model.load_state_dict(start["model"])
+            run.optimizer.load_state_dict(start["optimizer"])
+            run.schedule.load_state_dict(start["schedule"])
+            set_rng_states(start["rng"])
+            metrics, run.step = list(start["metrics"]), start["step"]
+            records.write_metrics(run.run_dir, metrics)  # drop rows written after the checkpoint
+            steps = records.read_jsonl(run.run_dir / "steps.jsonl")
+            if steps:
+                import json
+                atomic_write_text(run.run_dir / "steps.jsonl",
+                                  "".join(json.dumps(r) + "\n" for r in steps if r["epoch"] <= start["epoch"]))
+        for cb in callbacks:
+            cb.on_train_begin(run)
+        diverged_at = None
+        first_epoch = 1 if fresh else start["epoch"] + 1
+        model.train()
+        for epoch in range(first_epoch, config.epochs + 1):
+            run.epoch = epoch
+            row = _train_epoch(run, epoch, train_x, train_y, classification, callbacks, bar)
+            if row is None:
+                diverged_at = epoch
+                break
+            lr = row.pop("lr")
+            run.schedule.step()
+            row = _evaluate_row(run, epoch, eval_sets, classification, row, lr, row.pop("train_seconds"))
+            for cb in callbacks:
+                cb.on_epoch_end(epoch, row)
+            if not all(math.isfinite(row[k]) for k in ("val_loss", "test_loss") if row.get(k) is not None):
+                bar.line(f"epoch {epoch}: evaluation loss is NaN/Inf; stopping (diverged)")
+                diverged_at = epoch
+                break
+            metrics.append(row)
+            bar.line(_epoch_line(row, config))
+            run._flush()
+            records.write_metrics(run.run_dir, metrics)
+            if _is_best(metrics, sel_split, classification):
+                save_checkpoint(run.run_dir / "checkpoints" / "best.pt", epoch=epoch, step=run.step, model=model,
+                                optimizer=run.optimizer, schedule=run.schedule, metrics=metrics)
+            save_checkpoint(run.run_dir / "checkpoints" / "latest.pt", epoch=epoch, step=run.step, model=model,
+                            optimizer=run.optimizer, schedule=run.schedule, metrics=metrics)
+            fresh = False  # a checkpoint now exists: keep the directory whatever happens
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"feedalign: interrupted; continue with `feedalign train --resume {run.run_dir}`", file=sys.stderr)
+        raise
+    except BaseException:
+        bar.close()
+        if fresh and not (run.run_dir / "checkpoints" / "latest.pt").exists():
+            shutil.rmtree(run.run_dir, ignore_errors=True)  # nothing worth resuming: leave no half-written run
+        raise
+    finally:
+        run._close()
+    bar.close()
+    summary = summarize(run, metrics, sel_split, diverged_at)
+    records.write_json(run.run_dir / "summary.json", summary)
+    records.plot_curves(run.run_dir, metrics, f"{config.rule} on {config.dataset}, {config.architecture}, seed {config.seed}")
+    for cb in callbacks:
+        cb.on_train_end(summary)
+    return RunResult(run.run_dir, summary, metrics, model, config)
+
+
+def _train_epoch(run: Run, epoch: int, x, y, classification: bool, callbacks, bar) -> dict | None:
+    """One pass over the training set; the row so far, or None if the loss went NaN/Inf."""
+    from ..data import batches
+    config, model, optimizer = run.config, run.model, run.optimizer
+    lr = optimizer.param_groups[0]["lr"]
+    total, correct, seen = 0.0, 0, 0
+    n_batches = math.ceil(len(x) / config.batch_size)
+    bar.start_epoch(epoch, n_batches)
+    t0 = time.perf_counter()
+    for xb, yb in batches(x, y, config.batch_size, shuffle=True, generator=_epoch_generator(config, epoch)):
+        out = model(xb)
+        loss = run.loss_fn(out, yb)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            bar.line(f"epoch {epoch} step {run.step + 1}: loss is {value}; stopping (diverged), "
+                     "the last good checkpoint stays")
+            return None
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        run.step += 1
+        total += value * len(xb)
+        seen += len(xb)
+        if classification:
+            correct += int((out.detach().argmax(1) == yb).sum())
+        for cb in callbacks:
+            cb.on_step(run.step, model, (xb, yb))
+        bar.update()
+    return {"epoch": epoch, "train_loss": total / seen, "train_accuracy": correct / seen if classification else None,
+            "lr": lr, "train_seconds": time.perf_counter() - t0}
+
+
+def _evaluate_row(run: Run, epoch: int, eval_sets, classification: bool, row: dict | None, lr, train_seconds) -> dict:
+    t0 = time.perf_counter()
+    row = dict(row or {"epoch": 0, "train_loss": None, "train_accuracy": None})
+    for split, (x, y) in eval_sets.items():
+        loss, acc = evaluate(run.model, x, y, run.loss_fn, classification=classification)
+        row[f"{split}_loss"], row[f"{split}_accuracy"] = loss, acc
+    row["lr"] = lr
+    row["train_seconds"] = train_seconds
+    row["seconds"] = train_seconds + time.perf_counter() - t0
+    return row
+
+
+def _score(row: dict, split: str, classification: bool) -> float:
+    """Higher is better: accuracy, or minus the loss for regression."""
+    return row[f"{split}_accuracy"] if classification else -row[f"{split}_loss"]
+
+
+def _is_best(metrics: list[dict], split: str, classification: bool) -> bool:
+    scores = [_score(r, split, classification) for r in metrics[1:]]
+    return scores.index(max(scores)) == len(scores) - 1
+
+
+def summarize(run: Run, metrics: list[dict], split: str, diverged_at: int | None) -> dict:
+    """The run's summary.json. ``*_error`` is 1 - accuracy, or the loss (MSE) for regression."""
+    config, data = run.config, run.data
+    classification = data.task == "classification"
+    trained = metrics[1:]
+
+    def error(row):
+        return 1.0 - row["test_accuracy"] if classification else row["test_loss"]
+
+    summary = {
+        "run_dir": str(run.run_dir), "rule": config.rule, "dataset": config.dataset, "architecture": config.architecture,
+        "seed": config.seed, "task": data.task, "loss": run.loss_name, "error_is": "1 - accuracy" if classification else "mse",
+        "selection_split": split, "epochs": config.epochs, "epochs_completed": len(trained), "steps": run.step,
+        "best_epoch": None, "best_val_accuracy": None, "best_val_loss": None,
+        "test_error_at_best": None, "final_test_error": None, "final_test_loss": None,
+        "seconds_per_epoch": (sum(r["train_seconds"] for r in trained) / len(trained)) if trained else None,
+        "outcome": None, "outcome_epoch": None,
+    }
+    if trained:
+        scores = [_score(r, split, classification) for r in trained]
+        best = trained[scores.index(max(scores))]
+        summary.update(best_epoch=best["epoch"], best_val_accuracy=best[f"{split}_accuracy"],
+                       best_val_loss=best[f"{split}_loss"], test_error_at_best=error(best),
+                       final_test_error=error(trained[-1]), final_test_loss=trained[-1]["test_loss"])
+    if diverged_at is not None or not trained:
+        outcome, at = label_outcome([], diverged_at=diverged_at or 1)
+    else:
+        key = f"{split}_accuracy" if classification else f"{split}_loss"
+        outcome, at = label_outcome([r[key] for r in trained], task=data.task, num_classes=data.num_classes,
+                                    initial=metrics[0][f"{split}_loss"], refuse_margin=config.refuse_margin,
+                                    collapse_drop=config.collapse_drop)
+    summary.update(outcome=outcome, outcome_epoch=at)
+    return summary
+
+
+def _epoch_line(row: dict, config: Config) -> str:
+    def f(v, fmt=".4f"):
+        return "-" if v is None else format(v, fmt)
+    acc = row.get("train_accuracy") is not None
+    parts = [f"{config.rule} seed {config.seed} epoch {row['epoch']}/{config.epochs}", f"train loss {f(row['train_loss'])}"]
+    if acc:
+        parts += [f"acc {f(row['train_accuracy'])}", f"val acc {f(row['val_accuracy'])}",
+                  f"test loss {f(row['test_loss'])} acc {f(row['test_accuracy'])}"]
+    else:
+        parts += [f"val loss {f(row['val_loss'])}", f"test loss {f(row['test_loss'])}"]
+    parts.append(f"{row['seconds']:.1f}s")
+    return "  ".join(parts)
+
+
+class _Progress:
+    """tqdm bar on a terminal, one plain line per epoch otherwise (both on stderr), or silence."""
+
+    def __init__(self, mode: str, config: Config):
+        if mode not in ("auto", "bar", "lines", "none"):
+            raise ValueError(f"progress must be auto, bar, lines or none; got {mode!r}")
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "lines"
+        self.mode, self.config, self._bar = mode, config, None
+
+    def start_epoch(self, epoch: int, total: int) -> None:
+        if self.mode == "bar":
+            from tqdm.auto import tqdm
+            self.close()
+            self._bar = tqdm(total=total, desc=f"{self.config.rule} epoch {epoch}/{self.config.epochs}",
+                             leave=False, file=sys.stderr, dynamic_ncols=True)
+
+    def update(self) -> None:
+        if self._bar is not None:
+            self._bar.update()
+
+    def line(self, text: str) -> None:
+        if self.mode == "bar":
+            from tqdm.auto import tqdm
+            tqdm.write(text, file=sys.stderr)
+        elif self.mode == "lines":
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

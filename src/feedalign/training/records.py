@@ -1,0 +1,90 @@
+"""What a run leaves on disk besides checkpoints: metrics tables, summary, learning-curve plots.
+
+Run directory layout::
+
+    RUN_DIR/config.toml        the resolved Config (``feedalign train --config`` repeats the run)
+    RUN_DIR/metrics.jsonl      one JSON object per epoch (epoch 0 = before training)
+    RUN_DIR/metrics.csv        the same rows as a table
+    RUN_DIR/steps.jsonl        per-step values logged by callbacks (if any)
+    RUN_DIR/summary.json       best epoch, test errors, seconds per epoch, outcome
+    RUN_DIR/accuracy.png, loss.png
+    RUN_DIR/checkpoints/latest.pt, best.pt
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+from .checkpoint import atomic_write_text
+
+
+def _clean(value):
+    """JSON has no NaN/Inf: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_metrics(run_dir: Path, rows: list[dict]) -> None:
+    """Rewrite metrics.jsonl and metrics.csv from ``rows`` (so a resume drops rows past its checkpoint)."""
+    lines = "".join(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n" for row in rows)
+    atomic_write_text(run_dir / "metrics.jsonl", lines)
+    columns: list[str] = []
+    for row in rows:  # callbacks may add columns; keep first-seen order
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
+    atomic_write_text(run_dir / "metrics.csv", buffer.getvalue())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_json(path: Path, value) -> None:
+    atomic_write_text(path, json.dumps(_deep_clean(value), indent=2) + "\n")
+
+
+def _deep_clean(value):
+    if isinstance(value, dict):
+        return {k: _deep_clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_deep_clean(v) for v in value]
+    return _clean(value)
+
+
+def plot_curves(run_dir: Path, rows: list[dict], title: str) -> list[Path]:
+    """accuracy.png (classification) and loss.png: train/validation/test per epoch."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for metric, ylabel in (("accuracy", "accuracy"), ("loss", "loss")):
+        series = {split: [(r["epoch"], r.get(f"{split}_{metric}")) for r in rows] for split in ("train", "val", "test")}
+        series = {s: [(e, v) for e, v in pts if v is not None and math.isfinite(v)] for s, pts in series.items()}
+        if not any(series.values()):
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for split, pts in series.items():
+            if pts:
+                ax.plot(*zip(*pts), marker="o", markersize=3, label={"val": "validation"}.get(split, split))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = run_dir / f"{metric}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
