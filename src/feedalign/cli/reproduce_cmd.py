@@ -1,0 +1,52 @@
+"""``feedalign reproduce NAME [--quick] [--out DIR] [--seeds N] [--force]``: rerun a paper's experiment.
+
+``NAME`` is one of ``feedalign reproduce --list`` or ``all``, which runs every
+experiment (skipping results current for the code and config) and regenerates
+``docs/reproduction.md`` with its figures under ``docs/figures/``.
+"""
+from __future__ import annotations
+
+import argparse
+
+from . import UsageError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("reproduce", help="reproduce an experiment of the FA/DFA papers (or all of them)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", nargs="?", help="experiment name, or 'all'")
+    p.add_argument("--quick", action="store_true", help="the small size (under a minute), as the tests use")
+    p.add_argument("--out", default=None, help="result folder root (default runs/reproduce/<quick|full>)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the experiment's)")
+    p.add_argument("--force", action="store_true", help="rerun even when a current result exists")
+    p.add_argument("--docs", default="docs", help="with 'all': where reproduction.md and figures/ go (default docs)")
+    p.add_argument("--list", action="store_true", help="list the experiments and exit")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from feedalign import experiments as ex
+    from feedalign.experiments._common import DataUnavailable
+    if args.list or not args.name:
+        for name in ex.experiments():
+            e = ex.get_experiment(name)
+            print(f"{name:20s} {e.title} [{e.paper}]; full size ~{e.full_runtime or '?'}")
+        print(f"{'all':20s} every experiment above, then docs/reproduction.md")
+        return 0 if args.list else 2
+    if args.seeds is not None and args.seeds < 1:
+        raise UsageError("--seeds must be at least 1")
+    out = args.out or f"runs/reproduce/{'quick' if args.quick else 'full'}"
+    if args.name == "all":
+        from feedalign.experiments.summary import run_all
+        run_all(quick=args.quick, out=out, seeds=args.seeds, force=args.force, docs=args.docs)
+        return 0
+    if args.name not in ex.experiments():
+        raise UsageError(f"unknown experiment {args.name!r}; known: {', '.join(ex.experiments())}, all")
+    try:
+        results = ex.run_experiment(args.name, quick=args.quick, out=out, seeds=args.seeds, force=args.force)
+    except DataUnavailable as err:
+        raise UsageError(f"{args.name}: {err}") from None
+    failed = [c for c in results["claims"] if c.get("reproduced") is False]
+    if failed:
+        print(f"{args.name}: {len(failed)} claim(s) not reproduced: " + "; ".join(c["text"] for c in failed))
+    return 0

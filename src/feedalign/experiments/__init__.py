@@ -1,0 +1,22 @@
+"""Reproductions of the FA and DFA papers, one module per experiment, registered by name.
+
+    feedalign reproduce toy1d --quick
+    feedalign.experiments.run_experiment("linear", quick=True, out="runs/reproduce")
+"""
+from __future__ import annotations
+
+import importlib
+
+from .base import Claim, Experiment, experiment_config, experiments, get_experiment, register, run_experiment
+
+# Experiment modules, each registering itself on import; a module not written yet is skipped.
+_MODULES = ("toy1d", "linear", "review", "mnist_fa", "deep100", "fixed_first_layer", "nokland_mnist",
+            "hidden_activations")
+for _name in _MODULES:
+    try:
+        importlib.import_module(f"{__name__}.{_name}")
+    except ModuleNotFoundError as _err:
+        if _err.name != f"{__name__}.{_name}":
+            raise
+
+__all__ = ["Claim", "Experiment", "experiment_config", "experiments", "get_experiment", "register", "run_experiment"]

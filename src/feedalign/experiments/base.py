@@ -1,0 +1,245 @@
+"""What every experiment shares: the registry, claims, result folders, resuming.
+
+An experiment is a subclass of :class:`Experiment` registered by name with
+:func:`register` (one module per experiment, like the learning rules). It says
+which paper and figure it reproduces, its config for the quick and full sizes,
+how to run one seed, and how to turn the seeds' metrics into :class:`Claim`s and
+figures. :func:`run_experiment` does the rest: seeds, timing, ``report.md``,
+``results.json`` and skipping a result that is current for the code and config.
+"""
+from __future__ import annotations
+
+import abc
+import hashlib
+import inspect
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+_REGISTRY: dict[str, type["Experiment"]] = {}
+
+
+def register(cls: type["Experiment"]) -> type["Experiment"]:
+    """Class decorator: make an experiment available to ``feedalign reproduce NAME``."""
+    if not cls.name or cls.name in _REGISTRY:
+        raise ValueError(f"experiment name {cls.name!r} is empty or already registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def experiments() -> list[str]:
+    """Registered experiment names, in the order ``all`` runs them."""
+    return sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].order, n))
+
+
+def get_experiment(name: str) -> "Experiment":
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown experiment {name!r}; known: {', '.join(experiments())}, all")
+    return _REGISTRY[name]()
+
+
+@dataclass
+class Claim:
+    """One claim of a paper: its number (or qualitative statement) beside ours over seeds."""
+
+    key: str
+    text: str
+    paper: str                      # the paper's number or statement, as printed there
+    values: list[float]             # ours, one per seed
+    unit: str = ""
+    reproduced: bool | None = None  # None: descriptive, nothing to check
+    criterion: str = ""             # how `reproduced` was decided
+    paper_value: float | None = None
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values)) if self.values else float("nan")
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.values)) if len(self.values) > 1 else 0.0
+
+    def ours(self) -> str:
+        return format_mean_std(self.values, self.unit)
+
+    def verdict(self) -> str:
+        return {True: "yes", False: "no", None: "-"}[self.reproduced]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(mean=self.mean, std=self.std, ours=self.ours())
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Claim":
+        names = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def format_number(x: float) -> str:
+    if x is None or not math.isfinite(x):
+        return str(x)
+    a = abs(x)
+    if a != 0 and (a < 1e-3 or a >= 1e5):
+        return f"{x:.2e}"
+    if a >= 100:
+        return f"{x:.1f}"
+    if a >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3f}"
+
+
+def format_mean_std(values: list[float], unit: str = "") -> str:
+    if not values:
+        return "n/a"
+    u = f" {unit}" if unit and unit != "%" else unit
+    if len(values) == 1:
+        return f"{format_number(values[0])}{u} (1 seed)"
+    return f"{format_number(float(np.mean(values)))} ± {format_number(float(np.std(values)))}{u} ({len(values)} seeds)"
+
+
+class Experiment(abc.ABC):
+    """One reproduction. Subclasses set the class attributes and implement the three methods."""
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    paper: ClassVar[str] = ""           # citation and figure/table
+    order: ClassVar[int] = 100          # position in `all`
+    full_runtime: ClassVar[str] = ""    # measured full-size run time on 2 shared CPU cores
+    default_seeds: ClassVar[dict] = {"quick": 2, "full": 3}
+    needs: ClassVar[tuple[str, ...]] = ()  # experiments whose results this one reads
+
+    @abc.abstractmethod
+    def config(self, quick: bool) -> dict:
+        """Every setting of the run (json-serialisable); part of the result's key."""
+
+    @abc.abstractmethod
+    def run_seed(self, config: dict, seed: int, out: Path) -> dict:
+        """Run one seed; return its metrics (json-serialisable)."""
+
+    @abc.abstractmethod
+    def summarize(self, config: dict, runs: list[dict], out: Path) -> tuple[list[Claim], list[str]]:
+        """Claims over the seeds' metrics, and the figures written into ``out`` (file names)."""
+
+    def deviations(self, config: dict) -> list[str]:
+        """Where this size departs from the paper's setting, and why."""
+        return []
+
+    def source_hash(self) -> str:
+        """Hash of this experiment's module, the shared experiment code and feedalign's version."""
+        import feedalign
+        from . import _common
+        h = hashlib.sha256()
+        for module in (sys.modules[type(self).__module__], sys.modules[__name__], _common):
+            h.update(inspect.getsource(module).encode())
+        h.update(feedalign.__version__.encode())
+        return h.hexdigest()[:16]
+
+
+def result_key(experiment: Experiment, config: dict) -> str:
+    blob = json.dumps(config, sort_keys=True, default=str) + experiment.source_hash()
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def read_results(folder: Path) -> dict | None:
+    path = Path(folder) / "results.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def experiment_config(name: str, quick: bool, seeds: int | None = None) -> dict:
+    experiment = get_experiment(name)
+    config = dict(experiment.config(quick))
+    config["size"] = "quick" if quick else "full"
+    config["seeds"] = int(seeds) if seeds else experiment.default_seeds["quick" if quick else "full"]
+    return config
+
+
+def run_experiment(name: str, *, quick: bool = False, out: str | Path = "runs/reproduce", seeds: int | None = None,
+                   force: bool = False, log=print) -> dict:
+    """Run ``name`` (or reuse its current result) into ``out/NAME``; return the results dict.
+
+    The result is current when ``results.json`` holds the same key: the hash of the
+    config (size and seeds included) and of the code that made it. ``force`` reruns.
+    """
+    experiment = get_experiment(name)
+    config = experiment_config(name, quick, seeds)
+    key = result_key(experiment, config)
+    folder = Path(out) / name
+    previous = read_results(folder)
+    if previous is not None and previous.get("key") == key and not force:
+        log(f"{name}: current result in {folder} (key {key}); skipped, --force reruns it")
+        previous["skipped"] = True
+        return previous
+    folder.mkdir(parents=True, exist_ok=True)
+    for dep in experiment.needs:  # e.g. hidden-activations reads review-dfa's trained networks
+        run_experiment(dep, quick=quick, out=out, seeds=seeds, force=False, log=log)
+    log(f"{name}: {experiment.title} ({config['size']}, {config['seeds']} seeds) -> {folder}")
+    start = time.perf_counter()
+    runs = []
+    for seed in range(config["seeds"]):
+        t = time.perf_counter()
+        runs.append(experiment.run_seed(config, seed, folder))
+        log(f"  seed {seed}: {time.perf_counter() - t:.1f} s")
+    claims, figures = experiment.summarize(config, runs, folder)
+    seconds = time.perf_counter() - start
+    command = f"feedalign reproduce {name}" + (" --quick" if quick else "") + (f" --seeds {seeds}" if seeds else "")
+    results = {
+        "experiment": name, "title": experiment.title, "paper": experiment.paper, "key": key,
+        "source_hash": experiment.source_hash(), "config": config, "command": command,
+        "seconds": seconds, "full_runtime": experiment.full_runtime,
+        "deviations": experiment.deviations(config), "figures": figures,
+        "claims": [c.to_dict() for c in claims], "runs": runs,
+        "machine": f"{platform.machine()}, {platform.python_version()}",
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    (folder / "results.json").write_text(json.dumps(results, indent=1, default=_jsonable))
+    (folder / "report.md").write_text(render_report(results))
+    for c in claims:
+        log(f"  {c.verdict():>3}  {c.text}: paper {c.paper} | ours {c.ours()}")
+    log(f"{name}: done in {seconds:.1f} s; report {folder / 'report.md'}")
+    results["skipped"] = False
+    return results
+
+
+def _jsonable(x: Any):
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+def cell(text: str) -> str:
+    """Text safe inside a markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def render_report(results: dict) -> str:
+    claims = [Claim.from_dict(c) for c in results["claims"]]
+    lines = [f"# {results['title']}", "", f"Reproduces: {results['paper']}", "",
+             f"Command: `{results['command']}` ({results['config']['size']} size, {results['config']['seeds']} seeds); "
+             f"ran in {results['seconds']:.1f} s on {results['machine']}, finished {results['finished']}."]
+    if results.get("full_runtime"):
+        lines.append(f"Full size takes about {results['full_runtime']} on 2 shared CPU cores.")
+    lines += ["", "| claim | paper | ours (mean ± std over seeds) | reproduced | criterion |", "|---|---|---|---|---|"]
+    for c in claims:
+        lines.append(f"| {cell(c.text)} | {cell(c.paper)} | {c.ours()} | {c.verdict()} | {cell(c.criterion)} |")
+    if results.get("deviations"):
+        lines += ["", "## Where this run departs from the paper", ""] + [f"- {d}" for d in results["deviations"]]
+    if results.get("figures"):
+        lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in results["figures"]]
+    lines += ["", "## Config", "", "```json", json.dumps(results["config"], indent=1, sort_keys=True), "```",
+              "", f"Result key {results['key']} (config + source hash {results['source_hash']}).", ""]
+    return "\n".join(lines)
