@@ -12,6 +12,7 @@ from torch import nn
 
 import feedalign
 from feedalign.rules import linear_layers
+from feedalign.rules.fast import uses_fast_path
 
 from reference import reference_gradients
 
@@ -24,12 +25,15 @@ def run_torch(model, x, target, loss):
     value.backward()
 
 
-def check_against_reference(model, rule, x, target, activation, loss, bias=True):
+def check_against_reference(model, rule, x, target, activation, loss, bias=True, fast=None):
     layers = linear_layers(model)
     weights = [layer.weight.detach().numpy() for layer in layers]
     biases = [layer.bias.detach().numpy() if bias else None for layer in layers]
     feedback = [b.detach().numpy() for b in feedalign.feedback_matrices(model)]
     grad_w, grad_b = reference_gradients(rule, weights, biases, feedback, x.numpy(), target.numpy(), activation, loss)
+    if fast is not None:  # pin the path, and check that it is the one taken
+        model.fast_path = fast
+        assert uses_fast_path(model(x)) == (fast and rule != "bp")
     run_torch(model, x, target, loss)
     for l, layer in enumerate(layers):
         np.testing.assert_allclose(layer.weight.grad.numpy(), grad_w[l], rtol=1e-6, atol=1e-10, err_msg=f"{rule} W{l + 1}")
@@ -42,13 +46,15 @@ def check_against_reference(model, rule, x, target, activation, loss, bias=True)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("batch", [1, 7])
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
-def test_gradients_match_reference(rule, activation, bias, batch, loss):
+@pytest.mark.parametrize("sizes", ["5-7-6-4-3", "5-6x3-3"])  # hidden widths unequal / equal (stacked)
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "general"])
+def test_gradients_match_reference(rule, activation, bias, batch, loss, sizes, fast):
     torch.manual_seed(batch + 10 * bias)
-    net = feedalign.mlp("5-7-6-4-3", activation=activation, bias=bias).double()
+    net = feedalign.mlp(sizes, activation=activation, bias=bias).double()
     model = feedalign.convert(net, rule, seed=3, feedback_scale=0.8 if rule != "bp" else None)
     x = torch.randn(batch, 5, dtype=torch.float64)
     target = torch.randn(batch, 3, dtype=torch.float64) if loss == "mse" else torch.randint(0, 3, (batch,))
-    check_against_reference(model, rule, x, target, activation, loss, bias)
+    check_against_reference(model, rule, x, target, activation, loss, bias, fast=None if rule == "bp" else fast)
 
 
 class Nested(nn.Module):
@@ -155,7 +161,8 @@ def test_feedback_shapes_and_default_scales():
 class MatmulCounter(torch.utils._python_dispatch.TorchDispatchMode):
     """Counts the matrix products autograd runs."""
 
-    MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
+    MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+               torch.ops.aten.mm.out, torch.ops.aten.addmm.out, torch.ops.aten.bmm.out}
 
     def __init__(self):
         super().__init__()
@@ -169,10 +176,12 @@ class MatmulCounter(torch.utils._python_dispatch.TorchDispatchMode):
 
 
 @pytest.mark.parametrize("rule, expected", [("bp", 2 * 4 - 1), ("fa", 2 * 4 - 1), ("dfa", 4 + 1)])
-def test_backward_matmul_count(rule, expected):
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "general"])
+def test_backward_matmul_count(rule, expected, fast):
     """DFA computes no input gradient for hidden layers: one weight-gradient matmul per
     layer plus the single fused feedback matmul; BP and FA need 2L - 1."""
     model = feedalign.convert(feedalign.mlp("5-6-6-4-3"), rule)
+    model.fast_path = fast
     loss = F.cross_entropy(model(torch.randn(8, 5)), torch.randint(0, 3, (8,)))
     with MatmulCounter() as counter:
         loss.backward()
@@ -264,3 +273,65 @@ def test_exact_gradients_gives_backprop(rule):
     F.cross_entropy(model(x), y).backward()  # the rule is back after the block
     if rule != "bp":
         assert not all(torch.allclose(p.grad, q.grad) for p, q in zip(net.parameters(), model.parameters()))
+
+
+@pytest.mark.parametrize("rule", ["fa", "dfa", "ifa"])
+def test_fast_path_taken_for_mlp_only(rule):
+    x = torch.randn(4, 5)
+    model = feedalign.convert(feedalign.mlp("5-6-6-3"), rule)
+    assert uses_fast_path(model(x))
+    assert isinstance(model, nn.Sequential) and repr(model).startswith("Sequential(")
+    with torch.no_grad():
+        assert not uses_fast_path(model(x))
+    with feedalign.exact_gradients(model):
+        assert not uses_fast_path(model(x))
+    handle = linear_layers(model)[1].register_forward_hook(lambda *args: None)
+    assert not uses_fast_path(model(x)), "a hook on a layer must see the layer run"
+    handle.remove()
+    assert uses_fast_path(model(x))
+    nested = feedalign.convert(Nested(), rule)
+    assert not uses_fast_path(nested(x))
+    gelu = feedalign.convert(feedalign.mlp("5-6-6-3", activation="gelu"), rule)
+    assert not uses_fast_path(gelu(x))
+
+
+@pytest.mark.parametrize("rule", ["fa", "dfa", "ifa"])
+def test_fast_path_accumulates_and_keeps_state(rule):
+    """Same .grad as the general path, accumulated across backward calls; same state_dict keys."""
+    torch.manual_seed(0)
+    fast = feedalign.convert(feedalign.mlp("5-6x4-3").double(), rule, seed=2)
+    general = copy.deepcopy(fast)
+    general.fast_path = False
+    assert list(fast.state_dict()) == list(feedalign.convert(feedalign.mlp("5-6x4-3"), rule).state_dict())
+    x, y = torch.randn(6, 5, dtype=torch.float64, requires_grad=True), torch.randint(0, 3, (6,))
+    grads = []
+    for model in (fast, general):
+        x.grad = None
+        for _ in range(2):
+            F.cross_entropy(model(x), y).backward()
+        grads.append([x.grad] + [p.grad for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+    opt = torch.optim.SGD(fast.parameters(), lr=0.1)
+    opt.step()
+    opt.zero_grad()
+    F.cross_entropy(fast(x[:, None]).squeeze(1), y).backward()  # extra leading dims are batch dims
+    assert all(p.grad is not None for p in fast.parameters())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "general"])
+def test_cuda_matches_cpu(rule, fast):
+    torch.manual_seed(0)
+    cpu = feedalign.convert(feedalign.mlp("20-16x3-5").double(), rule, seed=1)
+    cpu.fast_path = fast
+    gpu = copy.deepcopy(cpu).to("cuda")
+    assert all(b.is_cuda for b in feedalign.feedback_matrices(gpu))
+    x, y = torch.randn(9, 20, dtype=torch.float64), torch.randint(0, 5, (9,))
+    F.cross_entropy(cpu(x), y).backward()
+    out = gpu(x.cuda())
+    assert uses_fast_path(out) == (fast and rule != "bp")
+    F.cross_entropy(out, y.cuda()).backward()
+    for p, q in zip(cpu.parameters(), gpu.parameters()):
+        torch.testing.assert_close(p.grad, q.grad.cpu())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import fast
 from ._cut import HiddenCut, find_cut
 from .base import LearningRule, linear_layers, register, sample_feedback
 
@@ -57,6 +58,7 @@ class DirectFeedbackAlignment(LearningRule):
                                   generator=generator, like=linears[-1].weight) for width in cut.widths]
         model.register_buffer("feedback", torch.cat(blocks, dim=1))
         model._feedalign_cut = cut
+        fast.install(model, linears, self.name)
         return model
 
     def feedback_matrices(self, model: nn.Module) -> list[torch.Tensor]:

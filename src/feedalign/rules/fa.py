@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fast
 from .base import LearningRule, linear_layers, register, sample_feedback
 
 
@@ -88,6 +89,7 @@ class FeedbackAlignment(LearningRule):
                     if id(child) not in swapped:
                         swapped[id(child)] = self._swap(child, generator, feedback_init, feedback_scale)
                     setattr(parent, child_name, swapped[id(child)])
+        fast.install(model, linear_layers(model), self.name)
         return model
 
     @staticmethod

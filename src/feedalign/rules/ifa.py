@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fast
 from ._cut import HiddenCut, find_cut
 from .base import LearningRule, linear_layers, register, sample_feedback
 
@@ -67,6 +68,7 @@ class IndirectFeedbackAlignment(LearningRule):
             (linears[-1].out_features, width), fan=width, init=feedback_init, scale=feedback_scale,
             generator=generator, like=linears[-1].weight))
         model._feedalign_cut = cut
+        fast.install(model, linears, self.name)
         return model
 
     def feedback_matrices(self, model: nn.Module) -> list[torch.Tensor]:

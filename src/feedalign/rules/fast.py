@@ -1,0 +1,308 @@
+"""A fast path for the common case: an ``nn.Sequential`` of ``nn.Linear`` layers and known
+element-wise activations (``feedalign.mlp`` builds exactly these).
+
+The general path of every rule is plain autograd: one graph node per layer and
+activation, a custom Function per FA layer, hooks at every DFA/IFA cut. On small
+layers that bookkeeping, not arithmetic, is what a step costs. Here the whole stack
+is ONE autograd Function whose backward computes every signal and weight gradient
+itself, and batches the work that does not depend on other layers:
+
+- all hidden outputs live in one (K, N, w) tensor when the hidden widths are equal,
+  so ``f'`` of every hidden layer is one element-wise op;
+- the gradients of the hidden-to-hidden weights, ``dW_k = delta_k^T h_{k-1}``, are
+  one ``bmm`` over the K - 1 layers;
+- DFA's hidden signals are one matmul ``e @ feedback``, as in the general path.
+
+The user's loop does not change: the Function takes every weight and bias as an
+input, so autograd puts (and accumulates) their gradients in ``.grad``. The model
+keeps its modules, parameters, buffers and ``state_dict``; only its class becomes
+:class:`FastSequential`, a subclass of ``nn.Sequential`` whose forward takes this
+path when it can and the general one otherwise (no grad, ``exact_gradients()``,
+hooks on the layers, mixed dtypes or devices, ``model.fast_path = False``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules import module as _module
+
+# f'(a) written with h = f(a), for the activations whose derivative needs only h.
+# ReLU follows torch (threshold_backward on the result: 1 where h > 0).
+_DERIVATIVES = {
+    nn.Tanh: lambda h, m: 1.0 - h * h,
+    nn.Sigmoid: lambda h, m: h * (1.0 - h),
+    nn.ReLU: lambda h, m: (h > 0).to(h.dtype),
+    nn.LeakyReLU: lambda h, m: torch.where(h > 0, 1.0, m.negative_slope).to(h.dtype),
+    nn.Identity: None,
+}
+
+
+class Plan:
+    """What the fast path needs to know about a converted Sequential.
+
+    ``linears`` in forward order, ``activations[k]`` the module after ``linears[k]``
+    (``None`` for none), ``rule`` one of ``"bp"`` (the backward matrices are the
+    weights), ``"fa"`` (each layer's ``feedback``), ``"dfa"``, ``"ifa"`` (the root's
+    ``feedback``). Holds modules, never tensors, so ``.to()`` and ``.double()`` are seen.
+    """
+
+    def __init__(self, root: nn.Sequential, linears: list[nn.Linear], activations: list, rule: str):
+        self.root, self.linears, self.activations, self.rule = root, linears, activations, rule
+        widths = [layer.out_features for layer in linears[:-1]]
+        self.stacked = len(set(widths)) == 1  # hidden outputs in one (K, N, w) tensor
+        modules = [m for m in (*linears, *activations) if m is not None]
+        self._hooks = [(m, self._hook_counts(m)) for m in modules]
+
+    @staticmethod
+    def _hook_counts(m: nn.Module) -> tuple[int, ...]:
+        return (len(m._forward_pre_hooks), len(m._forward_hooks), len(m._backward_hooks), len(m._backward_pre_hooks))
+
+    def applies(self, input) -> bool:
+        """True when the fast path computes exactly what the general path would."""
+        if not (torch.is_grad_enabled() and isinstance(input, torch.Tensor) and input.dim() >= 1):
+            return False
+        if (_module._global_forward_hooks or _module._global_forward_pre_hooks or _module._global_backward_hooks
+                or _module._global_backward_pre_hooks or torch.is_autocast_enabled()):
+            return False
+        weight = self.linears[0].weight
+        if input.dtype != weight.dtype or input.device != weight.device or not input.dtype.is_floating_point:
+            return False
+        for m, counts in self._hooks:  # someone watches a layer: let it run as a module
+            if self._hook_counts(m) != counts:
+                return False
+        for layer in self.linears:
+            if layer.weight.dtype != weight.dtype or layer.weight.device != weight.device:
+                return False
+        return True
+
+    def __call__(self, input: torch.Tensor) -> torch.Tensor:
+        linears = self.linears
+        weights = [layer.weight for layer in linears]
+        biases = [layer.bias for layer in linears]
+        if self.rule == "fa":
+            backward = [layer.feedback for layer in linears]
+        elif self.rule in ("dfa", "ifa"):
+            backward = [self.root.feedback]
+            if self.root.feedback.shape[0] != linears[-1].out_features:
+                raise ValueError(f"{self.rule.upper()} feedback expects outputs of size "
+                                 f"{self.root.feedback.shape[0]}, got {linears[-1].out_features}")
+        else:
+            backward = []
+        if input.dim() == 2:
+            return _StackFunction.apply(input, self, len(linears), *weights, *biases, *backward)
+        flat = input.reshape(-1, input.shape[-1])  # leading dimensions are batch dimensions
+        output = _StackFunction.apply(flat, self, len(linears), *weights, *biases, *backward)
+        return output.reshape(*input.shape[:-1], output.shape[-1])
+
+
+class _StackFunction(torch.autograd.Function):
+    """The whole stack ``a_l = h_{l-1} W_l^T + b_l``, ``h_l = f(a_l)``, ``y = a_L`` as one node.
+
+    Backward, with ``e = dL/dy`` (row vectors, ``D_l = f'(a_l)``):
+
+    - ``bp``:  ``delta_l = (delta_{l+1} W_{l+1}) * D_l``
+    - ``fa``:  ``delta_l = (delta_{l+1} B_{l+1}) * D_l``
+    - ``dfa``: ``delta_l = (e B_l) * D_l``, every ``e B_l`` from one matmul ``e @ feedback``
+    - ``ifa``: ``delta_1 = (e B_1) * D_1``, ``delta_l = (delta_{l-1} W_l^T) * D_l``
+
+    then ``dW_l = delta_l^T h_{l-1}`` and ``db_l = sum_n delta_l``, with ``delta_L = e``.
+    The input gets ``delta_1 W_1`` (``delta_1 B_1`` under FA), as in the general path.
+    """
+
+    @staticmethod
+    def forward(ctx, input, plan, n_layers, *tensors):
+        weights, biases = tensors[:n_layers], tensors[n_layers:2 * n_layers]
+        n, k = input.shape[0], n_layers - 1
+        if plan.stacked:
+            hidden = input.new_empty((k, n, weights[0].shape[0]))
+            outs = hidden.unbind(0)
+        else:
+            outs = [input.new_empty((n, w.shape[0])) for w in weights[:-1]]
+            hidden = None
+        h = input
+        for l in range(k):
+            w, b, out = weights[l], biases[l], outs[l]
+            if b is None:
+                torch.mm(h, w.t(), out=out)
+            else:
+                torch.addmm(b, h, w.t(), out=out)
+            _activate_(plan.activations[l], out)
+            h = out
+        output = F.linear(h, weights[-1], biases[-1])
+        ctx.plan, ctx.n_layers = plan, n_layers
+        ctx.save_for_backward(input, *(outs if hidden is None else (hidden,)), *tensors)
+        return output
+
+    @staticmethod
+    def backward(ctx, error):
+        plan, n_layers = ctx.plan, ctx.n_layers
+        saved = ctx.saved_tensors
+        input = saved[0]
+        n_hidden_saved = 1 if plan.stacked else n_layers - 1
+        hidden = saved[1:1 + n_hidden_saved]
+        tensors = saved[1 + n_hidden_saved:]
+        weights, biases, back = tensors[:n_layers], tensors[n_layers:2 * n_layers], tensors[2 * n_layers:]
+        k = n_layers - 1
+        error = error.contiguous()
+        stacked = plan.stacked
+        hs = hidden[0].unbind(0) if stacked else hidden
+        # D_l = f'(a_l); one element-wise op for all hidden layers when stacked. None: f' = 1.
+        activations = plan.activations[:k]
+        if stacked and all(type(a) is type(activations[0]) for a in activations):
+            d_stack = _derivative(activations[0], hidden[0])
+            derivatives = [None] * k if d_stack is None else d_stack.unbind(0)
+        else:
+            d_stack = None
+            derivatives = [_derivative(activations[l], hs[l]) for l in range(k)]
+        deltas = _signals(plan.rule, error, weights, back, derivatives, d_stack, hs, stacked)
+
+        grad_weights = [None] * n_layers
+        grad_biases = [None] * n_layers
+        needs = ctx.needs_input_grad  # (input, plan, n_layers, *weights, *biases, *back)
+        grad_weights[-1] = error.t().mm(hs[-1])
+        if biases[-1] is not None:
+            grad_biases[-1] = error.sum(0)
+        delta_list = deltas.unbind(0) if plan.stacked else deltas
+        grad_weights[0] = delta_list[0].t().mm(input)
+        if k > 1:
+            if plan.stacked:  # the K - 1 hidden-to-hidden layers in one bmm
+                grad_weights[1:k] = deltas[1:].transpose(1, 2).bmm(hidden[0][:-1]).unbind(0)
+            else:
+                for l in range(1, k):
+                    grad_weights[l] = delta_list[l].t().mm(hs[l - 1])
+        if biases[0] is not None:
+            sums = deltas.sum(1).unbind(0) if plan.stacked else [d.sum(0) for d in delta_list]
+            grad_biases[:k] = sums
+        grad_input = None
+        if needs[0]:
+            first = back[0] if plan.rule == "fa" else weights[0]
+            grad_input = delta_list[0].mm(first)
+        grad_weights = [g if needs[3 + l] else None for l, g in enumerate(grad_weights)]
+        grad_biases = [g if needs[3 + n_layers + l] else None for l, g in enumerate(grad_biases)]
+        return (grad_input, None, None, *grad_weights, *grad_biases, *([None] * len(back)))
+
+
+def _signals(rule, error, weights, back, derivatives, d_stack, hs, stacked):
+    """Every hidden layer's pre-activation signal ``delta_l``: one (K, N, w) tensor when
+    ``stacked``, else a list of (N, w_l). ``d_stack`` is every ``D_l`` as one tensor, if known."""
+    k, n = len(hs), error.shape[0]
+    if stacked:
+        deltas = error.new_empty((k, n, hs[0].shape[1]))
+        outs = deltas.unbind(0)
+    else:
+        outs = [error.new_empty(h.shape) for h in hs]
+        deltas = outs
+    if rule == "dfa":
+        signal = error.mm(back[0])  # (N, sum of widths): every e B_l at once
+        if stacked:
+            deltas.copy_(signal.view(n, k, -1).transpose(0, 1))
+        else:
+            for out, s in zip(outs, signal.split([h.shape[1] for h in hs], dim=1)):
+                out.copy_(s)
+        if d_stack is not None:
+            deltas.mul_(d_stack)
+        else:
+            for out, d in zip(outs, derivatives):
+                if d is not None:
+                    out.mul_(d)
+        return deltas
+    if rule == "ifa":
+        torch.mm(error, back[0], out=outs[0])
+        if derivatives[0] is not None:
+            outs[0].mul_(derivatives[0])
+        for l in range(1, k):
+            torch.mm(outs[l - 1], weights[l].t(), out=outs[l])
+            if derivatives[l] is not None:
+                outs[l].mul_(derivatives[l])
+        return deltas
+    matrices = back if rule == "fa" else weights  # bp: the forward weights
+    signal = error
+    for l in range(k - 1, -1, -1):
+        torch.mm(signal, matrices[l + 1], out=outs[l])
+        if derivatives[l] is not None:
+            outs[l].mul_(derivatives[l])
+        signal = outs[l]
+    return deltas
+
+
+def _activate_(activation, out):
+    if activation is None or isinstance(activation, nn.Identity):
+        return
+    kind = type(activation)
+    if kind is nn.Tanh:
+        torch.tanh(out, out=out)
+    elif kind is nn.Sigmoid:
+        torch.sigmoid(out, out=out)
+    elif kind is nn.ReLU:
+        torch.relu_(out)
+    elif kind is nn.LeakyReLU:
+        F.leaky_relu_(out, activation.negative_slope)
+    else:  # pragma: no cover  (plan_for admits only the kinds above)
+        raise TypeError(kind)
+
+
+def _derivative(activation, h):
+    if activation is None:
+        return None
+    rule = _DERIVATIVES[type(activation)]
+    return None if rule is None else rule(h, activation)
+
+
+class FastSequential(nn.Sequential):
+    """``nn.Sequential`` that trains through :class:`_StackFunction` when it can.
+
+    Set ``model.fast_path = False`` to force the general (per-layer autograd) path.
+    """
+
+    exact_gradient = False  # set by feedalign.exact_gradients(): the general path, plain backprop
+    fast_path = True
+
+    def forward(self, input):
+        plan = self.__dict__.get("_feedalign_plan")
+        if plan is not None and self.fast_path and not self.exact_gradient and plan.applies(input):
+            return plan(input)
+        return super().forward(input)
+
+    def _get_name(self):
+        return "Sequential"
+
+
+def plan_for(model: nn.Module, linears: list[nn.Linear]) -> list | None:
+    """The activations between ``linears`` if ``model`` is a plain stack the fast path handles, else None."""
+    if type(model) is not nn.Sequential:
+        return None
+    modules = list(model)
+    if not modules or modules[0] is not linears[0] or not isinstance(modules[-1], nn.Linear):
+        return None
+    if len({id(layer) for layer in linears}) != len(linears):
+        return None  # a layer used twice
+    activations: list = []
+    for m in modules:
+        if isinstance(m, nn.Linear):
+            activations.append(None)
+        elif type(m) in _DERIVATIVES and activations and activations[-1] is None:
+            activations[-1] = m
+        else:
+            return None
+    if [m for m in modules if isinstance(m, nn.Linear)] != linears:
+        return None
+    return activations
+
+
+def install(model: nn.Module, linears: list[nn.Linear], rule: str) -> bool:
+    """Give ``model`` the fast path for ``rule`` if it is a plain stack; returns whether it did."""
+    activations = plan_for(model, linears)
+    if activations is None:
+        return False
+    model.__class__ = FastSequential
+    model._feedalign_plan = Plan(model, linears, activations, rule)
+    return True
+
+
+def uses_fast_path(output: torch.Tensor) -> bool:
+    """Whether ``output`` came out of the fast path (its grad_fn is the stack Function)."""
+    node = output.grad_fn
+    if node is not None and type(node).__name__ == "ViewBackward0":  # inputs with extra batch dims
+        node = node.next_functions[0][0]
+    return node is not None and type(node).__name__ == "_StackFunctionBackward"
