@@ -14,6 +14,7 @@ from torch import nn
 
 from . import fast
 from .base import LearningRule, linear_layers, register, sample_feedback
+from .conv import FAConv2d
 
 
 class _FALinearFunction(torch.autograd.Function):
@@ -71,7 +72,8 @@ class FALinear(nn.Linear):
 
 @register
 class FeedbackAlignment(LearningRule):
-    """``fa``: every ``nn.Linear`` becomes a :class:`FALinear`.
+    """``fa``: every ``nn.Linear`` becomes a :class:`FALinear`, every ``nn.Conv2d`` a
+    :class:`~feedalign.rules.conv.FAConv2d` (a fixed feedback kernel of the weight's shape).
 
     Default feedback: U[-1/sqrt(in_features), 1/sqrt(in_features)], the scale of the
     forward weights in Nøkland's code; ``feedback_scale`` overrides it.
@@ -80,12 +82,12 @@ class FeedbackAlignment(LearningRule):
     name = "fa"
 
     def convert(self, model, *, generator, feedback_init, feedback_scale):
-        if isinstance(model, nn.Linear):
+        if isinstance(model, (nn.Linear, nn.Conv2d)):
             return self._swap(model, generator, feedback_init, feedback_scale)
         swapped = {}  # a layer used in two places stays one layer
         for parent in list(model.modules()):
             for child_name, child in list(parent.named_children()):
-                if isinstance(child, nn.Linear):
+                if isinstance(child, (nn.Linear, nn.Conv2d)):
                     if id(child) not in swapped:
                         swapped[id(child)] = self._swap(child, generator, feedback_init, feedback_scale)
                     setattr(parent, child_name, swapped[id(child)])
@@ -94,10 +96,13 @@ class FeedbackAlignment(LearningRule):
 
     @staticmethod
     def _swap(linear, generator, feedback_init, feedback_scale):
-        feedback = sample_feedback(tuple(linear.weight.shape), fan=linear.in_features, init=feedback_init,
+        fan = linear.weight[0].numel()  # in_features; (in_channels / groups) * kh * kw for a Conv2d
+        feedback = sample_feedback(tuple(linear.weight.shape), fan=fan, init=feedback_init,
                                    scale=feedback_scale, generator=generator, like=linear.weight)
+        if isinstance(linear, nn.Conv2d):
+            return FAConv2d.from_conv(linear, feedback)
         return FALinear.from_linear(linear, feedback)
 
     def feedback_matrices(self, model):
-        """One matrix per linear layer, forward order, each (out_features, in_features) like its weight."""
-        return [layer.feedback for layer in linear_layers(model)]
+        """One matrix per Linear or Conv2d layer, forward order, each of its weight's shape."""
+        return [layer.feedback for layer in model.modules() if isinstance(layer, (nn.Linear, nn.Conv2d))]
