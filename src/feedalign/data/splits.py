@@ -71,7 +71,10 @@ def make_splits(name: str, train_x, train_y, test_x, test_y, *, num_classes: int
 
     def ys(a) -> torch.Tensor:
         t = torch.as_tensor(np.ascontiguousarray(a))
-        return t.to(torch.int64) if num_classes is not None else t.to(torch.float32).reshape(len(t), -1)
+        if num_classes is not None:
+            return t.to(torch.int64)
+        t = t.to(torch.float32)
+        return t.unsqueeze(1) if t.dim() == 1 else t
 
     all_x, all_y = xs(train_x), ys(train_y)
     tx, ty = all_x[train_idx], all_y[train_idx]
@@ -84,7 +87,7 @@ def make_splits(name: str, train_x, train_y, test_x, test_y, *, num_classes: int
         std = torch.where(std > 1e-8, std, torch.ones_like(std))  # constant features (MNIST's border) stay put
         tx, vx, sx = ((t - mean) / std for t in (tx, vx, sx))
     if flatten:
-        tx, vx, sx = (t.reshape(len(t), -1) for t in (tx, vx, sx))
+        tx, vx, sx = (t.reshape(len(t), int(np.prod(input_shape))) for t in (tx, vx, sx))
     else:
         tx, vx, sx = (t.reshape(len(t), *input_shape) for t in (tx, vx, sx))
     return DataSplits(name, tx.contiguous(), ty, vx.contiguous(), vy, sx.contiguous(), sy,

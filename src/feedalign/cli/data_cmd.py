@@ -1,0 +1,50 @@
+"""``feedalign data list`` and ``feedalign data fetch NAME``: see and fill the dataset cache."""
+from __future__ import annotations
+
+import argparse
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)  # pragma: no cover
+
+
+def _list(args: argparse.Namespace) -> int:
+    from feedalign.data import status
+
+    rows = status(data_dir=args.data_dir, cache_dir=args.cache_dir)
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        state = "present" if r["present"] else "missing"
+        size = _human(r["size_bytes"]) if r["size_bytes"] else "-"
+        print(f"{r['name']:<{width}}  {state:<7}  {size:>8}  {r['path']}")
+    return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from feedalign.data import fetch
+
+    path = fetch(args.name, data_dir=args.data_dir, cache_dir=args.cache_dir, progress=True)
+    print(f"{args.name}: generated on demand, nothing to fetch" if path is None else f"{args.name}: ready in {path}")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("data", help="list and fetch datasets", description=__doc__)
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION", parser_class=type(parser))
+
+    def add_dirs(p):
+        p.add_argument("--data-dir", metavar="D", help="your own folder holding datasets (default: $FEEDALIGN_DATA)")
+        p.add_argument("--cache-dir", metavar="C", help="cache root (default: $FEEDALIGN_CACHE or ~/.cache/feedalign)")
+
+    p_list = sub.add_parser("list", help="each dataset: present or not, where, size")
+    add_dirs(p_list)
+    p_list.set_defaults(func=_list)
+    p_fetch = sub.add_parser("fetch", help="download (or generate) a dataset into the cache, verified")
+    p_fetch.add_argument("name", metavar="NAME", help="dataset name, as `feedalign data list` shows")
+    add_dirs(p_fetch)
+    p_fetch.set_defaults(func=_fetch)
+    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
