@@ -8,6 +8,10 @@ takes every ``h_k`` as an extra input. When ``loss.backward()`` reaches ``y`` wi
 ``e = dL/dy``, that Function returns ``e`` for ``y`` and the rule's signal for each
 ``h_k``; the autograd engine then runs all the hidden blocks' backward passes in
 the same single backward call, with no graph between them left to traverse.
+
+The cut layers may be ``nn.Conv2d`` too: a cut point is then a feature map
+(N, C, H, W) whose size C*H*W is known only once a forward pass has run (pooling,
+flattening and normalisation between layers pass through unchanged).
 """
 from __future__ import annotations
 
@@ -28,11 +32,13 @@ class HiddenCut:
 
     exact_gradient = False  # set by feedalign.exact_gradients(): no cut, plain backprop
 
-    def __init__(self, root: nn.Module, linears: list[nn.Linear], attach, record_preactivations: bool = False):
+    def __init__(self, root: nn.Module, linears: list[nn.Module], attach, record_preactivations: bool = False):
         if len(linears) < 2:
             raise ValueError(
                 f"this rule needs at least one hidden layer (two nn.Linear layers); the model has {len(linears)}")
         self.linears = linears
+        # per-example size of each cut point; a Conv2d's input size is learnt on the first forward
+        self.sizes = [layer.in_features if isinstance(layer, nn.Linear) else None for layer in linears[1:]]
         self.attach = attach
         self.record_preactivations = record_preactivations
         self._hidden: list | None = None
@@ -46,9 +52,18 @@ class HiddenCut:
                 layer.register_forward_hook(functools.partial(self._record, k))
 
     @property
+    def ready(self) -> bool:
+        """Whether every cut point's size is known (always for Linear layers; after one forward for Conv2d)."""
+        return all(size is not None for size in self.sizes)
+
+    @property
     def widths(self) -> list[int]:
-        """Width of each hidden layer, i.e. the input size of every linear but the first."""
-        return [layer.in_features for layer in self.linears[1:]]
+        """Width of each hidden layer, i.e. the input size of every layer but the first
+        (C*H*W for a Conv2d's input feature map)."""
+        if not self.ready:
+            raise ValueError("the model has Conv2d layers whose input sizes are known only after one forward "
+                             "pass; run the model once (e.g. on one example) first")
+        return list(self.sizes)
 
     def _start(self, root, args):
         if self.exact_gradient:
@@ -64,6 +79,13 @@ class HiddenCut:
         if self._hidden[k] is not None:
             raise ValueError(f"hidden layer {k + 1} ran twice in one forward pass; DFA/IFA need each layer once")
         (hidden,) = args
+        if not isinstance(layer, nn.Linear):
+            size = hidden[0].numel()
+            if self.sizes[k] is None:
+                self.sizes[k] = size
+            elif self.sizes[k] != size:
+                raise ValueError(f"layer {k + 2} got a feature map of {size} values per example, but the feedback "
+                                 f"was sized for {self.sizes[k]} by the first forward pass")
         self._hidden[k] = hidden
         return (hidden.detach(),)
 
@@ -82,7 +104,8 @@ class HiddenCut:
         if missing:
             raise ValueError(f"hidden layers {missing} did not run in the forward pass; DFA/IFA need every layer")
         for k, h in enumerate(hidden):
-            if h.shape[:-1] != output.shape[:-1]:
+            lead = h.shape[:-1] if isinstance(self.linears[k + 1], nn.Linear) else h.shape[:1]
+            if lead != output.shape[:-1]:
                 raise ValueError(
                     f"hidden layer {k + 1} has shape {tuple(h.shape)} but the output {tuple(output.shape)}: "
                     "the leading (batch) dimensions must match to project the output error onto it")

@@ -9,6 +9,14 @@ shape (out_features, width_k). The output layer's gradients are the ordinary one
 All ``B_k`` live side by side in one buffer ``feedback`` of shape
 (out_features, sum of widths) on the model's root, so that every hidden signal
 comes from ONE matmul ``e @ feedback``.
+
+Convolutions: every ``nn.Conv2d`` but the first is cut at its input too; its B_k
+has shape (out_features, C*H*W) and ``e B_k`` is reshaped to the feature map
+(N, C, H, W). As C*H*W depends on the input size, a model with Conv2d layers
+draws its ``feedback`` on the first forward pass (from a seed drawn at convert
+time, so the same ``convert`` seed gives the same B); ``feedback_matrices`` and
+``state_dict`` have it from then on, and ``load_state_dict`` before any forward
+takes the saved one.
 """
 from __future__ import annotations
 
@@ -17,7 +25,8 @@ from torch import nn
 
 from . import fast
 from ._cut import HiddenCut, find_cut
-from .base import LearningRule, linear_layers, register, sample_feedback
+from ._layers import trainable_layers
+from .base import LearningRule, register, sample_feedback
 
 
 class _DirectFeedback(torch.autograd.Function):
@@ -38,6 +47,7 @@ class _DirectFeedback(torch.autograd.Function):
 
 
 def _attach(root, output, hidden, preactivations):
+    materialize_feedback(root)
     if output.shape[-1] != root.feedback.shape[0]:
         raise ValueError(f"DFA feedback expects outputs of size {root.feedback.shape[0]}, got {output.shape[-1]}")
     return _DirectFeedback.apply(output, root.feedback, find_cut(root).widths, *hidden)
@@ -51,16 +61,54 @@ class DirectFeedbackAlignment(LearningRule):
     name = "dfa"
 
     def convert(self, model, *, generator, feedback_init, feedback_scale):
-        linears = linear_layers(model)
-        cut = HiddenCut(model, linears, _attach)
-        out_features = linears[-1].out_features
-        blocks = [sample_feedback((out_features, width), fan=width, init=feedback_init, scale=feedback_scale,
-                                  generator=generator, like=linears[-1].weight) for width in cut.widths]
-        model.register_buffer("feedback", torch.cat(blocks, dim=1))
-        model._feedalign_cut = cut
-        fast.install(model, linears, self.name)
+        layers = trainable_layers(model)
+        install_direct_feedback(model, layers, _attach, generator=generator, feedback_init=feedback_init,
+                                feedback_scale=feedback_scale)
+        if all(isinstance(layer, nn.Linear) for layer in layers):
+            fast.install(model, layers, self.name)
         return model
 
     def feedback_matrices(self, model: nn.Module) -> list[torch.Tensor]:
         """One B_k per hidden layer, forward order, each (out_features, width_k): views of ``model.feedback``."""
-        return list(model.feedback.split(find_cut(model).widths, dim=1))
+        cut = find_cut(model)
+        if model.feedback is None:
+            cut.widths  # raises: a Conv2d model has its feedback only after a forward pass
+        return list(model.feedback.split(cut.widths, dim=1))
+
+
+def install_direct_feedback(model, layers, attach, *, generator, feedback_init, feedback_scale) -> HiddenCut:
+    """Cut ``model`` at the input of every layer in ``layers`` but the first and give the
+    root the fused buffer ``feedback`` (out_features, sum of widths), now or (with Conv2d
+    layers) on the first forward pass. Shared by ``dfa`` and ``drtp``."""
+    if not isinstance(layers[-1], nn.Linear):
+        raise ValueError(f"the last trainable layer must be nn.Linear (the output), got {type(layers[-1]).__name__}")
+    cut = HiddenCut(model, layers, attach)
+    cut.feedback_spec = dict(init=feedback_init, scale=feedback_scale)
+    model._feedalign_cut = cut
+    if cut.ready:
+        model.register_buffer("feedback", _draw(cut, layers[-1], generator))
+    else:
+        cut.feedback_spec["seed"] = int(torch.randint(2 ** 62, (1,), generator=generator))
+        model.register_buffer("feedback", None)
+        model._register_load_state_dict_pre_hook(_take_saved_feedback, with_module=True)
+    return cut
+
+
+def _draw(cut, output_layer, generator):
+    out_features, spec = output_layer.out_features, cut.feedback_spec
+    blocks = [sample_feedback((out_features, width), fan=width, init=spec["init"], scale=spec["scale"],
+                              generator=generator, like=output_layer.weight) for width in cut.widths]
+    return torch.cat(blocks, dim=1)
+
+
+def materialize_feedback(root) -> None:
+    """Draw the root's ``feedback`` once the cut knows every size (first forward of a Conv2d model)."""
+    if root.feedback is None:
+        cut = find_cut(root)
+        root.feedback = _draw(cut, cut.linears[-1], torch.Generator().manual_seed(cut.feedback_spec["seed"]))
+
+
+def _take_saved_feedback(module, state_dict, prefix, *args):
+    key = prefix + "feedback"
+    if module.feedback is None and key in state_dict:
+        module.feedback = torch.empty_like(state_dict[key])

@@ -61,6 +61,9 @@ class IndirectFeedbackAlignment(LearningRule):
     name = "ifa"
 
     def convert(self, model, *, generator, feedback_init, feedback_scale):
+        if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+            raise ValueError("ifa supports nn.Linear layers only: its signal goes forward through W_k, which "
+                             "is not defined across pooling and flattening; use fa, dfa or drtp for Conv2d models")
         linears = linear_layers(model)
         cut = HiddenCut(model, linears, _attach, record_preactivations=True)
         width = cut.widths[0]
