@@ -5,5 +5,9 @@ with :func:`register`, an import below, and its reference-gradient tests.
 """
 from .base import LearningRule, exact_gradients, get_rule, linear_layers, register, rules
 from . import bp, dfa, fa, ifa  # noqa: F401  (registration)
+from . import sign_symmetry  # noqa: F401  (usf, brsf, frsf)
+from . import kp  # noqa: F401
+from . import wm  # noqa: F401
+from . import drtp  # noqa: F401
 
 __all__ = ["LearningRule", "exact_gradients", "get_rule", "linear_layers", "register", "rules"]

@@ -1,0 +1,131 @@
+"""Direct Random Target Projection (Frenkel, Lefebvre & Bol 2021, Front. Neurosci. 15:629892,
+"Learning without feedback: fixed random learning signals allow for feedforward
+training of deep neural networks", Eq. 4 and Fig. 1d).
+
+Every hidden layer k receives a fixed random projection of the *target*, not of
+the error: with ``t`` the one-hot target (row vectors) its pre-activation signal is
+``delta a_k = (t B_k / N) * f'(a_k)``, ``B_k`` of shape (out_features, width_k), N the
+batch size (so that hidden updates have the scale of a mean-reduced loss, as the
+output layer's do). The sign is that of Frenkel's code (ChFrenkel/
+DirectRandomTargetProjection, ``function.py``: ``labels.mm(B)``); for a zero-mean B
+it is immaterial. The output layer gets the ordinary gradient. Hidden signals come
+from one fused matmul ``t @ feedback`` as in DFA, and Conv2d layers are cut the same
+way (:mod:`.dfa`).
+
+Where the target comes from, keeping ``loss.backward(); optimizer.step()``:
+
+- by default it is recovered from the output error. For the softmax cross-entropy
+  with mean reduction (``F.cross_entropy``, ``nn.CrossEntropyLoss()``),
+  ``e = dL/dy = (softmax(y) - t) / N``, so ``t = softmax(y) - N e`` exactly (label
+  smoothing gives the smoothed target). The recovered t is checked to be a
+  distribution (entries in [0, 1] up to rounding); it is not for other losses or
+  reductions, and backward then raises a ValueError.
+- for any other loss, give it explicitly for the forward pass:
+  ``with feedalign.rules.drtp.target(model, y): loss = criterion(model(x), y)``
+  (class indices or a (N, out_features) target). The backward may run outside
+  the block: the target is captured at forward time.
+
+Trade-off: recovery keeps the user's loop untouched but ties DRTP to one loss;
+the context works for every loss at the price of one line in the loop.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._cut import find_cut
+from ._layers import trainable_layers
+from .base import LearningRule, register
+from .dfa import install_direct_feedback, materialize_feedback
+
+
+def recover_target(output: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
+    """``t = softmax(y) - N e``, the target of a mean-reduced softmax cross-entropy; checked."""
+    flat_y = output.reshape(-1, output.shape[-1])
+    flat_e = error.reshape(-1, error.shape[-1])
+    t = torch.softmax(flat_y.to(flat_e.dtype), dim=1) - flat_e * flat_y.shape[0]
+    tolerance = 1e-3 if t.dtype in (torch.float32, torch.float64) else 2e-2
+    if not bool(((t > -tolerance) & (t < 1 + tolerance)).all()):
+        raise ValueError("drtp could not recover a target from the output error: the loss is not a mean-reduced "
+                         "softmax cross-entropy of the model output. Give it explicitly: "
+                         "`with feedalign.rules.drtp.target(model, y): loss = ...`")
+    return t
+
+
+class _DirectTargetProjection(torch.autograd.Function):
+    """Identity on ``y``; backward sends ``e`` to ``y`` and ``t B_k / N`` to each hidden ``h_k``."""
+
+    @staticmethod
+    def forward(ctx, output, feedback, widths, target, *hidden):
+        ctx.save_for_backward(feedback, output.detach() if target is None else target)
+        ctx.recover = target is None
+        ctx.widths = widths
+        ctx.hidden_shapes = [h.shape for h in hidden]
+        return output.view_as(output)
+
+    @staticmethod
+    def backward(ctx, error):
+        feedback, saved = ctx.saved_tensors
+        t = recover_target(saved, error) if ctx.recover else saved.to(error.dtype)
+        signals = (t / t.shape[0]).mm(feedback).split(ctx.widths, dim=1)
+        return (error, None, None, None, *(s.reshape(shape) for s, shape in zip(signals, ctx.hidden_shapes)))
+
+
+def _one_hot(target: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    classes = output.shape[-1]
+    if target.dtype in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        if target.shape != output.shape[:-1]:
+            raise ValueError(f"drtp target of class indices must have shape {tuple(output.shape[:-1])}, "
+                             f"got {tuple(target.shape)}")
+        return F.one_hot(target.long(), classes).reshape(-1, classes).to(output.dtype)
+    if target.shape != output.shape:
+        raise ValueError(f"drtp target must be class indices or of the output's shape {tuple(output.shape)}, "
+                         f"got {tuple(target.shape)}")
+    return target.detach().reshape(-1, classes).to(output.dtype)
+
+
+def _attach(root, output, hidden, preactivations):
+    materialize_feedback(root)
+    if output.shape[-1] != root.feedback.shape[0]:
+        raise ValueError(f"DRTP feedback expects outputs of size {root.feedback.shape[0]}, got {output.shape[-1]}")
+    cut = find_cut(root)
+    given = getattr(cut, "target", None)
+    target = None if given is None else _one_hot(given, output)
+    return _DirectTargetProjection.apply(output, root.feedback, cut.widths, target, *hidden)
+
+
+@contextlib.contextmanager
+def target(model: nn.Module, y: torch.Tensor):
+    """Within this block the forward passes of a ``drtp`` ``model`` use ``y`` as the target.
+
+    ``y``: class indices (N,) or a target of the output's shape (N, out_features).
+    """
+    cut = find_cut(model)
+    previous = getattr(cut, "target", None)
+    cut.target = y
+    try:
+        yield model
+    finally:
+        cut.target = previous
+
+
+@register
+class DirectRandomTargetProjection(LearningRule):
+    """``drtp``. Default feedback as DFA's: B_k ~ U[-1/sqrt(width_k), 1/sqrt(width_k)]."""
+
+    name = "drtp"
+
+    def convert(self, model, *, generator, feedback_init, feedback_scale):
+        install_direct_feedback(model, trainable_layers(model), _attach, generator=generator,
+                                feedback_init=feedback_init, feedback_scale=feedback_scale)
+        return model
+
+    def feedback_matrices(self, model: nn.Module) -> list[torch.Tensor]:
+        """One B_k per hidden layer, forward order, each (out_features, width_k): hidden k gets ``t B_k / N``."""
+        cut = find_cut(model)
+        if model.feedback is None:
+            cut.widths  # raises: a Conv2d model has its feedback only after a forward pass
+        return list(model.feedback.split(cut.widths, dim=1))

@@ -1,0 +1,173 @@
+"""Sign-symmetry: ``usf``, ``brsf``, ``frsf`` (Liao, Leibo & Poggio 2016, AAAI, "How important is
+weight symmetry in backpropagation?"; the names are BioTorch's, Sanfiz & Akrout 2021).
+
+The error reaches a layer's input through a matrix with the *signs* of the forward
+weights and some other magnitude, ``delta_in = delta_out B`` with
+
+- ``usf`` (uniform sign-concordant feedback): ``B = s sign(W)``, one scale s for the
+  layer. Default ``s = sqrt(2 / (fan_in + fan_out))``, the scaling factor BioTorch
+  applies (jsalbert/biotorch, ``biotorch/layers/fa_constructor/linear.py``, option
+  ``scaling_factor``, after Xiao, Chen, Liao & Poggio 2018) to keep the backward
+  signal at the scale of a Xavier-initialised layer.
+- ``brsf`` (batchwise random magnitude): ``B = |R| * sign(W)`` with R redrawn for
+  every backward pass (every mini-batch).
+- ``frsf`` (fixed random magnitude): ``B = |M| * sign(W)`` with M drawn once.
+
+R and M default to Xavier-uniform, U[-a, a] with ``a = sqrt(6 / (fan_in + fan_out))``,
+as BioTorch draws them; ``feedback_scale`` / ``feedback_init`` override (U[-s, s] or
+N(0, s^2)). ``sign(W)`` is taken from the weights at backward time, so it always
+follows the current W. For Conv2d, B is a kernel of W's shape (see :mod:`.conv`).
+
+brsf's draws are reproducible: draw number k of a layer comes from a generator
+seeded with ``(feedback_seed, k)``, both kept as buffers (so in ``state_dict``); a
+resumed run continues the same sequence. ``feedback_matrices`` returns the B the
+*next* backward pass will use, without advancing the count.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ._layers import FeedbackLinear, adopt_layer, fans, swap_layers, trainable_layers
+from .base import LearningRule, register, sample_feedback
+from .conv import FeedbackConv2d
+
+
+def _xavier_bound(weight: torch.Tensor) -> float:
+    fan_in, fan_out = fans(weight)
+    return math.sqrt(6.0 / (fan_in + fan_out))
+
+
+class _UniformSign:
+    """B = s sign(W); ``feedback_scale`` is s (a float)."""
+
+    feedback_scale: float
+
+    def backward_weight(self) -> torch.Tensor:
+        return torch.sign(self.weight.detach()) * self.feedback_scale
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", feedback=sign(W)*{self.feedback_scale:.3g}"
+
+
+class _BatchRandomSign:
+    """B = |R_k| sign(W), R_k the k-th draw from seed ``feedback_seed``; k = ``feedback_draws``."""
+
+    feedback_seed: torch.Tensor
+    feedback_draws: torch.Tensor
+
+    def magnitude(self) -> torch.Tensor:
+        seed = (int(self.feedback_seed) * 1_000_003 + int(self.feedback_draws)) % (2 ** 63)
+        return sample_feedback(tuple(self.weight.shape), fan=1, init=self.feedback_init, scale=self.magnitude_scale,
+                               generator=torch.Generator().manual_seed(seed), like=self.weight).abs()
+
+    def backward_weight(self) -> torch.Tensor:
+        feedback = self.magnitude() * torch.sign(self.weight.detach())
+        self.feedback_draws += 1
+        return feedback
+
+    def current_feedback(self) -> torch.Tensor:
+        return self.magnitude() * torch.sign(self.weight.detach())
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", feedback=|R|*sign(W), R redrawn per batch"
+
+
+class _FixedRandomSign:
+    """B = |M| sign(W), with the fixed buffer ``feedback_magnitude`` = |M|."""
+
+    feedback_magnitude: torch.Tensor
+
+    def backward_weight(self) -> torch.Tensor:
+        return self.feedback_magnitude * torch.sign(self.weight.detach())
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", feedback=|M|*sign(W), M fixed"
+
+
+class USFLinear(_UniformSign, FeedbackLinear):
+    pass
+
+
+class USFConv2d(_UniformSign, FeedbackConv2d):
+    pass
+
+
+class BRSFLinear(_BatchRandomSign, FeedbackLinear):
+    pass
+
+
+class BRSFConv2d(_BatchRandomSign, FeedbackConv2d):
+    pass
+
+
+class FRSFLinear(_FixedRandomSign, FeedbackLinear):
+    pass
+
+
+class FRSFConv2d(_FixedRandomSign, FeedbackConv2d):
+    pass
+
+
+@register
+class UniformSignFeedback(LearningRule):
+    """``usf``: ``B = s sign(W)``, s = ``feedback_scale`` or sqrt(2 / (fan_in + fan_out))."""
+
+    name = "usf"
+
+    def convert(self, model, *, generator, feedback_init, feedback_scale):
+        def make(layer):
+            new = adopt_layer(layer, USFLinear, USFConv2d)
+            fan_in, fan_out = fans(layer.weight)
+            new.feedback_scale = math.sqrt(2.0 / (fan_in + fan_out)) if feedback_scale is None else float(feedback_scale)
+            return new
+        return swap_layers(model, make)
+
+    def feedback_matrices(self, model):
+        """One B per Linear/Conv2d layer, forward order, of its weight's shape (computed from the current W)."""
+        return [layer.backward_weight() for layer in trainable_layers(model)]
+
+
+@register
+class BatchRandomSignFeedback(LearningRule):
+    """``brsf``: ``B = |R| sign(W)``, R redrawn every backward pass (Xavier-uniform by default)."""
+
+    name = "brsf"
+
+    def convert(self, model, *, generator, feedback_init, feedback_scale):
+        def make(layer):
+            new = adopt_layer(layer, BRSFLinear, BRSFConv2d)
+            new.feedback_init = feedback_init
+            new.magnitude_scale = _xavier_bound(layer.weight) if feedback_scale is None else float(feedback_scale)
+            seed = int(torch.randint(2 ** 62, (1,), generator=generator))
+            new.register_buffer("feedback_seed", torch.tensor(seed, dtype=torch.int64, device=layer.weight.device))
+            new.register_buffer("feedback_draws", torch.zeros((), dtype=torch.int64, device=layer.weight.device))
+            return new
+        return swap_layers(model, make)
+
+    def feedback_matrices(self, model):
+        """The B each layer's next backward pass will use (weight-shaped), forward order."""
+        return [layer.current_feedback() for layer in trainable_layers(model)]
+
+
+@register
+class FixedRandomSignFeedback(LearningRule):
+    """``frsf``: ``B = |M| sign(W)``, M fixed (Xavier-uniform by default), kept as ``feedback_magnitude``."""
+
+    name = "frsf"
+
+    def convert(self, model, *, generator, feedback_init, feedback_scale):
+        def make(layer):
+            new = adopt_layer(layer, FRSFLinear, FRSFConv2d)
+            scale = _xavier_bound(layer.weight) if feedback_scale is None else float(feedback_scale)
+            magnitude = sample_feedback(tuple(layer.weight.shape), fan=1, init=feedback_init, scale=scale,
+                                        generator=generator, like=layer.weight).abs()
+            new.register_buffer("feedback_magnitude", magnitude)
+            return new
+        return swap_layers(model, make)
+
+    def feedback_matrices(self, model):
+        """One B = |M| sign(W) per Linear/Conv2d layer, forward order, of its weight's shape."""
+        return [layer.backward_weight() for layer in trainable_layers(model)]
