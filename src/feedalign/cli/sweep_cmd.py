@@ -1,0 +1,106 @@
+"""``feedalign sweep SPEC``: run a grid or random sample of training configs and map their outcomes.
+
+SPEC is a TOML or YAML file with a [base] table of config fields, a [grid] table
+(field = [values]) and/or a [random] table (field = {choice|uniform|loguniform|randint = [...]})
+with ``samples = N``. Each run is an ordinary run directory under OUT_DIR/NAME/runs/;
+the sweep writes OUT_DIR/NAME/results.csv and results.json, and figures under
+OUT_DIR/NAME/figures/ (heatmaps per rule, best learning curves). Rerunning the
+same spec skips finished runs.
+
+examples:
+  feedalign sweep examples/sweeps/sensitivity-init-lr.toml
+  feedalign sweep spec.toml --set epochs=1 --set dataset=mnist1d --set architecture=40-200-100-10
+  feedalign sweep spec.toml --backend ray --address ray://head-node:10001
+  feedalign sweep spec.toml --plot-only
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import UsageError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("sweep", help="sweep settings over a grid or random sample; map where each rule trains",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("spec", help="sweep spec file (.toml, .yaml or .yml)")
+    p.add_argument("--backend", choices=None, default=None, help="local (default: worker processes here) or ray")
+    p.add_argument("--address", default=None,
+                   help="ray backend: address of a running Ray cluster (ray://HOST:10001, HOST:6379 or auto); "
+                        "default: start a local Ray instance")
+    p.add_argument("--workers", type=int, default=None,
+                   help="runs at once (local default: CPUs // threads_per_run; ray default: as the cluster fits)")
+    p.add_argument("--threads-per-run", type=int, default=None, help="torch threads (and Ray CPUs) per run (default 1)")
+    p.add_argument("--out-dir", default=None, help="directory the sweep directory goes into (default: the spec's out_dir)")
+    p.add_argument("--name", default=None, help="sweep directory name (default: the spec's name or file stem)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a [base] field, e.g. --set epochs=1 (repeatable; VALUE is read as TOML, else a string)")
+    p.add_argument("--plot-only", action="store_true", help="only redraw the figures from the existing results")
+    p.add_argument("--no-plot", action="store_true", help="do not draw figures at the end")
+    p.add_argument("--dry-run", action="store_true", help="check the spec and list the runs; run nothing")
+    p.add_argument("--report", action="store_true",
+                   help="print the sensitivity report (the review's observations) for the results at the end")
+    p.set_defaults(func=run)
+
+
+def parse_set(items: list[str]) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--set expects FIELD=VALUE, got {item!r}")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except Exception:
+            value = raw.strip()
+        out[key] = value
+    return out
+
+
+def run(args) -> int:
+    from feedalign.sweeps import load_spec, plot_sweep, run_sweep, sensitivity_report
+    from feedalign.sweeps.spec import BACKENDS
+    if args.backend is not None and args.backend not in BACKENDS:
+        raise UsageError(f"unknown backend {args.backend!r}; expected one of {', '.join(BACKENDS)}")
+    if args.address and (args.backend or "") != "ray":
+        raise UsageError("--address is for the ray backend; add --backend ray")
+    for flag, value in (("--workers", args.workers), ("--threads-per-run", args.threads_per_run)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be at least 1; got {value}")
+    spec = load_spec(args.spec, overrides=parse_set(args.set), out_dir=args.out_dir, name=args.name,
+                     threads_per_run=args.threads_per_run, backend=args.backend)
+    if args.plot_only:
+        if not (spec.sweep_dir / "results.json").is_file():
+            raise UsageError(f"--plot-only: no results in {spec.sweep_dir}; run the sweep first")
+        figures = plot_sweep(spec.sweep_dir, pairs=spec.plot or None)
+        for path in figures:
+            print(path)
+        if args.report:
+            print(sensitivity_report(spec.sweep_dir))
+        return 0
+    if args.dry_run:
+        points = spec.points()
+        print(f"sweep {spec.name}: {len(points)} runs into {spec.sweep_dir} ({spec.backend} backend)")
+        for p in points:
+            print(f"  {p.key}  " + " ".join(f"{k}={v!r}" for k, v in p.params.items()))
+        return 0
+    result = run_sweep(spec, backend=spec.backend, address=args.address, workers=args.workers, plot=not args.no_plot)
+    counts: dict[str, int] = {}
+    for row in result.rows:
+        counts[row["outcome"]] = counts.get(row["outcome"], 0) + 1
+    print(f"sweep {spec.name}: {len(result.rows)} runs ({result.ran} run now, {result.skipped} already done): "
+          + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    print(f"results: {result.sweep_dir / 'results.csv'}")
+    if args.report:
+        print(sensitivity_report(result.sweep_dir))
+    if result.failed:
+        print(f"feedalign sweep: {len(result.failed)} run(s) did not finish: "
+              + "; ".join(f"{r['key']}: {r.get('error', r['status'])}" for r in result.failed[:3]), file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,321 @@
+"""Sweep specifications: which training configs a sweep runs, read from TOML or YAML.
+
+A spec file::
+
+    name = "init-lr"            # the sweep's directory name (default: the file's stem)
+    out_dir = "sweeps"          # where that directory goes
+    seed = 0                    # seeds the random sample (not the runs: sweep `seed` in the grid for that)
+    samples = 8                 # random draws per grid point (needs a [random] table)
+    backend = "local"           # or "ray"
+    threads_per_run = 1         # torch threads of each run; the local pool has cpu_count // this workers
+    plot = [["init_scale", "lr"]]   # heatmap axes (default: every pair of swept parameters)
+
+    [base]                      # fixed settings: any field of feedalign.training.Config
+    dataset = "mnist1d"
+    architecture = "40-200-100-10"
+    epochs = 5
+
+    [grid]                      # field -> list of values; the sweep is their Cartesian product
+    rule = ["bp", "fa", "dfa"]
+    lr = [0.01, 0.1]
+
+    [random]                    # field -> distribution, drawn `samples` times per grid point
+    weight_decay = { loguniform = [1e-6, 1e-2] }
+    init_scale = { uniform = [0.0, 1.0] }
+    batch_size = { choice = [32, 64] }
+    seed = { randint = [0, 1000] }
+
+Everything is checked when the spec is read, before any run starts: unknown keys
+or fields, empty grids, values a :class:`Config` would refuse. Errors are
+``ValueError`` with one line naming the file and the offending entry.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import random as _random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BACKENDS = ("local", "ray")
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
+TOP_KEYS = ("name", "out_dir", "seed", "samples", "backend", "threads_per_run", "workers", "retries", "plot",
+            "base", "grid", "random")
+# Config fields that say where or how fast a run goes, not what it computes: left out of the run's hash.
+NOT_HASHED = ("out_dir", "name", "threads", "data_dir")
+
+
+def _config_cls():
+    from ..training.config import Config
+    return Config
+
+
+def config_hash(config) -> str:
+    """SHA-256 of a Config's settings that determine its result (not out_dir, name, threads, data_dir)."""
+    values = {k: v for k, v in config.to_dict().items() if k not in NOT_HASHED}
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass
+class Point:
+    """One run of a sweep: the swept values, the full validated Config, and its key (run directory name)."""
+
+    params: dict
+    config: object
+    hash: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.config.rule}-{self.hash[:12]}"
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    out_dir: str = "sweeps"
+    base: dict = field(default_factory=dict)
+    grid: dict = field(default_factory=dict)
+    random: dict = field(default_factory=dict)
+    samples: int = 1
+    seed: int = 0
+    backend: str = "local"
+    threads_per_run: int = 1
+    workers: int | None = None
+    retries: int = 1
+    plot: list = field(default_factory=list)
+    source: str = "spec"
+
+    @property
+    def sweep_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    @property
+    def swept(self) -> list[str]:
+        """Swept fields in spec order: grid first, then random."""
+        return list(self.grid) + [k for k in self.random if k not in self.grid]
+
+    def points(self) -> list[Point]:
+        """Every run of the sweep, in a fixed order (grid product x random draws); duplicates dropped."""
+        Config = _config_cls()
+        rng = _random.Random(self.seed)
+        names, lists = list(self.grid), [self.grid[k] for k in self.grid]
+        out, seen = [], set()
+        for combo in itertools.product(*lists) if names else [()]:
+            draws = range(self.samples) if self.random else [0]
+            for _ in draws:
+                params = dict(zip(names, combo))
+                for fname, dist in self.random.items():
+                    params[fname] = _draw(rng, dist)
+                values = {**self.base, **params}
+                try:
+                    config = Config.from_dict(values, source="settings")
+                except ValueError as err:
+                    shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
+                    raise ValueError(f"{self.source}: the point {{{shown}}} is not a valid config: {err}") from None
+                h = config_hash(config)
+                if h in seen:
+                    continue
+                seen.add(h)
+                out.append(Point(params=params, config=config, hash=h))
+        return out
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in TOP_KEYS if k not in ("base", "grid", "random", "workers")}
+        if self.workers is not None:
+            d["workers"] = self.workers
+        d.update(base=self.base, grid=self.grid, random=self.random)
+        return d
+
+
+def _draw(rng: _random.Random, dist: dict):
+    (kind, args), = dist.items()
+    if kind == "choice":
+        return rng.choice(args)
+    if kind == "uniform":
+        return rng.uniform(args[0], args[1])
+    if kind == "loguniform":
+        return math.exp(rng.uniform(math.log(args[0]), math.log(args[1])))
+    return rng.randint(args[0], args[1])  # randint, both ends included
+
+
+def read_mapping(path: str | Path) -> dict:
+    """A TOML (.toml) or YAML (.yaml/.yml) file as a dict, or a one-line ValueError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"sweep spec {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    text = path.read_text()
+    try:
+        if suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            values = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+            values = yaml.safe_load(text)
+            values = {} if values is None else values
+        else:
+            raise ValueError(f"sweep spec {str(path)!r}: expected a .toml, .yaml or .yml file")
+    except ValueError as err:
+        if str(err).startswith("sweep spec"):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"sweep spec {str(path)!r} does not parse: {first}") from None
+    except Exception as err:  # yaml.YAMLError
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"sweep spec {str(path)!r} does not parse: {first}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"sweep spec {str(path)!r}: expected a table of keys at the top, got {type(values).__name__}")
+    return values
+
+
+def load_spec(path: str | Path, *, overrides: dict | None = None, **settings) -> SweepSpec:
+    """Read and check a spec file. ``overrides`` replace ``base`` fields; ``settings`` replace top-level keys."""
+    path = Path(path)
+    values = read_mapping(path)
+    values.setdefault("name", path.stem)
+    for k, v in settings.items():
+        if v is not None:
+            values[k] = v
+    spec = spec_from_dict(values, source=str(path))
+    if overrides:
+        apply_overrides(spec, overrides)
+    return spec
+
+
+def apply_overrides(spec: SweepSpec, overrides: dict) -> None:
+    Config = _config_cls()
+    for k, v in overrides.items():
+        if k not in Config.keys():
+            raise ValueError(f"--set {k}: unknown config field; valid fields: {', '.join(Config.keys())}")
+        if k in spec.grid or k in spec.random:
+            raise ValueError(f"--set {k}: {k} is swept by {spec.source}; edit its grid/random entry instead")
+    spec.base = {**spec.base, **overrides}
+    _check_base(spec.base, spec.source)
+    spec.points()  # every point still valid
+
+
+def spec_from_dict(values: dict, *, source: str = "spec") -> SweepSpec:
+    """A checked :class:`SweepSpec` from a mapping shaped like the spec file."""
+    Config = _config_cls()
+    fields = Config.keys()
+    unknown = [k for k in values if k not in TOP_KEYS]
+    if unknown:
+        hint = f" (a config field: put it under [base] or [grid])" if unknown[0] in fields else ""
+        raise ValueError(f"{source}: unknown key {unknown[0]!r}{hint}; valid keys: {', '.join(TOP_KEYS)}")
+
+    def get(key, kind, default, check=None, what=""):
+        value = values.get(key, default)
+        if value is default and default is None:
+            return None
+        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+        if not ok or (check is not None and not check(value)):
+            raise ValueError(f"{source}: {key} must be {what}; got {value!r}")
+        return value
+
+    name = get("name", str, "sweep", lambda v: bool(v.strip()) and "/" not in v and v not in (".", ".."),
+               "a plain directory name (no '/')")
+    out_dir = get("out_dir", str, "sweeps", lambda v: bool(v.strip()), "a directory path")
+    seed = get("seed", int, 0, lambda v: v >= 0, "an integer >= 0")
+    samples = get("samples", int, 1, lambda v: v >= 1, "an integer >= 1")
+    backend = get("backend", str, "local", lambda v: v in BACKENDS, f"one of {', '.join(BACKENDS)}")
+    threads = get("threads_per_run", int, 1, lambda v: v >= 1, "an integer >= 1")
+    workers = get("workers", int, None, lambda v: v >= 1, "an integer >= 1")
+    retries = get("retries", int, 1, lambda v: v >= 0, "an integer >= 0")
+    base = get("base", dict, {}, None, "a table of config fields ([base])")
+    grid = get("grid", dict, {}, None, "a table of field = [values] ([grid])")
+    rand = get("random", dict, {}, None, "a table of field = {distribution = [args]} ([random])")
+    if "samples" in values and not rand:
+        raise ValueError(f"{source}: samples = {samples} needs a [random] table of distributions to draw from")
+
+    _check_base(base, source)
+    for section, table in (("grid", grid), ("random", rand)):
+        for k in table:
+            if k not in fields:
+                raise ValueError(f"{source}: [{section}] {k!r} is not a config field; valid fields: {', '.join(fields)}")
+            if k in ("out_dir", "name"):
+                raise ValueError(f"{source}: [{section}] {k!r} cannot be swept (the sweep decides where runs go)")
+    both = [k for k in grid if k in rand]
+    if both:
+        raise ValueError(f"{source}: {both[0]!r} is in both [grid] and [random]; sweep it in one of them")
+    for k, vals in grid.items():
+        if not isinstance(vals, list):
+            raise ValueError(f"{source}: grid.{k} must be a list of values, e.g. {k} = [{_example(k)}]; got {vals!r}")
+        if not vals:
+            raise ValueError(f"{source}: grid.{k} is empty; give at least one value")
+        for v in vals:
+            _check_value(base, k, v, f"{source}: grid.{k}")
+    for k, dist in rand.items():
+        _check_distribution(base, k, dist, f"{source}: random.{k}")
+
+    plot = values.get("plot", [])
+    swept = list(grid) + list(rand)
+    if not isinstance(plot, list) or not all(isinstance(p, list) and len(p) == 2 for p in plot):
+        raise ValueError(f"{source}: plot must be a list of [x, y] field pairs, e.g. plot = [[\"init_scale\", \"lr\"]]")
+    for pair in plot:
+        for k in pair:
+            if k not in swept:
+                raise ValueError(f"{source}: plot axis {k!r} is not a swept field; swept: {', '.join(swept) or 'none'}")
+
+    spec = SweepSpec(name=name, out_dir=out_dir, base=base, grid=grid, random=rand, samples=samples, seed=seed,
+                     backend=backend, threads_per_run=threads, workers=workers, retries=retries, plot=plot,
+                     source=source)
+    if not spec.points():
+        raise ValueError(f"{source}: the sweep has no runs")
+    return spec
+
+
+def _example(k: str) -> str:
+    return {"rule": '"bp", "fa"', "lr": "0.01, 0.1"}.get(k, "...")
+
+
+def _check_base(base: dict, source: str) -> None:
+    Config = _config_cls()
+    unknown = [k for k in base if k not in Config.keys()]
+    if unknown:
+        raise ValueError(f"{source}: [base] {unknown[0]!r} is not a config field; valid fields: {', '.join(Config.keys())}")
+    try:
+        Config.from_dict(dict(base), source="settings")
+    except ValueError as err:
+        raise ValueError(f"{source}: [base]: {err}") from None
+
+
+def _check_value(base: dict, k: str, v, where: str) -> None:
+    """``v`` is a valid value of field ``k`` (checked alone on top of ``base``)."""
+    Config = _config_cls()
+    if isinstance(v, (list, dict)):
+        raise ValueError(f"{where}: {v!r} is not a single value")
+    try:
+        Config.from_dict({**base, k: v}, source="settings")
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
+def _check_distribution(base: dict, k: str, dist, where: str) -> None:
+    form = f"a table with one of {', '.join(DISTRIBUTIONS)}, e.g. {k} = {{ loguniform = [1e-4, 1e-1] }}"
+    if not isinstance(dist, dict) or len(dist) != 1:
+        raise ValueError(f"{where} must be {form}; got {dist!r}")
+    (kind, args), = dist.items()
+    if kind not in DISTRIBUTIONS:
+        raise ValueError(f"{where}: unknown distribution {kind!r}; expected one of {', '.join(DISTRIBUTIONS)}")
+    if not isinstance(args, list) or not args:
+        raise ValueError(f"{where}: {kind} needs a non-empty list, e.g. {kind} = [{'a, b' if kind != 'choice' else '...'}]")
+    if kind == "choice":
+        for v in args:
+            _check_value(base, k, v, where)
+        return
+    number = (int,) if kind == "randint" else (int, float)
+    if len(args) != 2 or not all(isinstance(a, number) and not isinstance(a, bool) for a in args):
+        kind_name = "integers" if kind == "randint" else "numbers"
+        raise ValueError(f"{where}: {kind} needs [low, high], two {kind_name}; got {args!r}")
+    low, high = args
+    if not low <= high:
+        raise ValueError(f"{where}: {kind} needs low <= high; got {args!r}")
+    if kind == "loguniform" and low <= 0:
+        raise ValueError(f"{where}: loguniform needs low > 0; got {args!r}")
+    for v in (low, high):
+        _check_value(base, k, v, where)

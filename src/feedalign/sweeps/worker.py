@@ -1,0 +1,131 @@
+"""Sweep workers: ``python -m feedalign.sweeps.worker --serve THREADS`` runs the jobs named on its stdin.
+
+The local backend keeps a pool of these processes (imports paid once per worker,
+not once per run). For each line (a job file path) on stdin the worker sends the
+run's output to the job's log file, trains, and answers one JSON line
+``{"key", "status": "done"|"invalid"|"error", "error"}`` on its stdout.
+
+The job file holds the run's Config (as a dict), its run directory and its thread
+count. The run directory is an ordinary one (``feedalign.training.train``); a run
+directory left by a killed worker (config.toml but no summary.json) is continued
+with ``feedalign.training.resume`` from its last checkpoint.
+
+``invalid`` is a validation error (ValueError: the same on every try, not retried);
+``error`` any other exception (retried like a worker that died).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+EXIT_INVALID = 3
+_FAULT_ENV = "_FEEDALIGN_SWEEP_FAULT"  # tests only: "DIR" -> SIGKILL self once per run key (marker in DIR)
+
+
+def pin_threads(threads: int) -> None:
+    """Limit this process's torch (and OpenMP/MKL) to ``threads`` threads."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    import torch
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(max(1, threads))
+    except RuntimeError:  # already set (or parallel work already started) in this process
+        pass
+
+
+def run_job(job: dict) -> dict:
+    """Train (or finish) one run; return its summary.json as a dict."""
+    from ..training.config import Config
+    from ..training.engine import resume, train
+    from .spec import config_hash
+
+    pin_threads(int(job.get("threads") or 1))
+    run_dir = Path(job["run_dir"])
+    values = dict(job["config"])
+    values.update(out_dir=str(run_dir.parent), name=run_dir.name, threads=int(job.get("threads") or 1))
+    config = Config.from_dict(values, source="sweep job")
+    if (run_dir / "summary.json").is_file():
+        return json.loads((run_dir / "summary.json").read_text())
+    if run_dir.exists():
+        ok = False
+        if (run_dir / "config.toml").is_file():
+            try:
+                ok = config_hash(Config.from_file(run_dir / "config.toml")) == job["hash"]
+            except ValueError:
+                ok = False
+        if ok:
+            return resume(run_dir, progress="lines").summary
+        shutil.rmtree(run_dir)  # not a run of this config, or too broken to read: start over
+    return train(config, progress="lines").summary
+
+
+def _maybe_fault(key: str) -> None:
+    fault_dir = os.environ.get(_FAULT_ENV)
+    if not fault_dir:
+        return
+    marker = Path(fault_dir) / key
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("killed once\n")
+        import signal
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def serve(threads: int) -> int:
+    pin_threads(threads)
+    proto = os.fdopen(os.dup(1), "w")  # the answer channel; fds 1 and 2 go to each job's log
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        job = json.loads(Path(line.strip()).read_text())
+        log = open(job["log"], "a")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        _maybe_fault(job["key"])
+        status, error = "done", None
+        try:
+            summary = run_job(job)
+            print(f"feedalign sweep worker: {job['key']} {summary.get('outcome')} "
+                  f"best val acc {summary.get('best_val_accuracy')}", file=sys.stderr)
+        except ValueError as err:  # validation (dataset, architecture fit, ...): the same every time
+            status, error = "invalid", str(err).strip().splitlines()[0] if str(err).strip() else "ValueError"
+            print(f"feedalign sweep worker: invalid run: {error}", file=sys.stderr)
+        except Exception as err:  # noqa: BLE001 - reported, and the run retried
+            import traceback
+            traceback.print_exc()
+            status, error = "error", f"{type(err).__name__}: {err}".splitlines()[0]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        log.close()
+        proto.write(json.dumps({"key": job["key"], "status": status, "error": error}) + "\n")
+        proto.flush()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] == "--serve":
+        return serve(int(argv[1]))
+    if len(argv) != 1:
+        print("usage: python -m feedalign.sweeps.worker (JOB.json | --serve THREADS)", file=sys.stderr)
+        return 2
+    job = json.loads(Path(argv[0]).read_text())
+    _maybe_fault(job["key"])
+    try:
+        summary = run_job(job)
+    except ValueError as err:
+        print(f"feedalign sweep worker: invalid run: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"feedalign sweep worker: {job['key']} {summary.get('outcome')} "
+          f"best val acc {summary.get('best_val_accuracy')}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
