@@ -93,8 +93,10 @@ class Config:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"config file {str(path)!r} does not exist")
-        text = path.read_text()
         suffix = path.suffix.lower()
+        if suffix not in (".toml", ".yaml", ".yml"):
+            raise ValueError(f"config file {str(path)!r}: expected a .toml, .yaml or .yml file")
+        text = path.read_text()
         try:
             if suffix == ".toml":
                 try:
@@ -102,15 +104,11 @@ class Config:
                 except ModuleNotFoundError:  # Python 3.10
                     import tomli as tomllib
                 values = tomllib.loads(text)
-            elif suffix in (".yaml", ".yml"):
+            else:
                 import yaml
                 values = yaml.safe_load(text)
                 values = {} if values is None else values
-            else:
-                raise ValueError(f"config file {str(path)!r}: expected a .toml, .yaml or .yml file")
-        except ValueError:
-            raise
-        except Exception as err:  # yaml.YAMLError and tomllib.TOMLDecodeError (a ValueError) alike
+        except Exception as err:  # tomllib.TOMLDecodeError and yaml.YAMLError alike
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ValueError(f"config file {str(path)!r} does not parse: {first}") from None
         return cls.from_dict(values, source=str(path))

@@ -1,0 +1,96 @@
+"""`feedalign train`: one run from a config file and/or flags; `--resume RUN_DIR` continues one.
+
+Every :class:`feedalign.training.Config` field is a flag (``batch_size`` -> ``--batch-size``);
+flags override the config file, which overrides the defaults.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+
+from . import UsageError
+
+
+def _optional(kind):
+    """argparse type for ``X | None`` fields: ``none`` means None."""
+    def parse(text: str):
+        return None if text.strip().lower() in ("none", "null", "") else kind(text)
+    parse.__name__ = kind.__name__  # argparse names the type in its error message
+    return parse
+
+
+def add_config_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    """``--config FILE`` plus one flag per Config field (absent flags leave the attribute unset)."""
+    from ..training import Config
+    parser.add_argument("--config", metavar="FILE", help="TOML or YAML file of settings (flags override it)")
+    group = parser.add_argument_group("settings (override --config)")
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        if f.name in exclude:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        kinds = [k for k in typing.get_args(hint) if k is not type(None)] or [hint]
+        help_text = f"{f.metadata['help']} (default: {f.default})"
+        if kinds[0] is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                               help=help_text)
+        else:
+            kind = _optional(kinds[0]) if len(typing.get_args(hint)) > 1 else kinds[0]
+            group.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS, metavar=f.name.upper(),
+                               help=help_text)
+    parser.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
+                        help="progress on stderr: a bar on a terminal, one line per epoch otherwise (default: auto)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output (same as --progress none)")
+
+
+def overrides(args: argparse.Namespace, exclude: tuple[str, ...] = ()) -> dict:
+    from ..training import Config
+    return {k: getattr(args, k) for k in Config.keys() if k not in exclude and hasattr(args, k)}
+
+
+def config_from_args(args: argparse.Namespace, exclude: tuple[str, ...] = ()):
+    from ..training import Config
+    base = Config.from_file(args.config) if args.config else Config()
+    return base.replace(**overrides(args, exclude))
+
+
+def progress_mode(args: argparse.Namespace) -> str:
+    return "none" if args.quiet else args.progress
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train one network with one learning rule",
+        description="Train one network with one learning rule. Writes RUN_DIR (default runs/<timestamp>-<rule>-"
+                    "<dataset>) with config.toml, metrics.jsonl/csv, summary.json, plots and checkpoints.")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    add_config_flags(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training import resume, train
+    if args.resume:
+        given = overrides(args)
+        if given or args.config:
+            flags = ["--config"] if args.config else []
+            flags += ["--" + k.replace("_", "-") for k in given]
+            raise UsageError(f"--resume continues a run with its saved config; drop {', '.join(flags)}")
+        result = resume(args.resume, progress=progress_mode(args))
+    else:
+        result = train(config_from_args(args), progress=progress_mode(args))
+    print(describe(result.summary))
+    return 0
+
+
+def describe(summary: dict) -> str:
+    """Two lines: where the run is, and how it went."""
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.2f}%" if summary["error_is"] != "mse" else f"{v:.4g}"
+    speed = summary["seconds_per_epoch"]
+    return (f"run: {summary['run_dir']}\n"
+            f"{summary['outcome']} (decided at epoch {summary['outcome_epoch']}); best epoch {summary['best_epoch']}, "
+            f"test error {pct(summary['test_error_at_best'])} there, final {pct(summary['final_test_error'])}; "
+            f"{'-' if speed is None else f'{speed:.2f}'} s/epoch")

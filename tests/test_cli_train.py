@@ -1,0 +1,148 @@
+"""`feedalign train` / `feedalign compare`: overrides, bad input, resume after SIGKILL, the compare table."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from feedalign.cli import main
+from feedalign.training import Config, train
+
+SMALL = ["--dataset", "mnist1d", "--architecture", "40-32-10", "--epochs", "2", "--threads", "1", "--quiet"]
+
+
+def run_cli(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_flags_override_the_config_file_and_the_saved_config_repeats_the_run(tmp_path, capsys):
+    (tmp_path / "c.toml").write_text('dataset = "mnist1d"\narchitecture = "40-32-10"\nlr = 0.5\nepochs = 2\nthreads = 1\n')
+    runs = tmp_path / "runs"
+    code, out, err = run_cli(["train", "--config", str(tmp_path / "c.toml"), "--lr", "0.05", "--rule", "dfa",
+                              "--out-dir", str(runs), "--name", "a", "--quiet"], capsys)
+    assert code == 0, err
+    assert out.startswith(f"run: {runs / 'a'}") and "trained" in out
+    saved = Config.from_file(runs / "a" / "config.toml")
+    assert saved.lr == 0.05 and saved.rule == "dfa" and saved.epochs == 2
+    code, out, err = run_cli(["train", "--config", str(runs / "a" / "config.toml"), "--name", "b", "--quiet"], capsys)
+    assert code == 0, err
+    assert _without_times(runs / "a") == _without_times(runs / "b")
+
+
+def _without_times(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if "seconds" not in k} for row in rows]
+
+
+BAD = [
+    (["--config", "{dir}/unknown.toml"], "unknown setting 'learning_rate'; valid settings: dataset"),
+    (["--config", "{dir}/wrongtype.yaml"], "lr must be a number; got 'fast'"),
+    (["--config", "{dir}/missing.toml"], "does not exist"),
+    (["--config", "{dir}/broken.toml"], "does not parse"),
+    (["--config", "{dir}/broken.yaml"], "does not parse"),
+    (["--momentum", "1.5"], r"momentum must be in [0, 1)"),
+    (["--epochs", "two"], "argument --epochs: invalid int value"),
+    (["--architecture", "784-100-10"], "does not fit mnist1d: it needs input size 40 and output size 10"),
+    (["--architecture", "40-100-3"], "does not fit mnist1d"),
+    (["--rule", "dfa", "--architecture", "40-10"], "needs at least one hidden layer"),
+    (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--resume", "{dir}"], "is not a run directory"),
+    (["--resume", "{dir}/nowhere"], "is not a run directory"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD)
+def test_bad_input_is_one_line_status_2_and_leaves_no_run(tmp_path, capsys, argv, message):
+    (tmp_path / "unknown.toml").write_text("learning_rate = 0.1\n")
+    (tmp_path / "wrongtype.yaml").write_text("lr: fast\n")
+    (tmp_path / "broken.toml").write_text("lr = = 1\n")
+    (tmp_path / "broken.yaml").write_text("lr: [1,\n")
+    runs = tmp_path / "runs"
+    argv = [a.format(dir=tmp_path) for a in argv]
+    code, out, err = run_cli(["train", "--dataset", "mnist1d", "--architecture", "40-32-10", "--out-dir", str(runs),
+                              "--quiet", *argv] if "--resume" not in argv else ["train", *argv], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("feedalign: error: ") and "Traceback" not in err
+    assert message in err
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_cuda_without_a_gpu_is_refused(tmp_path, capsys):
+    code, out, err = run_cli(["train", *SMALL, "--device", "cuda", "--out-dir", str(tmp_path / "runs")], capsys)
+    assert code == 2 and "no CUDA device is available" in err and not (tmp_path / "runs").exists()
+
+
+def test_resume_refuses_setting_overrides(tmp_path, capsys):
+    code, out, err = run_cli(["train", *SMALL, "--out-dir", str(tmp_path), "--name", "r"], capsys)
+    assert code == 0
+    code, out, err = run_cli(["train", "--resume", str(tmp_path / "r"), "--lr", "0.5"], capsys)
+    assert code == 2 and "drop --lr" in err
+
+
+def test_resume_after_sigkill_is_bitwise_identical(tmp_path, capsys):
+    """Kill a real `feedalign train` process mid-run, resume it, and compare with an uninterrupted run."""
+    settings = ["--dataset", "mnist1d", "--architecture", "40-64-64-10", "--rule", "dfa", "--epochs", "6",
+                "--batch-size", "16", "--threads", "1", "--optimizer", "sgd", "--momentum", "0.9",
+                "--schedule", "cosine", "--progress", "lines"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "feedalign", "train", *settings, "--out-dir", str(tmp_path),
+                             "--name", "killed"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = run_dir / "checkpoints" / "latest.pt"
+    deadline = time.monotonic() + 120
+    while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)  # well inside epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and latest.exists()
+    assert not (run_dir / "summary.json").exists()
+    killed_epoch = torch.load(latest, weights_only=True)["epoch"]
+    assert killed_epoch < 6
+
+    code, out, err = run_cli(["train", "--resume", str(run_dir), "--quiet"], capsys)
+    assert code == 0, err
+    code, out, err = run_cli(["train", *settings, "--out-dir", str(tmp_path), "--name", "whole", "--quiet"], capsys)
+    assert code == 0, err
+
+    resumed = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)
+    whole = torch.load(tmp_path / "whole" / "checkpoints" / "latest.pt", weights_only=True)
+    assert resumed["epoch"] == whole["epoch"] == 6
+    assert resumed["model"].keys() == whole["model"].keys() and "feedback" in whole["model"]
+    for key in whole["model"]:
+        assert torch.equal(resumed["model"][key], whole["model"][key]), key
+    assert _without_times(run_dir) == _without_times(tmp_path / "whole")
+    s1, s2 = (json.loads((d / "summary.json").read_text()) for d in (run_dir, tmp_path / "whole"))
+    for key in ("best_epoch", "test_error_at_best", "final_test_error", "outcome", "outcome_epoch", "steps"):
+        assert s1[key] == s2[key], key
+
+
+def test_compare_prints_the_table_and_writes_its_files(tmp_path, capsys):
+    code, out, err = run_cli(["compare", "--dataset", "mnist1d", "--architecture", "40-32-10", "--epochs", "2",
+                              "--threads", "1", "--rules", "bp,dfa", "--seeds", "2", "--out-dir", str(tmp_path),
+                              "--name", "cmp", "--quiet"], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["rule", "test", "error"]
+    assert [line.split()[0] for line in lines[2:4]] == ["bp", "dfa"]
+    assert "±" in lines[2] and "2 trained" in lines[2]
+    cmp = tmp_path / "cmp"
+    for name in ("compare.json", "compare.md", "curves.png", "bp-seed0/summary.json", "dfa-seed1/summary.json"):
+        assert (cmp / name).is_file(), name
+    data = json.loads((cmp / "compare.json").read_text())
+    assert [r["rule"] for r in data["rows"]] == ["bp", "dfa"] and data["seeds"] == [0, 1]
+    assert len(data["rows"][0]["test_errors"]) == 2
+
+
+def test_compare_validates_every_rule_before_training(tmp_path, capsys):
+    code, out, err = run_cli(["compare", "--dataset", "mnist1d", "--architecture", "40-10", "--rules", "bp,dfa",
+                              "--out-dir", str(tmp_path), "--quiet"], capsys)
+    assert code == 2 and "needs at least one hidden layer" in err and not any(tmp_path.iterdir())

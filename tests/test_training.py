@@ -1,0 +1,184 @@
+"""Training engine: Config validation, outcome labels, runs on mnist1d and synthetic regression."""
+import json
+import math
+
+import pytest
+import torch
+
+from feedalign.training import Callback, Config, evaluate, label_outcome, resume, train
+from feedalign.training.build import build_model, derived_seeds
+
+SMALL = dict(dataset="mnist1d", architecture="40-32-10", epochs=2, batch_size=64, lr=0.05, threads=1)
+
+
+@pytest.fixture
+def small(tmp_path):
+    return Config(**SMALL, out_dir=str(tmp_path / "runs"))
+
+
+# -- Config ---------------------------------------------------------------------------------
+
+def test_defaults_are_valid_and_roundtrip_through_toml(tmp_path):
+    config = Config(name="x", feedback_scale=0.5)
+    path = tmp_path / "c.toml"
+    path.write_text(config.to_toml())
+    assert Config.from_file(path) == config
+
+
+def test_unknown_key_is_named_and_valid_keys_listed():
+    with pytest.raises(ValueError, match=r"unknown setting 'learning_rate'; valid settings: dataset, .*\blr\b"):
+        Config.from_dict({"learning_rate": 0.1})
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("lr", "fast", "lr must be a number"),
+    ("epochs", 1.5, "epochs must be an integer"),
+    ("standardize", "yes", "standardize must be true/false"),
+    ("lr", -1.0, "lr must be >= 0"),
+    ("batch_size", 0, "batch_size must be >= 1"),
+    ("momentum", 1.0, r"momentum must be in \[0, 1\)"),
+    ("optimizer", "lbfgs", "optimizer must be one of sgd, adam, rmsprop"),
+    ("rule", "hebb", "rule must be one of bp, dfa, fa, ifa"),
+    ("architecture", "784-x-10", "malformed architecture"),
+    ("device", "tpu", "device must be cpu, cuda, cuda:N or auto"),
+    ("threads", 0, "threads must be >= 1"),
+    ("nesterov", True, "nesterov needs optimizer = 'sgd' and momentum > 0"),
+    ("collapse_drop", 0.0, r"collapse_drop must be in \(0, 1\]"),
+])
+def test_bad_values_name_the_field(key, value, message):
+    settings = {key: value, **({"momentum": 0.0} if key == "nesterov" else {})}
+    with pytest.raises(ValueError, match=message):
+        Config.from_dict(settings)
+
+
+def test_int_in_float_field_becomes_float_and_yaml_reads(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 1\nrule: dfa\nstandardize: true\n")
+    config = Config.from_file(path)
+    assert config.lr == 1.0 and isinstance(config.lr, float) and config.rule == "dfa" and config.standardize
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("c.toml", "lr = = 1", "does not parse"),
+    ("c.yaml", "lr: [1,", "does not parse"),
+    ("c.yaml", "- 1\n- 2\n", "expected a table of settings"),
+    ("c.json", "{}", "expected a .toml, .yaml or .yml file"),
+])
+def test_bad_config_files(tmp_path, name, text, message):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=message):
+        Config.from_file(tmp_path / name)
+
+
+# -- outcome labels -------------------------------------------------------------------------
+
+def test_outcome_labels_on_sequences():
+    kw = dict(num_classes=10, refuse_margin=0.1, collapse_drop=0.2)
+    assert label_outcome([0.5, 0.8, 0.9], **kw) == ("trained", 3)
+    assert label_outcome([0.11, 0.15, 0.2], **kw) == ("refused", 3)
+    assert label_outcome([0.5, 0.8, 0.3, 0.1, 0.1], **kw) == ("collapsed", 3)
+    assert label_outcome([0.5, 0.8, 0.3, 0.75, 0.1], **kw) == ("collapsed", 5)  # recovered, then fell again
+    assert label_outcome([0.5, 0.8, 0.3, 0.75], **kw) == ("trained", 4)  # a dip it recovered from
+    assert label_outcome([0.5], diverged_at=2, **kw) == ("diverged", 2)
+    assert label_outcome([1.0, 0.5], task="regression", initial=1.2) == ("trained", 2)
+    assert label_outcome([1.0, 1.15], task="regression", initial=1.2) == ("refused", 2)
+
+
+# -- runs -----------------------------------------------------------------------------------
+
+class Recorder(Callback):
+    def __init__(self):
+        self.steps, self.epochs, self.run = [], [], None
+
+    def on_train_begin(self, run):
+        self.run = run
+
+    def on_step(self, step, model, batch):
+        self.steps.append(step)
+        if step % 10 == 0:
+            self.run.log({"probe": float(batch[0].shape[0])})
+
+    def on_epoch_end(self, epoch, metrics):
+        self.epochs.append(epoch)
+        metrics["extra"] = epoch * 2
+
+
+def test_train_writes_a_complete_run_directory(small):
+    recorder = Recorder()
+    result = train(small, [recorder], progress="none")
+    d = result.run_dir
+    for name in ("config.toml", "metrics.jsonl", "metrics.csv", "summary.json", "accuracy.png", "loss.png",
+                 "steps.jsonl", "checkpoints/latest.pt", "checkpoints/best.pt"):
+        assert (d / name).is_file(), name
+    rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2] and rows == result.metrics
+    assert rows[1]["extra"] == 2 and "extra" in (d / "metrics.csv").read_text().splitlines()[0]
+    assert set(rows[1]) >= {"train_loss", "train_accuracy", "val_accuracy", "test_accuracy", "test_loss", "seconds"}
+    assert len((d / "metrics.csv").read_text().splitlines()) == 4
+    steps_per_epoch = math.ceil(3200 / 64)
+    assert recorder.steps == list(range(1, 2 * steps_per_epoch + 1)) and recorder.epochs == [1, 2]
+    assert len((d / "steps.jsonl").read_text().splitlines()) == 2 * steps_per_epoch // 10
+    s = json.loads((d / "summary.json").read_text())
+    assert s == result.summary and s["outcome"] == "trained" and s["epochs_completed"] == 2
+    assert s["final_test_error"] == pytest.approx(1 - rows[2]["test_accuracy"])
+    assert Config.from_file(d / "config.toml") == small
+    assert resume(d, progress="none").summary == s  # a finished run is returned as it is
+
+
+def test_huge_learning_rate_diverges_and_keeps_last_good_checkpoint(small):
+    result = train(small.replace(lr=1e6, activation="relu", epochs=3), progress="none")
+    s = result.summary
+    assert s["outcome"] == "diverged" and s["outcome_epoch"] == 1 and s["epochs_completed"] == 0
+    assert not (result.run_dir / "checkpoints" / "latest.pt").exists()  # nothing good was ever saved
+
+
+def test_zero_learning_rate_refuses(small):
+    s = train(small.replace(lr=0.0, momentum=0.0), progress="none").summary
+    assert s["outcome"] == "refused" and s["outcome_epoch"] == 2
+
+
+def test_constructed_collapse(small):
+    class Sabotage(Callback):  # from epoch 3 on, silence the output layer and stop learning
+        def on_train_begin(self, run):
+            self.run = run
+
+        def on_step(self, step, model, batch):
+            if self.run.epoch >= 3:
+                for group in self.run.optimizer.param_groups:
+                    group["lr"] = 0.0
+                with torch.no_grad():
+                    model[-1].weight.zero_()
+                    model[-1].bias.zero_()
+
+    config = small.replace(epochs=4, lr=0.1, collapse_drop=0.1)
+    s = train(config, [Sabotage()], progress="none").summary
+    assert s["outcome"] == "collapsed" and s["outcome_epoch"] == 3 and s["best_epoch"] <= 2
+
+
+def test_regression_task_trains_with_mse(tmp_path):
+    config = Config(dataset="linear-task", architecture="30-20-10", rule="dfa", epochs=2, lr=0.01, threads=1,
+                    out_dir=str(tmp_path))
+    s = train(config, progress="none").summary
+    assert s["task"] == "regression" and s["loss"] == "mse" and s["outcome"] == "trained"
+    assert train(config.replace(lr=0.0), progress="none").summary["outcome"] == "refused"
+
+
+@pytest.mark.parametrize("rule", ["bp", "fa", "dfa", "ifa"])
+def test_evaluation_under_inference_mode_is_the_plain_forward(rule):
+    config = Config(architecture="40-16-16-10", rule=rule)
+    model = build_model(config, torch.device("cpu"))
+    x, y = torch.randn(50, 40), torch.randint(0, 10, (50,))
+    expected = torch.nn.functional.cross_entropy(model(x), y).item()
+    loss, acc = evaluate(model, x, y, torch.nn.functional.cross_entropy, classification=True, batch_size=7)
+    assert loss == pytest.approx(expected, rel=1e-6) and 0 <= acc <= 1
+
+
+def test_forward_init_and_feedback_use_independent_seeds():
+    seeds = derived_seeds(0)
+    assert len(set(seeds.values())) == 3
+    model = build_model(Config(architecture="40-16-10", rule="fa"), torch.device("cpu"))
+    assert not torch.allclose(model[0].weight, model[0].feedback)  # with one seed B would equal W
+    zero = build_model(Config(architecture="40-16-10", init="zero"), torch.device("cpu"))
+    assert all((p == 0).all() for p in zero.parameters())
+    uniform = build_model(Config(architecture="40-16-10", init="uniform", init_scale=0.01), torch.device("cpu"))
+    assert all(p.abs().max() <= 0.01 for p in uniform.parameters())
