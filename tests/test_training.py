@@ -182,3 +182,16 @@ def test_forward_init_and_feedback_use_independent_seeds():
     assert all((p == 0).all() for p in zero.parameters())
     uniform = build_model(Config(architecture="40-16-10", init="uniform", init_scale=0.01), torch.device("cpu"))
     assert all(p.abs().max() <= 0.01 for p in uniform.parameters())
+
+
+@pytest.mark.parametrize("rule", ["bp", "fa", "dfa", "ifa", "drtp", "kp", "wm", "usf", "brsf", "frsf"])
+def test_every_rule_trains_through_the_engine(small, rule):
+    if rule not in __import__("feedalign").rules():
+        pytest.skip(f"rule {rule} not registered")
+    s = train(small.replace(rule=rule, architecture="40-32-32-10", epochs=2), progress="none").summary
+    assert s["outcome"] == "trained", s
+
+
+def test_drtp_with_a_loss_it_cannot_recover_the_target_from(small):
+    s = train(small.replace(rule="drtp", architecture="40-32-32-10", loss="bce", lr=0.5), progress="none").summary
+    assert s["outcome"] == "trained" and s["loss"] == "bce"

@@ -8,6 +8,7 @@ run at once, leaving the last good checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import random
@@ -211,9 +212,10 @@ def _seed_globals(seed: int) -> None:
     np.random.seed(s % 2**32)
 
 
-def _epoch_generator(config: Config, epoch: int) -> torch.Generator:
-    """Data order of ``epoch``: a function of (seed, epoch) only, so a resumed epoch replays exactly."""
-    seed = int(np.random.SeedSequence([derived_seeds(config.seed)["data"], epoch]).generate_state(1)[0])
+def _epoch_generator(config: Config, epoch: int, stream: int = 0) -> torch.Generator:
+    """Data order (stream 0) of ``epoch``: a function of (seed, epoch) only, so a resumed epoch replays exactly."""
+    entropy = [derived_seeds(config.seed)["data"], epoch] + ([stream] if stream else [])
+    seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
     return torch.Generator().manual_seed(seed)
 
 
@@ -302,9 +304,11 @@ def _train_epoch(run: Run, epoch: int, x, y, classification: bool, callbacks, ba
     total, correct, seen = 0.0, 0, 0
     n_batches = math.ceil(len(x) / config.batch_size)
     bar.start_epoch(epoch, n_batches)
+    forward_context, after_step = _rule_hooks(run, epoch)
     t0 = time.perf_counter()
     for xb, yb in batches(x, y, config.batch_size, shuffle=True, generator=_epoch_generator(config, epoch)):
-        out = model(xb)
+        with forward_context(model, yb):
+            out = model(xb)
         loss = run.loss_fn(out, yb)
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -314,6 +318,7 @@ def _train_epoch(run: Run, epoch: int, x, y, classification: bool, callbacks, ba
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        after_step(model)
         run.step += 1
         total += value * len(xb)
         seen += len(xb)
@@ -324,6 +329,33 @@ def _train_epoch(run: Run, epoch: int, x, y, classification: bool, callbacks, ba
         bar.update()
     return {"epoch": epoch, "train_loss": total / seen, "train_accuracy": correct / seen if classification else None,
             "lr": lr, "train_seconds": time.perf_counter() - t0}
+
+
+def _rule_hooks(run: Run, epoch: int):
+    """What some rules need around the plain step: ``(forward context, after-step call)``.
+
+    - ``drtp`` projects the target: it is given explicitly, so every loss works (not
+      only the cross-entropy it can recover the target from).
+    - ``wm`` learns its mirrors: one mirror step after each training step (Akrout et al.
+      alternate the two phases), with noise from a per-epoch generator so resume replays it.
+    """
+    from ..convert import rule_of
+    rule = rule_of(run.model)
+
+    def no_context(model, y):
+        return contextlib.nullcontext()
+
+    def nothing(model):
+        return None
+
+    if rule == "drtp":
+        from ..rules.drtp import target
+        return target, nothing
+    if rule == "wm":
+        from ..rules.wm import mirror
+        generator = _epoch_generator(run.config, epoch, stream=1)
+        return no_context, lambda model: mirror(model, steps=1, generator=generator)
+    return no_context, nothing
 
 
 def _evaluate_row(run: Run, epoch: int, eval_sets, classification: bool, row: dict | None, lr, train_seconds) -> dict:
