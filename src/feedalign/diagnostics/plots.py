@@ -1,0 +1,202 @@
+"""Figures from run directories: alignment angles over training, hidden activations, learning curves.
+
+Every function takes run directories as ``feedalign train`` writes them
+(``config.toml``, ``metrics.jsonl``, ``alignment.jsonl``, ``checkpoints/best.pt``),
+draws with matplotlib's Agg backend, writes ``path`` and returns it.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from .callback import read_alignment
+
+ANGLE_LABELS = {
+    "signal_angle": "signal angle (deg)",
+    "signal_angle_mean": "mean per-example signal angle (deg)",
+    "update_angle": "update angle (deg)",
+    "weight_angle": "weight angle (deg)",
+    "norm_ratio": "|B| / |W|",
+}
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def check_run_dir(run_dir: str | Path) -> Path:
+    """``run_dir`` as a Path; ValueError if it is not a run directory."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise ValueError(f"run directory {str(run_dir)!r} does not exist")
+    if not (path / "config.toml").is_file():
+        raise ValueError(f"{str(run_dir)!r} is not a run directory (no config.toml; `feedalign train` makes them)")
+    return path
+
+
+def _title(run_dir: Path, config=None) -> str:
+    if config is None:
+        from ..training import Config
+        config = Config.from_file(run_dir / "config.toml")
+    return f"{config.rule}: {run_dir.name}"
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_alignment(run_dirs, path, metric: str = "signal_angle") -> Path:
+    """One panel per run: ``metric`` against training step, one line per layer.
+
+    Layers whose values are all NaN (e.g. the weight angle of a DFA output layer) and,
+    for the signal and update angles, the output layer (0 by construction) are left out.
+    """
+    if metric not in ANGLE_LABELS:
+        raise ValueError(f"unknown alignment metric {metric!r}; expected one of {', '.join(ANGLE_LABELS)}")
+    runs = [(check_run_dir(d), read_alignment(check_run_dir(d))) for d in run_dirs]
+    if not runs:
+        raise ValueError("plot alignment needs at least one run directory")
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.4), sharey=True, squeeze=False)
+    for ax, (run_dir, rows) in zip(axes[0], runs):
+        last = max(r["layer"] for r in rows)
+        for layer in sorted({r["layer"] for r in rows}):
+            if layer == last and metric in ("signal_angle", "signal_angle_mean", "update_angle"):
+                continue
+            points = [(r["step"], r[metric]) for r in rows if r["layer"] == layer and not math.isnan(r[metric])]
+            if points:
+                ax.plot(*zip(*points), marker="o", markersize=2, label=f"layer {layer}")
+        if metric != "norm_ratio":
+            ax.axhline(90, color="grey", lw=0.8, ls="--")
+        ax.set_title(_title(run_dir), fontsize=9)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    axes[0][0].set_ylabel(ANGLE_LABELS[metric])
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_curves(run_dirs, path, metric: str = "accuracy", split: str = "val") -> Path:
+    """``split`` ``metric`` (accuracy or loss) per epoch from each run's metrics.jsonl, one line per run."""
+    from ..training.records import read_jsonl
+    if metric not in ("accuracy", "loss") or split not in ("train", "val", "test"):
+        raise ValueError(f"curves: metric must be accuracy or loss and split train, val or test; got {metric}, {split}")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for run_dir in map(check_run_dir, run_dirs):
+        rows = read_jsonl(run_dir / "metrics.jsonl")
+        if not rows:
+            raise ValueError(f"{str(run_dir)!r} has no metrics.jsonl rows yet")
+        key = f"{split}_{metric}"
+        points = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+        ax.plot(*zip(*points) if points else ([], []), marker="o", markersize=3, label=_title(run_dir))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{ {'val': 'validation'}.get(split, split)} {metric}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# -- hidden activations --------------------------------------------------------------------------
+def load_run(run_dir: str | Path, checkpoint: str = "best"):
+    """``(config, model, data)`` of a run: its config, its model with the ``checkpoint`` weights, its dataset."""
+    from ..training import Config
+    from ..training.build import build_model, load_data
+    from ..training.checkpoint import load_checkpoint
+    run_dir = check_run_dir(run_dir)
+    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    if not path.is_file():
+        raise ValueError(f"{str(run_dir)!r} has no checkpoints/{checkpoint}.pt (the run has not finished an epoch)")
+    config = Config.from_file(run_dir / "config.toml")
+    model = build_model(config, torch.device("cpu"))
+    model.load_state_dict(load_checkpoint(path)["model"])
+    return config, model.eval(), load_data(config)
+
+
+def hidden_activations(model, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
+    """(N, width) output of hidden layer ``layer`` (1-based; negative counts from the last hidden layer).
+
+    Taken as the input of the next linear layer, i.e. ``h_k = f(a_k)`` after the activation.
+    """
+    from ..rules import linear_layers
+    linears = linear_layers(model)
+    index = hidden_layer_number(model, layer) - 1
+    seen = []
+    handle = linears[index + 1].register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    return seen[0].reshape(len(x), -1)
+
+
+def hidden_layer_number(model, layer: int) -> int:
+    """``layer`` (1-based, or negative from the last hidden layer) as a 1-based number; ValueError if out of range."""
+    from ..rules import linear_layers
+    hidden = len(linear_layers(model)) - 1
+    if hidden < 1:
+        raise ValueError("the model has no hidden layer")
+    number = layer if layer > 0 else hidden + layer + 1
+    if not 1 <= number <= hidden:
+        raise ValueError(f"hidden layer {layer} does not exist; the model has {hidden} (1..{hidden} or -1..-{hidden})")
+    return number
+
+
+def plot_hidden(run_dirs, path, layer: int = -1, per_class: int = 20, sort_units: bool = True) -> Path:
+    """Hidden activations of each run's best model on the same test examples, one panel per run.
+
+    Image of units x examples; the first ``per_class`` test examples of every class,
+    grouped by class, with the class boundaries marked. ``sort_units`` orders units
+    by the class that drives them most (mean activation), so class-selective units,
+    as DFA tends to grow, show up as blocks.
+    """
+    if per_class < 1:
+        raise ValueError(f"per_class must be >= 1; got {per_class}")
+    loaded = [(Path(d), *load_run(d)) for d in run_dirs]
+    if not loaded:
+        raise ValueError("plot hidden needs at least one run directory")
+    datasets = {config.dataset for _, config, _, _ in loaded}
+    if len(datasets) > 1:
+        raise ValueError(f"plot hidden compares runs on the same examples; these runs use {', '.join(sorted(datasets))}")
+    data = loaded[0][3]
+    if data.num_classes is None:
+        raise ValueError(f"plot hidden groups examples by class; {data.name} is a regression task")
+    order = torch.cat([torch.nonzero(data.test_y == c).flatten()[:per_class] for c in range(data.num_classes)])
+    x, y = data.test_x[order], data.test_y[order]
+    bounds = [i for i in range(1, len(y)) if y[i] != y[i - 1]]
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(loaded), figsize=(4.5 * len(loaded), 4.0), squeeze=False)
+    for ax, (run_dir, config, model, _) in zip(axes[0], loaded):
+        h = hidden_activations(model, x.to(next(model.parameters()).dtype), layer)  # (N, units)
+        if sort_units:
+            means = torch.stack([h[y == c].mean(0) for c in range(data.num_classes) if (y == c).any()])  # (C, units)
+            by_strength = torch.argsort(means.max(0).values, descending=True)
+            h = h[:, by_strength[torch.argsort(means.argmax(0)[by_strength], stable=True)]]
+        limit = h.abs().max().item() or 1.0
+        signed = h.min().item() < 0  # tanh: a diverging map around 0; relu/sigmoid: a sequential one
+        image = ax.imshow(h.T.numpy(), aspect="auto", interpolation="nearest", cmap="RdBu_r" if signed else "viridis",
+                          vmin=-limit if signed else 0.0, vmax=limit)
+        for b in bounds:
+            ax.axvline(b - 0.5, color="black", lw=0.7)
+        edges = [0, *bounds, len(y)]
+        ax.set_xticks([(a + b - 1) / 2 for a, b in zip(edges[:-1], edges[1:])])
+        ax.set_xticklabels([str(int(y[a])) for a in edges[:-1]], fontsize=7)
+        ax.set_xlabel("test examples, grouped by class")
+        ax.set_ylabel(f"hidden layer {hidden_layer_number(model, layer)} units" + (" (sorted by preferred class)" if sort_units else ""))
+        ax.set_title(f"{_title(run_dir, config)} ({config.architecture} {config.activation})", fontsize=8)
+        fig.colorbar(image, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    return _save(fig, path)
