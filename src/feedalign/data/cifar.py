@@ -144,6 +144,7 @@ class CifarDataset:
         try:
             for name, data in files.items():
                 (tmp / name).write_bytes(data)
+            os.chmod(tmp, 0o755)  # mkdtemp makes 0700; a cache may be shared
             remove(target)
             os.replace(tmp, target)
         except BaseException:

@@ -127,6 +127,7 @@ def write_atomic(dest: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a cache may be shared
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -151,6 +152,7 @@ def install_stream(stream: BinaryIO, dest: Path, sha256: str | None, *, gz: bool
                 out.write(chunk)
         if sha256 is not None and digest.hexdigest() != sha256:
             raise SourceUnavailable(f"{what or dest.name} has {algorithm} {digest.hexdigest()[:12]}..., expected {sha256[:12]}...")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a cache may be shared
         os.replace(tmp, dest)
     except (OSError, EOFError, zlib.error, http.client.HTTPException) as err:
         Path(tmp).unlink(missing_ok=True)
