@@ -200,6 +200,16 @@ def test_nested_model_and_float32():
     assert math.isfinite(table[0].signal_angle)
 
 
+def test_conv2d_layers_get_rows():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 4 * 4, 5), nn.Tanh(), nn.Linear(5, 3))
+    x, y = torch.randn(6, 1, 6, 6), torch.randint(0, 3, (6,))
+    assert all(row.signal_angle == 0.0 for row in alignment(net, x, y, F.cross_entropy))
+    table = alignment(feedalign.convert(net, "fa", seed=5), x, y, F.cross_entropy)
+    assert [row.shape for row in table] == [(3, 1, 3, 3), (5, 48), (3, 5)]
+    assert all(math.isfinite(getattr(row, c)) for row in table for c in COLUMNS)
+
+
 def test_errors():
     model = model_for("bp")
     with pytest.raises(ValueError, match="scalar"):

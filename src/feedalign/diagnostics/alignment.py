@@ -1,6 +1,6 @@
 """``alignment(model, x, y, loss_fn)``: how far a rule's learning signals are from backprop's.
 
-For every ``nn.Linear`` layer k (forward order), with ``a_k`` its output:
+For every ``nn.Linear`` (and ``nn.Conv2d``) layer k (forward order), with ``a_k`` its output:
 
 - signal angle: between ``delta_k``, the gradient the rule delivers at ``a_k``, and
   ``c_k = dL/da_k``, the true gradient on the same weights and batch (from a second
@@ -28,17 +28,20 @@ import torch
 from torch import nn
 
 from ..convert import feedback_matrices, rule_of
-from ..rules import exact_gradients, linear_layers
+from ..rules import exact_gradients
 from .angles import angle, mean_row_angle
+
+# The layers that get a row, in registration (taken as forward) order, as the rules find them.
+LAYERS = (nn.Linear, nn.Conv2d)
 
 
 @dataclass
 class AlignmentRow:
-    """One linear layer's alignment. ``layer`` counts from 1 in forward order; angles in degrees."""
+    """One layer's alignment. ``layer`` counts from 1 in forward order; angles in degrees."""
 
     layer: int
     name: str
-    shape: tuple[int, int]  # (out_features, in_features)
+    shape: tuple[int, ...]  # of the weight: (out_features, in_features) for nn.Linear
     signal_angle: float  # delta_k vs c_k, flattened over the batch
     signal_angle_mean: float  # mean over examples of the per-example angle
     update_angle: float  # rule's (dW, db) vs the true gradient
@@ -107,9 +110,9 @@ def alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     same RNG state, so dropout draws the same mask in each. The model's train/eval
     mode is used as it is.
     """
-    layers = linear_layers(model)
+    layers = [m for m in model.modules() if isinstance(m, LAYERS)]
     if not layers:
-        raise ValueError(f"model has no nn.Linear layer to measure ({type(model).__name__})")
+        raise ValueError(f"model has no nn.Linear or nn.Conv2d layer to measure ({type(model).__name__})")
     names = {id(m): name for name, m in model.named_modules()}
     with _preserved_state(model) as restore_rng:
         with torch.enable_grad():
@@ -190,7 +193,7 @@ def _pass(model, layers, x, y, loss_fn):
 
     def record(k, module, args, output):
         if outputs[k] is not None:
-            raise ValueError(f"linear layer {k + 1} ran twice in one forward pass; alignment needs each layer once")
+            raise ValueError(f"layer {k + 1} ({type(module).__name__}) ran twice in one forward pass; alignment needs each layer once")
         outputs[k] = output
         if isinstance(output, torch.Tensor) and output.requires_grad:
             output.register_hook(functools.partial(store, k))
@@ -250,7 +253,7 @@ def _layout(feedback, weights) -> str:
     if len(feedback) == len(weights) and all(b.shape == w.shape for b, w in zip(feedback, weights)):
         return "layerwise"
     out = weights[-1].shape[0]
-    if 0 < len(feedback) < len(weights) and all(
+    if 0 < len(feedback) < len(weights) and all(w.dim() == 2 for w in weights) and all(
             b.shape == (out, w.shape[0]) for b, w in zip(feedback, weights)):
         return "direct"
     return ""
