@@ -74,16 +74,17 @@ class HiddenCut:
         self._preactivations = [None] * n if self.record_preactivations else None
 
     def _cut(self, k, layer, args):
+        conv = not isinstance(layer, nn.Linear)
+        if conv and self.sizes[k] is None:
+            self.sizes[k] = args[0].shape[1:].numel()  # the first forward, with or without grad, sizes B_k
         if self._hidden is None or not torch.is_grad_enabled():
             return None  # called outside the root's forward, or without grad: plain behaviour
         if self._hidden[k] is not None:
             raise ValueError(f"hidden layer {k + 1} ran twice in one forward pass; DFA/IFA need each layer once")
         (hidden,) = args
-        if not isinstance(layer, nn.Linear):
-            size = hidden[0].numel()
-            if self.sizes[k] is None:
-                self.sizes[k] = size
-            elif self.sizes[k] != size:
+        if conv:
+            size = hidden.shape[1:].numel()
+            if self.sizes[k] != size:
                 raise ValueError(f"layer {k + 2} got a feature map of {size} values per example, but the feedback "
                                  f"was sized for {self.sizes[k]} by the first forward pass")
         self._hidden[k] = hidden

@@ -125,7 +125,5 @@ class DirectRandomTargetProjection(LearningRule):
 
     def feedback_matrices(self, model: nn.Module) -> list[torch.Tensor]:
         """One B_k per hidden layer, forward order, each (out_features, width_k): hidden k gets ``t B_k / N``."""
-        cut = find_cut(model)
-        if model.feedback is None:
-            cut.widths  # raises: a Conv2d model has its feedback only after a forward pass
-        return list(model.feedback.split(cut.widths, dim=1))
+        materialize_feedback(model)  # a Conv2d model: raises if no forward pass has sized it yet
+        return list(model.feedback.split(find_cut(model).widths, dim=1))

@@ -1,0 +1,304 @@
+"""The wider family (usf, brsf, frsf, kp, wm, drtp) and Conv2d for every rule, against the
+float64 NumPy reference of reference_conv.py."""
+from __future__ import annotations
+
+import copy
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import feedalign
+from feedalign.diagnostics.angles import angle
+from feedalign.rules import drtp, wm
+from feedalign.rules._layers import trainable_layers
+
+from reference_conv import reference_gradients
+
+FA_TYPE = ["fa", "usf", "brsf", "frsf", "kp", "wm"]
+ALL = ["bp", "dfa", "drtp", *FA_TYPE]
+ACT = {nn.Tanh: "tanh", nn.ReLU: "relu", nn.Sigmoid: "sigmoid"}
+
+
+def conv_net(bias=True):
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, stride=2, padding=1, bias=bias), nn.Tanh(),
+        nn.Conv2d(3, 4, 3, stride=1, padding=2, dilation=2, bias=bias), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 5, 2, stride=1, padding=1, bias=bias), nn.Sigmoid(), nn.Flatten(),
+        nn.Linear(5 * 3 * 3, 6, bias=bias), nn.Tanh(), nn.Linear(6, 3, bias=bias))
+
+
+def mlp_net(bias=True):
+    return feedalign.mlp("5-7-6-4-3", activation="tanh", bias=bias)
+
+
+def numpy_ops(model):
+    ops = []
+    for m in model:
+        if isinstance(m, nn.Conv2d):
+            ops.append(("conv", m.weight.detach().numpy(), None if m.bias is None else m.bias.detach().numpy(),
+                        m.stride[0], m.padding[0], m.dilation[0]))
+        elif isinstance(m, nn.Linear):
+            ops.append(("linear", m.weight.detach().numpy(), None if m.bias is None else m.bias.detach().numpy()))
+        elif isinstance(m, nn.MaxPool2d):
+            ops.append(("pool",))
+        elif isinstance(m, nn.Flatten):
+            ops.append(("flatten",))
+        else:
+            ops.append(("act", ACT[type(m)]))
+    return ops
+
+
+def expected_feedback(rule, model):
+    """The B the reference uses, written from W and the layer's stored state, not from the layer's code."""
+    layers = trainable_layers(model)
+    if rule == "usf":
+        out = []
+        for layer in layers:
+            w = layer.weight.detach().numpy()
+            fan_in, fan_out = w[0].size, w.shape[0] * w[0, 0].size if w.ndim == 4 else w.shape[0]
+            out.append(np.sign(w) * math.sqrt(2.0 / (fan_in + fan_out)))
+        return out
+    if rule == "frsf":
+        return [layer.feedback_magnitude.numpy() * np.sign(layer.weight.detach().numpy()) for layer in layers]
+    if rule == "brsf":
+        return [layer.magnitude().numpy() * np.sign(layer.weight.detach().numpy()) for layer in layers]
+    return [b.detach().numpy() for b in feedalign.feedback_matrices(model)]
+
+
+def check(rule, net, x, target, loss="cross_entropy", scale=0.8):
+    kwargs = {} if rule in ("bp", "usf", "brsf", "frsf") else {"feedback_scale": scale}
+    model = feedalign.convert(net.double(), rule, seed=3, **kwargs)
+    with torch.no_grad():
+        model(x)  # sizes the DFA/DRTP feedback of Conv2d models
+    feedback = expected_feedback(rule, model)
+    ops = numpy_ops(model)
+    expected = reference_gradients(rule, ops, feedback, x.numpy(), target.numpy(), loss)
+    output = model(x)
+    (F.mse_loss(output, target) if loss == "mse" else F.cross_entropy(output, target)).backward()
+    for l, (layer, (gw, gb)) in enumerate(zip(trainable_layers(model), expected)):
+        np.testing.assert_allclose(layer.weight.grad.numpy(), gw, rtol=1e-6, atol=1e-10, err_msg=f"{rule} W{l + 1}")
+        if layer.bias is not None:
+            np.testing.assert_allclose(layer.bias.grad.numpy(), gb, rtol=1e-6, atol=1e-10, err_msg=f"{rule} b{l + 1}")
+    return model
+
+
+@pytest.mark.parametrize("rule", ALL)
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_gradients_match_reference(rule, bias):
+    torch.manual_seed(1 + bias)
+    x = torch.randn(4, 2, 9, 9, dtype=torch.float64)
+    check(rule, conv_net(bias), x, torch.randint(0, 3, (4,)))
+
+
+@pytest.mark.parametrize("rule", ALL)
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_linear_gradients_match_reference(rule, loss):
+    if rule == "drtp" and loss == "mse":
+        pytest.skip("drtp with mse needs the target context: test_drtp_target_context")
+    torch.manual_seed(5)
+    x = torch.randn(6, 5, dtype=torch.float64)
+    target = torch.randn(6, 3, dtype=torch.float64) if loss == "mse" else torch.randint(0, 3, (6,))
+    check(rule, mlp_net(), x, target, loss)
+
+
+def test_drtp_target_context_and_recovery_errors():
+    torch.manual_seed(0)
+    model = feedalign.convert(mlp_net().double(), "drtp", seed=1)
+    x, labels = torch.randn(5, 5, dtype=torch.float64), torch.randint(0, 3, (5,))
+    reference = copy.deepcopy(model)
+    F.cross_entropy(reference(x), labels).backward()  # recovered from the error
+    with drtp.target(model, labels):
+        out = model(x)
+    (out - 1.0).square().sum().backward()  # any loss: the hidden layers see only the target
+    for layer, twin in list(zip(trainable_layers(model), trainable_layers(reference)))[:-1]:
+        torch.testing.assert_close(layer.weight.grad, twin.weight.grad)
+    with pytest.raises(ValueError, match="drtp.target"):
+        F.cross_entropy(model(x), labels, reduction="sum").backward()
+    with pytest.raises(ValueError, match="drtp.target"):
+        F.mse_loss(model(x), torch.randn(5, 3, dtype=torch.float64)).backward()
+
+
+def test_drtp_hidden_signal_ignores_the_output():
+    """Same target, different outputs: DRTP's hidden updates depend on t only (at fixed activations)."""
+    torch.manual_seed(0)
+    model = feedalign.convert(mlp_net().double(), "drtp", seed=1)
+    x, labels = torch.randn(5, 5, dtype=torch.float64), torch.randint(0, 3, (5,))
+    F.cross_entropy(model(x), labels).backward()
+    first = [layer.weight.grad.clone() for layer in trainable_layers(model)]
+    model.zero_grad()
+    with torch.no_grad():
+        trainable_layers(model)[-1].weight.mul_(3.0)
+    F.cross_entropy(model(x), labels).backward()
+    for a, layer in zip(first[:-1], trainable_layers(model)[:-1]):
+        torch.testing.assert_close(a, layer.weight.grad)
+
+
+def test_kp_feedback_gets_weight_gradient_and_aligns():
+    torch.manual_seed(0)
+    model = feedalign.convert(conv_net(), "kp", seed=2)
+    layers = trainable_layers(model)
+    x, y = torch.randn(8, 2, 9, 9), torch.randint(0, 3, (8,))
+    F.cross_entropy(model(x), y).backward()
+    for layer in layers:
+        torch.testing.assert_close(layer.feedback.grad, layer.weight.grad, rtol=0, atol=0)
+    model.zero_grad()
+    differences = [(layer.feedback - layer.weight).detach().clone() for layer in layers]
+    lr, decay, steps = 0.2, 1.0, 25
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=decay)
+
+    for _ in range(steps):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    # the same gradient for both: B - W only decays, by (1 - lr * wd) per step
+    for layer, difference in zip(layers, differences):
+        torch.testing.assert_close(layer.feedback - layer.weight, difference * (1 - lr * decay) ** steps,
+                                   rtol=1e-3, atol=1e-6)
+
+
+def test_kp_alignment_angle_shrinks_with_weight_decay():
+    torch.manual_seed(0)
+    model = feedalign.convert(feedalign.mlp("20-30-30-5"), "kp", seed=2)
+    layers = trainable_layers(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.05)
+    x, y = torch.randn(64, 20), torch.randint(0, 5, (64,))
+    before = [angle(layer.weight, layer.feedback)[0] for layer in layers]
+    for _ in range(60):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    after = [angle(layer.weight, layer.feedback)[0] for layer in layers]
+    assert min(before) > 60 and max(after) < 45, (before, after)
+
+
+def test_wm_mirror_aligns_feedback():
+    torch.manual_seed(0)
+    model = feedalign.convert(conv_net(), "wm", seed=2)
+    layers = trainable_layers(model)
+    before = [angle(l.weight, l.feedback)[0] for l in layers]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 2, 9, 9), torch.randint(0, 3, (8,))
+    for _ in range(5):  # learning steps between mirror phases do not touch B
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        wm.mirror(model, 6, noise_std=0.5, lr=0.2, batch_size=512, generator=torch.Generator().manual_seed(0))
+    after = [angle(l.weight, l.feedback)[0] for l in layers]
+    assert min(before) > 60 and max(after) < 15, (before, after)
+    assert not any(n.endswith("feedback") for n, _ in model.named_parameters())
+    with pytest.raises(ValueError, match="'wm'"):
+        wm.mirror(feedalign.convert(mlp_net(), "fa"))
+
+
+def test_brsf_redraws_every_backward_reproducibly():
+    torch.manual_seed(0)
+    model = feedalign.convert(mlp_net().double(), "brsf", seed=4)
+    twin = copy.deepcopy(model)
+    x, y = torch.randn(5, 5, dtype=torch.float64), torch.randint(0, 3, (5,))
+    grads = []
+    for _ in range(2):
+        model.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        grads.append(trainable_layers(model)[0].weight.grad.clone())
+    assert not torch.allclose(grads[0], grads[1]), "R must be redrawn"
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    twin.load_state_dict(torch.load(buffer))
+    for m in (model, twin):
+        m.zero_grad()
+        F.cross_entropy(m(x), y).backward()
+    torch.testing.assert_close(trainable_layers(model)[0].weight.grad, trainable_layers(twin)[0].weight.grad,
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("rule", ["usf", "brsf", "frsf"])
+def test_sign_symmetry_follows_current_weights(rule):
+    model = feedalign.convert(mlp_net(), rule)
+    with torch.no_grad():
+        for layer in trainable_layers(model):
+            layer.weight.neg_()
+    for b, layer in zip(feedalign.feedback_matrices(model), trainable_layers(model)):
+        assert torch.equal(torch.sign(b), torch.sign(layer.weight))
+
+
+@pytest.mark.parametrize("rule", ALL)
+def test_exact_gradients_on_conv_models(rule):
+    torch.manual_seed(0)
+    net = conv_net().double()
+    model = feedalign.convert(net, rule)
+    x, y = torch.randn(3, 2, 9, 9, dtype=torch.float64), torch.randint(0, 3, (3,))
+    F.cross_entropy(net(x), y).backward()
+    with feedalign.exact_gradients(model):
+        F.cross_entropy(model(x), y).backward()
+    for layer, twin in zip(trainable_layers(net), trainable_layers(model)):
+        torch.testing.assert_close(layer.weight.grad, twin.weight.grad)
+        torch.testing.assert_close(layer.bias.grad, twin.bias.grad)
+
+
+def test_groups_dilation_same_padding_against_autograd():
+    """With B set to W, the feedback convolution is backprop for any stride/padding/dilation/groups."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(4, 6, 3, stride=2, padding=1, dilation=2, groups=2), nn.Tanh(),
+                        nn.Conv2d(6, 4, 3, padding="same", groups=2), nn.Flatten(), nn.Linear(4 * 3 * 3, 2)).double()
+    model = feedalign.convert(net, "fa")
+    for layer in trainable_layers(model):
+        layer.feedback.copy_(layer.weight.detach())
+    x = torch.randn(2, 4, 7, 7, dtype=torch.float64, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    net(x).square().sum().backward()
+    model(x2).square().sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+    for p, q in zip(net.parameters(), model.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+    with pytest.raises(ValueError, match="padding_mode"):
+        feedalign.convert(nn.Sequential(nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect"), nn.Flatten(),
+                                        nn.Linear(4, 2)), "fa")
+
+
+@pytest.mark.parametrize("rule", ["dfa", "drtp"])
+def test_direct_conv_feedback_lazy_and_state_dict(rule):
+    net = conv_net()
+    model = feedalign.convert(net, rule, seed=7)
+    with pytest.raises(ValueError, match="forward pass"):
+        feedalign.feedback_matrices(model)
+    x = torch.randn(2, 2, 9, 9)
+    model(x)
+    shapes = [tuple(b.shape) for b in feedalign.feedback_matrices(model)]
+    assert shapes == [(3, 3 * 5 * 5), (3, 4 * 2 * 2), (3, 45), (3, 6)]
+    fresh = feedalign.convert(net, rule, seed=7)
+    fresh.load_state_dict(model.state_dict())  # before any forward
+    torch.testing.assert_close(fresh.feedback, model.feedback, rtol=0, atol=0)
+    again = feedalign.convert(net, rule, seed=7)
+    again(x)
+    torch.testing.assert_close(again.feedback, model.feedback, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="feature map"):
+        model(torch.randn(2, 2, 11, 11))
+
+
+def test_ifa_refuses_conv():
+    with pytest.raises(ValueError, match="ifa supports nn.Linear"):
+        feedalign.convert(conv_net(), "ifa")
+
+
+@pytest.mark.parametrize("rule", ["usf", "brsf", "frsf", "kp", "wm", "drtp"])
+def test_new_rules_keep_forward_and_train(rule):
+    torch.manual_seed(0)
+    net = conv_net()
+    model = feedalign.convert(net, rule)
+    x, y = torch.randn(16, 2, 9, 9), torch.randint(0, 3, (16,))
+    torch.testing.assert_close(model(x), net(x))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    first = F.cross_entropy(model(x), y).item()
+    for _ in range(30):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        if rule == "wm":
+            wm.mirror(model, 1)
+    assert F.cross_entropy(model(x), y).item() < first
