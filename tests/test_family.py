@@ -302,3 +302,16 @@ def test_new_rules_keep_forward_and_train(rule):
         if rule == "wm":
             wm.mirror(model, 1)
     assert F.cross_entropy(model(x), y).item() < first
+
+
+def test_conv_builders():
+    assert feedalign.lenet5()(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert feedalign.lenet5(3, 5, "relu", input_size=32)(torch.zeros(1, 3, 32, 32)).shape == (1, 5)
+    net = feedalign.nokland_conv()
+    assert [m.out_channels for m in net if isinstance(m, nn.Conv2d)] == [96, 128, 256]
+    assert [m.out_features for m in net if isinstance(m, nn.Linear)] == [2048, 2048, 10]
+    assert net[-6].in_features == 256 * 3 * 3
+    with pytest.raises(ValueError, match="input_size"):
+        feedalign.lenet5(input_size=30)
+    with pytest.raises(ValueError, match="unknown activation"):
+        feedalign.nokland_conv(activation="swish2")

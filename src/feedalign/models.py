@@ -60,3 +60,47 @@ def mlp(sizes: str, activation: str = "tanh", bias: bool = True) -> nn.Sequentia
         if i < len(widths) - 2:
             layers.append(ACTIVATIONS[key]())
     return nn.Sequential(*layers)
+
+
+def _activation(name: str) -> type[nn.Module]:
+    key = str(name).lower()
+    if key not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[key]
+
+
+def lenet5(in_channels: int = 1, num_classes: int = 10, activation: str = "tanh", input_size: int = 28) -> nn.Sequential:
+    """LeNet-5 (LeCun et al. 1998) for (N, in_channels, 28, 28) or (N, in_channels, 32, 32) inputs.
+
+    conv 5x5 to 6 maps, 2x2 max-pool, conv 5x5 to 16 maps, 2x2 max-pool, then fully
+    connected 400-120-84-``num_classes``. 28x28 inputs get padding 2 on the first conv
+    so that both sizes reach the 16x5x5 map.
+    """
+    if input_size not in (28, 32):
+        raise ValueError(f"lenet5 expects input_size 28 or 32, got {input_size!r}")
+    act = _activation(activation)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 6, 5, padding=2 if input_size == 28 else 0), act(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), act(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(16 * 5 * 5, 120), act(), nn.Linear(120, 84), act(), nn.Linear(84, num_classes))
+
+
+def nokland_conv(in_channels: int = 3, num_classes: int = 10, activation: str = "tanh",
+                 input_size: int = 32) -> nn.Sequential:
+    """The convolutional network of Nøkland (2016, NeurIPS, Sec. 3, CIFAR experiments).
+
+    Three 5x5 convolutions (padding 2) of 96, 128 and 256 channels, each followed by
+    ``activation`` and a 3x3 max-pool with stride 2, then two fully connected layers
+    of 2048 and the output layer. For 32x32 inputs the last map is 256x3x3.
+    """
+    if input_size < 7:
+        raise ValueError(f"nokland_conv needs input_size >= 7, got {input_size!r}")
+    act = _activation(activation)
+    layers: list[nn.Module] = []
+    size, channels = input_size, in_channels
+    for width in (96, 128, 256):
+        layers += [nn.Conv2d(channels, width, 5, padding=2), act(), nn.MaxPool2d(3, stride=2)]
+        size, channels = (size - 3) // 2 + 1, width
+    layers += [nn.Flatten(), nn.Linear(channels * size * size, 2048), act(), nn.Linear(2048, 2048), act(),
+               nn.Linear(2048, num_classes)]
+    return nn.Sequential(*layers)
