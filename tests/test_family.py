@@ -310,7 +310,7 @@ def test_conv_builders():
     net = feedalign.nokland_conv()
     assert [m.out_channels for m in net if isinstance(m, nn.Conv2d)] == [96, 128, 256]
     assert [m.out_features for m in net if isinstance(m, nn.Linear)] == [2048, 2048, 10]
-    assert net[-6].in_features == 256 * 3 * 3
+    assert net[-5].in_features == 256 * 3 * 3
     with pytest.raises(ValueError, match="input_size"):
         feedalign.lenet5(input_size=30)
     with pytest.raises(ValueError, match="unknown activation"):
