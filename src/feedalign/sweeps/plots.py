@@ -92,7 +92,8 @@ def plot_sweep(source, *, pairs=None) -> list[Path]:
                         accs = [_acc(r) for r in cell]
                         finite = [a for a in accs if math.isfinite(a)]
                         grid[i, j] = float(np.mean(finite)) if finite else np.nan
-                        ax.text(j, i, _letters(cell), ha="center", va="center", fontsize=8,
+                        label = _letters(cell) + (f"\n{grid[i, j]:.2f}" if finite else "")
+                        ax.text(j, i, label, ha="center", va="center", fontsize=7,
                                 color="white" if (finite and grid[i, j] < 0.55) else "black")
                 im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
                 ax.set_xticks(range(len(xs)), [_fmt(v) for v in xs], rotation=45 if len(xs) > 6 else 0)
