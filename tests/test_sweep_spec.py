@@ -130,3 +130,22 @@ def test_sensitivity_report_on_synthetic_rows():
     assert "| initial weights can't be too large | fa | yes |" in text
     assert "| a high-ish learning rate is needed | fa | yes |" in text
     assert "| some runs gain accuracy, then lose it | fa | yes |" in text
+
+
+def test_plot_only_from_results_table(tmp_path, capsys):
+    import json
+    out = tmp_path / "out"
+    path = write(tmp_path, f'name = "p"\nout_dir = "{out}"\n[base]\ndataset = "mnist1d"\narchitecture = "40-16-10"\n'
+                           '[grid]\nrule = ["fa"]\ninit_scale = [0.0, 0.1]\nlr = [0.01, 0.1]\n')
+    assert main(["sweep", str(path), "--plot-only"]) == 2  # no results yet
+    assert "run the sweep first" in capsys.readouterr().err
+    rows = [{"key": f"k{i}", "status": "done", "rule": "fa", "init_scale": s, "lr": lr, "best_val_accuracy": 0.1 + s + lr,
+             "outcome": "trained" if lr > 0.05 else "refused", "val_curve": [0.1, 0.1 + s + lr],
+             "config": {"rule": "fa", "init": "uniform", "init_scale": s, "lr": lr}}
+            for i, (s, lr) in enumerate([(0.0, 0.01), (0.0, 0.1), (0.1, 0.01), (0.1, 0.1)])]
+    (out / "p").mkdir(parents=True)
+    (out / "p" / "results.json").write_text(json.dumps({"swept": ["rule", "init_scale", "lr"], "runs": rows}))
+    assert main(["sweep", str(path), "--plot-only", "--report"]) == 0
+    printed = capsys.readouterr().out
+    assert "heatmap-fa-init_scale-lr.png" in printed and "best-curves.png" in printed
+    assert "| zero initial weights do not train | fa | no |" in printed

@@ -18,7 +18,7 @@ from pathlib import Path
 from .results import OUTCOME_LETTERS, read_results
 
 MAX_CATEGORIES = 15
-SKIP_AXES = ("rule",)
+SKIP_AXES = ("rule", "seed")  # one figure per rule; seeds are averaged
 
 
 def _rule(row: dict) -> str:

@@ -32,6 +32,7 @@ class Finding:
     text: str
     holds: bool | None
     evidence: str
+    sweep: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,13 +82,33 @@ def _pct(a: float) -> str:
     return "n/a" if not math.isfinite(a) else f"{100 * a:.1f}%"
 
 
+def _sources(results) -> list:
+    if isinstance(results, (list, tuple)) and results and not isinstance(results[0], dict):
+        return list(results)
+    return [results]
+
+
+def _label(source) -> str:
+    if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
+        from pathlib import Path
+        path = Path(source)
+        return (path.parent if path.name == "results.json" else path).name
+    return ""
+
+
 def sensitivity_findings(results, *, margin: float = MARGIN) -> list[Finding]:
-    """One Finding per (observation, rule) from sweep ``results`` (a sweep dir, results.json, or rows; or a list of those)."""
-    rows: list[dict] = []
-    sources = results if isinstance(results, (list, tuple)) and results and not isinstance(results[0], dict) else [results]
-    for source in sources:
-        rows += read_results(source)[0]
-    rows = [r for r in rows if r.get("status") == "done"]
+    """One Finding per (observation, rule) from sweep ``results``: a sweep directory, a results.json, a list
+    of rows, or a list of several sweep directories (each checked on its own grid, never pooled)."""
+    findings: list[Finding] = []
+    for source in _sources(results):
+        rows = [r for r in read_results(source)[0] if r.get("status") == "done"]
+        for f in _findings(rows, margin):
+            f.sweep = _label(source)
+            findings.append(f)
+    return findings
+
+
+def _findings(rows: list[dict], margin: float) -> list[Finding]:
     findings: list[Finding] = []
     rules = list(dict.fromkeys(_cfg(r, "rule") for r in rows))
     for rule in rules:
@@ -147,13 +168,15 @@ def sensitivity_findings(results, *, margin: float = MARGIN) -> list[Finding]:
 def sensitivity_report(results, *, margin: float = MARGIN, title: str = "Sensitivity: the review's observations") -> str:
     """Markdown: a table of the review's observations, per rule, with holds / does not hold and the evidence."""
     findings = sensitivity_findings(results, margin=margin)
+    several = len({f.sweep for f in findings}) > 1
     lines = [f"## {title}", "",
              f"Each observation is checked on the swept grid only; 'worse' means at least {100 * margin:.0f} points "
              "of best validation accuracy below the best of the rule.", "",
-             "| observation | rule | holds | evidence |", "|---|---|---|---|"]
+             ("| sweep " if several else "") + "| observation | rule | holds | evidence |",
+             ("|---" if several else "") + "|---|---|---|---|"]
     verdict = {True: "yes", False: "no", None: "untested"}
     for f in findings:
-        lines.append(f"| {f.text} | {f.rule} | {verdict[f.holds]} | {f.evidence} |")
+        lines.append((f"| {f.sweep} " if several else "") + f"| {f.text} | {f.rule} | {verdict[f.holds]} | {f.evidence} |")
     if not findings:
         lines.append("| (no finished runs) | | untested | |")
     return "\n".join(lines) + "\n"
