@@ -31,9 +31,12 @@ def test_flags_override_the_config_file_and_the_saved_config_repeats_the_run(tmp
     assert out.startswith(f"run: {runs / 'a'}") and "trained" in out
     saved = Config.from_file(runs / "a" / "config.toml")
     assert saved.lr == 0.05 and saved.rule == "dfa" and saved.epochs == 2
-    code, out, err = run_cli(["train", "--config", str(runs / "a" / "config.toml"), "--name", "b", "--quiet"], capsys)
+    assert saved.name is None  # so that repeating it makes a new run directory
+    code, out, err = run_cli(["train", "--config", str(runs / "a" / "config.toml"), "--quiet"], capsys)
     assert code == 0, err
-    assert _without_times(runs / "a") == _without_times(runs / "b")
+    (repeat,) = [d for d in runs.iterdir() if d.name != "a"]
+    assert repeat.name.endswith("-dfa-mnist1d")
+    assert _without_times(runs / "a") == _without_times(repeat)
 
 
 def _without_times(run_dir: Path) -> list[dict]:

@@ -114,7 +114,8 @@ def train(config: Config, callbacks=(), *, progress: str = "auto", data=None) ->
     try:
         run_dir.mkdir(parents=True)
         (run_dir / "checkpoints").mkdir()
-        atomic_write_text(run_dir / "config.toml", config.to_toml())
+        # Without its name: `feedalign train --config RUN_DIR/config.toml` then repeats the run in a new directory.
+        atomic_write_text(run_dir / "config.toml", config.replace(name=None).to_toml())
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
