@@ -68,13 +68,13 @@ def run(args) -> int:
     from feedalign.sweeps.spec import BACKENDS
     if args.backend is not None and args.backend not in BACKENDS:
         raise UsageError(f"unknown backend {args.backend!r}; expected one of {', '.join(BACKENDS)}")
-    if args.address and (args.backend or "") != "ray":
-        raise UsageError("--address is for the ray backend; add --backend ray")
     for flag, value in (("--workers", args.workers), ("--threads-per-run", args.threads_per_run)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be at least 1; got {value}")
     spec = load_spec(args.spec, overrides=parse_set(args.set), out_dir=args.out_dir, name=args.name,
                      threads_per_run=args.threads_per_run, backend=args.backend)
+    if args.address and spec.backend != "ray":
+        raise UsageError("--address is for the ray backend; add --backend ray")
     if args.plot_only:
         if not (spec.sweep_dir / "results.json").is_file():
             raise UsageError(f"--plot-only: no results in {spec.sweep_dir}; run the sweep first")
