@@ -105,6 +105,9 @@ def build_model(architecture: str, activation: str, rule: str, *, seed: int, ini
                 s = init_scale if init_scale is not None else 1.0 / math.sqrt(layer.in_features)
                 layer.weight.uniform_(-s, s)
                 layer.bias.uniform_(-s, s)
+            elif init == "gaussian":  # truncated normal N(0, s^2) cut at 2s, biases zero (xuexue/randombp)
+                nn.init.trunc_normal_(layer.weight, std=init_scale, a=-2 * init_scale, b=2 * init_scale)
+                layer.bias.zero_()
             elif init != "default":
                 raise ValueError(f"unknown init {init!r}")
     return feedalign.convert(net, rule, seed=seed, feedback_scale=feedback_scale, feedback_init=feedback_init)
@@ -140,7 +143,8 @@ def train_classifier(data: dict, *, architecture: str, activation: str, rule: st
                      lr: float, optimizer: str = "sgd", momentum: float = 0.0, batch_size: int = 64,
                      loss: str = "cross_entropy", weight_decay: float = 0.0, init: str = "default",
                      init_scale: float | None = None, feedback_scale: float | None = None,
-                     trainable: str = "all", evals: int = 10, eval_train: int = 2000) -> tuple[nn.Module, dict]:
+                     feedback_init: str = "uniform", trainable: str = "all", evals: int = 10,
+                     eval_train: int = 2000) -> tuple[nn.Module, dict]:
     """Train a converted MLP on ``data`` (see :func:`load_data`); return the model and its history.
 
     ``trainable``: ``all``, ``output`` (only the last layer learns: "shallow" learning)
@@ -150,7 +154,7 @@ def train_classifier(data: dict, *, architecture: str, activation: str, rule: st
     error; ``test_error`` is measured once at the end.
     """
     model = build_model(architecture, activation, rule, seed=seed, init=init, init_scale=init_scale,
-                        feedback_scale=feedback_scale)
+                        feedback_scale=feedback_scale, feedback_init=feedback_init)
     layers = linears(model)
     frozen = {"all": [], "output": layers[:-1], "not-first": layers[:1]}[trainable]
     for layer in frozen:

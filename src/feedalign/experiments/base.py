@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
 _REGISTRY: dict[str, type["Experiment"]] = {}
 
@@ -115,6 +116,7 @@ class Experiment(abc.ABC):
     full_runtime: ClassVar[str] = ""    # measured full-size run time on 2 shared CPU cores
     default_seeds: ClassVar[dict] = {"quick": 2, "full": 3}
     needs: ClassVar[tuple[str, ...]] = ()  # experiments whose results this one reads
+    threads: ClassVar[int] = 1  # torch CPU threads: small nets on a shared 2-core machine run fastest on one
 
     @abc.abstractmethod
     def config(self, quick: bool) -> dict:
@@ -132,12 +134,21 @@ class Experiment(abc.ABC):
         """Where this size departs from the paper's setting, and why."""
         return []
 
+    hashed_helpers: ClassVar[tuple[str, ...]] = ("_common",)  # shared modules whose code makes the numbers
+
     def source_hash(self) -> str:
-        """Hash of this experiment's module, the shared experiment code and feedalign's version."""
+        """Hash of this experiment's module, the helper modules it names and feedalign's version.
+
+        The orchestration (this module, the summary page) is left out, so improving a
+        report does not invalidate hours of results.
+        """
+        import importlib
+
         import feedalign
-        from . import _common
         h = hashlib.sha256()
-        for module in (sys.modules[type(self).__module__], sys.modules[__name__], _common):
+        modules = [sys.modules[type(self).__module__]]
+        modules += [importlib.import_module(f"{__package__}.{m}") for m in self.hashed_helpers]
+        for module in modules:
             h.update(inspect.getsource(module).encode())
         h.update(feedalign.__version__.encode())
         return h.hexdigest()[:16]
@@ -188,11 +199,16 @@ def run_experiment(name: str, *, quick: bool = False, out: str | Path = "runs/re
     log(f"{name}: {experiment.title} ({config['size']}, {config['seeds']} seeds) -> {folder}")
     start = time.perf_counter()
     runs = []
-    for seed in range(config["seeds"]):
-        t = time.perf_counter()
-        runs.append(experiment.run_seed(config, seed, folder))
-        log(f"  seed {seed}: {time.perf_counter() - t:.1f} s")
-    claims, figures = experiment.summarize(config, runs, folder)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(experiment.threads)
+    try:
+        for seed in range(config["seeds"]):
+            t = time.perf_counter()
+            runs.append(experiment.run_seed(config, seed, folder))
+            log(f"  seed {seed}: {time.perf_counter() - t:.1f} s")
+        claims, figures = experiment.summarize(config, runs, folder)
+    finally:
+        torch.set_num_threads(threads)
     seconds = time.perf_counter() - start
     command = f"feedalign reproduce {name}" + (" --quick" if quick else "") + (f" --seeds {seeds}" if seeds else "")
     results = {

@@ -54,6 +54,7 @@ class Toy1D(Experiment):
     name = "toy1d"
     title = "Toy 1-D network: BP vs FA trajectories in the (W0, W) plane"
     paper = "Lillicrap, Cownden, Tweed & Akerman 2016 (Nat. Commun. 7:13276), Fig. 3"
+    hashed_helpers = ()  # uses only plotting and angle helpers of _common
     order = 10
     full_runtime = "about 10 s"
 

@@ -1,0 +1,61 @@
+"""Nøkland 2016: a 100-layer network of 240 tanh units on MNIST; DFA trains it, BP and FA do not."""
+from __future__ import annotations
+
+from ._training import TrainingExperiment
+from .base import Claim, register
+from .nokland import SETTINGS_NOTE, learner
+
+
+@register
+class Deep100(TrainingExperiment):
+    name = "deep100"
+    title = "Very deep 100x240 tanh network: DFA trains, BP and FA stall"
+    paper = "Nøkland 2016 (NeurIPS, arXiv 1609.01596), Sec. 5.1: 100x240 tanh, DFA 3.92% test error"
+    order = 60
+    full_runtime = "about 15 min (1 seed, 1 epoch on 20000 examples)"
+    default_seeds = {"quick": 1, "full": 1}
+    hashed_helpers = ("_common", "_training", "nokland")
+
+    def config(self, quick):
+        return {"data": {"name": "mnist", "n_train": 4000 if quick else 20000, "n_val": 1000 if quick else 5000,
+                         "n_test": 1000 if quick else None},
+                "depth": 30 if quick else 100, "width": 64 if quick else 240, "epochs": 3 if quick else 1,
+                "evals": 6 if quick else 10, "lr": 3e-3 if quick else 1e-3}
+
+    def learners(self, config):
+        arch = f"784-{config['width']}x{config['depth']}-10"
+        extra = {"evals": config["evals"], "lr": config["lr"]}
+        return {rule.upper(): learner(rule, arch, config["epochs"], zero_init=False, **extra) for rule in ("bp", "fa", "dfa")}
+
+    def deviations(self, config):
+        d = [SETTINGS_NOTE, f"Learning rate {config['lr']} instead of 1e-4, to learn within our few steps.",
+             self.data_deviation(config),
+             "All rules start from U[-1/sqrt(n), 1/sqrt(n)] forward weights: from zero weights a layer only starts "
+             "learning once the one below it is non-zero, which through 100 layers takes far longer than we can run.",
+             f"{config['epochs']} epoch(s) on {config['data']['n_train']} examples, 1 seed: a 100-layer network "
+             "costs minutes per epoch on 2 shared CPU cores; the paper trains to convergence."]
+        if config["size"] == "quick":
+            d.append(f"Quick size: {config['depth']}x{config['width']}, lr {config['lr']}, 3 epochs of 4000 examples.")
+        return d
+
+    def summarize(self, config, runs, out):
+        tr = {k: self.final(runs, k, "train_error") for k in ("BP", "FA", "DFA")}
+        loss = {k: (self.final(runs, k, "train_loss"), [r[k]["train_loss"][0] for r in runs]) for k in tr}
+        test = {k: self.final(runs, k) for k in tr}
+        claims = [
+            Claim("dfa_test", "DFA: test error", "3.92%", test["DFA"], unit="%", paper_value=3.92,
+                  reproduced=abs(sum(test["DFA"]) / len(test["DFA"]) - 3.92) < 1.0, criterion="within 1 point"),
+            Claim("dfa_trains", "DFA: training error at the end", "trains (low)", tr["DFA"], unit="%",
+                  reproduced=all(d < b - 15 for d, b in zip(tr["DFA"], tr["BP"])),
+                  criterion="at least 15 points below BP's"),
+            Claim("bp_stalls", "BP: training error at the end", "stalls (vanishing gradients)", tr["BP"], unit="%",
+                  reproduced=min(tr["BP"]) > 70, criterion="> 70%"),
+            Claim("fa_stalls", "FA: training error at the end", "stalls", tr["FA"], unit="%",
+                  reproduced=min(tr["FA"]) > 70, criterion="> 70%"),
+            Claim("loss_gap", "BP minus DFA final training loss (BCE, summed over classes)", "DFA falls, BP flat",
+                  [b - d for b, d in zip(loss["BP"][0], loss["DFA"][0])],
+                  reproduced=all(b - d > 0.2 for b, d in zip(loss["BP"][0], loss["DFA"][0])), criterion="> 0.2"),
+        ]
+        figures = [self.curves(config, runs, out, key="train_error",
+                               title=f"{config['depth']}x{config['width']} tanh, MNIST: training error")]
+        return claims, figures

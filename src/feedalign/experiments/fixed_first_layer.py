@@ -1,0 +1,55 @@
+"""Nøkland 2016, the training curves of a network whose first hidden layer stays at its random init."""
+from __future__ import annotations
+
+from ._training import TrainingExperiment
+from .base import Claim, register
+from .nokland import SETTINGS_NOTE, learner
+
+
+@register
+class FixedFirstLayer(TrainingExperiment):
+    name = "fixed-first-layer"
+    title = "Fixed random first hidden layer vs fully trained network, BP and DFA"
+    paper = "Nøkland 2016 (arXiv 1609.01596), training curves with a fixed first hidden layer (left) and the full network (right)"
+    order = 70
+    full_runtime = "about 8 min (1 seed, 2 epochs)"
+    default_seeds = {"quick": 1, "full": 1}
+    hashed_helpers = ("_common", "_training", "nokland")
+
+    def config(self, quick):
+        return {"data": {"name": "mnist", "n_train": 3000 if quick else None, "n_val": 1000 if quick else None,
+                         "n_test": 1000 if quick else None},
+                "architecture": "784-200-200-10" if quick else "784-800-800-10", "epochs": 3 if quick else 2,
+                "lr": 1e-3 if quick else 1e-4, "evals": 6 if quick else 12}
+
+    def learners(self, config):
+        out = {}
+        for rule in ("bp", "dfa"):
+            for trainable, tag in (("not-first", "fixed first layer"), ("all", "full network")):
+                out[f"{rule.upper()}, {tag}"] = learner(rule, config["architecture"], config["epochs"], zero_init=False,
+                                                        trainable=trainable, lr=config["lr"], evals=config["evals"])
+        return out
+
+    def deviations(self, config):
+        return [SETTINGS_NOTE, "All learners start from U[-1/sqrt(n), 1/sqrt(n)]: a fixed first layer must be random, "
+                "and the trained ones start from the same init so the only difference is which layers learn.",
+                self.data_deviation(config),
+                f"{config['architecture']}, {config['epochs']} epochs, lr {config['lr']}, training error on the first "
+                "2000 training examples; the paper trains longer."]
+
+    def summarize(self, config, runs, out):
+        labels = list(runs[0])
+        tr = {k: self.final(runs, k, "train_error") for k in labels}
+        claims = [Claim(f"train_{i}", f"{k}: final training error", "curve (figure)", tr[k], unit="%")
+                  for i, k in enumerate(labels)]
+        claims.append(Claim("dfa_fixed_trains", "DFA with the first layer fixed: final training error",
+                            "trains (upper layers learn from the direct feedback)", tr["DFA, fixed first layer"],
+                            unit="%", reproduced=max(tr["DFA, fixed first layer"]) < 20, criterion="< 20%"))
+        claims.append(Claim("dfa_full_trains", "DFA, full network: final training error", "trains",
+                            tr["DFA, full network"], unit="%", reproduced=max(tr["DFA, full network"]) < 20,
+                            criterion="< 20%"))
+        figures = [self.curves(config, runs, out, key="train_error", log=True,
+                               panels=[[l for l in labels if "fixed" in l], [l for l in labels if "full" in l]],
+                               title=f"{config['architecture']} tanh, MNIST: training error, first layer fixed (left) "
+                                     "vs trained (right)")]
+        return claims, figures
