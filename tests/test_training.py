@@ -195,3 +195,9 @@ def test_every_rule_trains_through_the_engine(small, rule):
 def test_drtp_with_a_loss_it_cannot_recover_the_target_from(small):
     s = train(small.replace(rule="drtp", architecture="40-32-32-10", loss="bce", lr=0.5), progress="none").summary
     assert s["outcome"] == "trained" and s["loss"] == "bce"
+
+
+def test_without_a_validation_set_selection_uses_test_and_says_so(small):
+    result = train(small.replace(validation_size=0, epochs=1), progress="none")
+    assert result.summary["selection_split"] == "test" and result.metrics[1]["val_accuracy"] is None
+    assert result.summary["outcome"] == "trained"

@@ -36,8 +36,10 @@ class Callback:
     """Hooks into :func:`train`; subclass and override what you need.
 
     ``on_train_begin(run)`` gets the :class:`Run` (``run.log(...)`` writes per-step values
-    to RUN_DIR/steps.jsonl); ``on_step`` runs after every optimizer step; ``on_epoch_end``
-    may add keys to ``metrics`` (they become columns of metrics.jsonl/csv).
+    to RUN_DIR/steps.jsonl); ``on_step`` runs after every optimizer step, while the
+    parameters' ``.grad`` still hold that step's gradients; ``on_epoch_end`` gets the
+    epoch's row after evaluation and may add keys to it (they become columns of
+    metrics.jsonl/csv). ``step`` counts optimizer steps from 1 over the whole run.
     """
 
     def on_train_begin(self, run: "Run") -> None: ...
