@@ -27,14 +27,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as _module
 
-# f'(a) written with h = f(a), for the activations whose derivative needs only h.
-# ReLU follows torch (threshold_backward on the result: 1 where h > 0).
-_DERIVATIVES = {
-    nn.Tanh: lambda h, m: 1.0 - h * h,
-    nn.Sigmoid: lambda h, m: h * (1.0 - h),
-    nn.ReLU: lambda h, m: (h > 0).to(h.dtype),
-    nn.LeakyReLU: lambda h, m: torch.where(h > 0, 1.0, m.negative_slope).to(h.dtype),
-    nn.Identity: None,
+_aten = torch.ops.aten
+
+# ``grad * f'(a)`` written with h = f(a), into ``out``: the fused kernels autograd itself
+# runs for these modules, so both paths give the same bits. ReLU: 1 where h > 0.
+_BACKWARDS = {
+    nn.Tanh: lambda grad, h, m, out: _aten.tanh_backward.grad_input(grad, h, grad_input=out),
+    nn.Sigmoid: lambda grad, h, m, out: _aten.sigmoid_backward.grad_input(grad, h, grad_input=out),
+    nn.ReLU: lambda grad, h, m, out: _aten.threshold_backward.grad_input(grad, h, 0, grad_input=out),
+    nn.LeakyReLU: lambda grad, h, m, out: _aten.leaky_relu_backward.grad_input(
+        grad, h, m.negative_slope, True, grad_input=out),
+    nn.Identity: lambda grad, h, m, out: out if grad is out else out.copy_(grad),
 }
 
 
@@ -147,15 +150,7 @@ class _StackFunction(torch.autograd.Function):
         error = error.contiguous()
         stacked = plan.stacked
         hs = hidden[0].unbind(0) if stacked else hidden
-        # D_l = f'(a_l); one element-wise op for all hidden layers when stacked. None: f' = 1.
-        activations = plan.activations[:k]
-        if stacked and all(type(a) is type(activations[0]) for a in activations):
-            d_stack = _derivative(activations[0], hidden[0])
-            derivatives = [None] * k if d_stack is None else d_stack.unbind(0)
-        else:
-            d_stack = None
-            derivatives = [_derivative(activations[l], hs[l]) for l in range(k)]
-        deltas = _signals(plan.rule, error, weights, back, derivatives, d_stack, hs, stacked)
+        deltas = _signals(plan.rule, error, weights, back, plan.activations[:k], hs, stacked)
 
         grad_weights = [None] * n_layers
         grad_biases = [None] * n_layers
@@ -183,9 +178,10 @@ class _StackFunction(torch.autograd.Function):
         return (grad_input, None, None, *grad_weights, *grad_biases, *([None] * len(back)))
 
 
-def _signals(rule, error, weights, back, derivatives, d_stack, hs, stacked):
+def _signals(rule, error, weights, back, activations, hs, stacked):
     """Every hidden layer's pre-activation signal ``delta_l``: one (K, N, w) tensor when
-    ``stacked``, else a list of (N, w_l). ``d_stack`` is every ``D_l`` as one tensor, if known."""
+    ``stacked``, else a list of (N, w_l). ``f'`` is applied layer by layer, while each
+    signal is still in cache, by the same fused kernel autograd uses."""
     k, n = len(hs), error.shape[0]
     if stacked:
         deltas = error.new_empty((k, n, hs[0].shape[1]))
@@ -193,35 +189,31 @@ def _signals(rule, error, weights, back, derivatives, d_stack, hs, stacked):
     else:
         outs = [error.new_empty(h.shape) for h in hs]
         deltas = outs
+
+    def times_derivative(l, grad):  # outs[l] = grad * f'(a_l)
+        activation = activations[l]
+        if activation is None:
+            if grad is not outs[l]:
+                outs[l].copy_(grad)
+        else:
+            _BACKWARDS[type(activation)](grad, hs[l], activation, outs[l])
+
     if rule == "dfa":
-        signal = error.mm(back[0])  # (N, sum of widths): every e B_l at once
-        if stacked:
-            deltas.copy_(signal.view(n, k, -1).transpose(0, 1))
-        else:
-            for out, s in zip(outs, signal.split([h.shape[1] for h in hs], dim=1)):
-                out.copy_(s)
-        if d_stack is not None:
-            deltas.mul_(d_stack)
-        else:
-            for out, d in zip(outs, derivatives):
-                if d is not None:
-                    out.mul_(d)
+        signal = error.mm(back[0])  # (N, sum of widths): every e B_l from one matmul
+        for l, part in enumerate(signal.split([h.shape[1] for h in hs], dim=1)):
+            times_derivative(l, part)
         return deltas
     if rule == "ifa":
-        torch.mm(error, back[0], out=outs[0])
-        if derivatives[0] is not None:
-            outs[0].mul_(derivatives[0])
-        for l in range(1, k):
-            torch.mm(outs[l - 1], weights[l].t(), out=outs[l])
-            if derivatives[l] is not None:
-                outs[l].mul_(derivatives[l])
+        grad = error.mm(back[0])
+        for l in range(k):
+            if l > 0:
+                grad = torch.mm(outs[l - 1], weights[l].t(), out=outs[l])
+            times_derivative(l, grad)
         return deltas
     matrices = back if rule == "fa" else weights  # bp: the forward weights
     signal = error
     for l in range(k - 1, -1, -1):
-        torch.mm(signal, matrices[l + 1], out=outs[l])
-        if derivatives[l] is not None:
-            outs[l].mul_(derivatives[l])
+        times_derivative(l, torch.mm(signal, matrices[l + 1], out=outs[l]))
         signal = outs[l]
     return deltas
 
@@ -240,13 +232,6 @@ def _activate_(activation, out):
         F.leaky_relu_(out, activation.negative_slope)
     else:  # pragma: no cover  (plan_for admits only the kinds above)
         raise TypeError(kind)
-
-
-def _derivative(activation, h):
-    if activation is None:
-        return None
-    rule = _DERIVATIVES[type(activation)]
-    return None if rule is None else rule(h, activation)
 
 
 class FastSequential(nn.Sequential):
@@ -281,7 +266,7 @@ def plan_for(model: nn.Module, linears: list[nn.Linear]) -> list | None:
     for m in modules:
         if isinstance(m, nn.Linear):
             activations.append(None)
-        elif type(m) in _DERIVATIVES and activations and activations[-1] is None:
+        elif type(m) in _BACKWARDS and activations and activations[-1] is None:
             activations[-1] = m
         else:
             return None

@@ -1,0 +1,296 @@
+"""Training-step speed of every rule against backprop and against the machine's GEMM ceiling.
+
+Timing on a shared machine is noisy, so every number here is relative and taken in
+one process: rules are timed in INTERLEAVED rounds (each round times every rule once,
+in a rotating order), and a rule's ratio to BP is the median over rounds of
+``rule time / BP time in the same round``, so a slow spell hits both sides of a ratio.
+
+Memory is counted analytically, not sampled from the process: the bytes of the
+tensors autograd keeps between forward and backward (``saved_tensors_hooks``, one count
+per storage, parameters and buffers excluded). That is what a rule changes; RSS deltas
+on CPU mostly show the allocator's caching. On CUDA the step's peak
+``torch.cuda.max_memory_allocated`` above the model's own memory is reported as well.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+import feedalign
+from feedalign.rules.fast import uses_fast_path
+
+SIZES = ("784-240x7-10:64", "784-1000-1000-1000-10:128", "784-240x100-10:64")
+SMOKE_SIZES = ("20-16x3-5:8", "20-24-24-5:16")
+RULES = ("bp", "fa", "dfa", "ifa")
+
+
+def parse_size(spec: str) -> tuple[str, int]:
+    """``"784-240x7-10:64"`` gives the architecture and the batch size (default 64)."""
+    arch, _, batch = spec.partition(":")
+    feedalign.parse_sizes(arch)
+    if batch and not (batch.isdigit() and int(batch) > 0):
+        raise ValueError(f"batch size in {spec!r} must be a positive integer")
+    return arch, int(batch or 64)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {name!r}; expected cpu, cuda or auto")
+    return torch.device(name)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gemm_ceiling(device: torch.device, size: int = 2048, repeats: int = 7) -> float:
+    """FLOP/s of a large float32 ``mm`` (median of ``repeats``): what this machine can do at best."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=g).to(device)
+    b = torch.randn(size, size, generator=g).to(device)
+    out = torch.empty(size, size, device=device)
+    torch.mm(a, b, out=out)
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 2.0 * size ** 3 / statistics.median(times)
+
+
+def step_flops(widths: list[int], batch: int, rule: str) -> float:
+    """Matmul FLOPs of one training step under ``rule`` (element-wise work left out).
+
+    Forward ``2N sum(in*out)``; every rule then computes every weight gradient (the
+    same again). BP and FA add the input gradient of every layer but the first; DFA one
+    ``e @ feedback`` matmul to all hidden layers; IFA ``e @ B_1`` and the input gradient of
+    each hidden-to-hidden layer.
+    """
+    layers = list(zip(widths[:-1], widths[1:]))
+    mac = [i * o for i, o in layers]
+    forward = 2 * batch * sum(mac)
+    rule = rule.partition(":")[0]
+    if rule in ("bp", "fa"):
+        signals = 2 * batch * sum(mac[1:])
+    elif rule == "dfa":
+        signals = 2 * batch * widths[-1] * sum(widths[1:-1])
+    elif rule == "ifa":
+        signals = 2 * batch * widths[-1] * widths[1] + 2 * batch * sum(mac[1:-1])
+    else:
+        signals = 2 * batch * sum(mac[1:])
+    return float(2 * forward + signals)
+
+
+def build(arch: str, rule: str, device: torch.device, seed: int = 0):
+    """Model and SGD optimizer; ``"fa:general"`` (any rule) pins the general autograd path."""
+    name, _, variant = rule.partition(":")
+    torch.manual_seed(seed)
+    model = feedalign.convert(feedalign.mlp(arch, activation="tanh"), name, seed=seed).to(device)
+    if variant == "general":
+        model.fast_path = False
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    return model, optimizer
+
+
+def train_step(model, optimizer, x, y):
+    optimizer.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+
+
+def saved_bytes(model, x, y) -> int:
+    """Bytes autograd holds from forward to backward for one step (one count per storage;
+    parameters and buffers, which exist anyway, excluded)."""
+    own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in own:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return sum(storages.values())
+
+
+def cuda_peak_bytes(model, optimizer, x, y, device) -> int | None:
+    if device.type != "cuda":
+        return None
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    train_step(model, optimizer, x, y)
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+@dataclass
+class Row:
+    size: str
+    rule: str
+    step_ms: float = 0.0
+    ratio: float = 1.0
+    gflops: float = 0.0
+    ceiling_fraction: float = 0.0
+    saved_mib: float = 0.0
+    cuda_peak_mib: float | None = None
+    fast_path: bool = False
+    epoch_s: float | None = None
+    epoch_ratio: float | None = None
+    test_accuracy: float | None = None
+    rounds: list = field(default_factory=list)
+
+
+def bench_size(spec: str, rules, device, *, rounds: int, min_round_s: float, ceiling: float, log=print) -> list[Row]:
+    """Time every rule's training step on one architecture, interleaved; BP is always timed as the reference."""
+    arch, batch = parse_size(spec)
+    widths = feedalign.parse_sizes(arch)
+    timed = ["bp"] + [r for r in rules if r != "bp"]
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, widths[0], generator=g).to(device)
+    y = torch.randint(0, widths[-1], (batch,), generator=g).to(device)
+    models = {rule: build(arch, rule, device) for rule in timed}
+    rows = {rule: Row(size=spec, rule=rule) for rule in timed}
+    for rule, (model, optimizer) in models.items():
+        rows[rule].saved_mib = saved_bytes(model, x, y) / 2 ** 20
+        rows[rule].fast_path = uses_fast_path(model(x))
+        model.zero_grad(set_to_none=True)
+        peak = cuda_peak_bytes(model, optimizer, x, y, device)
+        rows[rule].cuda_peak_mib = None if peak is None else peak / 2 ** 20
+    # steps per timed block: enough for min_round_s, from a short calibration of BP
+    model, optimizer = models["bp"]
+    for _ in range(3):
+        train_step(model, optimizer, x, y)
+    synchronize(device)
+    start = time.perf_counter()
+    train_step(model, optimizer, x, y)
+    synchronize(device)
+    steps = max(1, int(min_round_s / max(time.perf_counter() - start, 1e-6)))
+    for rule in timed:  # warm-up: allocator, kernels, lazy init
+        for _ in range(max(2, steps // 4)):
+            train_step(*models[rule], x, y)
+    times = {rule: [] for rule in timed}
+    for r in range(rounds):
+        order = timed[r % len(timed):] + timed[:r % len(timed)]
+        for rule in order:
+            model, optimizer = models[rule]
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                train_step(model, optimizer, x, y)
+            synchronize(device)
+            times[rule].append((time.perf_counter() - start) / steps)
+    for rule in timed:
+        row = rows[rule]
+        row.rounds = times[rule]
+        row.step_ms = 1e3 * statistics.median(times[rule])
+        row.ratio = statistics.median(t / b for t, b in zip(times[rule], times["bp"]))
+        row.gflops = step_flops(widths, batch, rule) / (row.step_ms / 1e3) / 1e9
+        row.ceiling_fraction = row.gflops * 1e9 / ceiling
+    log(f"  {spec}: {steps} steps a round, {rounds} rounds")
+    return [rows[rule] for rule in timed if rule in rules or rule == "bp"]
+
+
+def epoch_times(rows: list[Row], device, *, dataset: str = "mnist", log=print) -> str | None:
+    """One MNIST epoch (train split, batch of the size row) then test accuracy under
+    ``torch.inference_mode``, per rule; returns a note instead when the data is unavailable."""
+    try:
+        from feedalign.data import batches, load
+        data = load(dataset, download=False)
+    except Exception as err:  # data layer missing or dataset not on disk: skip the column
+        return f"epoch column skipped: {dataset} unavailable ({type(err).__name__}: {str(err).splitlines()[0][:100]})"
+    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
+    test_x, test_y = data.test_x.to(device), data.test_y.to(device)
+    by_size: dict[str, list[Row]] = {}
+    for row in rows:
+        by_size.setdefault(row.size, []).append(row)
+    for spec, group in by_size.items():
+        arch, batch = parse_size(spec)
+        widths = feedalign.parse_sizes(arch)
+        if widths[0] != train_x.shape[1] or widths[-1] != data.output_size:
+            continue
+        for row in group:
+            model, optimizer = build(arch, row.rule, device)
+            generator = torch.Generator(device=train_x.device).manual_seed(0)
+            synchronize(device)
+            start = time.perf_counter()
+            for xb, yb in batches(train_x, train_y, batch, generator=generator):
+                train_step(model, optimizer, xb, yb)
+            with torch.inference_mode():
+                correct = sum(int((model(xb).argmax(1) == yb).sum())
+                              for xb, yb in batches(test_x, test_y, 1000, shuffle=False))
+            synchronize(device)
+            row.epoch_s = time.perf_counter() - start
+            row.test_accuracy = correct / len(test_x)
+        bp = next(r for r in group if r.rule == "bp").epoch_s
+        for row in group:
+            row.epoch_ratio = None if row.epoch_s is None or not bp else row.epoch_s / bp
+        log(f"  {spec}: epoch done")
+    return None
+
+
+def table(rows: list[Row], ceiling: float, device: torch.device, notes: list[str], gemm_size: int) -> str:
+    lines = [f"device: {describe(device)}; GEMM ceiling (float32 mm {gemm_size}^3): {ceiling / 1e9:.1f} GFLOP/s", "",
+             "| network:batch | rule | step ms | x BP | GFLOP/s | % ceiling | saved MiB | fast path | epoch s | epoch x BP | test acc |",
+             "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+    for r in rows:
+        epoch = "-" if r.epoch_s is None else f"{r.epoch_s:.1f}"
+        epoch_ratio = "-" if r.epoch_ratio is None else f"{r.epoch_ratio:.2f}"
+        acc = "-" if r.test_accuracy is None else f"{100 * r.test_accuracy:.1f}%"
+        saved = f"{r.saved_mib:.1f}" + ("" if r.cuda_peak_mib is None else f" (peak {r.cuda_peak_mib:.1f})")
+        lines.append(f"| {r.size} | {r.rule} | {r.step_ms:.2f} | {r.ratio:.2f} | {r.gflops:.1f} | "
+                     f"{100 * r.ceiling_fraction:.0f}% | {saved} | {'yes' if r.fast_path else 'no'} | "
+                     f"{epoch} | {epoch_ratio} | {acc} |")
+    lines += ["", "x BP: median over interleaved rounds of (rule step / BP step in the same round).",
+              "saved MiB: tensors autograd keeps from forward to backward (parameters excluded)"
+              + ("; peak: CUDA max_memory_allocated during a step above the model." if device.type == "cuda" else ".")]
+    lines += notes
+    return "\n".join(lines)
+
+
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu, {torch.get_num_threads()} threads"
+
+
+def run(sizes, rules, *, device="auto", rounds=7, min_round_s=0.3, epoch=True, gemm_size=2048, log=print) -> dict:
+    """Run the benchmark; returns ``{"rows": [...], "ceiling_flops": ..., "table": str, ...}``."""
+    device = resolve_device(device)
+    unknown = [r for r in rules if r.partition(":")[0] not in feedalign.rules() or r.partition(":")[2] not in ("", "general")]
+    if unknown:
+        raise ValueError(f"unknown rule(s) {unknown}; known rules: {', '.join(feedalign.rules())}")
+    for spec in sizes:
+        parse_size(spec)
+    ceiling = gemm_ceiling(device, gemm_size)
+    log(f"GEMM ceiling {ceiling / 1e9:.1f} GFLOP/s on {describe(device)}")
+    rows: list[Row] = []
+    for spec in sizes:
+        rows += bench_size(spec, rules, device, rounds=rounds, min_round_s=min_round_s, ceiling=ceiling, log=log)
+    notes = []
+    if epoch:
+        note = epoch_times(rows, device, log=log)
+        if note:
+            notes.append(note)
+    else:
+        notes.append("epoch column skipped (--no-epoch).")
+    ceiling_after = gemm_ceiling(device, gemm_size)
+    notes.append(f"GEMM ceiling re-measured at the end: {ceiling_after / 1e9:.1f} GFLOP/s.")
+    text = table(rows, ceiling, device, notes, gemm_size)
+    return {"device": describe(device), "ceiling_flops": ceiling, "ceiling_flops_end": ceiling_after,
+            "torch": torch.__version__, "rows": [asdict(r) for r in rows], "notes": notes, "table": text}

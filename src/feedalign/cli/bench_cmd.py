@@ -1,0 +1,48 @@
+"""``feedalign bench``: training-step speed of each rule relative to backprop and to the GEMM ceiling."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    from feedalign.bench import RULES, SIZES
+
+    parser = subparsers.add_parser(
+        "bench", help="time each rule's training step against backprop and the machine's GEMM ceiling",
+        description="Times forward+backward+SGD step of each rule, interleaved with BP in one process, "
+                    "and reports ratios to BP, achieved FLOP/s against a large float32 matmul, the memory "
+                    "autograd saves, and one MNIST epoch per rule when the data is on disk.")
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), metavar="ARCH[:BATCH]",
+                        help="networks, e.g. 784-240x7-10:64 (default: %(default)s)")
+    parser.add_argument("--rules", nargs="+", default=list(RULES), help="rules to time; bp is always timed")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default: %(default)s)")
+    parser.add_argument("--round-seconds", type=float, default=0.3,
+                        help="time of one rule's block of steps in a round (default: %(default)s)")
+    parser.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--no-epoch", action="store_true", help="skip the MNIST epoch column")
+    parser.add_argument("--smoke", action="store_true", help="tiny networks, a few seconds: checks the bench runs")
+    parser.add_argument("--json", metavar="OUT", help="also write the results as JSON")
+    parser.set_defaults(func=main)
+
+
+def main(args) -> int:
+    from feedalign.bench import SMOKE_SIZES, run
+
+    if args.rounds < 1:
+        raise ValueError("--rounds must be at least 1")
+    sizes, rounds, round_s, epoch, gemm = args.sizes, args.rounds, args.round_seconds, not args.no_epoch, 2048
+    if args.smoke:
+        sizes, rounds, round_s, epoch, gemm = list(SMOKE_SIZES), min(rounds, 2), 0.01, False, 256
+    start = time.perf_counter()
+    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731  progress off stdout
+    result = run(sizes, args.rules, device=args.device, rounds=rounds, min_round_s=round_s, epoch=epoch,
+                 gemm_size=gemm, log=log)
+    result["command_seconds"] = time.perf_counter() - start
+    print(result["table"])
+    print(f"\n(bench ran {result['command_seconds']:.0f} s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
