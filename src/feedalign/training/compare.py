@@ -125,6 +125,7 @@ def plot_compare(path: Path, runs: dict[str, list[RunResult]], title: str) -> No
     """Validation accuracy (or loss, for regression) per epoch: each rule's mean over seeds with a ±std band."""
     import matplotlib
     matplotlib.use("Agg")
+    import matplotlib.ticker
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -142,6 +143,7 @@ def plot_compare(path: Path, runs: dict[str, list[RunResult]], title: str) -> No
         if len(results) > 1:
             ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)

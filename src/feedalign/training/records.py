@@ -65,6 +65,7 @@ def plot_curves(run_dir: Path, rows: list[dict], title: str) -> list[Path]:
     """accuracy.png (classification) and loss.png: train/validation/test per epoch."""
     import matplotlib
     matplotlib.use("Agg")
+    import matplotlib.ticker
     import matplotlib.pyplot as plt
 
     written = []
@@ -78,6 +79,7 @@ def plot_curves(run_dir: Path, rows: list[dict], title: str) -> list[Path]:
             if pts:
                 ax.plot(*zip(*pts), marker="o", markersize=3, label={"val": "validation"}.get(split, split))
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
