@@ -201,3 +201,13 @@ def test_without_a_validation_set_selection_uses_test_and_says_so(small):
     result = train(small.replace(validation_size=0, epochs=1), progress="none")
     assert result.summary["selection_split"] == "test" and result.metrics[1]["val_accuracy"] is None
     assert result.summary["outcome"] == "trained"
+
+
+def test_resume_without_a_checkpoint_restarts_and_matches(small):
+    first = train(small, progress="none")
+    for name in ("summary.json", "checkpoints/latest.pt", "checkpoints/best.pt"):
+        (first.run_dir / name).unlink()  # as if killed during epoch 1
+    again = resume(first.run_dir, progress="none")
+    assert [{k: v for k, v in r.items() if "seconds" not in k} for r in again.metrics] == \
+           [{k: v for k, v in r.items() if "seconds" not in k} for r in first.metrics]
+    assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values()))
