@@ -163,7 +163,7 @@ def test_regression_task_trains_with_mse(tmp_path):
     assert train(config.replace(lr=0.0), progress="none").summary["outcome"] == "refused"
 
 
-@pytest.mark.parametrize("rule", ["bp", "fa", "dfa", "ifa"])
+@pytest.mark.parametrize("rule", __import__("feedalign").rules())
 def test_evaluation_under_inference_mode_is_the_plain_forward(rule):
     config = Config(architecture="40-16-16-10", rule=rule)
     model = build_model(config, torch.device("cpu"))

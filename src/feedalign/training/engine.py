@@ -249,6 +249,7 @@ def _run(run: Run, *, start: dict | None, callbacks, progress: str) -> RunResult
                 import json
                 atomic_write_text(run.run_dir / "steps.jsonl",
                                   "".join(json.dumps(r) + "\n" for r in steps if r["epoch"] <= start["epoch"]))
+        bar.line(f"{'resuming' if start else 'training'} {config.rule} on {config.dataset} in {run.run_dir}")
         for cb in callbacks:
             cb.on_train_begin(run)
         diverged_at = None
