@@ -32,7 +32,7 @@ class ReviewFA(TrainingExperiment):
     title = "Review's FA reproduction: MNIST 784-100-10 sigmoid, BP vs FA"
     paper = "FA/DFA review slides, 'Code Reproduction' and 'Results (Validation Accuracy)'; code xuexue/randombp"
     order = 30
-    full_runtime = "about 1 min"
+    full_runtime = "about 2 min"
 
     def config(self, quick):
         return {"data": {"name": "mnist", "n_train": 6000 if quick else None, "n_val": 2000 if quick else None,
@@ -67,7 +67,7 @@ class ReviewDFA(TrainingExperiment):
     title = "Review's DFA reproduction: MNIST 784-200-100-10 sigmoid with weight decay, BP vs FA vs DFA"
     paper = "FA/DFA review slides, DFA 'Reproducing the Results' and 'Results (Validation Accuracy)'; xuexue/randombp"
     order = 40
-    full_runtime = "about 3 min"
+    full_runtime = "about 4 min"
     keep_models = ("BP", "DFA")
 
     def config(self, quick):

@@ -75,9 +75,11 @@ def write_docs(out: Path, docs: Path, *, quick: bool, seeds: int | None, log=pri
         seconds = f"{results['seconds']:.0f} s{stale}"
         for c in (Claim.from_dict(d) for d in results["claims"]):
             lines.append(f"| {name} | {cell(c.text)} | {cell(c.paper)} | {c.ours()} | {c.verdict()} | `{results['command']}` | {seconds} |")
+        estimate = (f"; full size (estimate): {experiment.full_runtime} on 2 shared CPU cores"
+                    if quick and experiment.full_runtime else "")
         section = [f"## {name}: {results['title']}", "", f"{results['paper']}. Size: {results['config']['size']}, "
-                   f"{results['config']['seeds']} seeds, {results['seconds']:.0f} s here; full size takes "
-                   f"{experiment.full_runtime or '?'} on 2 shared CPU cores. Report: `{out / name / 'report.md'}`.", ""]
+                   f"{results['config']['seeds']} seeds, ran in {results['seconds']:.0f} s on 2 CPU cores shared with "
+                   f"other jobs{estimate}. Report: `{out / name / 'report.md'}`.", ""]
         if results.get("deviations"):
             section += ["Where it departs from the paper:", ""] + [f"- {d}" for d in results["deviations"]] + [""]
         for fig in results.get("figures", []):
