@@ -46,7 +46,13 @@ def run_ray(jobs: list[dict], *, address: str | None, threads: int, retries: int
     if not ray.is_initialized():
         kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
         if address:
-            ray.init(address=address, **kwargs)
+            try:
+                ray.init(address=address, **kwargs)
+            except (ConnectionError, RuntimeError, ValueError) as err:
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                hint = ("" if os.environ.get("RAY_AUTH_MODE") else "; if the cluster uses token authentication, "
+                        "copy the head's ~/.ray/auth_token here and set RAY_AUTH_MODE=token")
+                raise ValueError(f"cannot connect to the Ray cluster at {address!r}: {first}{hint}") from None
             log(f"sweep: connected to Ray at {address} ({ray.cluster_resources().get('CPU', 0):g} CPUs)")
         else:
             ray.init(**kwargs)
