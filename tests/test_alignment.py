@@ -60,6 +60,20 @@ def test_output_layer_signal_and_update_are_exact(rule):
         assert table[0].signal_angle > 1.0
 
 
+@pytest.mark.parametrize("rule", feedalign.rules())
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_every_registered_rule_gets_a_table(rule, loss):
+    """Rules added later included: generic rows, finite angles for every hidden layer (DRTP
+    is given the target, so the MSE loss works for it too)."""
+    model = model_for(rule)
+    x, y = batch()
+    loss_fn = F.cross_entropy if loss == "cross_entropy" else lambda out, t: F.mse_loss(out, F.one_hot(t, 3).double())
+    table = alignment(model, x, y, loss_fn)
+    assert table.rule == rule and len(table) == 3
+    assert all(math.isfinite(row.signal_angle) and math.isfinite(row.update_angle) for row in table)
+    assert table[-1].signal_angle == pytest.approx(0.0, abs=1e-6)
+
+
 def test_fa_with_feedback_equal_to_weights_is_backprop():
     model = model_for("fa")
     with torch.no_grad():

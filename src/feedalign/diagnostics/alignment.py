@@ -19,6 +19,7 @@ Angles are in degrees. A zero (or non-finite) vector gives NaN and the row's
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import asdict, dataclass, fields
@@ -108,7 +109,7 @@ def alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     trace: parameters, buffers, every ``.grad`` (restored as the same tensors) and
     the torch RNG states (CPU and CUDA) are as before. Both passes start from the
     same RNG state, so dropout draws the same mask in each. The model's train/eval
-    mode is used as it is.
+    mode is used as it is. A ``drtp`` model is given ``y`` as its target, as in training.
     """
     layers = [m for m in model.modules() if isinstance(m, LAYERS)]
     if not layers:
@@ -116,10 +117,10 @@ def alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     names = {id(m): name for name, m in model.named_modules()}
     with _preserved_state(model) as restore_rng:
         with torch.enable_grad():
-            loss, rule_signals, rule_updates = _pass(model, layers, x, y, loss_fn)
+            loss, rule_signals, rule_updates = _pass(model, layers, x, y, loss_fn, _rule_context(model, y))
             restore_rng()  # same dropout mask in the backprop pass
             with exact_gradients(model):
-                _, true_signals, true_updates = _pass(model, layers, x, y, loss_fn)
+                _, true_signals, true_updates = _pass(model, layers, x, y, loss_fn, contextlib.nullcontext())
     weight_rows = _weight_alignment(model, layers)
     rows = []
     for k, layer in enumerate(layers):
@@ -183,7 +184,16 @@ class _preserved_state:
         return False
 
 
-def _pass(model, layers, x, y, loss_fn):
+def _rule_context(model, y):
+    """What the rule's forward pass needs besides ``x``: DRTP projects the target ``y`` itself, which
+    it can recover from the error only for the cross-entropy; given explicitly, every loss works."""
+    if rule_of(model) == "drtp":
+        from ..rules.drtp import target
+        return target(model, y)
+    return contextlib.nullcontext()
+
+
+def _pass(model, layers, x, y, loss_fn, context):
     """One forward/backward on fresh ``.grad`` fields: loss, the gradient at each ``a_k``, each layer's update."""
     outputs = [None] * len(layers)
     signals = [None] * len(layers)
@@ -202,7 +212,9 @@ def _pass(model, layers, x, y, loss_fn):
     for p in model.parameters():
         p.grad = None
     try:
-        loss = loss_fn(model(x), y)
+        with context:
+            output = model(x)
+        loss = loss_fn(output, y)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise ValueError(f"loss_fn must return a scalar tensor, got {type(loss).__name__} "
                              f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}")
