@@ -20,6 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the experiment's)")
     p.add_argument("--force", action="store_true", help="rerun even when a current result exists")
     p.add_argument("--docs", default="docs", help="with 'all': where reproduction.md and figures/ go (default docs)")
+    p.add_argument("--skip", default="", help="with 'all': comma-separated experiments not to run (still listed)")
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
     p.set_defaults(func=run)
 
@@ -38,7 +39,12 @@ def run(args) -> int:
     out = args.out or f"runs/reproduce/{'quick' if args.quick else 'full'}"
     if args.name == "all":
         from feedalign.experiments.summary import run_all
-        run_all(quick=args.quick, out=out, seeds=args.seeds, force=args.force, docs=args.docs)
+        skip = [s.strip() for s in args.skip.split(",") if s.strip()]
+        unknown = [s for s in skip if s not in ex.experiments()]
+        if unknown:
+            raise UsageError(f"--skip: unknown experiment(s) {', '.join(unknown)}; known: {', '.join(ex.experiments())}")
+        only = [n for n in ex.experiments() if n not in skip]
+        run_all(quick=args.quick, out=out, seeds=args.seeds, force=args.force, docs=args.docs, only=only)
         return 0
     if args.name not in ex.experiments():
         raise UsageError(f"unknown experiment {args.name!r}; known: {', '.join(ex.experiments())}, all")
