@@ -41,7 +41,7 @@ def test_unknown_key_is_named_and_valid_keys_listed():
     ("rule", "hebb", "rule must be one of bp, .*dfa.*; got .hebb."),
     ("architecture", "784-x-10", "malformed architecture"),
     ("device", "tpu", "device must be cpu, cuda, cuda:N or auto"),
-    ("threads", 0, "threads must be >= 1"),
+    ("threads", -1, "threads must be >= 0"),
     ("nesterov", True, "nesterov needs optimizer = 'sgd' and momentum > 0"),
     ("collapse_drop", 0.0, r"collapse_drop must be in \(0, 1\]"),
 ])

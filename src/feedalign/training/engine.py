@@ -177,7 +177,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, *, cla
 def _prepare(config: Config, data=None) -> Run:
     """Validate against machine and dataset and build everything; creates no file."""
     device = resolve_device(config.device)
-    if config.threads is not None:
+    if config.threads:
         torch.set_num_threads(config.threads)
     data = load_data(config) if data is None else data
     loss_name = check_fit(config, data)
@@ -232,6 +232,11 @@ def _run(run: Run, *, start: dict | None, callbacks, progress: str) -> RunResult
     eval_sets = {"val": (data.val_x.to(to), data.val_y.to(to)), "test": (data.test_x.to(to), data.test_y.to(to))}
     bar = _Progress(progress, config)
     callbacks = list(callbacks)
+    # -- diagnostics: alignment.jsonl every config.alignment_every steps (feedalign.diagnostics) --
+    from ..diagnostics.callback import AlignmentCallback
+    if config.alignment_every and not any(isinstance(cb, AlignmentCallback) for cb in callbacks):
+        callbacks.append(AlignmentCallback(every=config.alignment_every))
+    # -- end diagnostics --
     try:
         if fresh:
             _seed_globals(config.seed)
