@@ -55,7 +55,7 @@ def run_ray(jobs: list[dict], *, address: str | None, threads: int, retries: int
                 raise ValueError(f"cannot connect to the Ray cluster at {address!r}: {first}{hint}") from None
             log(f"sweep: connected to Ray at {address} ({ray.cluster_resources().get('CPU', 0):g} CPUs)")
         else:
-            ray.init(**kwargs)
+            ray.init(address="local", **kwargs)  # a new instance, even if another cluster runs here
             started_here = True
             log(f"sweep: started a local Ray instance ({ray.cluster_resources().get('CPU', 0):g} CPUs)")
     storage = (Path(sweep_dir) / "ray").resolve()
