@@ -35,7 +35,7 @@ class CompareResult:
     runs: dict[str, list[RunResult]]
 
     def table(self, markdown: bool = False) -> str:
-        """rule | test error mean ± std (%) over seeds | best epoch | s/epoch | outcome(s)."""
+        """rule | test error mean ± std (%) over seeds (sample std; none from one seed) | best epoch | s/epoch | outcome(s)."""
         head = ["rule", "test error % (mean ± std)", "best epoch", "s/epoch", "outcome"]
         body = [[r["rule"], _pm(r["test_error_mean"], r["test_error_std"]),
                  "-" if r["best_epoch"] is None else f"{r['best_epoch']:g}",
@@ -110,7 +110,7 @@ def _aggregate(rule: str, results: list[RunResult]) -> dict:
     return {
         "rule": rule, "seeds": [r.config.seed for r in results],
         "test_error_mean": statistics.fmean(errors) if errors else None,
-        "test_error_std": statistics.stdev(errors) if len(errors) > 1 else 0.0 if errors else None,
+        "test_error_std": statistics.stdev(errors) if len(errors) > 1 else None,  # none from one seed
         "test_errors": errors, "best_epoch": statistics.fmean(best) if best else None,
         "seconds_per_epoch": statistics.fmean(speed) if speed else None,
         "outcomes": outcomes, "outcome_list": [r.summary["outcome"] for r in results],
@@ -118,7 +118,9 @@ def _aggregate(rule: str, results: list[RunResult]) -> dict:
 
 
 def _pm(mean, std) -> str:
-    return "-" if mean is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
+    if mean is None:
+        return "-"
+    return f"{100 * mean:.2f}" if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
 def plot_compare(path: Path, runs: dict[str, list[RunResult]], title: str) -> None:
