@@ -11,7 +11,7 @@ $(BIN)/feedalign: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# The CPU build of torch that lies on this machine's disk; never the CUDA download.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,ray]'
 	touch $@
 
 setup: $(BIN)/feedalign
