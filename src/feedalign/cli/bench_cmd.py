@@ -22,6 +22,9 @@ def register(subparsers) -> None:
     parser.add_argument("--round-seconds", type=float, default=0.3,
                         help="time of one rule's block of steps in a round (default: %(default)s)")
     parser.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                        help="wall clock, or process CPU time (robust on a shared machine with --threads 1)")
     parser.add_argument("--no-epoch", action="store_true", help="skip the MNIST epoch column")
     parser.add_argument("--smoke", action="store_true", help="tiny networks, a few seconds: checks the bench runs")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON")
@@ -39,7 +42,7 @@ def main(args) -> int:
     start = time.perf_counter()
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731  progress off stdout
     result = run(sizes, args.rules, device=args.device, rounds=rounds, min_round_s=round_s, epoch=epoch,
-                 gemm_size=gemm, log=log)
+                 gemm_size=gemm, threads=args.threads, clock_name=args.clock, log=log)
     result["command_seconds"] = time.perf_counter() - start
     print(result["table"])
     print(f"\n(bench ran {result['command_seconds']:.0f} s)")
