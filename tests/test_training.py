@@ -211,3 +211,14 @@ def test_resume_without_a_checkpoint_restarts_and_matches(small):
     assert [{k: v for k, v in r.items() if "seconds" not in k} for r in again.metrics] == \
            [{k: v for k, v in r.items() if "seconds" not in k} for r in first.metrics]
     assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values()))
+
+
+def test_callbacks_are_duck_typed(small):
+    class OnlySteps:
+        count = 0
+
+        def on_step(self, step, model, batch):
+            OnlySteps.count += 1
+
+    result = train(small.replace(epochs=1), [OnlySteps()], progress="none")
+    assert OnlySteps.count == result.summary["steps"] == math.ceil(3200 / 64)

@@ -33,7 +33,8 @@ EVAL_BATCH = 2048  # evaluation batch size: memory only, results do not depend o
 
 
 class Callback:
-    """Hooks into :func:`train`; subclass and override what you need.
+    """Hooks into :func:`train`; subclass and override what you need (or pass any object
+    with some of these methods: missing ones are skipped).
 
     ``on_train_begin(run)`` gets the :class:`Run` (``run.log(...)`` writes per-step values
     to RUN_DIR/steps.jsonl); ``on_step`` runs after every optimizer step, while the
@@ -255,8 +256,7 @@ def _run(run: Run, *, start: dict | None, callbacks, progress: str) -> RunResult
                 atomic_write_text(run.run_dir / "steps.jsonl",
                                   "".join(json.dumps(r) + "\n" for r in steps if r["epoch"] <= start["epoch"]))
         bar.line(f"{'resuming' if start else 'training'} {config.rule} on {config.dataset} in {run.run_dir}")
-        for cb in callbacks:
-            cb.on_train_begin(run)
+        _call(callbacks, "on_train_begin", run)
         diverged_at = None
         first_epoch = 1 if fresh else start["epoch"] + 1
         model.train()
@@ -269,8 +269,7 @@ def _run(run: Run, *, start: dict | None, callbacks, progress: str) -> RunResult
             lr = row.pop("lr")
             run.schedule.step()
             row = _evaluate_row(run, epoch, eval_sets, classification, row, lr, row.pop("train_seconds"))
-            for cb in callbacks:
-                cb.on_epoch_end(epoch, row)
+            _call(callbacks, "on_epoch_end", epoch, row)
             if not all(math.isfinite(row[k]) for k in ("val_loss", "test_loss") if row.get(k) is not None):
                 bar.line(f"epoch {epoch}: evaluation loss is NaN/Inf; stopping (diverged)")
                 diverged_at = epoch
@@ -300,9 +299,16 @@ def _run(run: Run, *, start: dict | None, callbacks, progress: str) -> RunResult
     summary = summarize(run, metrics, sel_split, diverged_at)
     records.write_json(run.run_dir / "summary.json", summary)
     records.plot_curves(run.run_dir, metrics, f"{config.rule} on {config.dataset}, {config.architecture}, seed {config.seed}")
-    for cb in callbacks:
-        cb.on_train_end(summary)
+    _call(callbacks, "on_train_end", summary)
     return RunResult(run.run_dir, summary, metrics, model, config)
+
+
+def _call(callbacks, hook: str, *args) -> None:
+    """Callbacks are duck-typed: any object with some of :class:`Callback`'s methods."""
+    for cb in callbacks:
+        method = getattr(cb, hook, None)
+        if method is not None:
+            method(*args)
 
 
 def _train_epoch(run: Run, epoch: int, x, y, classification: bool, callbacks, bar) -> dict | None:
@@ -333,8 +339,7 @@ def _train_epoch(run: Run, epoch: int, x, y, classification: bool, callbacks, ba
         seen += len(xb)
         if classification:
             correct += int((out.detach().argmax(1) == yb).sum())
-        for cb in callbacks:
-            cb.on_step(run.step, model, (xb, yb))
+        _call(callbacks, "on_step", run.step, model, (xb, yb))
         bar.update()
     return {"epoch": epoch, "train_loss": total / seen, "train_accuracy": correct / seen if classification else None,
             "lr": lr, "train_seconds": time.perf_counter() - t0}
