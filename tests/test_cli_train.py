@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from feedalign.cli import main
-from feedalign.training import Config, train
+from feedalign.training import Config
 
 SMALL = ["--dataset", "mnist1d", "--architecture", "40-32-10", "--epochs", "2", "--threads", "1", "--quiet"]
 
