@@ -222,3 +222,16 @@ def test_callbacks_are_duck_typed(small):
 
     result = train(small.replace(epochs=1), [OnlySteps()], progress="none")
     assert OnlySteps.count == result.summary["steps"] == math.ceil(3200 / 64)
+
+
+def test_a_run_directory_that_fails_while_being_created_is_removed(small, monkeypatch):
+    import feedalign.training.engine as engine
+
+    def disk_full(path, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(engine, "atomic_write_text", disk_full)
+    with pytest.raises(OSError):
+        train(small, progress="none")
+    out = __import__("pathlib").Path(small.out_dir)
+    assert not out.exists() or not any(out.iterdir())
