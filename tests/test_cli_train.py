@@ -83,6 +83,11 @@ def test_cuda_without_a_gpu_is_refused(tmp_path, capsys):
     assert code == 2 and "no CUDA device is available" in err and not (tmp_path / "runs").exists()
 
 
+def test_an_unwritable_out_dir_is_one_line(capsys):
+    code, out, err = run_cli(["train", *SMALL, "--out-dir", "/proc/feedalign-test-runs"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "/proc/feedalign-test-runs" in err
+
+
 def test_resume_refuses_setting_overrides(tmp_path, capsys):
     code, out, err = run_cli(["train", *SMALL, "--out-dir", str(tmp_path), "--name", "r"], capsys)
     assert code == 0

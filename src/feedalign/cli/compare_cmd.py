@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from . import UsageError
-from .train_cmd import add_config_flags, config_from_args, progress_mode
+from .train_cmd import add_config_flags, config_from_args, os_errors_as_usage, progress_mode
 
 
 def _int_list(text: str) -> list[int]:
@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
         if n < 1:
             raise UsageError(f"--seeds must be at least 1; got {n}")
         seeds = [config.seed + i for i in range(n)]
-    result = compare(config, args.rules, seeds, progress=progress_mode(args))
+    with os_errors_as_usage():
+        result = compare(config, args.rules, seeds, progress=progress_mode(args))
     print(result.table(), end="")
     print(f"compare: {result.out_dir}  (compare.md, compare.json, curves.png)")
     return 0

@@ -6,6 +6,7 @@ flags override the config file, which overrides the defaults.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import typing
 
@@ -71,6 +72,21 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    with os_errors_as_usage():
+        return _run(args)
+
+
+@contextlib.contextmanager
+def os_errors_as_usage():
+    """A directory that cannot be written (permissions, a full disk) is one line, not a traceback."""
+    try:
+        yield
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        raise UsageError(f"{where}{err.strerror or err}") from None
+
+
+def _run(args: argparse.Namespace) -> int:
     from ..training import resume, train
     if args.resume:
         given = overrides(args)
