@@ -13,7 +13,8 @@ from feedalign.training.engine import train
 
 def run(tmp_path, rule, every, epochs=6, name=None):
     config = Config(dataset="mnist1d", architecture="40-100-100-10", activation="tanh", rule=rule, epochs=epochs,
-                    lr=0.05, batch_size=64, out_dir=str(tmp_path), name=name or f"{rule}-{every}")
+                    lr=0.05, batch_size=64, out_dir=str(tmp_path), name=name or f"{rule}-{every}",
+                    alignment_every=0)  # only the callback given here measures
     callbacks = [AlignmentCallback(every=every)] if every is not None else []
     return train(config, callbacks=callbacks, progress="none")
 
@@ -42,6 +43,15 @@ def test_callback_rows_and_no_effect_on_training(tmp_path):
     assert rows[0]["epoch"] == 0 and rows[3]["epoch"] == 1
     assert math.isnan(rows[2]["weight_angle"]) and "output layer" in rows[2]["reason"]
     assert rows[2]["signal_angle"] == 0.0
+
+
+def test_config_alignment_every_logs_without_explicit_callback(tmp_path):
+    config = Config(dataset="mnist1d", architecture="40-16-10", rule="fa", epochs=1, out_dir=str(tmp_path),
+                    name="cfg", alignment_every=25)
+    result = train(config, progress="none")
+    assert [r["step"] for r in read_alignment(result.run_dir)[::2]] == [0, 25, 50]
+    with pytest.raises(ValueError, match="alignment_every must be >= 0"):
+        config.replace(alignment_every=-1)
 
 
 def test_callback_disabled_and_bad_arguments(tmp_path):

@@ -250,8 +250,8 @@ def _weight_alignment(model, layers) -> list[tuple[float, float, str]]:
         return [(math.nan, math.nan, reason)] * n
     for k, b, w in pairs:
         value, why = angle(b, w)
-        w_norm = w.double().norm().item()
-        ratio = b.double().norm().item() / w_norm if w_norm > 0 else math.nan
+        w_norm = w.norm().item()
+        ratio = b.norm().item() / w_norm if w_norm > 0 else math.nan
         result[k] = (value, ratio, _name_zero(why, "feedback matrix is zero", "forward weights are zero"))
     if layout == "direct" and rule == "ifa":
         result[1:n - 1] = [(math.nan, math.nan, "no feedback matrix (IFA sends the signal up through W)")] * (n - 2)

@@ -9,12 +9,13 @@ import torch
 def angle(u: torch.Tensor, v: torch.Tensor) -> tuple[float, str]:
     """Angle in degrees between ``u`` and ``v`` flattened, and "" or why it is NaN.
 
-    Uses ``2 atan2(|u/|u| - v/|v||, |u/|u| + v/|v||)`` (Kahan) in float64, which is
-    accurate near 0 and 180 degrees, where ``acos`` of the cosine is not: identical
-    vectors give exactly 0.
+    Uses ``2 atan2(|u/|u| - v/|v||, |u/|u| + v/|v||)`` (Kahan), which is accurate
+    near 0 and 180 degrees where ``acos`` of the cosine is not (identical vectors give
+    exactly 0), even in float32: so it runs in the tensors' own dtype, with no copy
+    to float64 (the training-time probe's cost is mostly these reductions).
     """
-    u = u.detach().reshape(-1).double()
-    v = v.detach().reshape(-1).double()
+    u = u.detach().reshape(-1)
+    v = v.detach().reshape(-1).to(u.dtype)
     if u.numel() != v.numel():
         raise ValueError(f"angle between tensors of {u.numel()} and {v.numel()} elements")
     nu, nv = u.norm(), v.norm()
@@ -29,7 +30,7 @@ def angle(u: torch.Tensor, v: torch.Tensor) -> tuple[float, str]:
 
 def row_angles(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Angle in degrees between matching rows of ``u`` and ``v``, both (N, D); NaN where either row is zero."""
-    u, v = u.detach().double(), v.detach().double()
+    u, v = u.detach(), v.detach().to(u.dtype)
     nu, nv = u.norm(dim=1, keepdim=True), v.norm(dim=1, keepdim=True)
     valid = ((nu > 0) & (nv > 0)).squeeze(1)
     u, v = u / nu.clamp_min(torch.finfo(u.dtype).tiny), v / nv.clamp_min(torch.finfo(v.dtype).tiny)

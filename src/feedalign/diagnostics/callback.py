@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 from .alignment import alignment
@@ -65,7 +66,12 @@ class AlignmentCallback:
 
     def _measure(self, step: int, model) -> None:
         start = time.perf_counter()
-        table = alignment(model, *self.probe, self.run.loss_fn)
+        try:
+            table = alignment(model, *self.probe, self.run.loss_fn)
+        except (ValueError, RuntimeError) as err:  # a diagnostic must not end a long run: say so once, stop measuring
+            warnings.warn(f"alignment logging stopped at step {step}: {err}", RuntimeWarning, stacklevel=2)
+            self.every = 0
+            return
         lines = []
         for row in table.to_dicts():
             row = {"step": step, "epoch": self.run.epoch, "rule": table.rule, **row}
