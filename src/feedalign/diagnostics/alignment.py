@@ -235,8 +235,11 @@ def _weight_alignment(model, layers) -> list[tuple[float, float, str]]:
     """(angle, |B|/|W|, reason) per layer: each feedback matrix against what it replaces."""
     rule = rule_of(model)
     weights = [layer.weight.detach() for layer in layers]
-    feedback = [b.detach() for b in feedback_matrices(model)] if rule != "bp" else list(weights)
     n = len(layers)
+    try:
+        feedback = [b.detach() for b in feedback_matrices(model)] if rule != "bp" else list(weights)
+    except ValueError as err:  # a rule that cannot say (yet): the angles of the signals still stand
+        return [(math.nan, math.nan, f"no feedback matrices ({err})")] * n
     layout = _layout(feedback, weights)
     result = [(math.nan, math.nan, "no feedback matrix")] * n
     if layout == "layerwise":  # bp, fa: B_k has W_k's shape
