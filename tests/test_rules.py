@@ -335,3 +335,21 @@ def test_cuda_matches_cpu(rule, fast):
     F.cross_entropy(out, y.cuda()).backward()
     for p, q in zip(cpu.parameters(), gpu.parameters()):
         torch.testing.assert_close(p.grad, q.grad.cpu())
+
+
+@pytest.mark.parametrize("rule", ["fa", "dfa", "ifa"])
+def test_fast_path_with_mixed_bias_and_activations(rule):
+    """A hand-built stack: some layers without bias, different activations, no activation between two linears."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 6, bias=False), nn.ReLU(), nn.Linear(6, 6), nn.Sigmoid(), nn.Linear(6, 6),
+                        nn.Linear(6, 6, bias=False), nn.LeakyReLU(0.1), nn.Linear(6, 3)).double()
+    fast = feedalign.convert(net, rule, seed=1)
+    general = copy.deepcopy(fast)
+    general.fast_path = False
+    x, y = torch.randn(7, 5, dtype=torch.float64), torch.randint(0, 3, (7,))
+    out = fast(x)
+    assert uses_fast_path(out)
+    F.cross_entropy(out, y).backward()
+    F.cross_entropy(general(x), y).backward()
+    for (name, p), q in zip(fast.named_parameters(), general.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)

@@ -187,9 +187,10 @@ def bench_size(spec: str, rules, device, *, rounds: int, min_round_s: float, cei
         train_step(model, optimizer, x, y)
     synchronize(device)
     start = clock()
-    train_step(model, optimizer, x, y)
+    for _ in range(3):
+        train_step(model, optimizer, x, y)
     synchronize(device)
-    steps = max(1, int(min_round_s / max(clock() - start, 1e-6)))
+    steps = max(1, int(3 * min_round_s / max(clock() - start, 1e-6)))
     for rule in timed:  # warm-up: allocator, kernels, lazy init
         for _ in range(max(2, steps // 4)):
             train_step(*models[rule], x, y)

@@ -7,11 +7,16 @@ layers that bookkeeping, not arithmetic, is what a step costs. Here the whole st
 is ONE autograd Function whose backward computes every signal and weight gradient
 itself, and batches the work that does not depend on other layers:
 
-- all hidden outputs live in one (K, N, w) tensor when the hidden widths are equal,
-  so ``f'`` of every hidden layer is one element-wise op;
+- all hidden outputs live in one (K, N, w) tensor when the hidden widths are equal;
+- DFA's hidden signals come from one batched matmul ``e @ B_k`` straight into that
+  layout, and ``f'`` of every hidden layer is then one fused element-wise op;
 - the gradients of the hidden-to-hidden weights, ``dW_k = delta_k^T h_{k-1}``, are
-  one ``bmm`` over the K - 1 layers;
-- DFA's hidden signals are one matmul ``e @ feedback``, as in the general path.
+  one ``bmm`` over the K - 1 layers on CUDA (one launch instead of K - 1); on the
+  CPU, K - 1 ``mm`` calls measured faster (see ``_StackFunction.backward``).
+
+On the CPU plain autograd is not far from this (``feedalign bench``, 2 cores): most
+of DFA's gain over BP is the matmuls it skips. The single node matters most where
+per-op overhead does (many small layers, GPUs).
 
 The user's loop does not change: the Function takes every weight and bias as an
 input, so autograd puts (and accumulates) their gradients in ``.grad``. The model
@@ -56,8 +61,8 @@ class Plan:
         self.root, self.linears, self.activations, self.rule = root, linears, activations, rule
         widths = [layer.out_features for layer in linears[:-1]]
         self.stacked = len(set(widths)) == 1  # hidden outputs in one (K, N, w) tensor
-        self.activate_ = [_forward_kernel(a) for a in activations]
-        self._stacked_feedback = (None, None)  # in place on a preactivation
+        self.activate_ = [_forward_kernel(a) for a in activations]  # f in place, or None
+        self._stacked_feedback = (None, None)  # (key, tensor): see stacked_feedback
         # The layers' hook dicts and their sizes now (DFA/IFA's own cut hooks included):
         # a hook added later means someone watches a layer, so it must run as a module.
         modules = [m for m in (*linears, *activations) if m is not None]
@@ -180,9 +185,8 @@ class _StackFunction(torch.autograd.Function):
                 # make it a .grad of its own (1.5 ms): it never keeps a view of shared storage.
                 for l in range(1, k):
                     grad_weights[l] = delta_list[l].t().mm(hs[l - 1])
-        if biases[0] is not None:
-            sums = deltas.sum(1).unbind(0) if plan.stacked else [d.sum(0) for d in delta_list]
-            grad_biases[:k] = sums
+        if any(b is not None for b in biases[:k]):  # layers without bias are dropped below
+            grad_biases[:k] = deltas.sum(1).unbind(0) if plan.stacked else [d.sum(0) for d in delta_list]
         grad_input = None
         if needs[0]:
             first = back[0] if plan.rule == "fa" else weights[0]
