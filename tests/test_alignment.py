@@ -216,7 +216,8 @@ def test_nested_model_and_float32():
 
 def test_conv2d_layers_get_rows():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 4 * 4, 5), nn.Tanh(), nn.Linear(5, 3))
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 4 * 4, 5), nn.Tanh(),
+                        nn.Linear(5, 3))
     x, y = torch.randn(6, 1, 6, 6), torch.randint(0, 3, (6,))
     assert all(row.signal_angle == 0.0 for row in alignment(net, x, y, F.cross_entropy))
     table = alignment(feedalign.convert(net, "fa", seed=5), x, y, F.cross_entropy)

@@ -37,7 +37,8 @@ def register(subparsers) -> None:
     p = kinds.add_parser("hidden", parents=[common], help="hidden activations of each run's best model",
                          description="Hidden activations of each run's best checkpoint on the same test examples: "
                                      "units x examples, examples grouped by class, class boundaries marked.")
-    p.add_argument("--layer", type=int, default=-1, help="hidden layer, 1-based; negative counts from the last (default -1)")
+    p.add_argument("--layer", type=int, default=-1,
+                   help="hidden layer, 1-based; negative counts from the last (default -1)")
     p.add_argument("--per-class", type=int, default=20, help="test examples per class (default 20)")
     p.add_argument("--no-sort", dest="sort_units", action="store_false",
                    help="keep units in their order instead of grouping them by preferred class")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
@@ -203,7 +203,8 @@ def _pass(model, layers, x, y, loss_fn, context):
 
     def record(k, module, args, output):
         if outputs[k] is not None:
-            raise ValueError(f"layer {k + 1} ({type(module).__name__}) ran twice in one forward pass; alignment needs each layer once")
+            raise ValueError(f"layer {k + 1} ({type(module).__name__}) ran twice in one forward pass; "
+                             "alignment needs each layer once")
         outputs[k] = output
         if isinstance(output, torch.Tensor) and output.requires_grad:
             output.register_hook(functools.partial(store, k))

@@ -170,23 +170,28 @@ def plot_hidden(run_dirs, path, layer: int = -1, per_class: int = 20, sort_units
         raise ValueError("plot hidden needs at least one run directory")
     datasets = {config.dataset for _, config, _, _ in loaded}
     if len(datasets) > 1:
-        raise ValueError(f"plot hidden compares runs on the same examples; these runs use {', '.join(sorted(datasets))}")
+        raise ValueError("plot hidden compares runs on the same examples; "
+                         f"these runs use {', '.join(sorted(datasets))}")
     data = loaded[0][3]
     if data.num_classes is None:
         raise ValueError(f"plot hidden groups examples by class; {data.name} is a regression task")
     order = torch.cat([torch.nonzero(data.test_y == c).flatten()[:per_class] for c in range(data.num_classes)])
     x, y = data.test_x[order], data.test_y[order]
     bounds = [i for i in range(1, len(y)) if y[i] != y[i - 1]]
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(loaded), figsize=(4.5 * len(loaded), 4.0), squeeze=False)
-    for ax, (run_dir, config, model, _) in zip(axes[0], loaded):
+    panels = []
+    for run_dir, config, model, _ in loaded:
         h = hidden_activations(model, x.to(next(model.parameters()).dtype), layer)  # (N, units)
         if sort_units:
             means = torch.stack([h[y == c].mean(0) for c in range(data.num_classes) if (y == c).any()])  # (C, units)
             by_strength = torch.argsort(means.max(0).values, descending=True)
             h = h[:, by_strength[torch.argsort(means.argmax(0)[by_strength], stable=True)]]
-        limit = h.abs().max().item() or 1.0
-        signed = h.min().item() < 0  # tanh: a diverging map around 0; relu/sigmoid: a sequential one
+        panels.append(h)
+    # one colour scale for all panels, so that the runs compare
+    limit = max(h.abs().max().item() for h in panels) or 1.0
+    signed = min(h.min().item() for h in panels) < 0  # tanh: a diverging map around 0; relu/sigmoid: sequential
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(loaded), figsize=(4.5 * len(loaded), 4.0), squeeze=False)
+    for ax, (run_dir, config, model, _), h in zip(axes[0], loaded, panels):
         image = ax.imshow(h.T.numpy(), aspect="auto", interpolation="nearest", cmap="RdBu_r" if signed else "viridis",
                           vmin=-limit if signed else 0.0, vmax=limit)
         for b in bounds:
@@ -195,7 +200,8 @@ def plot_hidden(run_dirs, path, layer: int = -1, per_class: int = 20, sort_units
         ax.set_xticks([(a + b - 1) / 2 for a, b in zip(edges[:-1], edges[1:])])
         ax.set_xticklabels([str(int(y[a])) for a in edges[:-1]], fontsize=7)
         ax.set_xlabel("test examples, grouped by class")
-        ax.set_ylabel(f"hidden layer {hidden_layer_number(model, layer)} units" + (" (sorted by preferred class)" if sort_units else ""))
+        ax.set_ylabel(f"hidden layer {hidden_layer_number(model, layer)} units"
+                      + (" (sorted by preferred class)" if sort_units else ""))
         ax.set_title(f"{_title(run_dir, config)} ({config.architecture} {config.activation})", fontsize=8)
         fig.colorbar(image, ax=ax, fraction=0.04)
     fig.tight_layout()
