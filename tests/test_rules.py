@@ -353,3 +353,14 @@ def test_fast_path_with_mixed_bias_and_activations(rule):
     F.cross_entropy(general(x), y).backward()
     for (name, p), q in zip(fast.named_parameters(), general.parameters()):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 123])
+def test_feedback_stream_differs_from_the_global_seed(seed):
+    """torch.manual_seed(s) then convert(seed=s) must not give B == W (FA would be BP)."""
+    torch.manual_seed(seed)
+    net = feedalign.mlp("20-30-10")
+    fa = feedalign.convert(net, "fa", seed=seed)
+    for layer, feedback in zip(linear_layers(net), feedalign.feedback_matrices(fa)):
+        cosine = F.cosine_similarity(layer.weight.flatten(), feedback.flatten(), dim=0)
+        assert abs(float(cosine)) < 0.5

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -42,11 +43,22 @@ def convert(model: nn.Module, rule: str, *, seed: int = 0, feedback_init: str = 
         raise ValueError(f"seed must be an int, got {seed!r}")
     if not inplace:
         model = copy.deepcopy(model)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(feedback_seed(seed))
     model = learning_rule.convert(model, generator=generator, feedback_init=feedback_init,
                                   feedback_scale=feedback_scale)
     setattr(model, RULE_ATTRIBUTE, rule)
     return model
+
+
+def feedback_seed(seed: int) -> int:
+    """The generator seed for the feedback matrices of ``convert(..., seed=seed)``.
+
+    Mixed with a constant so that it never equals the seed users give
+    ``torch.manual_seed``: with the raw seed, ``torch.manual_seed(0)`` followed by
+    ``convert(model, "fa", seed=0)`` would draw the first B from the same stream
+    as the first layer's default init, giving B == W (FA silently turned into BP).
+    """
+    return int(np.random.SeedSequence([seed, 0xFEEDBAC]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def rule_of(model: nn.Module) -> str:
