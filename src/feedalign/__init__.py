@@ -4,12 +4,14 @@
     model = feedalign.convert(feedalign.mlp("784-800-10"), "dfa")
     loss = criterion(model(x), y); loss.backward(); optimizer.step()
 """
+from . import diagnostics
 from .convert import convert, feedback_matrices, rule_of
-from .models import mlp, parse_sizes
+from .diagnostics import alignment
+from .models import lenet5, mlp, nokland_conv, parse_sizes
 from .rules import exact_gradients, get_rule, register, rules
+from .training import compare, resume, train
 
 __version__ = "0.1.0"
 
-__all__ = ["convert", "exact_gradients", "feedback_matrices", "get_rule", "mlp", "parse_sizes", "register", "rule_of", "rules"]
-from .models import lenet5, nokland_conv  # noqa: E402  (convolutional builders beside mlp)
-__all__ += ["lenet5", "nokland_conv"]
+__all__ = ["alignment", "compare", "convert", "diagnostics", "exact_gradients", "feedback_matrices", "get_rule",
+           "lenet5", "mlp", "nokland_conv", "parse_sizes", "register", "resume", "rule_of", "rules", "train"]
