@@ -201,10 +201,15 @@ def bench_size(spec: str, rules, device, *, rounds: int, min_round_s: float, cei
             model, optimizer = models[rule]
             synchronize(device)
             start = clock()
-            for _ in range(steps):
-                train_step(model, optimizer, x, y)
-            synchronize(device)
-            times[rule].append((clock() - start) / steps)
+            done = 0
+            while True:  # the calibrated count, then on until the block lasts min_round_s
+                for _ in range(steps if done == 0 else 1):
+                    train_step(model, optimizer, x, y)
+                done += steps if done == 0 else 1
+                synchronize(device)
+                if clock() - start >= min_round_s:
+                    break
+            times[rule].append((clock() - start) / done)
     for rule in timed:
         row = rows[rule]
         row.rounds = times[rule]
@@ -212,7 +217,7 @@ def bench_size(spec: str, rules, device, *, rounds: int, min_round_s: float, cei
         row.ratio = statistics.median(t / b for t, b in zip(times[rule], times["bp"]))
         row.gflops = step_flops(widths, batch, rule) / (row.step_ms / 1e3) / 1e9
         row.ceiling_fraction = row.gflops * 1e9 / ceiling
-    log(f"  {spec}: {steps} steps a round, {rounds} rounds")
+    log(f"  {spec}: at least {steps} steps ({min_round_s} s) a rule a round, {rounds} rounds")
     return [rows[rule] for rule in timed if rule in rules or rule == "bp"]
 
 
