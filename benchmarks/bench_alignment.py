@@ -1,7 +1,7 @@
 """Training-time overhead of logging alignment (``--alignment-every``) at the default interval.
 
 Trains the same run (default: MNIST, 784-256-256-10 tanh, batch 64, one epoch) with
-and without :class:`feedalign.diagnostics.AlignmentCallback` (every 100 steps, probe
+and without :class:`feedalign.diagnostics.AlignmentCallback` (every 200 steps, the default, probe
 of 256 validation examples), interleaved over a few rounds, per rule. Prints
 
 - the overhead from wall time: epoch training time with the callback over the time
@@ -11,7 +11,7 @@ of 256 validation examples), interleaved over a few rounds, per rule. Prints
 
 Target: under 10%.
 
-    python benchmarks/bench_alignment.py [--rules dfa fa] [--rounds 3] [--every 100] [--dataset mnist]
+    python benchmarks/bench_alignment.py [--rules dfa fa] [--rounds 3] [--every 200] [--dataset mnist]
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rules", nargs="+", default=["dfa", "fa"])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--every", type=int, default=100)
+    parser.add_argument("--every", type=int, default=200)
     parser.add_argument("--probe-size", type=int, default=256)
     parser.add_argument("--dataset", default="mnist")
     parser.add_argument("--architecture", default="784-256-256-10")

@@ -31,7 +31,7 @@ class AlignmentCallback:
         probe_size: examples in the probe batch.
     """
 
-    def __init__(self, every: int = 100, probe_size: int = 256):
+    def __init__(self, every: int = 200, probe_size: int = 256):
         if isinstance(every, bool) or not isinstance(every, int) or every < 0:
             raise ValueError(f"alignment interval must be a whole number of steps >= 0 (0 disables); got {every!r}")
         if isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 1:

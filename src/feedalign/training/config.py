@@ -67,7 +67,7 @@ class Config:
     out_dir: str = _f("runs", "directory the run directory goes into")
     name: str | None = _f(None, "run directory name (default: <timestamp>-<rule>-<dataset>)")
     # diagnostics (feedalign.diagnostics): alignment with backprop logged to RUN_DIR/alignment.jsonl
-    alignment_every: int = _f(100, "steps between alignment measurements on 256 validation examples (0: off)")
+    alignment_every: int = _f(200, "steps between alignment measurements on 256 validation examples (0: off)")
     # outcome labels
     refuse_margin: float = _f(0.1, "refused: best validation accuracy never beats chance by this much (regression: "
                                     "final validation loss not this fraction below the initial one)")
