@@ -4,7 +4,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup data run test bench clean
+.PHONY: setup data run test bench reproduce clean
 
 $(BIN)/feedalign: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,13 +21,17 @@ data: setup
 	$(BIN)/feedalign data fetch mnist
 
 run: setup data
-	$(BIN)/feedalign compare
+	$(BIN)/feedalign compare --seeds 3
 
 test: setup data
 	$(BIN)/python -m pytest -q
 
-bench: setup
-	$(BIN)/feedalign bench
+bench: setup data
+	$(BIN)/feedalign bench --no-epoch
+
+# Every experiment of both papers at full size; regenerates docs/reproduction.md.
+reproduce: setup data
+	$(BIN)/feedalign reproduce all
 
 clean:
 	rm -rf $(VENV) runs
