@@ -141,36 +141,9 @@ def _draw(rng: _random.Random, dist: dict):
 
 
 def read_mapping(path: str | Path) -> dict:
-    """A TOML (.toml) or YAML (.yaml/.yml) file as a dict, or a one-line ValueError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"sweep spec {str(path)!r} does not exist")
-    suffix = path.suffix.lower()
-    text = path.read_text()
-    try:
-        if suffix == ".toml":
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib
-            values = tomllib.loads(text)
-        elif suffix in (".yaml", ".yml"):
-            import yaml
-            values = yaml.safe_load(text)
-            values = {} if values is None else values
-        else:
-            raise ValueError(f"sweep spec {str(path)!r}: expected a .toml, .yaml or .yml file")
-    except ValueError as err:
-        if str(err).startswith("sweep spec"):
-            raise
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"sweep spec {str(path)!r} does not parse: {first}") from None
-    except Exception as err:  # yaml.YAMLError
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"sweep spec {str(path)!r} does not parse: {first}") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"sweep spec {str(path)!r}: expected a table of keys at the top, got {type(values).__name__}")
-    return values
+    """A TOML (.toml) or YAML (.yaml/.yml) sweep spec as a dict, or a one-line ValueError."""
+    from ..training.config import read_mapping as read_settings_file
+    return read_settings_file(path, what="sweep spec")
 
 
 def load_spec(path: str | Path, *, overrides: dict | None = None, **settings) -> SweepSpec:

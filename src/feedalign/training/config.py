@@ -94,28 +94,7 @@ class Config:
     @classmethod
     def from_file(cls, path: str | Path) -> "Config":
         """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file of flat ``key = value`` settings."""
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file {str(path)!r} does not exist")
-        suffix = path.suffix.lower()
-        if suffix not in (".toml", ".yaml", ".yml"):
-            raise ValueError(f"config file {str(path)!r}: expected a .toml, .yaml or .yml file")
-        text = path.read_text()
-        try:
-            if suffix == ".toml":
-                try:
-                    import tomllib
-                except ModuleNotFoundError:  # Python 3.10
-                    import tomli as tomllib
-                values = tomllib.loads(text)
-            else:
-                import yaml
-                values = yaml.safe_load(text)
-                values = {} if values is None else values
-        except Exception as err:  # tomllib.TOMLDecodeError and yaml.YAMLError alike
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(f"config file {str(path)!r} does not parse: {first}") from None
-        return cls.from_dict(values, source=str(path))
+        return cls.from_dict(read_mapping(path, what="config file"), source=str(path))
 
     def replace(self, **changes) -> "Config":
         """A validated copy with ``changes`` applied (unknown keys are errors)."""
@@ -208,3 +187,33 @@ def _check_type(name: str, value, hint) -> None:
 def _at_least(name: str, value, low, strict: bool = False) -> None:
     if value < low or (strict and value == low):
         raise ValueError(f"{name} must be {'>' if strict else '>='} {low}; got {value!r}")
+
+
+def read_mapping(path: str | Path, *, what: str) -> dict:
+    """A TOML (``.toml``) or YAML (``.yaml``/``.yml``) file as a dict, or a one-line ValueError
+    that starts with ``what`` and the path (config files and sweep specs share this)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what} {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml"):
+        raise ValueError(f"{what} {str(path)!r}: expected a .toml, .yaml or .yml file")
+    text = path.read_text()
+    try:
+        if suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            values = tomllib.loads(text)
+        else:
+            import yaml
+            values = yaml.safe_load(text)
+            values = {} if values is None else values
+    except Exception as err:  # tomllib.TOMLDecodeError and yaml.YAMLError alike
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{what} {str(path)!r} does not parse: {first}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{what} {str(path)!r}: expected a table of settings (key = value) at the top, "
+                         f"got {type(values).__name__}")
+    return values
