@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conv import FeedbackConv2d, adopt, conv_arguments
+from .conv import FeedbackConv2d, FeedbackLayer, adopt, conv_arguments
 
 TRAINABLE = (nn.Linear, nn.Conv2d)
 
@@ -82,22 +82,13 @@ class _FeedbackLinearFunction(torch.autograd.Function):
         return grad_input, grad_weight, grad_bias, grad_feedback, None
 
 
-class FeedbackLinear(nn.Linear):
+class FeedbackLinear(FeedbackLayer, nn.Linear):
     """``nn.Linear`` whose input gradient goes through :meth:`backward_weight` instead of ``weight``."""
-
-    exact_gradient = False
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "FeedbackLinear":
         """A layer of this class sharing ``linear``'s parameters (optimizers made before keep working)."""
         return adopt(cls, linear)
-
-    def backward_weight(self) -> torch.Tensor:
-        raise NotImplementedError
-
-    def trained_feedback(self) -> torch.Tensor | None:
-        """A feedback tensor that should receive the weight's gradient (Kolen-Pollack), else None."""
-        return None
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if self.exact_gradient or not torch.is_grad_enabled():

@@ -17,6 +17,8 @@ current ``W``. :class:`FAConv2d` is the fixed-random-kernel case (``fa``).
 """
 from __future__ import annotations
 
+import abc
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -90,27 +92,31 @@ def adopt(cls: type, module: nn.Module) -> nn.Module:
     return layer
 
 
-class FeedbackConv2d(nn.Conv2d):
-    """``nn.Conv2d`` whose input gradient goes through :meth:`backward_weight` instead of ``weight``.
+class FeedbackLayer(abc.ABC):
+    """What :class:`FeedbackConv2d` and ``FeedbackLinear`` share: the rule supplies ``B`` at backward time.
 
-    Subclasses implement ``backward_weight()`` (a kernel of ``weight``'s shape).
     ``exact_gradient = True`` (see :func:`feedalign.exact_gradients`) gives backprop.
     """
 
     exact_gradient = False
+
+    @abc.abstractmethod
+    def backward_weight(self) -> torch.Tensor:
+        """``B``, of ``weight``'s shape, that carries the output gradient to the input."""
+
+    def trained_feedback(self) -> torch.Tensor | None:
+        """A feedback tensor that should receive the weight's gradient (Kolen-Pollack), else None."""
+        return None
+
+
+class FeedbackConv2d(FeedbackLayer, nn.Conv2d):
+    """``nn.Conv2d`` whose input gradient goes through :meth:`backward_weight` instead of ``weight``."""
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> "FeedbackConv2d":
         """A layer of this class sharing ``conv``'s parameters (optimizers made before keep working)."""
         conv_arguments(conv)  # validate padding early
         return adopt(cls, conv)
-
-    def backward_weight(self) -> torch.Tensor:
-        raise NotImplementedError
-
-    def trained_feedback(self) -> torch.Tensor | None:
-        """A feedback tensor that should receive the weight's gradient (Kolen-Pollack), else None."""
-        return None
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if self.exact_gradient or not torch.is_grad_enabled():
