@@ -58,6 +58,7 @@ class Claim:
     reproduced: bool | None = None  # None: descriptive, nothing to check
     criterion: str = ""             # how `reproduced` was decided
     paper_value: float | None = None
+    evidence: str = ""              # when set, what "ours" shows (a finding in words rather than a number)
 
     @property
     def mean(self) -> float:
@@ -68,7 +69,7 @@ class Claim:
         return float(np.std(self.values)) if len(self.values) > 1 else 0.0
 
     def ours(self) -> str:
-        return format_mean_std(self.values, self.unit)
+        return self.evidence or format_mean_std(self.values, self.unit)
 
     def verdict(self) -> str:
         return {True: "yes", False: "no", None: "-"}[self.reproduced]
@@ -135,9 +136,13 @@ class Experiment(abc.ABC):
         return []
 
     hashed_helpers: ClassVar[tuple[str, ...]] = ("_common",)  # shared modules whose code makes the numbers
+    # Library code whose behaviour makes the numbers, relative to the feedalign package: every *.py file of a
+    # folder, or one file. A change to a learning rule, convert() or the data layer invalidates the result.
+    library_sources: ClassVar[tuple[str, ...]] = ("rules", "convert.py", "models.py", "data")
 
     def source_hash(self) -> str:
-        """Hash of this experiment's module, the helper modules it names and feedalign's version.
+        """Hash of this experiment's module, the helper modules it names, the library sources it names
+        (learning rules, convert, models, data by default) and feedalign's version.
 
         The orchestration (this module, the summary page) is left out, so improving a
         report does not invalidate hours of results.
@@ -150,8 +155,25 @@ class Experiment(abc.ABC):
         modules += [importlib.import_module(f"{__package__}.{m}") for m in self.hashed_helpers]
         for module in modules:
             h.update(inspect.getsource(module).encode())
+        h.update(library_hash(self.library_sources).encode())
         h.update(feedalign.__version__.encode())
         return h.hexdigest()[:16]
+
+
+def library_hash(sources: tuple[str, ...]) -> str:
+    """SHA-256 over the named feedalign source files (folders: their *.py files, recursively), by path and content."""
+    import feedalign
+    root = Path(feedalign.__file__).parent
+    h = hashlib.sha256()
+    for source in sorted(set(sources)):
+        path = root / source
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for f in files:
+            if "__pycache__" in f.parts or not f.is_file():
+                continue
+            h.update(str(f.relative_to(root)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
 
 
 def result_key(experiment: Experiment, config: dict) -> str:

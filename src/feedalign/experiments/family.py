@@ -98,6 +98,7 @@ class Family(Experiment):
     full_runtime = "not measured"
     default_seeds = {"quick": 2, "full": 3}
     hashed_helpers = ()
+    library_sources = Experiment.library_sources + ("diagnostics",)
 
     def config(self, quick):
         return {"dataset": "fashion-mnist", "rules": list(RULES), "n_train": 5000 if quick else 20000,
