@@ -44,6 +44,24 @@ def collect(out: Path, quick: bool, seeds: int | None) -> list[tuple[str, dict |
     return rows
 
 
+def publish_report(source: Path, target: Path) -> str | None:
+    """Copy ``report.md`` and ``results.json`` of one experiment from ``source`` (under runs/, which git ignores)
+    to ``target`` (under docs/reports/NAME/), its figure links pointing at docs/figures/; return the link
+    relative to docs/, or None when there is no report."""
+    report = source / "report.md"
+    if not report.exists():
+        return None
+    target.mkdir(parents=True, exist_ok=True)
+    results = read_results(source) or {}
+    text = report.read_text()
+    for fig in results.get("figures", []):
+        text = text.replace(f"]({fig})", f"](../../figures/{fig})")
+    (target / "report.md").write_text(text)
+    if (source / "results.json").exists():
+        shutil.copyfile(source / "results.json", target / "results.json")
+    return f"reports/{target.name}/report.md"
+
+
 def write_docs(out: Path, docs: Path, *, quick: bool, seeds: int | None, log=print, skipped=()) -> Path:
     figures = docs / "figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -83,9 +101,11 @@ def write_docs(out: Path, docs: Path, *, quick: bool, seeds: int | None, log=pri
             lines.append(f"| {name} | {cell(c.text)} | {cell(c.paper)} | {c.ours()} | {c.verdict()} | `{results['command']}` | {seconds} |")
         estimate = (f"; full size (estimate): {experiment.full_runtime} on 2 shared CPU cores"
                     if quick and experiment.full_runtime else "")
+        report = publish_report(out / name, docs / "reports" / name)
+        where = f"[reports/{name}/report.md]({report})" if report else f"`{out / name / 'report.md'}`"
         section = [f"## {name}: {results['title']}", "", f"{results['paper']}. Size: {results['config']['size']}, "
                    f"{results['config']['seeds']} seeds, ran in {results['seconds']:.0f} s on 2 CPU cores shared with "
-                   f"other jobs{estimate}. Report: `{out / name / 'report.md'}`.", ""]
+                   f"other jobs{estimate}. Report: {where} (with its `results.json`).", ""]
         if results.get("deviations"):
             section += ["Where it departs from the paper:", ""] + [f"- {d}" for d in results["deviations"]] + [""]
         for fig in results.get("figures", []):
