@@ -89,7 +89,8 @@ def build_model(architecture: str, activation: str, rule: str, *, seed: int, ini
     """``feedalign.mlp`` with a chosen forward init, converted to ``rule``.
 
     ``init``: ``default`` (PyTorch's), ``uniform`` (U[-s, s], s = init_scale or
-    1/sqrt(fan_in), biases too) or ``zero`` (weights and biases zero, as Nøkland's
+    1/sqrt(fan_in), biases too), ``scaled`` (U[-a, a], a = init_scale * sqrt(3/fan_in): weight variance
+    init_scale^2/fan_in in every layer, biases zero), ``gaussian`` or ``zero`` (weights and biases zero, as Nøkland's
     code does for FA and DFA with tanh).
     """
     torch.manual_seed(10_000 + seed)
@@ -105,6 +106,10 @@ def build_model(architecture: str, activation: str, rule: str, *, seed: int, ini
                 s = init_scale if init_scale is not None else 1.0 / math.sqrt(layer.in_features)
                 layer.weight.uniform_(-s, s)
                 layer.bias.uniform_(-s, s)
+            elif init == "scaled":  # U[-a, a], a = gain * sqrt(3 / fan_in) (variance gain^2 / fan_in), biases zero
+                a = (init_scale if init_scale is not None else 1.0) * math.sqrt(3.0 / layer.in_features)
+                layer.weight.uniform_(-a, a)
+                layer.bias.zero_()
             elif init == "gaussian":  # truncated normal N(0, s^2) cut at 2s, biases zero (xuexue/randombp)
                 nn.init.trunc_normal_(layer.weight, std=init_scale, a=-2 * init_scale, b=2 * init_scale)
                 layer.bias.zero_()

@@ -12,30 +12,37 @@ class Deep100(TrainingExperiment):
     title = "Very deep 100x240 tanh network: DFA trains, BP and FA stall"
     paper = "Nøkland 2016 (NeurIPS, arXiv 1609.01596), Sec. 5.1: 100x240 tanh, DFA 3.92% test error"
     order = 60
-    full_runtime = "about 10 min (1 seed, 1 epoch on 20000 examples)"
+    full_runtime = "about 10 min (1 seed, 5 epochs on 50000 examples)"
     default_seeds = {"quick": 1, "full": 1}
     hashed_helpers = ("_common", "_training", "nokland")
 
     def config(self, quick):
-        return {"data": {"name": "mnist", "n_train": 4000 if quick else 20000, "n_val": 1000 if quick else 2000,
+        return {"data": {"name": "mnist", "n_train": 4000 if quick else None, "n_val": 1000 if quick else 2000,
                          "n_test": 1000 if quick else None},
-                "depth": 30 if quick else 100, "width": 64 if quick else 240, "epochs": 3 if quick else 1,
-                "evals": 6 if quick else 10, "lr": 3e-3 if quick else 3e-4}
+                "depth": 30 if quick else 100, "width": 64 if quick else 240, "epochs": 8 if quick else 5,
+                "evals": 6 if quick else 20, "lr": 3e-3 if quick else 1e-4}
 
     def learners(self, config):
+        # Nøkland's code: FA and DFA from zero forward weights and biases, BP from U[-1/sqrt(n), 1/sqrt(n)]
         arch = f"784-{config['width']}x{config['depth']}-10"
         extra = {"evals": config["evals"], "lr": config["lr"]}
-        return {rule.upper(): learner(rule, arch, config["epochs"], zero_init=False, **extra) for rule in ("bp", "fa", "dfa")}
+        return {rule.upper(): learner(rule, arch, config["epochs"], **extra) for rule in ("bp", "fa", "dfa")}
 
     def deviations(self, config):
-        d = [SETTINGS_NOTE, f"Learning rate {config['lr']} instead of 1e-4, to learn within our few steps.",
-             self.data_deviation(config),
-             "All rules start from U[-1/sqrt(n), 1/sqrt(n)] forward weights: from zero weights a layer only starts "
-             "learning once the one below it is non-zero, which through 100 layers takes far longer than we can run.",
-             f"{config['epochs']} epoch(s) on {config['data']['n_train']} examples, 1 seed: a 100-layer network "
-             "costs minutes per epoch on 2 shared CPU cores; the paper trains to convergence."]
+        d = [SETTINGS_NOTE, self.data_deviation(config),
+             f"{config['epochs']} epochs, 1 seed: a 100-layer network costs tens of seconds per epoch and rule on 2 "
+             "shared CPU cores; the paper trains to convergence, so our DFA error is higher than its 3.92%.",
+             "Why an earlier version of this experiment did not reproduce: it started every rule from "
+             "U[-1/sqrt(n), 1/sqrt(n)] weights and biases and trained 312 steps at lr 3e-4. Through 100 tanh layers "
+             "with that init the input's signal shrinks by about 0.58 per layer (weight std 1/sqrt(3n)), so every "
+             "hidden layer above the first few carries only its bias, the same for every input: DFA's update "
+             "dW_k = delta_k^T h_(k-1) then holds no information about the input and training error stays at "
+             "chance (88.75%). From zero weights (Nøkland's setting) DFA grows the forward path layer by layer; "
+             "on 5000 examples its training error leaves chance after about 1000 steps and reaches 12-20% by "
+             "3750 steps (measured while fixing this), so the run has to be several thousand steps long."]
         if config["size"] == "quick":
-            d.append(f"Quick size: {config['depth']}x{config['width']}, lr {config['lr']}, 3 epochs of 4000 examples.")
+            d.append(f"Quick size: {config['depth']}x{config['width']}, lr {config['lr']}, {config['epochs']} epochs "
+                     f"of {config['data']['n_train']} examples.")
         return d
 
     def summarize(self, config, runs, out):
