@@ -14,7 +14,7 @@ from feedalign.experiments import experiments, run_experiment
 from feedalign.experiments._common import DataUnavailable, load_data
 from feedalign.experiments.summary import run_all
 
-EXPECTED = ["toy1d", "linear", "review-fa", "review-dfa", "mnist-fa", "deep100", "fixed-first-layer",
+EXPECTED = ["toy1d", "linear", "review-fa", "review-dfa", "sensitivity", "mnist-fa", "deep100", "fixed-first-layer",
             "nokland-mnist", "hidden-activations"]
 
 
@@ -70,6 +70,17 @@ def test_resume_skips_current_result_and_force_reruns(out, monkeypatch):
     assert not changed["skipped"]  # code changed: rerun
 
 
+def test_source_hash_covers_the_learning_rules(monkeypatch):
+    from feedalign.experiments import base, get_experiment
+    experiment = get_experiment("deep100")
+    assert "rules" in experiment.library_sources and "data" in experiment.library_sources
+    assert "training" in get_experiment("sensitivity").library_sources
+    before = experiment.source_hash()
+    real = base.library_hash
+    monkeypatch.setattr(base, "library_hash", lambda sources: real(sources) + "a rule changed")
+    assert experiment.source_hash() != before
+
+
 def test_linear_quick(out):
     r = run_experiment("linear", quick=True, out=out, seeds=1, log=lambda *a: None)
     assert_reproduced(r, "fa_error", "shallow_error", "angle_start", "angle_end", "angle_pbp", "theorem")
@@ -97,6 +108,20 @@ def test_deep100_quick(out, mnist):
                       "dfa_trains", "bp_stalls", "loss_gap")
 
 
+def test_sensitivity_quick(out):
+    r = run_experiment("sensitivity", quick=True, out=out, seeds=1, log=lambda *a: None)
+    observations = {c["key"].split(":")[0] for c in r["claims"]}
+    # one row per observation of the review (per rule and sweep), each decided on the swept grid
+    assert observations == {"zero-init", "init-too-small", "init-too-large", "high-lr", "weight-decay", "refusals",
+                            "collapse"}
+    assert all(c["reproduced"] in (True, False) and c["evidence"] for c in r["claims"])
+    rules = {c["key"].split(":")[1] for c in r["claims"]}
+    assert rules == {"bp", "fa", "dfa"}
+    assert {"sensitivity-init-lr-dfa-init_scale-lr.png", "sensitivity-dfa-wd-dfa-weight_decay-lr.png"} <= set(r["figures"])
+    report = (out / "sensitivity" / "report.md").read_text()
+    assert report.count("(init-lr sweep)") >= 15 and "weight decay is essential" in report
+
+
 def test_fixed_first_layer_quick(out, mnist):
     assert_reproduced(run_experiment("fixed-first-layer", quick=True, out=out, seeds=1, log=lambda *a: None),
                       "dfa_fixed_trains", "dfa_full_trains")
@@ -113,6 +138,10 @@ def test_all_writes_docs_from_results(out, tmp_path):
     assert "feedalign reproduce toy1d --quick --seeds 1" in page and "| yes |" in page
     assert (tmp_path / "docs" / "figures" / "toy1d-trajectories.png").exists()
     assert (tmp_path / "docs" / "figures" / "linear-error-angles.png").exists()
+    # the reports under runs/ (ignored by git) are published beside the page, figure links rewritten
+    report = (tmp_path / "docs" / "reports" / "toy1d" / "report.md").read_text()
+    assert "(reports/toy1d/report.md)" in page and "](../../figures/toy1d-trajectories.png)" in report
+    assert json.loads((tmp_path / "docs" / "reports" / "toy1d" / "results.json").read_text())["experiment"] == "toy1d"
 
 
 def test_cli(out, capsys):

@@ -11,7 +11,7 @@ from .base import Claim, Experiment, experiment_config, experiments, get_experim
 
 # Experiment modules, each registering itself on import; a module not written yet is skipped.
 _MODULES = ("toy1d", "linear", "review", "mnist_fa", "deep100", "fixed_first_layer", "nokland_mnist",
-            "hidden_activations", "family")
+            "hidden_activations", "sensitivity", "family")
 for _name in _MODULES:
     try:
         importlib.import_module(f"{__name__}.{_name}")
