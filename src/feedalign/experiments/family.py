@@ -95,13 +95,13 @@ class Family(Experiment):
     paper = ("Sanfiz & Akrout 2021 (BioTorch, Benchmarks.md, Fashion-MNIST LeNet); rules: Lillicrap et al. 2016, "
              "Nøkland 2016, Liao et al. 2016, Akrout et al. 2019, Frenkel et al. 2021")
     order = 90
-    full_runtime = "not measured"
+    full_runtime = "about 14 min (3 seeds, 9 rules, 3 epochs of 40000 examples)"
     default_seeds = {"quick": 2, "full": 3}
     hashed_helpers = ()
     library_sources = Experiment.library_sources + ("diagnostics",)
 
     def config(self, quick):
-        return {"dataset": "fashion-mnist", "rules": list(RULES), "n_train": 5000 if quick else 20000,
+        return {"dataset": "fashion-mnist", "rules": list(RULES), "n_train": 5000 if quick else 40000,
                 "epochs": 1 if quick else 3, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
                 "mirror_every": 10, "mirror_steps": 2}
 
