@@ -47,8 +47,8 @@ class Sensitivity(Experiment):
                     "init_lr": {"rule": ["bp", "fa", "dfa"], "init_scale": [0.0, 0.01, 0.1, 1.0], "lr": [0.001, 0.05, 0.2]},
                     "dfa_wd": {"weight_decay": [0.0, 0.001], "lr": [0.01, 0.1]}, "dfa_wd_init_scale": 0.05}
         # MNIST, 784-200-100-10 tanh; 50000 of the 60000 training images are held out as the validation split, so
-        # each run trains on 10000 examples (the sweep engine has no training-subset setting) for 5 epochs
-        base = {"dataset": "mnist", "architecture": "784-200-100-10", "epochs": 5, "validation_size": 50000}
+        # each run trains on 10000 examples (the sweep engine has no training-subset setting) for 10 epochs
+        base = {"dataset": "mnist", "architecture": "784-200-100-10", "epochs": 10, "validation_size": 50000}
         return {"base": base, "workers": 2,
                 "init_lr": {"rule": ["bp", "fa", "dfa"], "init_scale": [0.0, 0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 3.0],
                             "lr": [0.0001, 0.001, 0.01, 0.05, 0.2]},
