@@ -36,9 +36,9 @@ class CompareResult:
 
     def table(self, markdown: bool = False) -> str:
         """rule | test error mean ± std (%) over seeds (sample std; none from one seed) | best epoch | s/epoch | outcome(s)."""
-        head = ["rule", "test error % (mean ± std)", "best epoch", "s/epoch", "outcome"]
+        head = ["rule", "test error % (mean ± std)", "best epoch (mean)", "s/epoch", "outcome"]
         body = [[r["rule"], _pm(r["test_error_mean"], r["test_error_std"]),
-                 "-" if r["best_epoch"] is None else f"{r['best_epoch']:g}",
+                 "-" if r["best_epoch"] is None else f"{r['best_epoch']:.3g}",
                  "-" if r["seconds_per_epoch"] is None else f"{r['seconds_per_epoch']:.2f}",
                  r["outcomes"]] for r in self.rows]
         if markdown:
