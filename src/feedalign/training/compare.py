@@ -93,12 +93,7 @@ def _compare_dir(config: Config) -> Path:
         if path.exists():
             raise ValueError(f"compare directory {str(path)!r} already exists; choose another name")
         return path
-    base = f"{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}-compare-{config.dataset}"
-    path, n = out / base, 1
-    while path.exists():
-        n += 1
-        path = out / f"{base}-{n}"
-    return path
+    return records.fresh_path(out, f"{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}-compare-{config.dataset}")
 
 
 def _aggregate(rule: str, results: list[RunResult]) -> dict:
@@ -127,7 +122,6 @@ def plot_compare(path: Path, runs: dict[str, list[RunResult]], title: str) -> No
     """Validation accuracy (or loss, for regression) per epoch: each rule's mean over seeds with a ±std band."""
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.ticker
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -144,15 +138,7 @@ def plot_compare(path: Path, runs: dict[str, list[RunResult]], title: str) -> No
         (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=rule)
         if len(results) > 1:
             ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    records.finish_epoch_plot(fig, ax, path, ylabel, title)
 
 
 def load_compare(path: str | Path) -> dict:

@@ -200,12 +200,7 @@ def _new_run_dir(config: Config) -> Path:
                              f"`feedalign train --resume {run_dir}` or choose another name")
         return run_dir
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = f"{stamp}-{config.rule}-{config.dataset}"
-    run_dir, n = out / base, 1
-    while run_dir.exists():
-        n += 1
-        run_dir = out / f"{base}-{n}"
-    return run_dir
+    return records.fresh_path(out, f"{stamp}-{config.rule}-{config.dataset}")
 
 
 def _seed_globals(seed: int) -> None:

@@ -61,11 +61,35 @@ def _deep_clean(value):
     return _clean(value)
 
 
+def fresh_path(out: Path, base: str) -> Path:
+    """``out/base``, or ``out/base-2``, ``-3``, ... when that name is taken (timestamped run names)."""
+    path, n = out / base, 1
+    while path.exists():
+        n += 1
+        path = out / f"{base}-{n}"
+    return path
+
+
+def finish_epoch_plot(fig, ax, path: Path, ylabel: str, title: str) -> None:
+    """Label an axis drawn against epochs, save the figure to ``path`` and close it."""
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_curves(run_dir: Path, rows: list[dict], title: str) -> list[Path]:
     """accuracy.png (classification) and loss.png: train/validation/test per epoch."""
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.ticker
     import matplotlib.pyplot as plt
 
     written = []
@@ -78,15 +102,7 @@ def plot_curves(run_dir: Path, rows: list[dict], title: str) -> list[Path]:
         for split, pts in series.items():
             if pts:
                 ax.plot(*zip(*pts), marker="o", markersize=3, label={"val": "validation"}.get(split, split))
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.set_ylabel(ylabel)
-        ax.set_title(title, fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
         path = run_dir / f"{metric}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        finish_epoch_plot(fig, ax, path, ylabel, title)
         written.append(path)
     return written
