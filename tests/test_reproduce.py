@@ -10,8 +10,8 @@ import json
 import pytest
 
 from feedalign.cli import main
+import feedalign.data
 from feedalign.experiments import experiments, run_experiment
-from feedalign.experiments._common import DataUnavailable, load_data
 from feedalign.experiments.summary import run_all
 
 EXPECTED = ["toy1d", "linear", "review-fa", "review-dfa", "sensitivity", "mnist-fa", "deep100", "fixed-first-layer",
@@ -26,9 +26,9 @@ def out(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mnist():
     try:
-        load_data("mnist", n_train=10, n_val=10, n_test=10)
-    except DataUnavailable as err:
-        pytest.skip(str(err))
+        feedalign.data.load("mnist", download=False)
+    except feedalign.data.DatasetError as err:
+        pytest.skip(str(err).splitlines()[0])
 
 
 def claims(results):
@@ -64,21 +64,27 @@ def test_resume_skips_current_result_and_force_reruns(out, monkeypatch):
     assert again["skipped"] and again["finished"] == first["finished"]
     other = run_experiment("toy1d", quick=True, out=out, seeds=2, log=lambda *a: None, force=False)
     assert not other["skipped"] and other["config"]["seeds"] == 2  # config changed: rerun
-    from feedalign.experiments import toy1d
-    monkeypatch.setattr(toy1d.Toy1D, "source_hash", lambda self: "changed-code")
+    from feedalign.experiments import base
+    monkeypatch.setattr(base, "package_hash", lambda: "changed-code")
     changed = run_experiment("toy1d", quick=True, out=out, seeds=1, log=lambda *a: None)
     assert not changed["skipped"]  # code changed: rerun
 
 
-def test_source_hash_covers_the_learning_rules(monkeypatch):
-    from feedalign.experiments import base, get_experiment
-    experiment = get_experiment("deep100")
-    assert "rules" in experiment.library_sources and "data" in experiment.library_sources
-    assert "training" in get_experiment("sensitivity").library_sources
-    before = experiment.source_hash()
-    real = base.library_hash
-    monkeypatch.setattr(base, "library_hash", lambda sources: real(sources) + "a rule changed")
-    assert experiment.source_hash() != before
+def test_package_hash_covers_every_source_file(tmp_path):
+    import shutil
+    from pathlib import Path
+    from feedalign.experiments.base import package_hash
+    root = tmp_path / "feedalign"
+    shutil.copytree(Path(feedalign.__file__).parent, root, ignore=shutil.ignore_patterns("__pycache__"))
+    before = package_hash(root)
+    assert before == package_hash(Path(feedalign.__file__).parent)
+    for module in ("rules/fa.py", "training/engine.py", "data/mnist.py", "experiments/nokland.py"):
+        path = root / module
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n# changed\n")
+        assert package_hash(root) != before, module
+        path.write_bytes(original)
+    assert package_hash(root) == before
 
 
 def test_linear_quick(out):
@@ -151,3 +157,65 @@ def test_cli(out, capsys):
     assert "unknown experiment" in capsys.readouterr().err
     assert main(["reproduce", "toy1d", "--quick", "--seeds", "1", "--out", str(out)]) == 0
     assert "skipped" in capsys.readouterr().out
+
+
+def _curves(run_dir):
+    """A run's metrics without its timings (which differ from run to run)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory, mnist):
+    """mnist-fa at quick size, one seed, trained by one worker: the reference for the two tests below."""
+    out = tmp_path_factory.mktemp("sequential")
+    return run_experiment("mnist-fa", quick=True, out=out, seeds=1, workers=1, log=lambda *a: None)
+
+
+def test_parallel_runs_give_the_sequential_numbers(sequential, tmp_path):
+    parallel = run_experiment("mnist-fa", quick=True, out=tmp_path, seeds=1, workers=2, log=lambda *a: None)
+    assert parallel["key"] == sequential["key"] and parallel["workers"] == 2
+    for label, history in sequential["runs"][0].items():
+        other = parallel["runs"][0][label]
+        assert other["test_error"] == history["test_error"] and other["val_error"] == history["val_error"]
+        from pathlib import Path
+        assert _curves(Path(other["run_dir"])) == _curves(Path(history["run_dir"]))
+
+
+def test_interrupted_reproduction_continues_from_checkpoints(sequential, tmp_path):
+    """SIGKILL `feedalign reproduce` (and with it its workers) mid-run; the rerun resumes, not restarts."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "feedalign", "reproduce", "mnist-fa", "--quick", "--seeds", "1",
+                             "--workers", "1", "--out", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    first_run = None
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:  # until the first run has a checkpoint and is not finished
+            found = sorted(out.glob("mnist-fa/runs-*/00-bp-seed0/checkpoints/latest.pt"))
+            if found and not (found[0].parents[1] / "summary.json").exists():
+                first_run = found[0].parents[1]
+                break
+            assert proc.poll() is None, "reproduce ended before a checkpoint was seen"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert first_run is not None, "no checkpoint within 120 s"
+    time.sleep(0.5)  # the worker dies with its parent (PR_SET_PDEATHSIG)
+    epochs_done = len(_curves(first_run))
+    assert not (first_run / "summary.json").exists()
+    messages = []
+    resumed = run_experiment("mnist-fa", quick=True, out=out, seeds=1, workers=1, log=messages.append)
+    assert any("continue from checkpoints" in m for m in messages), messages
+    log = (first_run.parent / "logs" / f"{first_run.name}.log").read_text()
+    assert "resuming" in log and epochs_done >= 2  # epoch 0 (the initial evaluation) and at least one epoch
+    assert resumed["key"] == sequential["key"]
+    for label, history in sequential["runs"][0].items():
+        assert _curves(Path(resumed["runs"][0][label]["run_dir"])) == _curves(Path(history["run_dir"]))

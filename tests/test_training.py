@@ -44,6 +44,9 @@ def test_unknown_key_is_named_and_valid_keys_listed():
     ("threads", -1, "threads must be >= 0"),
     ("nesterov", True, "nesterov needs optimizer = 'sgd' and momentum > 0"),
     ("collapse_drop", 0.0, r"collapse_drop must be in \(0, 1\]"),
+    ("train_size", 0, "train_size must be >= 1"),
+    ("test_size", 0, "test_size must be >= 1"),
+    ("frozen", "output", "frozen must be one of none, first, hidden"),
 ])
 def test_bad_values_name_the_field(key, value, message):
     settings = {key: value, **({"momentum": 0.0} if key == "nesterov" else {})}
@@ -235,3 +238,16 @@ def test_a_run_directory_that_fails_while_being_created_is_removed(small, monkey
         train(small, progress="none")
     out = __import__("pathlib").Path(small.out_dir)
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("rule", ["bp", "fa", "dfa"])
+def test_subsets_and_frozen_layers(small, rule):
+    """train_size/test_size cut the splits; frozen layers end the run with their initial weights."""
+    config = small.replace(rule=rule, frozen="first", train_size=96, test_size=50, epochs=2)
+    start = build_model(config, torch.device("cpu"))
+    result = train(config, progress="none")
+    first = [m for m in result.model.modules() if isinstance(m, torch.nn.Linear)]
+    initial = [m for m in start.modules() if isinstance(m, torch.nn.Linear)]
+    assert torch.equal(first[0].weight, initial[0].weight) and torch.equal(first[0].bias, initial[0].bias)
+    assert not torch.equal(first[-1].weight, initial[-1].weight)
+    assert result.summary["steps"] == 2 * -(-96 // config.batch_size)

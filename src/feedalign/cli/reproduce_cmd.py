@@ -1,4 +1,4 @@
-"""``feedalign reproduce NAME [--quick] [--out DIR] [--seeds N] [--force]``: rerun a paper's experiment.
+"""``feedalign reproduce NAME [--quick] [--out DIR] [--seeds N] [--force] [--workers N]``: rerun a paper's experiment.
 
 ``NAME`` is one of ``feedalign reproduce --list`` or ``all``, which runs every
 experiment (skipping results current for the code and config) and regenerates
@@ -7,6 +7,7 @@ experiment (skipping results current for the code and config) and regenerates
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from . import UsageError
 
@@ -22,20 +23,24 @@ def register(subparsers) -> None:
     p.add_argument("--docs", default="docs", help="with 'all': where reproduction.md and figures/ go (default docs)")
     p.add_argument("--skip", default="", help="with 'all': comma-separated experiments not to run (still listed)")
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
+    p.add_argument("--workers", type=int, default=None,
+                   help="training processes at once (default: one per CPU core); same numbers for any value")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from feedalign import experiments as ex
-    from feedalign.experiments._common import DataUnavailable
+    from feedalign.experiments import DataUnavailable
     if args.list or not args.name:
         for name in ex.experiments():
             e = ex.get_experiment(name)
-            print(f"{name:20s} {e.title} [{e.paper}]; full size ~{e.full_runtime or '?'}")
+            print(f"{name:20s} {e.title} [{e.paper}]; full size: {_full_runtime(name, args.docs) or e.full_runtime or '?'}")
         print(f"{'all':20s} every experiment above, then docs/reproduction.md")
         return 0 if args.list else 2
     if args.seeds is not None and args.seeds < 1:
         raise UsageError("--seeds must be at least 1")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("--workers must be at least 1")
     out = args.out or f"runs/reproduce/{'quick' if args.quick else 'full'}"
     if args.name == "all":
         from feedalign.experiments.summary import run_all
@@ -44,15 +49,28 @@ def run(args) -> int:
         if unknown:
             raise UsageError(f"--skip: unknown experiment(s) {', '.join(unknown)}; known: {', '.join(ex.experiments())}")
         only = [n for n in ex.experiments() if n not in skip]
-        run_all(quick=args.quick, out=out, seeds=args.seeds, force=args.force, docs=args.docs, only=only)
+        run_all(quick=args.quick, out=out, seeds=args.seeds, force=args.force, docs=args.docs, only=only,
+                workers=args.workers)
         return 0
     if args.name not in ex.experiments():
         raise UsageError(f"unknown experiment {args.name!r}; known: {', '.join(ex.experiments())}, all")
     try:
-        results = ex.run_experiment(args.name, quick=args.quick, out=out, seeds=args.seeds, force=args.force)
+        results = ex.run_experiment(args.name, quick=args.quick, out=out, seeds=args.seeds, force=args.force,
+                                    workers=args.workers)
     except DataUnavailable as err:
         raise UsageError(f"{args.name}: {err}") from None
     failed = [c for c in results["claims"] if c.get("reproduced") is False]
     if failed:
         print(f"{args.name}: {len(failed)} claim(s) not reproduced: " + "; ".join(c["text"] for c in failed))
     return 0
+
+
+def _full_runtime(name: str, docs: str) -> str | None:
+    """The measured run time of the published full-size result, if there is one."""
+    from feedalign.experiments.base import read_results
+    results = read_results(Path(docs) / "reports" / name)
+    if not results or results.get("config", {}).get("size") != "full":
+        return None
+    workers = results.get("workers")
+    return f"{results['seconds'] / 60:.0f} min measured" + (f" with {workers} workers" if workers else "") + \
+        " on 2 CPU cores"

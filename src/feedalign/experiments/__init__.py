@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import importlib
 
-from .base import Claim, Experiment, experiment_config, experiments, get_experiment, register, run_experiment
+from .base import (Claim, DataUnavailable, Experiment, SeededExperiment, experiment_config, experiments,
+                   get_experiment, register, run_experiment)
+from ._training import TrainingExperiment
 
-# Experiment modules, each registering itself on import; a module not written yet is skipped.
+# Experiment modules, each registering itself on import.
 _MODULES = ("toy1d", "linear", "review", "mnist_fa", "deep100", "fixed_first_layer", "nokland_mnist",
             "hidden_activations", "sensitivity", "family")
 for _name in _MODULES:
-    try:
-        importlib.import_module(f"{__name__}.{_name}")
-    except ModuleNotFoundError as _err:
-        if _err.name != f"{__name__}.{_name}":
-            raise
+    importlib.import_module(f"{__name__}.{_name}")
 
-__all__ = ["Claim", "Experiment", "experiment_config", "experiments", "get_experiment", "register", "run_experiment"]
+__all__ = ["Claim", "DataUnavailable", "Experiment", "SeededExperiment", "TrainingExperiment", "experiment_config",
+           "experiments", "get_experiment", "register", "run_experiment"]

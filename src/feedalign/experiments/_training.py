@@ -1,59 +1,143 @@
-"""The shared shape of the MNIST experiments: several learners trained on one dataset, seeds, curves.
+"""Experiments whose every run is an ordinary training run of the one engine (:func:`feedalign.train`).
 
-A :class:`TrainingExperiment` lists its learners (label -> keyword arguments of
-:func:`~feedalign.experiments._common.train_classifier`) and its data sizes; each
-seed trains every learner and keeps its history. Subclasses turn the histories into
+A :class:`TrainingExperiment` lists its learners (label -> :class:`~feedalign.training.Config`
+fields); each (learner, seed) becomes one run directory under
+``OUT/NAME/runs-KEY/``, trained by the sweep's local pool of worker processes
+(``workers`` at once, one thread each, so a seed gives the same numbers however many
+run in parallel). A reproduction that is interrupted continues each unfinished run
+from its last checkpoint when it is started again (KEY is the result key: the same
+code and config); finished runs are kept. Subclasses turn the runs' histories into
 claims with :meth:`summarize`, usually plotting with :meth:`curves`.
 """
 from __future__ import annotations
 
-import functools
+import abc
+import json
+import shutil
+import time
 from pathlib import Path
 
-import numpy as np
-import torch
+from ..training import Config
+from ..training.records import read_jsonl
+from .base import DataUnavailable, Experiment
+from .plotting import mean_std_band, pyplot
 
-from ._common import load_data, mean_std_band, pyplot, train_classifier
-from .base import Experiment
+
+class RunsFailed(RuntimeError):
+    """Some runs of an experiment crashed on every attempt; their logs say why."""
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_data(name, n_train, n_val, n_test):
-    return load_data(name, seed=0, n_train=n_train, n_val=n_val, n_test=n_test)
+def _percent(accuracy):
+    return float("nan") if accuracy is None else 100.0 * (1.0 - accuracy)
+
+
+def run_history(run_dir: Path) -> dict:
+    """Per-epoch curves (errors in %) and the final numbers of one finished run directory.
+
+    ``test_error`` is the test error at the epoch of best validation accuracy (model
+    selection on validation data only); ``final_test_error`` the one after the last epoch.
+    """
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    nan = float("nan")
+    history = {
+        "epochs": [r["epoch"] for r in rows],
+        "train_loss": [nan if r.get("train_loss") is None else r["train_loss"] for r in rows],
+        "train_error": [_percent(r.get("train_accuracy")) for r in rows],
+        "val_loss": [nan if r.get("val_loss") is None else r["val_loss"] for r in rows],
+        "val_error": [_percent(r.get("val_accuracy")) for r in rows],
+        "test_error_curve": [_percent(r.get("test_accuracy")) for r in rows],
+    }
+    at_best = summary.get("test_error_at_best")
+    history.update(test_error=nan if at_best is None else 100.0 * at_best, best_epoch=summary.get("best_epoch"),
+                   final_test_error=nan if summary.get("final_test_error") is None
+                   else 100.0 * summary["final_test_error"],
+                   outcome=summary.get("outcome"), seconds_per_epoch=summary.get("seconds_per_epoch"),
+                   run_dir=str(run_dir))
+    return history
 
 
 class TrainingExperiment(Experiment):
-    hashed_helpers = ("_common", "_training")
-    keep_models: tuple[str, ...] = ()  # learners whose trained weights are saved (seed 0) for later experiments
+    """Learners x seeds, each an ordinary run directory of the training engine."""
 
+    @abc.abstractmethod
     def learners(self, config: dict) -> dict[str, dict]:
-        raise NotImplementedError
+        """label -> Config fields of that learner (everything but data, seed and where it is written)."""
 
-    def data(self, config: dict) -> dict:
+    def data_fields(self, config: dict) -> dict:
+        """The Config fields of ``config["data"]``: dataset and the sizes of the three splits."""
         d = config["data"]
-        return _cached_data(d["name"], d.get("n_train"), d.get("n_val"), d.get("n_test"))
+        return {"dataset": d["name"], "train_size": d.get("n_train"), "validation_size": d.get("n_val"),
+                "test_size": d.get("n_test")}
 
-    def run_seed(self, config, seed, out):
-        data = self.data(config)
-        result = {}
-        for label, kwargs in self.learners(config).items():
-            model, history = train_classifier(data, seed=seed, **kwargs)
-            result[label] = history
-            if seed == 0 and label in self.keep_models:
-                torch.save({"state_dict": model.state_dict(), "kwargs": kwargs}, Path(out) / f"model-{label}.pt")
-        return result
+    def seeds_for(self, label: str, config: dict) -> int:
+        """How many of the experiment's seeds ``label`` runs (all by default; fewer for costly extras)."""
+        return config["seeds"]
+
+    def run_configs(self, config: dict, folder: Path) -> list[tuple[str, int, Config]]:
+        """Every run of this experiment: ``(label, seed, Config)``, its run directory named by the Config."""
+        runs_dir = Path(folder)
+        out = []
+        for seed in range(config["seeds"]):
+            for i, (label, fields) in enumerate(self.learners(config).items()):
+                if seed >= self.seeds_for(label, config):
+                    continue
+                values = {**self.data_fields(config), "alignment_every": 0, "device": config.get("device", "cpu"),
+                          **fields, "seed": seed, "threads": 1, "out_dir": str(runs_dir),
+                          "name": f"{i:02d}-{_slug(label)}-seed{seed}"}
+                out.append((label, seed, Config.from_dict(values, source=f"{self.name} learner {label!r}")))
+        return out
+
+    def execute(self, config: dict, folder: Path, *, key: str, workers: int, log) -> list[dict]:
+        from ..sweeps.local import run_local
+        from ..sweeps.spec import config_hash
+        runs_dir = Path(folder) / f"runs-{key}"
+        for old in Path(folder).glob("runs-*"):  # runs of other code or settings: never reused
+            if old != runs_dir and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+        _check_data(config["data"]["name"])
+        planned = self.run_configs(config, runs_dir)
+        jobs, failed = [], []
+        for label, seed, run_config in planned:
+            run_dir = runs_dir / run_config.name
+            jobs.append({"key": run_config.name, "hash": config_hash(run_config), "config": run_config.to_dict(),
+                         "run_dir": str(run_dir), "label": label, "seed": seed})
+        todo = [j for j in jobs if not (Path(j["run_dir"]) / "summary.json").is_file()]
+        started = sum((Path(j["run_dir"]) / "config.toml").is_file() for j in todo)
+        if len(todo) < len(jobs) or started:
+            log(f"  {len(jobs) - len(todo)} of {len(jobs)} runs already finished in {runs_dir}; "
+                f"{started} continue from checkpoints")
+        t0 = time.perf_counter()
+
+        def on_done(job, summary, status, seconds, attempts, error):
+            if status != "done":
+                failed.append(f"{job['label']} seed {job['seed']}: {status} ({error})")
+                log(f"  {job['label']} seed {job['seed']}: {status}: {error}")
+                return
+            log(f"  {job['label']} seed {job['seed']}: test error {100 * summary['test_error_at_best']:.2f}% "
+                f"(best epoch {summary['best_epoch']}), {seconds:.0f} s [{time.perf_counter() - t0:.0f} s]")
+
+        if todo:
+            log(f"  {len(todo)} runs on {min(workers, len(todo))} worker process(es); logs in {runs_dir / 'logs'}")
+            run_local(todo, workers=workers, threads=1, retries=1, sweep_dir=runs_dir, on_done=on_done, log=log)
+        if failed:
+            raise RunsFailed(f"{self.name}: {len(failed)} run(s) failed: {'; '.join(failed)}")
+        results = [dict() for _ in range(config["seeds"])]
+        for job in jobs:
+            results[job["seed"]][job["label"]] = run_history(Path(job["run_dir"]))
+        return results
 
     def curves(self, config, runs, out, labels=None, key="val_error", title="", name=None, ylabel=None,
                log=False, panels=None):
-        """One panel per group in ``panels`` (lists of labels), error curves mean ± std over seeds."""
+        """One panel per group in ``panels`` (lists of labels): curves against epochs, mean ± std over seeds."""
         plt = pyplot()
         labels = labels or list(runs[0])
         panels = panels or [labels]
         fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.4), squeeze=False)
         for ax, group in zip(axes[0], panels):
             for label in group:
-                x = np.asarray(runs[0][label]["examples"]) / max(1, len(self.data(config)["train"][0]))
-                mean_std_band(ax, x, [r[label][key] for r in runs], label)
+                epochs = runs[0][label]["epochs"]
+                mean_std_band(ax, epochs, [r[label][key] for r in runs if label in r], label)
             ax.set(xlabel="epochs", ylabel=ylabel or key.replace("_", " ") + (" (%)" if "error" in key else ""))
             if log:
                 ax.set_yscale("log")
@@ -68,11 +152,28 @@ class TrainingExperiment(Experiment):
 
     @staticmethod
     def final(runs, label, key="test_error"):
-        values = [r[label][key] for r in runs]
+        """One number per seed that ran ``label``: its ``key`` (the last point of a curve)."""
+        values = [r[label][key] for r in runs if label in r]
         return [v[-1] if isinstance(v, list) else v for v in values]
 
     def data_deviation(self, config) -> str:
         d = config["data"]
         return (f"Data: {d['name']}, {d.get('n_train') or 'all 50000'} training examples, "
                 f"{d.get('n_val') or 10000} validation, {d.get('n_test') or 10000} test "
-                "(the first 50000 of MNIST's 60000 training images train, 10000 are held out for validation).")
+                "(validation examples are held out of MNIST's 60000 training images, chosen by the seed). "
+                "Test error is read at the epoch of best validation accuracy.")
+
+
+def _check_data(name: str) -> None:
+    """Fetch (or find) the dataset once here, so that workers never race to download it."""
+    from ..data import DatasetError, load
+    try:
+        load(name)
+    except DatasetError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataUnavailable(f"cannot load {name!r}: {first} (run `feedalign data fetch {name}`)") from None
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
+

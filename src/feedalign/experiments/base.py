@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import abc
 import hashlib
-import inspect
 import json
 import math
 import platform
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -124,10 +122,6 @@ class Experiment(abc.ABC):
         """Every setting of the run (json-serialisable); part of the result's key."""
 
     @abc.abstractmethod
-    def run_seed(self, config: dict, seed: int, out: Path) -> dict:
-        """Run one seed; return its metrics (json-serialisable)."""
-
-    @abc.abstractmethod
     def summarize(self, config: dict, runs: list[dict], out: Path) -> tuple[list[Claim], list[str]]:
         """Claims over the seeds' metrics, and the figures written into ``out`` (file names)."""
 
@@ -135,49 +129,59 @@ class Experiment(abc.ABC):
         """Where this size departs from the paper's setting, and why."""
         return []
 
-    hashed_helpers: ClassVar[tuple[str, ...]] = ("_common",)  # shared modules whose code makes the numbers
-    # Library code whose behaviour makes the numbers, relative to the feedalign package: every *.py file of a
-    # folder, or one file. A change to a learning rule, convert() or the data layer invalidates the result.
-    library_sources: ClassVar[tuple[str, ...]] = ("rules", "convert.py", "models.py", "data")
+    @abc.abstractmethod
+    def execute(self, config: dict, folder: Path, *, key: str, workers: int, log) -> list[dict]:
+        """Run every seed into ``folder``; return one metrics dict per seed (json-serialisable).
+        ``key`` is the result key, ``workers`` how many processes may train at once."""
 
-    def source_hash(self) -> str:
-        """Hash of this experiment's module, the helper modules it names, the library sources it names
-        (learning rules, convert, models, data by default) and feedalign's version.
 
-        The orchestration (this module, the summary page) is left out, so improving a
-        report does not invalidate hours of results.
-        """
-        import importlib
+class SeededExperiment(Experiment):
+    """An experiment that runs its seeds one after another in this process, each by :meth:`run_seed`."""
 
+    def execute(self, config: dict, folder: Path, *, key: str, workers: int, log) -> list[dict]:
+        runs = []
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            for seed in range(config["seeds"]):
+                t = time.perf_counter()
+                runs.append(self.run_seed(config, seed, folder))
+                log(f"  seed {seed}: {time.perf_counter() - t:.1f} s")
+        finally:
+            torch.set_num_threads(threads)
+        return runs
+
+    @abc.abstractmethod
+    def run_seed(self, config: dict, seed: int, out: Path) -> dict:
+        """Run one seed; return its metrics (json-serialisable)."""
+
+
+class DataUnavailable(RuntimeError):
+    """The dataset an experiment needs cannot be loaded here (not fetched, and no source reachable)."""
+
+
+def package_hash(root: Path | None = None) -> str:
+    """SHA-256 over every source file of the feedalign package (or the tree at ``root``), by path and content.
+
+    Part of every result key: a result counts as current only for the code that made it,
+    whichever module that code is in (no hand-kept list of the modules that matter).
+    """
+    if root is None:
         import feedalign
-        h = hashlib.sha256()
-        modules = [sys.modules[type(self).__module__]]
-        modules += [importlib.import_module(f"{__package__}.{m}") for m in self.hashed_helpers]
-        for module in modules:
-            h.update(inspect.getsource(module).encode())
-        h.update(library_hash(self.library_sources).encode())
-        h.update(feedalign.__version__.encode())
-        return h.hexdigest()[:16]
-
-
-def library_hash(sources: tuple[str, ...]) -> str:
-    """SHA-256 over the named feedalign source files (folders: their *.py files, recursively), by path and content."""
-    import feedalign
-    root = Path(feedalign.__file__).parent
+        root = Path(feedalign.__file__).parent
     h = hashlib.sha256()
-    for source in sorted(set(sources)):
-        path = root / source
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
-        for f in files:
-            if "__pycache__" in f.parts or not f.is_file():
-                continue
-            h.update(str(f.relative_to(root)).encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()
+    for f in sorted(root.rglob("*.py")):
+        if "__pycache__" in f.parts:
+            continue
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def result_key(experiment: Experiment, config: dict) -> str:
-    blob = json.dumps(config, sort_keys=True, default=str) + experiment.source_hash()
+    """Hash of the resolved config (size and seeds included), the package version and its source."""
+    import feedalign
+    blob = json.dumps(config, sort_keys=True, default=str) + experiment.name + feedalign.__version__ + package_hash()
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -200,12 +204,18 @@ def experiment_config(name: str, quick: bool, seeds: int | None = None) -> dict:
 
 
 def run_experiment(name: str, *, quick: bool = False, out: str | Path = "runs/reproduce", seeds: int | None = None,
-                   force: bool = False, log=print) -> dict:
+                   force: bool = False, workers: int | None = None, log=print) -> dict:
     """Run ``name`` (or reuse its current result) into ``out/NAME``; return the results dict.
 
     The result is current when ``results.json`` holds the same key: the hash of the
-    config (size and seeds included) and of the code that made it. ``force`` reruns.
+    config (size and seeds included), the package version and its source. ``force``
+    reruns. ``workers``: training processes at once (default: one per CPU core); runs
+    left unfinished by an interrupted call continue from their checkpoints.
     """
+    from ..sweeps.local import default_workers
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be a positive integer; got {workers!r}")
+    workers = workers or default_workers(1)
     experiment = get_experiment(name)
     config = experiment_config(name, quick, seeds)
     key = result_key(experiment, config)
@@ -217,33 +227,25 @@ def run_experiment(name: str, *, quick: bool = False, out: str | Path = "runs/re
         return previous
     folder.mkdir(parents=True, exist_ok=True)
     for dep in experiment.needs:  # e.g. hidden-activations reads review-dfa's trained networks
-        run_experiment(dep, quick=quick, out=out, seeds=seeds, force=False, log=log)
+        run_experiment(dep, quick=quick, out=out, seeds=seeds, force=False, workers=workers, log=log)
     log(f"{name}: {experiment.title} ({config['size']}, {config['seeds']} seeds) -> {folder}")
     start = time.perf_counter()
-    runs = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(experiment.threads)
-    try:
-        for seed in range(config["seeds"]):
-            t = time.perf_counter()
-            runs.append(experiment.run_seed(config, seed, folder))
-            log(f"  seed {seed}: {time.perf_counter() - t:.1f} s")
-        claims, figures = experiment.summarize(config, runs, folder)
-    finally:
-        torch.set_num_threads(threads)
+    runs = experiment.execute(config, folder, key=key, workers=workers, log=log)
+    claims, figures = experiment.summarize(config, runs, folder)
     seconds = time.perf_counter() - start
     command = f"feedalign reproduce {name}" + (" --quick" if quick else "") + (f" --seeds {seeds}" if seeds else "")
     results = {
         "experiment": name, "title": experiment.title, "paper": experiment.paper, "key": key,
-        "source_hash": experiment.source_hash(), "config": config, "command": command,
+        "package_hash": package_hash(), "config": config, "command": command, "workers": workers,
         "seconds": seconds, "full_runtime": experiment.full_runtime,
         "deviations": experiment.deviations(config), "figures": figures,
         "claims": [c.to_dict() for c in claims], "runs": runs,
         "machine": f"{platform.machine()}, {platform.python_version()}",
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    (folder / "results.json").write_text(json.dumps(results, indent=1, default=_jsonable))
-    (folder / "report.md").write_text(render_report(results))
+    from ..training.checkpoint import atomic_write_text
+    atomic_write_text(folder / "results.json", json.dumps(results, indent=1, default=_jsonable))
+    atomic_write_text(folder / "report.md", render_report(results))
     for c in claims:
         log(f"  {c.verdict():>3}  {c.text}: paper {c.paper} | ours {c.ours()}")
     log(f"{name}: done in {seconds:.1f} s; report {folder / 'report.md'}")
@@ -279,5 +281,5 @@ def render_report(results: dict) -> str:
     if results.get("figures"):
         lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in results["figures"]]
     lines += ["", "## Config", "", "```json", json.dumps(results["config"], indent=1, sort_keys=True), "```",
-              "", f"Result key {results['key']} (config + source hash {results['source_hash']}).", ""]
+              "", f"Result key {results['key']} (config, package version and source hash {results.get('package_hash')}).", ""]
     return "\n".join(lines)

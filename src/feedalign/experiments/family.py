@@ -26,8 +26,8 @@ import feedalign.data
 from feedalign.diagnostics.angles import angle
 from feedalign.rules import wm
 
-from ._common import mean_std_band, pyplot
-from .base import Claim, Experiment, register
+from .plotting import mean_std_band, pyplot
+from .base import Claim, SeededExperiment, register
 
 RULES = ("bp", "fa", "dfa", "usf", "brsf", "frsf", "kp", "wm", "drtp")
 # Test error (%) of LeNet on Fashion-MNIST, BioTorch Benchmarks.md; kp, wm, drtp are not listed there.
@@ -89,7 +89,7 @@ def run_family(rule: str, data, *, seed: int, epochs: int, n_train: int, batch_s
 
 
 @register
-class Family(Experiment):
+class Family(SeededExperiment):
     name = "family"
     title = "LeNet-5 on Fashion-MNIST: bp, fa, dfa, usf, brsf, frsf, kp, wm, drtp"
     paper = ("Sanfiz & Akrout 2021 (BioTorch, Benchmarks.md, Fashion-MNIST LeNet); rules: Lillicrap et al. 2016, "
@@ -97,8 +97,6 @@ class Family(Experiment):
     order = 90
     full_runtime = "about 14 min (3 seeds, 9 rules, 3 epochs of 40000 examples)"
     default_seeds = {"quick": 2, "full": 3}
-    hashed_helpers = ()
-    library_sources = Experiment.library_sources + ("diagnostics",)
 
     def config(self, quick):
         return {"dataset": "fashion-mnist", "rules": list(RULES), "n_train": 5000 if quick else 40000,

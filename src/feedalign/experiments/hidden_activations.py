@@ -6,27 +6,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._common import build_model, linears, pyplot
-from ._training import _cached_data
-from .base import Claim, Experiment, experiment_config, register
+from feedalign.diagnostics.plots import hidden_activations, load_run
+
+from .base import Claim, SeededExperiment, read_results, register
+from .plotting import pyplot
 
 
 def hidden_outputs(model, x) -> list[torch.Tensor]:
     """Every hidden layer's output h_k (the input of the next linear layer) on ``x``."""
-    try:
-        from feedalign.diagnostics.plots import hidden_activations  # the diagnostics engineer's helper
-        return [hidden_activations(model, x, layer=k + 1) for k in range(len(linears(model)) - 1)]
-    except ImportError:
-        seen = []
-        handles = [layer.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
-                   for layer in linears(model)[1:]]
-        try:
-            with torch.no_grad():
-                model(x)
-        finally:
-            for h in handles:
-                h.remove()
-        return seen
+    n_hidden = sum(isinstance(m, torch.nn.Linear) for m in model.modules()) - 1
+    return [hidden_activations(model, x, layer=k + 1) for k in range(n_hidden)]
 
 
 def statistics(h: torch.Tensor) -> dict:
@@ -40,7 +29,7 @@ def statistics(h: torch.Tensor) -> dict:
 
 
 @register
-class HiddenActivations(Experiment):
+class HiddenActivations(SeededExperiment):
     name = "hidden-activations"
     title = "Hidden activations of the BP and the DFA network (review-dfa's 784-200-100-10)"
     paper = "FA/DFA review slides, 'Experiments: Upper: hidden activation of BP network. Lower: DFA network' (from Nøkland 2016)"
@@ -48,7 +37,6 @@ class HiddenActivations(Experiment):
     full_runtime = "seconds (after review-dfa)"
     default_seeds = {"quick": 1, "full": 1}
     needs = ("review-dfa",)
-    hashed_helpers = ("_common", "_training", "review")
 
     def config(self, quick):
         return {"source": "review-dfa", "source_size": "quick" if quick else "full", "per_class": 10}
@@ -58,24 +46,19 @@ class HiddenActivations(Experiment):
                 "the review shows the figure without a number, so the statistics here are descriptive."]
 
     def run_seed(self, config, seed, out):
-        source = Path(out).parent / config["source"]
-        src_config = experiment_config(config["source"], config["source_size"] == "quick")
-        d = src_config["data"]
-        data = _cached_data(d["name"], d.get("n_train"), d.get("n_val"), d.get("n_test"))
-        x, y = data["test"]
-        idx = torch.cat([torch.nonzero(y == c).flatten()[:config["per_class"]] for c in range(data["num_classes"])])
-        result = {"labels": y[idx].tolist()}
+        source = read_results(Path(out).parent / config["source"])
+        if source is None:
+            raise RuntimeError(f"{config['source']} has no results in {Path(out).parent}; run it first")
+        result = {}
         for label in ("BP", "DFA"):
-            saved = torch.load(source / f"model-{label}.pt", weights_only=False)
-            kw = saved["kwargs"]
-            model = build_model(kw["architecture"], kw["activation"], kw["rule"], seed=0, init=kw.get("init", "default"),
-                                init_scale=kw.get("init_scale"), feedback_scale=kw.get("feedback_scale"),
-                                feedback_init=kw.get("feedback_init", "uniform"))
-            model.load_state_dict(saved["state_dict"])
-            model.eval()
+            _, model, data = load_run(source["runs"][0][label]["run_dir"], checkpoint="latest")
+            if "labels" not in result:
+                x, y = data.test_x, data.test_y
+                idx = torch.cat([torch.nonzero(y == c).flatten()[:config["per_class"]] for c in range(data.num_classes)])
+                result["labels"] = y[idx].tolist()
             hs = hidden_outputs(model, x[idx])
             result[label] = {"activations": [h.tolist() for h in hs],
-                             "stats": [statistics(hidden_outputs(model, x[:2000])[k]) for k in range(len(hs))]}
+                             "stats": [statistics(h) for h in hidden_outputs(model, x[:2000])]}
         return result
 
     def summarize(self, config, runs, out):

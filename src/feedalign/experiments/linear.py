@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 import feedalign
+from feedalign.diagnostics.angles import angle
 
-from ._common import angle_deg, mean_std_band, pyplot
+from .plotting import mean_std_band, pyplot
 
 
 def min_max_band(ax, x, curves, label):
@@ -27,7 +28,7 @@ def min_max_band(ax, x, curves, label):
     if len(curves) > 1:
         ax.fill_between(x, curves.min(0), curves.max(0), color=line.get_color(), alpha=0.2, linewidth=0)
     return line
-from .base import Claim, Experiment, register
+from .base import Claim, SeededExperiment, register
 
 
 def linear_net(rule: str, seed: int, init_scale: float, feedback_scale: float) -> nn.Module:
@@ -70,11 +71,10 @@ def hidden_updates(model, x, target) -> dict[str, torch.Tensor]:
 
 
 @register
-class Linear(Experiment):
+class Linear(SeededExperiment):
     name = "linear"
     title = "Linear 30-20-10 network: shallow vs BP vs FA, update angles, zero-init convergence"
     paper = "Lillicrap et al. 2016, Fig. 2a-b, Fig. 4 and the convergence theorem (Supplementary Note 2)"
-    hashed_helpers = ()  # uses only plotting and angle helpers of _common
     order = 20
     full_runtime = "about 1 min"
 
@@ -117,8 +117,8 @@ class Linear(Experiment):
                         result["examples"].append(step * config["batch_size"])
                     if learner == "fa":
                         u = hidden_updates(model, probe_x, probe_x @ T.T)
-                        a_bp.append(angle_deg(u["fa"], u["bp"]))
-                        a_pbp.append(angle_deg(u["fa"], u["pbp"]))
+                        a_bp.append(angle(u["fa"], u["bp"])[0])
+                        a_pbp.append(angle(u["fa"], u["pbp"])[0])
                 if step == steps:
                     break
                 x = torch.randn(config["batch_size"], 30, generator=data).double()

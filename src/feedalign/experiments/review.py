@@ -12,8 +12,9 @@ from __future__ import annotations
 from .base import Claim, register
 from ._training import TrainingExperiment
 
-_COMMON = {"activation": "sigmoid", "loss": "cross_entropy", "optimizer": "sgd", "lr": 0.5, "batch_size": 1000,
-           "init": "gaussian", "init_scale": 0.2, "feedback_init": "gaussian", "feedback_scale": 0.2}
+_COMMON = {"activation": "sigmoid", "loss": "cross_entropy", "optimizer": "sgd", "lr": 0.5, "momentum": 0.0,
+           "batch_size": 1000, "init": "gaussian", "init_scale": 0.2, "feedback_init": "gaussian",
+           "feedback_scale": 0.2}
 
 
 def _deviations(config, experiment):
@@ -37,10 +38,10 @@ class ReviewFA(TrainingExperiment):
     def config(self, quick):
         return {"data": {"name": "mnist", "n_train": 6000 if quick else None, "n_val": 2000 if quick else None,
                          "n_test": 2000 if quick else None},
-                "epochs": 3 if quick else 6, "batch_size": 100 if quick else 1000, "weight_decay": 1e-5, "evals": 10 if quick else 24}
+                "epochs": 3 if quick else 6, "batch_size": 100 if quick else 1000, "weight_decay": 1e-5}
 
     def learners(self, config):
-        base = dict(_COMMON, architecture="784-100-10", epochs=config["epochs"], evals=config["evals"],
+        base = dict(_COMMON, architecture="784-100-10", epochs=config["epochs"],
                     batch_size=config["batch_size"])
         return {"BP": dict(base, rule="bp"), "FA": dict(base, rule="fa", weight_decay=config["weight_decay"])}
 
@@ -68,15 +69,14 @@ class ReviewDFA(TrainingExperiment):
     paper = "FA/DFA review slides, DFA 'Reproducing the Results' and 'Results (Validation Accuracy)'; xuexue/randombp"
     order = 40
     full_runtime = "about 4 min"
-    keep_models = ("BP", "DFA")
 
     def config(self, quick):
         return {"data": {"name": "mnist", "n_train": 6000 if quick else None, "n_val": 2000 if quick else None,
                          "n_test": 2000 if quick else None},
-                "epochs": 3 if quick else 6, "batch_size": 100 if quick else 1000, "weight_decay": 1e-4, "evals": 10 if quick else 24}
+                "epochs": 3 if quick else 6, "batch_size": 100 if quick else 1000, "weight_decay": 1e-4}
 
     def learners(self, config):
-        base = dict(_COMMON, architecture="784-200-100-10", epochs=config["epochs"], evals=config["evals"],
+        base = dict(_COMMON, architecture="784-200-100-10", epochs=config["epochs"],
                     batch_size=config["batch_size"])
         wd = config["weight_decay"]
         return {"BP": dict(base, rule="bp"), "FA": dict(base, rule="fa", weight_decay=wd),

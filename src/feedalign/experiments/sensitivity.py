@@ -15,7 +15,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .base import Claim, Experiment, register
+from .base import Claim, SeededExperiment, register
 
 REVIEW = {
     "zero-init": "zeros DON'T work",
@@ -30,15 +30,13 @@ SWEEPS = ("init-lr", "dfa-wd")
 
 
 @register
-class Sensitivity(Experiment):
+class Sensitivity(SeededExperiment):
     name = "sensitivity"
     title = "The review's sensitivity observations as sweeps: init scale x learning rate, weight decay x learning rate"
     paper = "FA/DFA review slides, 'Reproducing the results' (observations on MNIST 784-200-100-10); sweeps as in examples/sweeps/"
     order = 45
     full_runtime = "about 12 min (2 worker processes)"
     default_seeds = {"quick": 1, "full": 1}
-    hashed_helpers = ()
-    library_sources = Experiment.library_sources + ("training", "sweeps")
 
     def config(self, quick):
         if quick:  # MNIST-1D (generated locally), a tiny grid: under a minute on 2 cores

@@ -10,18 +10,25 @@ import shutil
 import time
 from pathlib import Path
 
-from ._common import DataUnavailable
-from .base import Claim, cell, experiment_config, experiments, get_experiment, read_results, result_key, run_experiment
+from .base import Claim, DataUnavailable, cell, experiment_config, experiments, get_experiment, read_results, result_key, run_experiment
 
 
 def run_all(*, quick: bool = False, out: str | Path = "runs/reproduce/full", seeds: int | None = None,
-            force: bool = False, docs: str | Path | None = "docs", only: list[str] | None = None, log=print) -> dict:
-    """Run (or reuse) every experiment into ``out``; regenerate ``docs/reproduction.md``. Returns name -> results."""
+            force: bool = False, docs: str | Path | None = "docs", only: list[str] | None = None,
+            workers: int | None = None, log=print) -> dict:
+    """Run (or reuse) every experiment into ``out``; regenerate ``docs/reproduction.md``. Returns name -> results.
+
+    Each experiment's report is published under ``docs/reports/NAME/`` as soon as it finishes, so an
+    interrupted ``all`` leaves every finished result where it can be committed.
+    """
     out = Path(out)
     outcomes: dict[str, dict] = {}
     for name in only or experiments():
         try:
-            outcomes[name] = run_experiment(name, quick=quick, out=out, seeds=seeds, force=force, log=log)
+            outcomes[name] = run_experiment(name, quick=quick, out=out, seeds=seeds, force=force, workers=workers,
+                                            log=log)
+            if docs is not None:
+                publish_report(out / name, Path(docs) / "reports" / name)
         except DataUnavailable as err:
             log(f"{name}: not run: {err}")
             outcomes[name] = {"experiment": name, "not_run": str(err)}
@@ -83,8 +90,10 @@ def write_docs(out: Path, docs: Path, *, quick: bool, seeds: int | None, log=pri
         "",
         "Ours is mean ± std over seeds. 'reproduced' is decided by the criterion in each experiment's report;",
         "each report and its `results.json` are copied under `reports/`. A result counts as current only for the",
-        "code that made it: its key hashes the experiment's module and the library's learning rules, `convert`,",
-        "models and data layer, so the page marks a result stale when any of them changes.",
+        "code that made it: its key hashes the experiment's config, the package version and every source file of",
+        "the package, so the page marks a result stale when any of them changes. Experiments made of training runs",
+        "train them in parallel worker processes (`--workers`, one per core by default) and continue interrupted",
+        "runs from their checkpoints when the command is run again.",
         "",
         "| experiment | claim | paper | ours | reproduced | command | run time |",
         "|---|---|---|---|---|---|---|",

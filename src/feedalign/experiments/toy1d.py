@@ -13,8 +13,8 @@ from torch import nn
 
 import feedalign
 
-from ._common import pyplot
-from .base import Claim, Experiment, register
+from .plotting import pyplot
+from .base import Claim, SeededExperiment, register
 
 
 def make_net(rule: str, w0: float, w: float, feedback: float = 1.0) -> nn.Module:
@@ -50,11 +50,10 @@ def trajectory(rule: str, start: tuple[float, float], x: torch.Tensor, lr: float
 
 
 @register
-class Toy1D(Experiment):
+class Toy1D(SeededExperiment):
     name = "toy1d"
     title = "Toy 1-D network: BP vs FA trajectories in the (W0, W) plane"
     paper = "Lillicrap, Cownden, Tweed & Akerman 2016 (Nat. Commun. 7:13276), Fig. 3"
-    hashed_helpers = ()  # uses only plotting and angle helpers of _common
     order = 10
     full_runtime = "about 10 s"
 

@@ -45,7 +45,12 @@ def load_data(config: Config):
     kwargs = {"data_dir": config.data_dir, "seed": config.seed, "standardize": config.standardize, "flatten": True}
     if config.validation_size is not None:
         kwargs["validation_size"] = config.validation_size
-    return load(config.dataset, **kwargs)
+    data = load(config.dataset, **kwargs)
+    if config.train_size is not None:  # first rows: a subset fixed by the seed's split, the same on every resume
+        data.train_x, data.train_y = data.train_x[:config.train_size], data.train_y[:config.train_size]
+    if config.test_size is not None:
+        data.test_x, data.test_y = data.test_x[:config.test_size], data.test_y[:config.test_size]
+    return data
 
 
 def check_fit(config: Config, data) -> str:
@@ -89,6 +94,11 @@ def build_model(config: Config, device: torch.device) -> nn.Module:
                     p.copy_(torch.empty(p.shape).normal_(0.0, w, generator=generator))
     model = convert(model, config.rule, seed=seeds["feedback"], feedback_init=config.feedback_init,
                     feedback_scale=config.feedback_scale, inplace=True)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    frozen = {"none": [], "first": linears[:1], "hidden": linears[:-1]}[config.frozen]
+    for layer in frozen:  # make_optimizer leaves out what needs no gradient
+        for p in layer.parameters():
+            p.requires_grad_(False)
     return model.to(device)
 
 

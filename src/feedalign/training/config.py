@@ -20,6 +20,7 @@ CHOICES = {
     "schedule": ("constant", "step", "cosine"),
     "init": ("default", "uniform", "gaussian", "zero"),
     "feedback_init": ("uniform", "gaussian"),
+    "frozen": ("none", "first", "hidden"),
 }
 _DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 
@@ -37,11 +38,15 @@ class Config:
     data_dir: str | None = _f(None, "where the dataset files are (default: the data layer's cache)")
     validation_size: int | None = _f(None, "training examples held out for validation (default: the dataset's)")
     standardize: bool = _f(False, "standardize features with training-split statistics")
+    train_size: int | None = _f(None, "train on the first N examples of the training split only (default: all)")
+    test_size: int | None = _f(None, "evaluate on the first N test examples only (default: all)")
     # model
     architecture: str = _f("784-256-256-10", "layer sizes, e.g. 784-800-10 or 784-240x7-10; ends must fit the dataset")
     activation: str = _f("tanh", "hidden activation: tanh, relu, sigmoid, ...")
     init: str = _f("default", "forward weight init: default (PyTorch), uniform U[-w,w], gaussian N(0,w^2), zero")
     init_scale: float | None = _f(None, "w of the uniform/gaussian init (default 1/sqrt(fan_in)); biases follow")
+    frozen: str = _f("none", "layers that keep their initial weights: none, first (the first layer) or hidden "
+                             "(every layer but the output: 'shallow learning')")
     # learning rule
     rule: str = _f("bp", "learning rule: bp, fa, dfa, ifa, ...")
     feedback_init: str = _f("uniform", "feedback matrices: uniform or gaussian")
@@ -143,6 +148,9 @@ class Config:
         _at_least("step_size", self.step_size, 1)
         _at_least("seed", self.seed, 0)
         _at_least("alignment_every", self.alignment_every, 0)
+        for name in ("train_size", "test_size"):
+            if getattr(self, name) is not None:
+                _at_least(name, getattr(self, name), 1)
         for name in ("validation_size", "init_scale", "feedback_scale"):
             if getattr(self, name) is not None:
                 _at_least(name, getattr(self, name), 0)
