@@ -47,6 +47,7 @@ def test_unknown_key_is_named_and_valid_keys_listed():
     ("train_size", 0, "train_size must be >= 1"),
     ("test_size", 0, "test_size must be >= 1"),
     ("frozen", "output", "frozen must be one of none, first, hidden"),
+    ("weight_decay_mode", "l1", "weight_decay_mode must be one of l2, constant"),
 ])
 def test_bad_values_name_the_field(key, value, message):
     settings = {key: value, **({"momentum": 0.0} if key == "nesterov" else {})}
@@ -251,3 +252,18 @@ def test_subsets_and_frozen_layers(small, rule):
     assert torch.equal(first[0].weight, initial[0].weight) and torch.equal(first[0].bias, initial[0].bias)
     assert not torch.equal(first[-1].weight, initial[-1].weight)
     assert result.summary["steps"] == 2 * -(-96 // config.batch_size)
+
+
+def test_constant_weight_decay_subtracts_the_coefficient_after_each_step():
+    """The review's code: w <- w - lr * g - decay, for every weight and bias (lr 0 leaves only the decay)."""
+    from feedalign.training.build import make_optimizer
+    config = Config(**{**SMALL, "lr": 0.0, "momentum": 0.0, "weight_decay": 0.01, "weight_decay_mode": "constant"})
+    model = build_model(config, torch.device("cpu"))
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = make_optimizer(config, model)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(torch.rand(4, 40)).sum().backward()
+        optimizer.step()
+    for p, b in zip(model.parameters(), before):
+        torch.testing.assert_close(p.detach(), b - 0.03)

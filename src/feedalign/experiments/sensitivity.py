@@ -26,7 +26,11 @@ REVIEW = {
     "refusals": "lots of configurations refuse to train",
     "collapse": "network began getting better accuracy, then loses accuracy",
 }
-SWEEPS = ("init-lr", "dfa-wd")
+SWEEPS = ("init-lr", "dfa-wd", "review-code")
+# The review's own code (xuexue/randombp): sigmoid units, N(0, 0.2^2) weights and feedback, softmax cross-entropy,
+# SGD on batches of 1000, 3000 steps, and its "decay" subtracted from every weight after each step.
+REVIEW_CODE = {"activation": "sigmoid", "init": "gaussian", "init_scale": 0.2, "feedback_init": "gaussian",
+               "feedback_scale": 0.2, "loss": "cross_entropy", "batch_size": 1000, "weight_decay_mode": "constant"}
 
 
 @register
@@ -43,7 +47,9 @@ class Sensitivity(SeededExperiment):
             base = {"dataset": "mnist1d", "architecture": "40-200-100-10", "epochs": 3, "validation_size": None}
             return {"base": base, "workers": 2,
                     "init_lr": {"rule": ["bp", "fa", "dfa"], "init_scale": [0.0, 0.01, 0.1, 1.0], "lr": [0.001, 0.05, 0.2]},
-                    "dfa_wd": {"weight_decay": [0.0, 0.001], "lr": [0.01, 0.1]}, "dfa_wd_init_scale": 0.05}
+                    "dfa_wd": {"weight_decay": [0.0, 0.001], "lr": [0.01, 0.1]}, "dfa_wd_init_scale": 0.05,
+                    "review_code": {"rule": ["fa", "dfa"], "weight_decay": [0.0, 1e-4], "lr": [0.05, 0.5, 2.0]},
+                    "review_code_epochs": 5}
         # MNIST, 784-200-100-10 tanh; 50000 of the 60000 training images are held out as the validation split, so
         # each run trains on 10000 examples (the sweep engine has no training-subset setting) for 10 epochs
         base = {"dataset": "mnist", "architecture": "784-200-100-10", "epochs": 10, "validation_size": 50000}
@@ -51,7 +57,11 @@ class Sensitivity(SeededExperiment):
                 "init_lr": {"rule": ["bp", "fa", "dfa"], "init_scale": [0.0, 0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 3.0],
                             "lr": [0.0001, 0.001, 0.01, 0.05, 0.2]},
                 "dfa_wd": {"weight_decay": [0.0, 0.00001, 0.0001, 0.001, 0.01], "lr": [0.001, 0.01, 0.05, 0.2]},
-                "dfa_wd_init_scale": 0.05}
+                "dfa_wd_init_scale": 0.05,
+                # all 50000 training images in batches of 1000: 60 epochs are the review's 3000 steps
+                "review_code": {"rule": ["fa", "dfa"], "weight_decay": [0.0, 1e-6, 1e-5, 1e-4],
+                                "lr": [0.05, 0.5, 2.0]},
+                "review_code_epochs": 60}
 
     def specs(self, config: dict, seed: int, root: Path) -> list:
         from feedalign.sweeps import spec_from_dict
@@ -64,7 +74,12 @@ class Sensitivity(SeededExperiment):
         wd_base = dict(base, rule="dfa", init_scale=config["dfa_wd_init_scale"])
         dfa_wd = spec_from_dict(dict(common, name="dfa-wd", plot=[["weight_decay", "lr"]], base=wd_base,
                                      grid=dict(config["dfa_wd"])), source="sensitivity dfa-wd")
-        return [init_lr, dfa_wd]
+        code_base = dict(base, **REVIEW_CODE, epochs=config["review_code_epochs"])
+        if config["size"] == "full":
+            code_base.update(validation_size=10000)
+        review_code = spec_from_dict(dict(common, name="review-code", plot=[["weight_decay", "lr"]], base=code_base,
+                                          grid=dict(config["review_code"])), source="sensitivity review-code")
+        return [init_lr, dfa_wd, review_code]
 
     def run_seed(self, config, seed, out):
         from feedalign.sweeps import run_sweep, sensitivity_findings, sensitivity_report
@@ -109,6 +124,11 @@ class Sensitivity(SeededExperiment):
              f"Grid: rules {', '.join(grid['rule'])}; init scale {grid['init_scale']}; lr {grid['lr']}. Weight decay "
              f"sweep (DFA, init scale {config['dfa_wd_init_scale']}): weight decay {config['dfa_wd']['weight_decay']} "
              f"x lr {config['dfa_wd']['lr']}.",
+             f"Review-code sweep ({config['review_code_epochs']} epochs): the review's own settings (sigmoid units, "
+             "weights and feedback N(0, 0.2^2), softmax cross-entropy, SGD on batches of 1000, its constant decay "
+             "w - lr*g - decay) for rules "
+             f"{', '.join(config['review_code']['rule'])}: decay {config['review_code']['weight_decay']} x lr "
+             f"{config['review_code']['lr']}, run long enough for a collapse to show.",
              "Outcomes (trained / refused / collapsed) are the training engine's labels from the per-epoch validation "
              "accuracy; with few epochs a collapse has little room to show."]
         if config["size"] == "full":

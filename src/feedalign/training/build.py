@@ -115,12 +115,24 @@ def make_loss(name: str, num_classes: int | None):
 
 def make_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
+    l2 = config.weight_decay if config.weight_decay_mode == "l2" else 0.0
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
-                               weight_decay=config.weight_decay)
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.RMSprop(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+                                    weight_decay=l2)
+    elif config.optimizer == "adam":
+        optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=l2)
+    else:
+        optimizer = torch.optim.RMSprop(params, lr=config.lr, momentum=config.momentum, weight_decay=l2)
+    if config.weight_decay_mode == "constant" and config.weight_decay > 0:
+        decay = config.weight_decay
+
+        @torch.no_grad()
+        def constant_decay(opt, args, kwargs):  # xuexue/randombp: w <- w - lr * g - decay, biases too
+            for p in params:
+                p.sub_(decay)
+
+        optimizer.register_step_post_hook(constant_decay)
+    return optimizer
 
 
 def make_schedule(config: Config, optimizer: torch.optim.Optimizer):

@@ -21,6 +21,7 @@ CHOICES = {
     "init": ("default", "uniform", "gaussian", "zero"),
     "feedback_init": ("uniform", "gaussian"),
     "frozen": ("none", "first", "hidden"),
+    "weight_decay_mode": ("l2", "constant"),
 }
 _DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 
@@ -57,7 +58,9 @@ class Config:
     lr: float = _f(0.05, "learning rate")
     momentum: float = _f(0.9, "SGD momentum (0 for plain SGD) / RMSprop momentum")
     nesterov: bool = _f(False, "Nesterov momentum (SGD with momentum > 0)")
-    weight_decay: float = _f(0.0, "L2 weight decay")
+    weight_decay: float = _f(0.0, "weight decay coefficient (see weight_decay_mode)")
+    weight_decay_mode: str = _f("l2", "l2: the optimizer's L2 penalty; constant: subtract weight_decay from every "
+                                      "weight and bias after each step (w - lr*g - decay, the review's randombp code)")
     schedule: str = _f("constant", "learning-rate schedule over epochs: constant, step or cosine")
     step_size: int = _f(10, "step schedule: epochs between decays")
     gamma: float = _f(0.1, "step schedule: decay factor")
