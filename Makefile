@@ -21,7 +21,7 @@ data: setup
 	$(BIN)/feedalign data fetch mnist
 
 run: setup data
-	$(BIN)/feedalign compare --seeds 3
+	$(BIN)/feedalign compare --seeds 3 --workers 2
 
 test: setup data
 	$(BIN)/python -m pytest -q

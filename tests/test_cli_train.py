@@ -150,6 +150,20 @@ def test_compare_prints_the_table_and_writes_its_files(tmp_path, capsys):
     assert len(data["rows"][0]["test_errors"]) == 2
 
 
+def test_compare_in_worker_processes_gives_the_same_numbers(tmp_path, capsys):
+    args = ["compare", "--dataset", "mnist1d", "--architecture", "40-32-10", "--epochs", "2", "--threads", "1",
+            "--rules", "bp,fa,dfa", "--seeds", "2", "--out-dir", str(tmp_path), "--quiet"]
+    code, _, err = run_cli(args + ["--name", "one"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(args + ["--name", "two", "--workers", "2"], capsys)
+    assert code == 0, err
+    one, two = (json.loads((tmp_path / n / "compare.json").read_text()) for n in ("one", "two"))
+    assert [r["test_errors"] for r in one["rows"]] == [r["test_errors"] for r in two["rows"]]
+    assert _without_times(tmp_path / "one" / "fa-seed1") == _without_times(tmp_path / "two" / "fa-seed1")
+    code, _, err = run_cli(args + ["--name", "bad", "--workers", "0"], capsys)
+    assert code == 2 and "--workers must be at least 1" in err
+
+
 def test_compare_validates_every_rule_before_training(tmp_path, capsys):
     code, out, err = run_cli(["compare", "--dataset", "mnist1d", "--architecture", "40-10", "--rules", "bp,dfa",
                               "--out-dir", str(tmp_path), "--quiet"], capsys)

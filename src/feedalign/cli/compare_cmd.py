@@ -40,6 +40,8 @@ def register(subparsers) -> None:
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seeds", type=int, metavar="N", help="N seeds: seed, seed+1, ... (default: 1)")
     seeds.add_argument("--seed-list", type=_int_list, metavar="S,S,...", help="explicit seeds, e.g. 0,1,2")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="runs trained at once in worker processes (default 1); the numbers do not change")
     add_config_flags(parser, exclude=("rule",))
     parser.set_defaults(func=run)
 
@@ -54,8 +56,10 @@ def run(args: argparse.Namespace) -> int:
         if n < 1:
             raise UsageError(f"--seeds must be at least 1; got {n}")
         seeds = [config.seed + i for i in range(n)]
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1; got {args.workers}")
     with os_errors_as_usage():
-        result = compare(config, args.rules, seeds, progress=progress_mode(args))
+        result = compare(config, args.rules, seeds, progress=progress_mode(args), workers=args.workers)
     print(result.table(), end="")
     print(f"compare: {result.out_dir}  (compare.md, compare.json, curves.png)")
     return 0

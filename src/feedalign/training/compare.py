@@ -6,6 +6,7 @@ Output directory (``config.out_dir/config.name``, default ``runs/<timestamp>-com
     compare.json        the table's rows and every run's summary
     compare.md          the table in Markdown
     curves.png          validation accuracy per epoch per rule: mean over seeds, std band
+    _workers/           job files and per-run logs, when the runs were trained in worker processes
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from . import records
 from .build import check_fit, load_data
 from .checkpoint import atomic_write_text
 from .config import Config
-from .engine import RunResult, train
+from .engine import RunResult, resume, train
 
 DEFAULT_RULES = ("bp", "fa", "dfa", "ifa")
 
@@ -49,12 +50,19 @@ class CompareResult:
         return "\n".join(fmt.format(*row).rstrip() for row in [head, ["-" * w for w in widths]] + body) + "\n"
 
 
-def compare(config: Config, rules=DEFAULT_RULES, seeds=(0,), *, progress: str = "auto", callbacks=()) -> CompareResult:
+def compare(config: Config, rules=DEFAULT_RULES, seeds=(0,), *, progress: str = "auto", callbacks=(),
+            workers: int = 1) -> CompareResult:
     """Train ``config`` once per (rule, seed) and tabulate test error at the best validation epoch.
 
     Every (rule, seed) config, the dataset and the architecture are validated before
-    anything is written.
+    anything is written. ``workers`` > 1 trains that many runs at once in worker
+    processes (each with ``config.threads`` threads): the same numbers as one after
+    another, since every run is seeded on its own; callbacks need ``workers=1``.
     """
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers must be a positive integer; got {workers!r}")
+    if workers > 1 and callbacks:
+        raise ValueError("callbacks run in this process: use workers=1 with callbacks")
     rules, seeds = list(rules), list(seeds)
     if not rules or not seeds:
         raise ValueError("compare needs at least one rule and one seed")
@@ -72,9 +80,14 @@ def compare(config: Config, rules=DEFAULT_RULES, seeds=(0,), *, progress: str = 
     for r in rules:  # e.g. dfa needs a hidden layer: fail now, not after bp has trained
         build_model(configs[r, seeds[0]].replace(device="cpu"), resolve_device("cpu"))
     runs: dict[str, list[RunResult]] = {r: [] for r in rules}
+    if workers > 1:
+        _train_in_workers([configs[r, s] for s in seeds for r in rules], out_dir, workers)
     for s in seeds:
         for r in rules:
-            runs[r].append(train(configs[r, s], callbacks, progress=progress, data=datasets[s]))
+            if workers > 1:  # finished: resume() reads the run directory back, model included
+                runs[r].append(resume(out_dir / configs[r, s].name, progress="none"))
+            else:
+                runs[r].append(train(configs[r, s], callbacks, progress=progress, data=datasets[s]))
     rows = [_aggregate(r, runs[r]) for r in rules]
     result = CompareResult(out_dir, rows, runs)
     records.write_json(out_dir / "compare.json", {
@@ -84,6 +97,24 @@ def compare(config: Config, rules=DEFAULT_RULES, seeds=(0,), *, progress: str = 
                       f"{config.epochs} epochs, seeds {seeds}\n\n" + result.table(markdown=True))
     plot_compare(out_dir / "curves.png", runs, title=f"{config.dataset}, {config.architecture}")
     return result
+
+
+def _train_in_workers(configs: list[Config], out_dir: Path, workers: int) -> None:
+    """Train ``configs`` in the sweep's local pool of worker processes; a failed run is an error naming its log."""
+    from ..sweeps.local import run_local
+    from ..sweeps.spec import config_hash
+    jobs = [{"key": c.name, "hash": config_hash(c), "config": c.to_dict(), "run_dir": str(out_dir / c.name)}
+            for c in configs]
+    failed = []
+
+    def on_done(job, summary, status, seconds, attempts, error):
+        if status != "done":
+            failed.append(f"{job['key']}: {error}")
+
+    run_local(jobs, workers=workers, threads=configs[0].threads or 1, retries=0, sweep_dir=out_dir / "_workers",
+              on_done=on_done, log=lambda message: None)
+    if failed:
+        raise RuntimeError(f"compare: {len(failed)} run(s) failed: {'; '.join(failed)}")
 
 
 def _compare_dir(config: Config) -> Path:
