@@ -13,10 +13,15 @@ from dataclasses import dataclass, field
 import torch
 
 
+def linear_teacher(generator: torch.Generator, in_dim: int = 30, out_dim: int = 10) -> torch.Tensor:
+    """T of Lillicrap et al.'s linear task: ``(out_dim, in_dim)``, entries U[-1, 1], float32."""
+    return torch.rand(out_dim, in_dim, generator=generator) * 2 - 1
+
+
 def linear_task(n_train: int = 10000, n_test: int = 2000, *, seed: int = 0, in_dim: int = 30, out_dim: int = 10):
     """``(train_x, train_y, test_x, test_y)``: x float32 ``(N, in_dim)``, targets ``(N, out_dim)``; teacher from ``seed``."""
     g = torch.Generator().manual_seed(int(seed))
-    teacher = torch.rand(out_dim, in_dim, generator=g) * 2 - 1
+    teacher = linear_teacher(g, in_dim, out_dim)
     x = torch.randn(n_train + n_test, in_dim, generator=g)
     y = x @ teacher.T
     return x[:n_train], y[:n_train], x[n_train:], y[n_train:]

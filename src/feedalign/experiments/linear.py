@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import feedalign
+from feedalign.data.synthetic import linear_teacher
 from feedalign.diagnostics.angles import angle
 
 from .plotting import mean_std_band, pyplot
@@ -97,7 +98,7 @@ class Linear(SeededExperiment):
     def run_seed(self, config, seed, out):
         g = torch.Generator().manual_seed(seed)
         # float64 throughout: the errors fall to 1e-12 and below, where float32 rounding would set the angles
-        T = torch.empty(10, 30).uniform_(-1, 1, generator=g).double()
+        T = linear_teacher(g).double()
         test_x = torch.randn(config["test_size"], 30, generator=g).double()
         probe_x = torch.randn(config["probe_batch"], 30, generator=g).double()
         steps = config["examples"] // config["batch_size"]

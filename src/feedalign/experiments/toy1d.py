@@ -12,9 +12,17 @@ import torch
 from torch import nn
 
 import feedalign
+from feedalign.data.synthetic import toy1d
 
 from .plotting import pyplot
 from .base import Claim, SeededExperiment, register
+
+
+def inputs(n: int, seed: int) -> torch.Tensor:
+    """``n`` inputs of the toy task (``feedalign.data`` 'toy1d'), rescaled to E[x^2] = 1 so that the
+    solutions are exactly W0 W = 1; shape (n, 1)."""
+    x = toy1d(n_train=n, n_test=0, seed=seed)[0]
+    return x / x.pow(2).mean().sqrt()
 
 
 def make_net(rule: str, w0: float, w: float, feedback: float = 1.0) -> nn.Module:
@@ -69,9 +77,7 @@ class Toy1D(SeededExperiment):
         return d
 
     def run_seed(self, config, seed, out):
-        g = torch.Generator().manual_seed(seed)
-        x = torch.randn(config["n_x"], 1, generator=g)
-        x = x / x.pow(2).mean().sqrt()  # E[x^2] = 1, so the solutions are exactly W0 W = 1
+        x = inputs(config["n_x"], seed)
         angles = np.linspace(0, 2 * np.pi, config["starts"], endpoint=False) + 0.1 * seed
         starts = [(config["radius"] * np.cos(a), config["radius"] * np.sin(a)) for a in angles]
         result = {}
@@ -116,9 +122,7 @@ class Toy1D(SeededExperiment):
     def figure(self, config, run, out):
         plt = pyplot()
         e, n = config["extent"], config["grid"]
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(config["n_x"], 1, generator=g)
-        x = x / x.pow(2).mean().sqrt()
+        x = inputs(config["n_x"], 0)
         w0s = np.linspace(-e, e, n)
         fig, axes = plt.subplots(1, 2, figsize=(11, 5.2), sharey=True)
         branch = np.linspace(0.45, e, 100)
