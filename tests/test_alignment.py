@@ -13,7 +13,7 @@ from feedalign.diagnostics import AlignmentTable, alignment, angle
 from feedalign.diagnostics.angles import mean_row_angle
 from feedalign.rules import linear_layers
 
-RULES = ["bp", "fa", "dfa", "ifa"]
+RULES = feedalign.rules()
 COLUMNS = ("signal_angle", "signal_angle_mean", "update_angle", "weight_angle", "norm_ratio")
 
 
