@@ -200,6 +200,7 @@ def test_conv_builders():
         feedalign.nokland_conv(activation="swish2")
 
 
+@pytest.mark.slow
 def test_reproduce_family_tiny(tmp_path):
     """`feedalign reproduce family`'s own code on a tiny slice of Fashion-MNIST: every rule
     trains through it, BP's angle to the true gradient is 0, the figure is written."""
