@@ -6,23 +6,17 @@ import pytest
 # tests import shared helpers (reference.py) by name
 sys.path.insert(0, str(Path(__file__).parent))
 
-import feedalign  # noqa: E402
-from feedalign.rules import base, register  # noqa: E402
-
-import sample_rule as _sample  # noqa: E402
-
 
 @pytest.fixture
-def sample_rule(monkeypatch):
-    """Registers the test suite's own FA-type rule for one test; the registry is restored after it."""
-    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
-    register(_sample.SparseFeedbackAlignment)
-    return _sample.NAME
+def sample_rule():
+    """Registers the test suite's own FA-type rule (sample_rule.py) for one test; gone after it."""
+    import feedalign
+    from feedalign.rules import base, register
+    import sample_rule as sample
 
-
-@pytest.fixture(params=[*feedalign.rules(), _sample.NAME])
-def contract_rule(request):
-    """Every registered rule, and the test suite's own rule (registered for the test only)."""
-    if request.param == _sample.NAME:
-        request.getfixturevalue("sample_rule")
-    return request.param
+    register(sample.SparseFeedbackAlignment)
+    try:
+        yield sample.NAME
+    finally:
+        del base._REGISTRY[sample.NAME]  # the registry has no public unregister
+        assert sample.NAME not in feedalign.rules()
