@@ -279,6 +279,67 @@ def test_deepcopy_of_converted_model_learns_the_same(rule, net):
         torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0)
 
 
+def test_gradients_accumulate_across_backward_calls(rule, net):
+    """Two backward passes without zero_grad add up, as autograd's do (the fused path included)."""
+    torch.manual_seed(0)
+    net_, x, y = build(net)
+    x = x.double()
+    model = ready(feedalign.convert(net_.double(), rule), x)
+    twice, once = copy.deepcopy(model), copy.deepcopy(model)
+    for _ in range(2):
+        F.cross_entropy(twice(x), y).backward()
+    F.cross_entropy(once(x), y).backward()
+    first = [p.grad.clone() for p in once.parameters()]
+    once.zero_grad()
+    F.cross_entropy(once(x), y).backward()
+    for (name, p), g, q in zip(twice.named_parameters(), first, once.parameters()):
+        torch.testing.assert_close(p.grad, g + q.grad, msg=name)
+
+
+def test_extra_leading_dimensions_are_batch_dimensions(rule):
+    """nn.Linear takes (*, in): a (N, 1, in) input learns as the (N, in) one does."""
+    torch.manual_seed(0)
+    model = feedalign.convert(mlp_net().double(), rule)
+    flat, nested = copy.deepcopy(model), copy.deepcopy(model)
+    x, y = torch.randn(6, 5, dtype=torch.float64), torch.randint(0, 3, (6,))
+    F.cross_entropy(flat(x), y).backward()
+    F.cross_entropy(nested(x[:, None]).squeeze(1), y).backward()
+    for (name, p), q in zip(flat.named_parameters(), nested.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+def test_a_frozen_layer_gets_no_gradient_and_changes_nothing_else(rule, net):
+    """requires_grad_(False) on the first layer before convert (a fixed random first layer)."""
+    torch.manual_seed(0)
+    net_, x, y = build(net)
+    frozen = copy.deepcopy(net_)
+    first = trainable_layers(frozen)[0]
+    first.requires_grad_(False)
+    model, reference_model = feedalign.convert(frozen, rule, seed=1), feedalign.convert(net_, rule, seed=1)
+    F.cross_entropy(model(x), y).backward()
+    F.cross_entropy(reference_model(x), y).backward()
+    assert all(p.grad is None for p in trainable_layers(model)[0].parameters())
+    for (name, p), q in zip(model.named_parameters(), reference_model.parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+def test_whole_model_saves_and_loads(rule, net):
+    """torch.save of the model itself (not its state_dict) gives a model that learns the same."""
+    torch.manual_seed(0)
+    net_, x, y = build(net)
+    model = ready(feedalign.convert(net_, rule, seed=1), x)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert feedalign.rule_of(loaded) == rule
+    F.cross_entropy(model(x), y).backward()
+    F.cross_entropy(loaded(x), y).backward()
+    for (name, p), q in zip(model.named_parameters(), loaded.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0, msg=name)
+
+
 # --- state ----------------------------------------------------------------------------------
 
 def test_feedback_state_dict_round_trip_and_seed(rule, net):
