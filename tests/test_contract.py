@@ -32,8 +32,8 @@ RULES = [*feedalign.rules(), sample_rule.NAME]
 # strict: the test reports when a fix lands, and the entry must then go.
 KNOWN_FAILURES = {
     ("test_a_single_layer", "fa", None):
-        "fa: the fused path of feedalign.mlp fails in backward on a model with one nn.Linear "
-        "(IndexError in rules/fast.py; the general path works)",
+        "fa: the fused path (rules/fast.py) fails in backward on an nn.Sequential with one nn.Linear "
+        "(IndexError: tuple index out of range); with model.fast_path = False it learns",
 }
 
 
@@ -126,8 +126,6 @@ def test_conversion_errors(rule):
         feedalign.convert(nn.Sequential(nn.Tanh()), rule)
     with pytest.raises(ValueError, match="feedback_init"):
         feedalign.convert(feedalign.mlp("3-4-2"), rule, feedback_init="normal")
-    with pytest.raises(ValueError, match="nn.Module"):
-        feedalign.convert("not a model", rule)
     if not contract(rule).conv:
         with pytest.raises(ValueError):
             feedalign.convert(conv_net(), rule)
