@@ -422,6 +422,11 @@ def test_model_moves_with_to(rule, net, when):
     model.zero_grad()
     F.cross_entropy(model(x), y).backward()
     assert all(p.grad.dtype == torch.float32 for p in model.parameters())
+    model = model.to(torch.bfloat16)  # low precision: the signals stay finite and in the model's dtype
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x.to(torch.bfloat16)).float(), y).backward()
+    assert all(b.dtype == torch.bfloat16 for b in feedalign.feedback_matrices(model))
+    assert all(p.grad.dtype == torch.bfloat16 and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
