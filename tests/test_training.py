@@ -190,6 +190,12 @@ def test_every_rule_trains_through_the_engine(small, rule):
     assert s["outcome"] == "trained", s
 
 
+def test_a_rule_registered_later_trains_through_the_engine(small, sample_rule):
+    """The engine needs nothing but the registry to train a new rule (the suite's own, sample_rule.py)."""
+    s = train(small.replace(rule=sample_rule, architecture="40-32-32-10", epochs=2), progress="none").summary
+    assert s["outcome"] == "trained", s
+
+
 def test_drtp_with_a_loss_it_cannot_recover_the_target_from(small):
     s = train(small.replace(rule="drtp", architecture="40-32-32-10", loss="bce", lr=0.5), progress="none").summary
     assert s["outcome"] == "trained" and s["loss"] == "bce"
