@@ -24,7 +24,7 @@ from feedalign.rules._layers import trainable_layers
 class Contract:
     # the float64 reference the gradients must match: "bp", "feedback" (FA-type: the error
     # reaches a layer's input through its B = feedback_matrices()[k], of W's shape), "dfa",
-    # "ifa" (reference.py only), "drtp"; None: no reference (say why in a comment)
+    # "ifa" (reference.py only), "drtp"; None: none written yet (the test reports a skip; say why)
     reference: str | None = "feedback"
     conv: bool = True  # converts nn.Conv2d; False: convert must refuse a conv model
     needs_hidden: bool = False  # refuses a model with one nn.Linear
