@@ -114,7 +114,8 @@ def reference_gradients(rule, net, feedback, x, target, loss):
     ``feedback``: for FA-type rules (``fa``, ``usf``, ``brsf``, ``frsf``, ``kp``, ``wm``) one
     kernel/matrix per trainable op, used in place of W; for ``dfa``/``drtp`` one
     (out, size) matrix per trainable op but the first, whose input gets ``e B_k`` (dfa) or
-    ``t B_k / N`` (drtp, ``t`` the one-hot target); ``bp``: unused.
+    ``t B_k / N`` (drtp, ``t`` the one-hot target, or ``target`` itself where it has the
+    output's shape); ``bp``: unused.
     """
     inputs, y = forward(net, x)
     outs = inputs[1:] + [y]
@@ -122,8 +123,8 @@ def reference_gradients(rule, net, feedback, x, target, loss):
     trainable = [i for i, op in enumerate(net) if op[0] in ("conv", "linear")]
     grads = {}
     if rule in ("dfa", "drtp"):
-        if rule == "drtp":
-            source = np.eye(y.shape[1])[target] / len(target)
+        if rule == "drtp":  # t: one-hot class indices, or a target of the output's shape as given
+            source = (np.eye(y.shape[1])[target] if target.ndim == 1 else target) / len(target)
         else:
             source = error
         start = {trainable[k + 1]: (source @ feedback[k]).reshape(inputs[trainable[k + 1]].shape)

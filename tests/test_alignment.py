@@ -13,7 +13,7 @@ from feedalign.diagnostics import AlignmentTable, alignment, angle
 from feedalign.diagnostics.angles import mean_row_angle
 from feedalign.rules import linear_layers
 
-RULES = ["bp", "fa", "dfa", "ifa"]
+RULES = feedalign.rules()
 COLUMNS = ("signal_angle", "signal_angle_mean", "update_angle", "weight_angle", "norm_ratio")
 
 
@@ -234,3 +234,15 @@ def test_errors():
     shared = nn.Linear(6, 6).double()
     with pytest.raises(ValueError, match="ran twice"):
         alignment(nn.Sequential(shared, nn.Tanh(), shared), *batch(classes=6), F.cross_entropy)
+
+
+def test_a_rule_registered_later_gets_a_table(sample_rule):
+    """The suite's own FA-type rule (sample_rule.py): the table needs nothing but the rule itself."""
+    model = model_for(sample_rule)
+    table = alignment(model, *batch(), F.cross_entropy)
+    assert table.rule == sample_rule and len(table) == 3
+    for row, layer, b in zip(table, linear_layers(model), feedalign.feedback_matrices(model)):
+        assert row.weight_angle == pytest.approx(angle(layer.weight, b)[0]), row.layer
+    assert all(math.isfinite(row.signal_angle) and math.isfinite(row.update_angle) for row in table)
+    assert table[-1].signal_angle == pytest.approx(0.0, abs=1e-6)
+    assert table[0].signal_angle > 1.0

@@ -1,12 +1,13 @@
-"""The wider family (usf, brsf, frsf, kp, wm, drtp) and Conv2d for every rule, against the
-float64 NumPy reference of reference_conv.py."""
+"""What is particular to the wider family (usf, brsf, frsf, kp, wm, drtp) and to Conv2d layers.
+
+Every rule's gradients against the float64 reference of reference_conv.py (Conv2d and MLP),
+exact_gradients on conv models, and training on conv models are contract tests, run over the
+registry in test_contract.py."""
 from __future__ import annotations
 
 import copy
 import io
-import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,93 +18,7 @@ from feedalign.diagnostics.angles import angle
 from feedalign.rules import drtp, wm
 from feedalign.rules._layers import trainable_layers
 
-from reference_conv import reference_gradients
-
-FA_TYPE = ["fa", "usf", "brsf", "frsf", "kp", "wm"]
-ALL = ["bp", "dfa", "drtp", *FA_TYPE]
-ACT = {nn.Tanh: "tanh", nn.ReLU: "relu", nn.Sigmoid: "sigmoid"}
-
-
-def conv_net(bias=True):
-    return nn.Sequential(
-        nn.Conv2d(2, 3, 3, stride=2, padding=1, bias=bias), nn.Tanh(),
-        nn.Conv2d(3, 4, 3, stride=1, padding=2, dilation=2, bias=bias), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(4, 5, 2, stride=1, padding=1, bias=bias), nn.Sigmoid(), nn.Flatten(),
-        nn.Linear(5 * 3 * 3, 6, bias=bias), nn.Tanh(), nn.Linear(6, 3, bias=bias))
-
-
-def mlp_net(bias=True):
-    return feedalign.mlp("5-7-6-4-3", activation="tanh", bias=bias)
-
-
-def numpy_ops(model):
-    ops = []
-    for m in model:
-        if isinstance(m, nn.Conv2d):
-            ops.append(("conv", m.weight.detach().numpy(), None if m.bias is None else m.bias.detach().numpy(),
-                        m.stride[0], m.padding[0], m.dilation[0]))
-        elif isinstance(m, nn.Linear):
-            ops.append(("linear", m.weight.detach().numpy(), None if m.bias is None else m.bias.detach().numpy()))
-        elif isinstance(m, nn.MaxPool2d):
-            ops.append(("pool",))
-        elif isinstance(m, nn.Flatten):
-            ops.append(("flatten",))
-        else:
-            ops.append(("act", ACT[type(m)]))
-    return ops
-
-
-def expected_feedback(rule, model):
-    """The B the reference uses, written from W and the layer's stored state, not from the layer's code."""
-    layers = trainable_layers(model)
-    if rule == "usf":
-        out = []
-        for layer in layers:
-            w = layer.weight.detach().numpy()
-            fan_in, fan_out = w[0].size, w.shape[0] * w[0, 0].size if w.ndim == 4 else w.shape[0]
-            out.append(np.sign(w) * math.sqrt(2.0 / (fan_in + fan_out)))
-        return out
-    if rule == "frsf":
-        return [layer.feedback_magnitude.numpy() * np.sign(layer.weight.detach().numpy()) for layer in layers]
-    if rule == "brsf":
-        return [layer.magnitude().numpy() * np.sign(layer.weight.detach().numpy()) for layer in layers]
-    return [b.detach().numpy() for b in feedalign.feedback_matrices(model)]
-
-
-def check(rule, net, x, target, loss="cross_entropy", scale=0.8):
-    kwargs = {} if rule in ("bp", "usf", "brsf", "frsf") else {"feedback_scale": scale}
-    model = feedalign.convert(net.double(), rule, seed=3, **kwargs)
-    with torch.no_grad():
-        model(x)  # sizes the DFA/DRTP feedback of Conv2d models
-    feedback = expected_feedback(rule, model)
-    ops = numpy_ops(model)
-    expected = reference_gradients(rule, ops, feedback, x.numpy(), target.numpy(), loss)
-    output = model(x)
-    (F.mse_loss(output, target) if loss == "mse" else F.cross_entropy(output, target)).backward()
-    for l, (layer, (gw, gb)) in enumerate(zip(trainable_layers(model), expected)):
-        np.testing.assert_allclose(layer.weight.grad.numpy(), gw, rtol=1e-6, atol=1e-10, err_msg=f"{rule} W{l + 1}")
-        if layer.bias is not None:
-            np.testing.assert_allclose(layer.bias.grad.numpy(), gb, rtol=1e-6, atol=1e-10, err_msg=f"{rule} b{l + 1}")
-    return model
-
-
-@pytest.mark.parametrize("rule", ALL)
-@pytest.mark.parametrize("bias", [True, False])
-def test_conv_gradients_match_reference(rule, bias):
-    torch.manual_seed(1 + bias)
-    x = torch.randn(4, 2, 9, 9, dtype=torch.float64)
-    check(rule, conv_net(bias), x, torch.randint(0, 3, (4,)))
-
-
-# drtp recovers the target from cross-entropy's error only; MSE goes through its
-# target context, tested in test_drtp_target_context_and_recovery_errors.
-@pytest.mark.parametrize("rule, loss", [(rule, loss) for rule in ALL for loss in ("mse", "cross_entropy")
-                                        if (rule, loss) != ("drtp", "mse")])
-def test_linear_gradients_match_reference(rule, loss):
-    torch.manual_seed(5)
-    x = torch.randn(6, 5, dtype=torch.float64)
-    target = torch.randn(6, 3, dtype=torch.float64) if loss == "mse" else torch.randint(0, 3, (6,))
-    check(rule, mlp_net(), x, target, loss)
+from contracts import conv_net, mlp_net
 
 
 def test_drtp_target_context_and_recovery_errors():
@@ -227,20 +142,6 @@ def test_sign_symmetry_follows_current_weights(rule):
         assert torch.equal(torch.sign(b), torch.sign(layer.weight))
 
 
-@pytest.mark.parametrize("rule", ALL)
-def test_exact_gradients_on_conv_models(rule):
-    torch.manual_seed(0)
-    net = conv_net().double()
-    model = feedalign.convert(net, rule)
-    x, y = torch.randn(3, 2, 9, 9, dtype=torch.float64), torch.randint(0, 3, (3,))
-    F.cross_entropy(net(x), y).backward()
-    with feedalign.exact_gradients(model):
-        F.cross_entropy(model(x), y).backward()
-    for layer, twin in zip(trainable_layers(net), trainable_layers(model)):
-        torch.testing.assert_close(layer.weight.grad, twin.weight.grad)
-        torch.testing.assert_close(layer.bias.grad, twin.bias.grad)
-
-
 def test_groups_dilation_same_padding_against_autograd():
     """With B set to W, the feedback convolution is backprop for any stride/padding/dilation/groups."""
     torch.manual_seed(0)
@@ -286,25 +187,6 @@ def test_ifa_refuses_conv():
         feedalign.convert(conv_net(), "ifa")
 
 
-@pytest.mark.parametrize("rule", ["usf", "brsf", "frsf", "kp", "wm", "drtp"])
-def test_new_rules_keep_forward_and_train(rule):
-    torch.manual_seed(0)
-    net = conv_net()
-    model = feedalign.convert(net, rule)
-    x = torch.randn(32, 2, 9, 9)
-    y = x.flatten(1)[:, :3].argmax(1)  # learnable labels: random ones make "the loss falls" a coin toss
-    torch.testing.assert_close(model(x), net(x))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    first = F.cross_entropy(model(x), y).item()
-    for _ in range(20):
-        optimizer.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-        if rule == "wm":
-            wm.mirror(model, 1)
-    assert F.cross_entropy(model(x), y).item() < first
-
-
 def test_conv_builders():
     assert feedalign.lenet5()(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     assert feedalign.lenet5(3, 5, "relu", input_size=32)(torch.zeros(1, 3, 32, 32)).shape == (1, 5)
@@ -318,6 +200,7 @@ def test_conv_builders():
         feedalign.nokland_conv(activation="swish2")
 
 
+@pytest.mark.slow
 def test_reproduce_family_tiny(tmp_path):
     """`feedalign reproduce family`'s own code on a tiny slice of Fashion-MNIST: every rule
     trains through it, BP's angle to the true gradient is 0, the figure is written."""

@@ -1,7 +1,8 @@
 """`feedalign reproduce`: every experiment's quick size asserts its paper's qualitative claim.
 
 One seed each to keep the file's total well under a minute and a half on 2 cores.
-MNIST experiments are skipped when feedalign.data cannot load MNIST here.
+MNIST experiments are skipped when feedalign.data cannot load MNIST here. The runs are
+marked ``slow`` (``pytest -m "not slow"`` leaves them out; the default suite runs them).
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ def test_registry_in_priority_order():
     assert [n for n in names if n in EXPECTED] == EXPECTED  # others may register more (e.g. family)
 
 
+@pytest.mark.slow
 def test_toy1d_quick(out):
     r = run_experiment("toy1d", quick=True, out=out, seeds=1, log=lambda *a: None)
     assert_reproduced(r, "fa_solutions", "bp_solutions", "fa_zero_branch", "fa_zero_product", "bp_zero_stuck")
@@ -57,6 +59,7 @@ def test_toy1d_quick(out):
     assert saved["key"] == r["key"] and saved["config"]["size"] == "quick"
 
 
+@pytest.mark.slow
 def test_resume_skips_current_result_and_force_reruns(out, monkeypatch):
     first = json.loads((out / "toy1d" / "results.json").read_text()) if (out / "toy1d").exists() else \
         run_experiment("toy1d", quick=True, out=out, seeds=1, log=lambda *a: None)
@@ -87,6 +90,7 @@ def test_package_hash_covers_every_source_file(tmp_path):
     assert package_hash(root) == before
 
 
+@pytest.mark.slow
 def test_linear_quick(out):
     r = run_experiment("linear", quick=True, out=out, seeds=1, log=lambda *a: None)
     assert_reproduced(r, "fa_error", "shallow_error", "angle_start", "angle_end", "angle_pbp", "theorem")
@@ -94,10 +98,12 @@ def test_linear_quick(out):
     assert run["angle_fa_bp"][-1] < 60 and run["fa_error"][-1] < 0.01 * run["fa_error"][0]
 
 
+@pytest.mark.slow
 def test_review_fa_quick(out, mnist):
     assert_reproduced(run_experiment("review-fa", quick=True, out=out, seeds=1, log=lambda *a: None), "fa_val_acc", "fa_gap")
 
 
+@pytest.mark.slow
 def test_review_dfa_and_hidden_activations_quick(out, mnist):
     r = run_experiment("review-dfa", quick=True, out=out, seeds=1, log=lambda *a: None)
     assert_reproduced(r, "dfa_val_acc", "dfa_gap")
@@ -105,15 +111,18 @@ def test_review_dfa_and_hidden_activations_quick(out, mnist):
     assert (out / "hidden-activations" / "hidden-activations.png").exists() and len(h["claims"]) == 8
 
 
+@pytest.mark.slow
 def test_mnist_fa_quick(out, mnist):
     assert_reproduced(run_experiment("mnist-fa", quick=True, out=out, seeds=1, log=lambda *a: None), "ordering")
 
 
+@pytest.mark.slow
 def test_deep100_quick(out, mnist):
     assert_reproduced(run_experiment("deep100", quick=True, out=out, seeds=1, log=lambda *a: None),
                       "dfa_trains", "bp_stalls", "loss_gap")
 
 
+@pytest.mark.slow
 def test_sensitivity_quick(out):
     r = run_experiment("sensitivity", quick=True, out=out, seeds=1, log=lambda *a: None)
     observations = {c["key"].split(":")[0] for c in r["claims"]}
@@ -128,16 +137,19 @@ def test_sensitivity_quick(out):
     assert report.count("(init-lr sweep)") >= 15 and "weight decay is essential" in report
 
 
+@pytest.mark.slow
 def test_fixed_first_layer_quick(out, mnist):
     assert_reproduced(run_experiment("fixed-first-layer", quick=True, out=out, seeds=1, log=lambda *a: None),
                       "dfa_fixed_trains", "dfa_full_trains")
 
 
+@pytest.mark.slow
 def test_nokland_mnist_quick(out, mnist):
     r = run_experiment("nokland-mnist", quick=True, out=out, seeds=1, log=lambda *a: None)
     assert_reproduced(r, "1x100_all_train", "2x100_all_train")
 
 
+@pytest.mark.slow
 def test_all_writes_docs_from_results(out, tmp_path):
     run_all(quick=True, out=out, seeds=1, docs=tmp_path / "docs", only=["toy1d", "linear"], log=lambda *a: None)
     page = (tmp_path / "docs" / "reproduction.md").read_text()
@@ -150,6 +162,7 @@ def test_all_writes_docs_from_results(out, tmp_path):
     assert json.loads((tmp_path / "docs" / "reports" / "toy1d" / "results.json").read_text())["experiment"] == "toy1d"
 
 
+@pytest.mark.slow
 def test_cli(out, capsys):
     assert main(["reproduce", "--list"]) == 0
     assert "toy1d" in capsys.readouterr().out

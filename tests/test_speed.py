@@ -1,10 +1,17 @@
-"""`feedalign bench --smoke` runs end to end (no timing assertions: the machine is shared)."""
+"""`feedalign bench --smoke` runs end to end, and bench handles every registered rule (no timing
+assertions: the machine is shared)."""
 from __future__ import annotations
 
 import json
 
+import pytest
+import torch
+
+import feedalign
 import feedalign.bench
 from feedalign.cli import main
+
+from contracts import contract
 
 
 def test_bench_smoke(tmp_path, capsys):
@@ -29,3 +36,28 @@ def test_step_flops_counts_fewer_matmuls_for_dfa():
 def test_bench_rejects_bad_input(capsys):
     assert main(["bench", "--smoke", "--rules", "nope"]) == 2
     assert main(["bench", "--sizes", "784-x-10"]) == 2
+
+
+def test_bench_times_every_registered_rule(sample_rule):
+    """Every rule in the registry, the suite's own rule included, trains through bench's step."""
+    rows = feedalign.bench.bench_size("20-16x3-5:8", feedalign.rules(), torch.device("cpu"), rounds=1,
+                                      min_round_s=0.001, ceiling=1e9, log=lambda *args: None)
+    assert [r.rule for r in rows] == ["bp"] + [r for r in feedalign.rules() if r != "bp"]
+    assert sample_rule in {r.rule for r in rows}
+    assert all(r.step_ms > 0 and r.ratio > 0 and r.gflops > 0 for r in rows)
+    assert all(r.fast_path for r in rows if contract(r.rule).fast_path)
+
+
+@pytest.mark.parametrize("rule", feedalign.rules())
+def test_step_flops_counts_at_least_forward_and_weight_gradients(rule):
+    widths = [784, 240, 240, 10]
+    forward = 2 * 64 * sum(i * o for i, o in zip(widths[:-1], widths[1:]))
+    assert feedalign.bench.step_flops(widths, 64, rule) >= 2 * forward
+
+
+@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
+                   reason="bench.step_flops counts a rule it does not know as FA instead of refusing it "
+                          "(issue 17: FLOPs by rule name, bench.py)")
+def test_step_flops_refuses_an_unknown_rule():
+    with pytest.raises(ValueError, match="nope"):
+        feedalign.bench.step_flops([20, 16, 5], 8, "nope")

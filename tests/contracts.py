@@ -1,0 +1,113 @@
+"""What the contract tests expect of each registered rule, written as data.
+
+Every rule in ``feedalign.rules()`` runs the contract tests of test_contract.py. A rule
+gets :data:`DEFAULT` (every check, with the FA-type float64 reference: one feedback
+matrix per layer, of its weight's shape) unless it is listed in :data:`CONTRACTS`; an
+entry states how the rule's contract differs, so nothing is skipped silently.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Callable
+
+import numpy as np
+import torch.nn.functional as F
+from torch import nn
+
+import feedalign
+from feedalign.rules import drtp, wm
+from feedalign.rules._layers import trainable_layers
+
+
+@dataclasses.dataclass(frozen=True)
+class Contract:
+    # the float64 reference the gradients must match: "bp", "feedback" (FA-type: the error
+    # reaches a layer's input through its B = feedback_matrices()[k], of W's shape), "dfa",
+    # "ifa" (reference.py only), "drtp"; None: none written yet (the test reports a skip; say why)
+    reference: str | None = "feedback"
+    conv: bool = True  # converts nn.Conv2d; False: convert must refuse a conv model
+    needs_hidden: bool = False  # refuses a model with one nn.Linear
+    has_feedback: bool = True  # feedback_matrices() is not empty
+    seeded: bool = True  # the feedback is drawn from convert's seed
+    trained_feedback: bool = False  # the feedback matrices are parameters the optimizer trains
+    counters: tuple[str, ...] = ()  # buffers that every backward pass changes
+    fast_path: bool = False  # feedalign.mlp models train through the fused path
+    # backward recovers what it needs from a mean-reduced cross-entropy; any other loss
+    # needs ``context(model, y)`` around the forward pass
+    target_context: Callable | None = None
+    after_step: Callable[[nn.Module], object] | None = None  # run after each optimizer step
+    feedback_from_weights: bool = False  # B is computed from the current W (changes as W trains)
+    # the FA-type reference's B written independently of the rule's code, from W and the
+    # layer's stored state (then the rule's default feedback scale is used); None: feedback_matrices()
+    reference_feedback: Callable[[nn.Module], list[np.ndarray]] | None = None
+
+
+def _usf_feedback(model):
+    out = []
+    for layer in trainable_layers(model):
+        w = layer.weight.detach().numpy()
+        fan_in, fan_out = w[0].size, w.shape[0] * w[0, 0].size if w.ndim == 4 else w.shape[0]
+        out.append(np.sign(w) * np.sqrt(2.0 / (fan_in + fan_out)))
+    return out
+
+
+def _brsf_feedback(model):  # the magnitude of the next draw, with the signs of the current W
+    return [layer.magnitude().numpy() * np.sign(layer.weight.detach().numpy()) for layer in trainable_layers(model)]
+
+
+def _frsf_feedback(model):
+    return [layer.feedback_magnitude.numpy() * np.sign(layer.weight.detach().numpy())
+            for layer in trainable_layers(model)]
+
+
+DEFAULT = Contract()
+
+CONTRACTS = {
+    "bp": Contract(reference="bp", has_feedback=False, seeded=False),
+    "fa": Contract(fast_path=True),
+    "dfa": Contract(reference="dfa", needs_hidden=True, fast_path=True),
+    "ifa": Contract(reference="ifa", conv=False, needs_hidden=True, fast_path=True),
+    "usf": Contract(seeded=False, feedback_from_weights=True, reference_feedback=_usf_feedback),  # B = s sign(W)
+    "brsf": Contract(counters=("feedback_draws",), feedback_from_weights=True,  # R redrawn every backward
+                     reference_feedback=_brsf_feedback),
+    "frsf": Contract(feedback_from_weights=True, reference_feedback=_frsf_feedback),
+    "kp": Contract(trained_feedback=True),
+    "wm": Contract(after_step=lambda model: wm.mirror(model, 1)),
+    "drtp": Contract(reference="drtp", needs_hidden=True, target_context=drtp.target),
+}
+
+
+def contract(rule: str) -> Contract:
+    return CONTRACTS.get(rule, DEFAULT)
+
+
+def forward(model: nn.Module, rule: str, x, y):
+    """``model(x)``, inside the rule's target context where it has one (so any loss may follow)."""
+    context = contract(rule).target_context
+    with (context(model, y) if context else contextlib.nullcontext()):
+        return model(x)
+
+
+def train_steps(model: nn.Module, rule: str, x, y, optimizer, steps: int) -> None:
+    """``steps`` plain training steps with cross-entropy, and the rule's after-step hook."""
+    after = contract(rule).after_step
+    for _ in range(steps):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        if after is not None:
+            after(model)
+
+
+def mlp_net(bias: bool = True) -> nn.Module:
+    return feedalign.mlp("5-7-6-4-3", activation="tanh", bias=bias)
+
+
+def conv_net(bias: bool = True) -> nn.Module:
+    """Strided, padded, dilated convolutions, max-pooling, three activations; input (N, 2, 9, 9), 3 classes."""
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, stride=2, padding=1, bias=bias), nn.Tanh(),
+        nn.Conv2d(3, 4, 3, stride=1, padding=2, dilation=2, bias=bias), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 5, 2, stride=1, padding=1, bias=bias), nn.Sigmoid(), nn.Flatten(),
+        nn.Linear(5 * 3 * 3, 6, bias=bias), nn.Tanh(), nn.Linear(6, 3, bias=bias))
