@@ -185,6 +185,7 @@ def sequential(tmp_path_factory, mnist):
     return run_experiment("mnist-fa", quick=True, out=out, seeds=1, workers=1, log=lambda *a: None)
 
 
+@pytest.mark.slow
 def test_parallel_runs_give_the_sequential_numbers(sequential, tmp_path):
     parallel = run_experiment("mnist-fa", quick=True, out=tmp_path, seeds=1, workers=2, log=lambda *a: None)
     assert parallel["key"] == sequential["key"] and parallel["workers"] == 2
@@ -195,6 +196,7 @@ def test_parallel_runs_give_the_sequential_numbers(sequential, tmp_path):
         assert _curves(Path(other["run_dir"])) == _curves(Path(history["run_dir"]))
 
 
+@pytest.mark.slow
 def test_interrupted_reproduction_continues_from_checkpoints(sequential, tmp_path):
     """SIGKILL `feedalign reproduce` (and with it its workers) mid-run; the rerun resumes, not restarts."""
     import os

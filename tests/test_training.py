@@ -271,3 +271,19 @@ def test_constant_weight_decay_subtracts_the_coefficient_after_each_step():
         optimizer.step()
     for p, b in zip(model.parameters(), before):
         torch.testing.assert_close(p.detach(), b - 0.03)
+
+
+def test_named_convolutional_architecture_trains_on_images(tmp_path):
+    """architecture = 'lenet5': the data stays (N, 1, 28, 28), every rule that converts Conv2d runs it."""
+    import feedalign.data
+    try:
+        feedalign.data.load("mnist", download=False)
+    except feedalign.data.DatasetError as err:
+        pytest.skip(str(err).splitlines()[0])
+    config = Config(dataset="mnist", architecture="lenet5", rule="dfa", epochs=1, train_size=256, test_size=100,
+                    validation_size=100, lr=0.05, alignment_every=2, threads=1, out_dir=str(tmp_path))
+    result = train(config, progress="none")
+    assert any(isinstance(m, torch.nn.Conv2d) for m in result.model.modules())
+    assert result.summary["epochs_completed"] == 1 and (result.run_dir / "alignment.jsonl").stat().st_size > 0
+    with pytest.raises(ValueError, match="'lenet5' classifies images; mnist1d is not"):
+        train(config.replace(dataset="mnist1d"), progress="none")

@@ -104,3 +104,19 @@ def nokland_conv(in_channels: int = 3, num_classes: int = 10, activation: str = 
     layers += [nn.Flatten(), nn.Linear(channels * size * size, 2048), act(), nn.Linear(2048, 2048), act(),
                nn.Linear(2048, num_classes)]
     return nn.Sequential(*layers)
+
+
+# Architectures a run config can name instead of an MLP size string: builder(in_channels, num_classes, activation,
+# input_size) for (N, C, H, W) images.
+NAMED_ARCHITECTURES = {"lenet5": lenet5, "nokland-conv": nokland_conv}
+
+
+def build_architecture(architecture: str, activation: str, input_shape: tuple, num_classes: int) -> nn.Module:
+    """``mlp(architecture)`` or the named convolutional network for inputs of ``input_shape`` = (C, H, W)."""
+    if architecture not in NAMED_ARCHITECTURES:
+        return mlp(architecture, activation)
+    if len(input_shape) != 3 or input_shape[1] != input_shape[2]:
+        raise ValueError(f"architecture {architecture!r} needs square images (C, H, W); the dataset's inputs "
+                         f"have shape {tuple(input_shape)}")
+    return NAMED_ARCHITECTURES[architecture](in_channels=input_shape[0], num_classes=num_classes,
+                                             activation=activation, input_size=input_shape[1])

@@ -42,7 +42,9 @@ def resolve_device(name: str) -> torch.device:
 def load_data(config: Config):
     """The dataset's :class:`feedalign.data.DataSplits` (a DatasetError is a ValueError)."""
     from ..data import load  # lazily: the data layer is optional for importing this module
-    kwargs = {"data_dir": config.data_dir, "seed": config.seed, "standardize": config.standardize, "flatten": True}
+    from ..models import NAMED_ARCHITECTURES
+    kwargs = {"data_dir": config.data_dir, "seed": config.seed, "standardize": config.standardize,
+              "flatten": config.architecture not in NAMED_ARCHITECTURES}  # the named networks are convolutional
     if config.validation_size is not None:
         kwargs["validation_size"] = config.validation_size
     data = load(config.dataset, **kwargs)
@@ -55,8 +57,14 @@ def load_data(config: Config):
 
 def check_fit(config: Config, data) -> str:
     """Check architecture and loss against the dataset; return the resolved loss name."""
-    from ..models import parse_sizes
-    sizes = parse_sizes(config.architecture)
+    from ..models import NAMED_ARCHITECTURES, parse_sizes
+    if config.architecture in NAMED_ARCHITECTURES:
+        if data.task != "classification" or len(data.input_shape) != 3:
+            raise ValueError(f"architecture {config.architecture!r} classifies images; {data.name} is not an image "
+                             "classification dataset")
+        sizes = [data.input_size, data.output_size]
+    else:
+        sizes = parse_sizes(config.architecture)
     if sizes[0] != data.input_size or sizes[-1] != data.output_size:
         raise ValueError(
             f"architecture {config.architecture!r} does not fit {data.name}: it needs input size {data.input_size} and "
@@ -72,13 +80,17 @@ def check_fit(config: Config, data) -> str:
 
 
 def build_model(config: Config, device: torch.device) -> nn.Module:
-    """``mlp(architecture, activation)`` initialized as ``config.init`` says, converted with ``config.rule``."""
+    """``mlp(architecture, activation)`` (or the named network, for the dataset's image shape), its linear
+    layers initialized as ``config.init`` says, converted with ``config.rule``."""
     from ..convert import convert
-    from ..models import mlp
+    from ..data import REGISTRY
+    from ..models import build_architecture
     seeds = derived_seeds(config.seed)
+    spec = REGISTRY.get(config.dataset)
+    shape, classes = (spec.input_shape, spec.num_classes) if spec is not None else ((), None)
     with torch.random.fork_rng(devices=[]):  # the default init draws from the global generator; leave it be
         torch.manual_seed(seeds["forward"])
-        model = mlp(config.architecture, config.activation)
+        model = build_architecture(config.architecture, config.activation, shape, classes)
     generator = torch.Generator().manual_seed(seeds["forward"])
     for layer in (m for m in model.modules() if isinstance(m, nn.Linear)):
         w = config.init_scale if config.init_scale is not None else 1.0 / math.sqrt(layer.in_features)

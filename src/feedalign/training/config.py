@@ -42,7 +42,8 @@ class Config:
     train_size: int | None = _f(None, "train on the first N examples of the training split only (default: all)")
     test_size: int | None = _f(None, "evaluate on the first N test examples only (default: all)")
     # model
-    architecture: str = _f("784-256-256-10", "layer sizes, e.g. 784-800-10 or 784-240x7-10; ends must fit the dataset")
+    architecture: str = _f("784-256-256-10", "layer sizes, e.g. 784-800-10 or 784-240x7-10 (ends must fit the "
+                                             "dataset), or a named network: lenet5, nokland-conv")
     activation: str = _f("tanh", "hidden activation: tanh, relu, sigmoid, ...")
     init: str = _f("default", "forward weight init: default (PyTorch), uniform U[-w,w], gaussian N(0,w^2), zero")
     init_scale: float | None = _f(None, "w of the uniform/gaussian init (default 1/sqrt(fan_in)); biases follow")
@@ -132,13 +133,14 @@ class Config:
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
-        from ..models import ACTIVATIONS, parse_sizes
+        from ..models import ACTIVATIONS, NAMED_ARCHITECTURES, parse_sizes
         from ..rules import rules
         if self.rule not in rules():
             raise ValueError(f"rule must be one of {', '.join(rules())}; got {self.rule!r}")
         if self.activation.lower() not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(sorted(ACTIVATIONS))}; got {self.activation!r}")
-        parse_sizes(self.architecture)
+        if self.architecture not in NAMED_ARCHITECTURES:
+            parse_sizes(self.architecture)
         if not _DEVICE.match(self.device):
             raise ValueError(f"device must be cpu, cuda, cuda:N or auto; got {self.device!r}")
         if not self.dataset.strip():
