@@ -48,6 +48,7 @@ def run_history(run_dir: Path) -> dict:
         "val_error": [_percent(r.get("val_accuracy")) for r in rows],
         "test_error_curve": [_percent(r.get("test_accuracy")) for r in rows],
     }
+    history.update(_alignment_curve(run_dir / "alignment.jsonl"))
     at_best = summary.get("test_error_at_best")
     history.update(test_error=nan if at_best is None else 100.0 * at_best, best_epoch=summary.get("best_epoch"),
                    final_test_error=nan if summary.get("final_test_error") is None
@@ -55,6 +56,22 @@ def run_history(run_dir: Path) -> dict:
                    outcome=summary.get("outcome"), seconds_per_epoch=summary.get("seconds_per_epoch"),
                    run_dir=str(run_dir))
     return history
+
+
+def _alignment_curve(path: Path) -> dict:
+    """``update_angle`` (degrees) at each ``alignment_step``: the angle between the rule's weight update and the
+    true gradient, mean over the hidden layers (the output layer gets its true gradient under every rule)."""
+    rows = read_jsonl(path)
+    by_step: dict[int, list[dict]] = {}
+    for row in rows:
+        by_step.setdefault(row["step"], []).append(row)
+    steps, angles = [], []
+    for step, layers in sorted(by_step.items()):
+        output = max(r["layer"] for r in layers)
+        values = [r["update_angle"] for r in layers if r["layer"] != output and r.get("update_angle") is not None]
+        steps.append(step)
+        angles.append(sum(values) / len(values) if values else float("nan"))
+    return {"alignment_steps": steps, "update_angle": angles}
 
 
 class TrainingExperiment(Experiment):
