@@ -230,7 +230,7 @@ def test_a_run_directory_that_fails_while_being_created_is_removed(small, monkey
     def disk_full(path, text):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(engine, "atomic_write_text", disk_full)
+    monkeypatch.setattr(engine, "atomic_write", disk_full)
     with pytest.raises(OSError):
         train(small, progress="none")
     out = __import__("pathlib").Path(small.out_dir)

@@ -12,12 +12,12 @@ so a run with the callback follows the same trajectory as one without.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
 from pathlib import Path
 
+from ..files import jsonl_line, read_jsonl, write_jsonl
 from .alignment import alignment
 
 FILE_NAME = "alignment.jsonl"
@@ -49,10 +49,10 @@ class AlignmentCallback:
         x, y = (data.val_x, data.val_y) if len(data.val_x) else (data.test_x, data.test_y)
         self.probe = (x[:self.probe_size].to(run.device), y[:self.probe_size].to(run.device))
         self.path = Path(run.run_dir) / FILE_NAME
-        rows = _read(self.path)
+        rows = read_jsonl(self.path)
         kept = [r for r in rows if r["step"] <= run.step]  # a resume drops what came after its checkpoint
         if len(kept) != len(rows):
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            write_jsonl(self.path, kept)
         if not any(r["step"] == run.step for r in kept):
             self._measure(run.step, run.model)
 
@@ -72,21 +72,12 @@ class AlignmentCallback:
             warnings.warn(f"alignment logging stopped at step {step}: {err}", RuntimeWarning, stacklevel=2)
             self.every = 0
             return
-        lines = []
-        for row in table.to_dicts():
-            row = {"step": step, "epoch": self.run.epoch, "rule": table.rule, **row}
-            lines.append(json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v
-                                     for k, v in row.items()}) + "\n")
+        lines = [jsonl_line({"step": step, "epoch": self.run.epoch, "rule": table.rule, **row})
+                 for row in table.to_dicts()]
         with open(self.path, "a") as f:
             f.writelines(lines)
         self.seconds += time.perf_counter() - start
         self.measurements += 1
-
-
-def _read(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def read_alignment(run_dir: str | Path) -> list[dict]:
@@ -95,7 +86,7 @@ def read_alignment(run_dir: str | Path) -> list[dict]:
     if not path.is_file():
         raise ValueError(f"{str(run_dir)!r} has no {FILE_NAME}; train it with alignment logging "
                          "(`feedalign train --alignment-every N`)")
-    rows = _read(path)
+    rows = read_jsonl(path)
     for row in rows:
         for key, value in row.items():
             if value is None and key != "reason":

@@ -89,7 +89,7 @@ def plot_alignment(run_dirs, path, metric: str = "signal_angle") -> Path:
 
 def plot_curves(run_dirs, path, metric: str = "accuracy", split: str = "val") -> Path:
     """``split`` ``metric`` (accuracy or loss) per epoch from each run's metrics.jsonl, one line per run."""
-    from ..training.records import read_jsonl
+    from ..files import read_jsonl
     if metric not in ("accuracy", "loss") or split not in ("train", "val", "test"):
         raise ValueError(f"curves: metric must be accuracy or loss and split train, val or test; got {metric}, {split}")
     plt = _pyplot()
