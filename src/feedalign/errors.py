@@ -25,3 +25,9 @@ class DatasetError(FeedalignError, ValueError):
 
 class RunDirError(FeedalignError, ValueError):
     """A run or sweep directory (or a file in it) that is not what the command needs."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of ``err``'s message (its class name if it has none): how errors are shown in one line."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

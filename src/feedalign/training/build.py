@@ -88,8 +88,11 @@ def build_model(config: Config, device: torch.device) -> nn.Module:
                     p.copy_(torch.empty(p.shape).uniform_(-w, w, generator=generator))
                 else:
                     p.copy_(torch.empty(p.shape).normal_(0.0, w, generator=generator))
-    model = convert(model, config.rule, seed=seeds["feedback"], feedback_init=config.feedback_init,
-                    feedback_scale=config.feedback_scale, inplace=True)
+    try:
+        model = convert(model, config.rule, seed=seeds["feedback"], feedback_init=config.feedback_init,
+                        feedback_scale=config.feedback_scale, inplace=True)
+    except ValueError as err:  # the rule refuses this network (e.g. dfa without a hidden layer): a setting to change
+        raise ConfigError(f"rule {config.rule!r} cannot train architecture {config.architecture!r}: {err}") from err
     return model.to(device)
 
 
