@@ -14,6 +14,7 @@ import io
 import json
 from pathlib import Path
 
+from ..errors import RunDirError
 from ..files import atomic_write, read_jsonl, write_json
 
 OUTCOME_LETTERS = {"trained": "T", "refused": "R", "collapsed": "C", "diverged": "D", "crashed": "X", "invalid": "I"}
@@ -76,6 +77,6 @@ def read_results(source) -> tuple[list[dict], list[str]]:
     if path.is_dir():
         path = path / "results.json"
     if not path.is_file():
-        raise ValueError(f"no sweep results at {str(path)!r}; run the sweep first")
+        raise RunDirError(f"no sweep results at {str(path)!r}; run the sweep first")
     data = json.loads(path.read_text())
     return list(data["runs"]), list(data.get("swept", []))
