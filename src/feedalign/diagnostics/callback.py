@@ -17,6 +17,7 @@ import time
 import warnings
 from pathlib import Path
 
+from ..errors import ConfigError, ConfigTypeError, RunDirError
 from ..files import jsonl_line, read_jsonl, write_jsonl
 from .alignment import alignment
 
@@ -32,10 +33,12 @@ class AlignmentCallback:
     """
 
     def __init__(self, every: int = 200, probe_size: int = 256):
-        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
-            raise ValueError(f"alignment interval must be a whole number of steps >= 0 (0 disables); got {every!r}")
-        if isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 1:
-            raise ValueError(f"alignment probe size must be a positive integer; got {probe_size!r}")
+        for value, what, low in ((every, "alignment interval must be a whole number of steps >= 0 (0 disables)", 0),
+                                 (probe_size, "alignment probe size must be a positive integer", 1)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigTypeError(f"{what}; got {value!r}")
+            if value < low:
+                raise ConfigError(f"{what}; got {value!r}")
         self.every, self.probe_size = every, probe_size
         self.run = None
         self.seconds = 0.0  # time spent measuring, for overhead reports
@@ -81,11 +84,11 @@ class AlignmentCallback:
 
 
 def read_alignment(run_dir: str | Path) -> list[dict]:
-    """The rows of ``RUN_DIR/alignment.jsonl`` (null angles back to NaN); ValueError if the run has none."""
+    """The rows of ``RUN_DIR/alignment.jsonl`` (null angles back to NaN); RunDirError if the run has none."""
     path = Path(run_dir) / FILE_NAME
     if not path.is_file():
-        raise ValueError(f"{str(run_dir)!r} has no {FILE_NAME}; train it with alignment logging "
-                         "(`feedalign train --alignment-every N`)")
+        raise RunDirError(f"{str(run_dir)!r} has no {FILE_NAME}; train it with alignment logging "
+                          "(`feedalign train --alignment-every N`)")
     rows = read_jsonl(path)
     for row in rows:
         for key, value in row.items():

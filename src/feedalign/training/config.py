@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ConfigError, ConfigTypeError
+from ..errors import ConfigError, ConfigTypeError, first_line
 
 # Choices of the string-valued settings; checked by Config.validate().
 CHOICES = {
@@ -200,7 +200,10 @@ def read_mapping(path: str | Path, *, what: str) -> dict:
     suffix = path.suffix.lower()
     if suffix not in (".toml", ".yaml", ".yml"):
         raise ConfigError(f"{what} {str(path)!r}: expected a .toml, .yaml or .yml file")
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {str(path)!r} is not UTF-8 text") from None
     try:
         if suffix == ".toml":
             try:
@@ -213,9 +216,8 @@ def read_mapping(path: str | Path, *, what: str) -> dict:
             values = yaml.safe_load(text)
             values = {} if values is None else values
     except Exception as err:  # tomllib.TOMLDecodeError and yaml.YAMLError alike
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"{what} {str(path)!r} does not parse: {first}") from None
+        raise ConfigError(f"{what} {str(path)!r} does not parse: {first_line(err)}") from None
     if not isinstance(values, dict):
-        raise ConfigError(f"{what} {str(path)!r}: expected a table of settings (key = value) at the top, "
-                         f"got {type(values).__name__}")
+        raise ConfigTypeError(f"{what} {str(path)!r}: expected a table of settings (key = value) at the top, "
+                              f"got {type(values).__name__}")
     return values
