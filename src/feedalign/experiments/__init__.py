@@ -9,14 +9,10 @@ import importlib
 
 from .base import Claim, Experiment, experiment_config, experiments, get_experiment, register, run_experiment
 
-# Experiment modules, each registering itself on import; a module not written yet is skipped.
+# Experiment modules, each registering itself on import, in the order `feedalign reproduce --list` shows.
 _MODULES = ("toy1d", "linear", "review", "mnist_fa", "deep100", "fixed_first_layer", "nokland_mnist",
             "hidden_activations", "sensitivity", "family")
 for _name in _MODULES:
-    try:
-        importlib.import_module(f"{__name__}.{_name}")
-    except ModuleNotFoundError as _err:
-        if _err.name != f"{__name__}.{_name}":
-            raise
+    importlib.import_module(f"{__name__}.{_name}")
 
 __all__ = ["Claim", "Experiment", "experiment_config", "experiments", "get_experiment", "register", "run_experiment"]
