@@ -247,7 +247,7 @@ def _run(run: Run, *, start: dict | None, callbacks, bar: "_Progress") -> RunRes
 
 def _with_config_callbacks(config: Config, callbacks) -> list:
     """The caller's callbacks, plus alignment logging when ``config.alignment_every`` asks and none is given."""
-    from ..diagnostics.callback import AlignmentCallback  # lazily: diagnostics is optional for the engine
+    from ..diagnostics.callback import AlignmentCallback  # lazily: diagnostics builds on training, not the reverse
     callbacks = list(callbacks)
     if config.alignment_every and not any(isinstance(cb, AlignmentCallback) for cb in callbacks):
         callbacks.append(AlignmentCallback(every=config.alignment_every))
