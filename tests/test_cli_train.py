@@ -88,6 +88,42 @@ def test_an_unwritable_out_dir_is_one_line(capsys):
     assert code == 2 and err.count("\n") == 1 and "/proc/feedalign-test-runs" in err
 
 
+def test_an_internal_error_is_a_traceback_not_a_usage_error(tmp_path):
+    """Only the project's own errors are bad input: a plain ValueError from a bug keeps its traceback."""
+    code = ("import sys\n"
+            "import feedalign.training.engine as engine\n"
+            "def bug(*args, **kwargs):\n"
+            "    raise ValueError('shapes do not match (a bug)')\n"
+            "engine._train_epoch = bug\n"
+            "from feedalign.cli import main\n"
+            f"sys.exit(main(['train', *{SMALL!r}, '--out-dir', {str(tmp_path / 'runs')!r}]))\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    bug = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert bug.returncode == 1
+    assert "Traceback (most recent call last)" in bug.stderr and "ValueError: shapes do not match" in bug.stderr
+    assert "feedalign: error:" not in bug.stderr
+
+
+def test_a_user_error_is_one_line_and_a_plain_value_error_propagates(tmp_path, capsys, monkeypatch):
+    import feedalign.training.engine as engine
+    from feedalign.errors import ConfigError
+
+    def refuse(*args, **kwargs):
+        raise ConfigError("a setting the user can change")
+
+    monkeypatch.setattr(engine, "_train_epoch", refuse)
+    code, out, err = run_cli(["train", *SMALL, "--out-dir", str(tmp_path / "a")], capsys)
+    assert code == 2 and err == "feedalign: error: a setting the user can change\n"
+
+    def bug(*args, **kwargs):
+        raise ValueError("internal")
+
+    monkeypatch.setattr(engine, "_train_epoch", bug)
+    with pytest.raises(ValueError, match="internal"):
+        main(["train", *SMALL, "--out-dir", str(tmp_path / "b")])
+    assert "feedalign: error" not in capsys.readouterr().err
+
+
 def test_resume_refuses_setting_overrides(tmp_path, capsys):
     code, out, err = run_cli(["train", *SMALL, "--out-dir", str(tmp_path), "--name", "r"], capsys)
     assert code == 0

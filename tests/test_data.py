@@ -322,11 +322,12 @@ def test_batches_deterministic_and_drop_last():
     assert torch.equal(g.get_state(), reference.get_state())
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"batch_size": 0}, "batch_size"), ({"batch_size": 2.5}, "batch_size"), ({"y": torch.arange(3)}, "same number of rows")])
-def test_batches_rejects_bad_input(kwargs, words):
+@pytest.mark.parametrize("kwargs, error, words", [
+    ({"batch_size": 0}, ValueError, "batch_size"), ({"batch_size": 2.5}, TypeError, "batch_size"),
+    ({"x": [[0.0]] * 4}, TypeError, "needs tensors"), ({"y": torch.arange(3)}, ValueError, "same number of rows")])
+def test_batches_rejects_bad_input(kwargs, error, words):
     args = {"x": torch.zeros(4, 2), "y": torch.arange(4), "batch_size": 2, **kwargs}
-    with pytest.raises(ValueError, match=words):
+    with pytest.raises(error, match=words):
         batches(args.pop("x"), args.pop("y"), args.pop("batch_size"))
 
 

@@ -53,9 +53,11 @@ def test_killed_sweep_resumes_and_killed_worker_is_retried(tmp_path):
     time.sleep(0.5)  # the dead sweep's worker is gone too (PR_SET_PDEATHSIG): nothing finishes meanwhile
     assert finished(sweep_dir) == done_before
 
-    # rerun; every worker SIGKILLs itself on its first run (test hook): each lost run is retried once
+    # rerun; a worker SIGKILLs itself on each run's first try (tests/kill_once): each lost run is retried once
     faults = tmp_path / "faults"
-    rerun = subprocess.run(sweep_cmd(spec), env={**env, "_FEEDALIGN_SWEEP_FAULT": str(faults)},
+    kill_once = str(Path(__file__).parent / "kill_once")
+    rerun = subprocess.run(sweep_cmd(spec), env={**env, "FEEDALIGN_TEST_KILL_ONCE_DIR": str(faults),
+                                                 "PYTHONPATH": os.pathsep.join([kill_once, env["PYTHONPATH"]])},
                            capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr[-1500:]
     assert f"{len(done_before)} already finished" in rerun.stderr

@@ -62,6 +62,21 @@ def test_int_in_float_field_becomes_float_and_yaml_reads(tmp_path):
     assert config.lr == 1.0 and isinstance(config.lr, float) and config.rule == "dfa" and config.standardize
 
 
+@pytest.mark.parametrize("key, value", [("lr", "fast"), ("epochs", 1.5), ("standardize", "yes"), ("architecture", 784)])
+def test_a_value_of_the_wrong_type_is_a_type_error(key, value):
+    from feedalign.errors import ConfigError, ConfigTypeError
+    with pytest.raises(ConfigTypeError, match=key) as err:
+        Config.from_dict({key: value})
+    assert isinstance(err.value, TypeError) and isinstance(err.value, ConfigError)
+
+
+def test_a_bad_value_is_a_config_error_not_a_type_error():
+    from feedalign.errors import ConfigError
+    with pytest.raises(ConfigError, match="lr must be >= 0") as err:
+        Config.from_dict({"lr": -1.0})
+    assert not isinstance(err.value, TypeError)
+
+
 @pytest.mark.parametrize("name, text, message", [
     ("c.toml", "lr = = 1", "does not parse"),
     ("c.yaml", "lr: [1,", "does not parse"),
@@ -232,13 +247,20 @@ def test_callbacks_are_duck_typed(small):
     assert OnlySteps.count == result.summary["steps"] == math.ceil(3200 / 64)
 
 
+def test_a_bad_progress_mode_is_refused_before_the_run_directory_exists(small):
+    with pytest.raises(ValueError, match="progress must be"):
+        train(small, progress="loud")
+    out = __import__("pathlib").Path(small.out_dir)
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_a_run_directory_that_fails_while_being_created_is_removed(small, monkeypatch):
     import feedalign.training.engine as engine
 
     def disk_full(path, text):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(engine, "atomic_write_text", disk_full)
+    monkeypatch.setattr(engine, "atomic_write", disk_full)
     with pytest.raises(OSError):
         train(small, progress="none")
     out = __import__("pathlib").Path(small.out_dir)

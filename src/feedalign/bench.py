@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import feedalign
+from feedalign.errors import ConfigError
 from feedalign.rules.fast import uses_fast_path
 
 SIZES = ("784-240x7-10:64", "784-1000-1000-1000-10:128", "784-240x100-10:64")
@@ -38,7 +39,7 @@ def parse_size(spec: str) -> tuple[str, int]:
     arch, _, batch = spec.partition(":")
     feedalign.parse_sizes(arch)
     if batch and not (batch.isdigit() and int(batch) > 0):
-        raise ValueError(f"batch size in {spec!r} must be a positive integer")
+        raise ConfigError(f"batch size in {spec!r} must be a positive integer")
     return arch, int(batch or 64)
 
 
@@ -46,9 +47,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
+        raise ConfigError("--device cuda: no CUDA device is available")
     if name not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {name!r}; expected cpu, cuda or auto")
+        raise ConfigError(f"unknown device {name!r}; expected cpu, cuda or auto")
     return torch.device(name)
 
 
@@ -298,17 +299,17 @@ def run(sizes, rules, *, device="auto", rounds=7, min_round_s=0.3, epoch=True, g
     global clock
     device = resolve_device(device)
     if clock_name not in CLOCKS or (clock_name == "cpu" and device.type == "cuda"):
-        raise ValueError(f"clock must be 'wall' or (on the CPU) 'cpu'; got {clock_name!r}")
+        raise ConfigError(f"clock must be 'wall' or (on the CPU) 'cpu'; got {clock_name!r}")
     clock = CLOCKS[clock_name]
     if threads is not None:
         if threads < 1:
-            raise ValueError(f"threads must be at least 1, got {threads}")
+            raise ConfigError(f"threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
     if device.type == "cuda" and gemm_size == 2048:
         gemm_size = 8192  # a GPU needs a larger product to reach its peak
     unknown = [r for r in rules if r.partition(":")[0] not in feedalign.rules() or r.partition(":")[2] not in ("", "general")]
     if unknown:
-        raise ValueError(f"unknown rule(s) {unknown}; known rules: {', '.join(feedalign.rules())}")
+        raise ConfigError(f"unknown rule(s) {unknown}; known rules: {', '.join(feedalign.rules())}")
     for spec in sizes:
         parse_size(spec)
     ceiling = gemm_ceiling(device, gemm_size)

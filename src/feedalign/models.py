@@ -5,6 +5,8 @@ import re
 
 from torch import nn
 
+from .errors import ConfigError, ConfigTypeError
+
 # Element-wise activations by name; "linear" and "identity" mean none.
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
@@ -29,18 +31,18 @@ def parse_sizes(spec: str) -> list[int]:
     """
     expected = "sizes joined by '-', e.g. '784-800-800-10' or '784-240x7-10' (positive integers, at least input and output)"
     if not isinstance(spec, str):
-        raise ValueError(f"architecture must be a string of {expected}; got {spec!r}")
+        raise ConfigTypeError(f"architecture must be a string of {expected}; got {spec!r}")
     sizes: list[int] = []
     for token in spec.strip().split("-"):
         match = _TOKEN.match(token.strip())
         if not match:
-            raise ValueError(f"malformed architecture {spec!r}: token {token!r} is not a size; expected {expected}")
+            raise ConfigError(f"malformed architecture {spec!r}: token {token!r} is not a size; expected {expected}")
         width, repeat = int(match.group(1)), int(match.group(2) or 1)
         if width <= 0 or repeat <= 0:
-            raise ValueError(f"malformed architecture {spec!r}: sizes and repeats must be positive; expected {expected}")
+            raise ConfigError(f"malformed architecture {spec!r}: sizes and repeats must be positive; expected {expected}")
         sizes.extend([width] * repeat)
     if len(sizes) < 2:
-        raise ValueError(f"malformed architecture {spec!r}: needs at least an input and an output size; expected {expected}")
+        raise ConfigError(f"malformed architecture {spec!r}: needs at least an input and an output size; expected {expected}")
     return sizes
 
 
@@ -53,7 +55,7 @@ def mlp(sizes: str, activation: str = "tanh", bias: bool = True) -> nn.Sequentia
     widths = parse_sizes(sizes)
     key = str(activation).lower()
     if key not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}")
+        raise ConfigError(f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}")
     layers: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
         layers.append(nn.Linear(fan_in, fan_out, bias=bias))
@@ -65,7 +67,7 @@ def mlp(sizes: str, activation: str = "tanh", bias: bool = True) -> nn.Sequentia
 def _activation(name: str) -> type[nn.Module]:
     key = str(name).lower()
     if key not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
+        raise ConfigError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[key]
 
 
@@ -77,7 +79,7 @@ def lenet5(in_channels: int = 1, num_classes: int = 10, activation: str = "tanh"
     so that both sizes reach the 16x5x5 map.
     """
     if input_size not in (28, 32):
-        raise ValueError(f"lenet5 expects input_size 28 or 32, got {input_size!r}")
+        raise ConfigError(f"lenet5 expects input_size 28 or 32, got {input_size!r}")
     act = _activation(activation)
     return nn.Sequential(
         nn.Conv2d(in_channels, 6, 5, padding=2 if input_size == 28 else 0), act(), nn.MaxPool2d(2),
@@ -94,7 +96,7 @@ def nokland_conv(in_channels: int = 3, num_classes: int = 10, activation: str = 
     of 2048 and the output layer. For 32x32 inputs the last map is 256x3x3.
     """
     if input_size < 7:
-        raise ValueError(f"nokland_conv needs input_size >= 7, got {input_size!r}")
+        raise ConfigError(f"nokland_conv needs input_size >= 7, got {input_size!r}")
     act = _activation(activation)
     layers: list[nn.Module] = []
     size, channels = input_size, in_channels
@@ -116,7 +118,7 @@ def build_architecture(architecture: str, activation: str, input_shape: tuple, n
     if architecture not in NAMED_ARCHITECTURES:
         return mlp(architecture, activation)
     if len(input_shape) != 3 or input_shape[1] != input_shape[2]:
-        raise ValueError(f"architecture {architecture!r} needs square images (C, H, W); the dataset's inputs "
+        raise ConfigError(f"architecture {architecture!r} needs square images (C, H, W); the dataset's inputs "
                          f"have shape {tuple(input_shape)}")
     return NAMED_ARCHITECTURES[architecture](in_channels=input_shape[0], num_classes=num_classes,
                                              activation=activation, input_size=input_shape[1])

@@ -4,8 +4,10 @@ Each subcommand lives in its own module of this package and exposes
 ``register(subparsers)``, which adds its parser and sets ``func`` to a callable
 taking the parsed ``argparse.Namespace`` and returning an exit status.
 
-Bad input never produces a traceback: any :class:`UsageError` (or ``ValueError``
-raised while validating user input) becomes one line on stderr and exit status 2.
+Bad input never produces a traceback: a :class:`feedalign.errors.FeedalignError`
+(:class:`UsageError` for the command line itself) or an ``OSError`` about a path
+becomes one line on stderr and exit status 2. Anything else is a bug and keeps its
+traceback.
 """
 from __future__ import annotations
 
@@ -13,12 +15,14 @@ import argparse
 import importlib
 import sys
 
+from ..errors import FeedalignError, first_line
+
 # Subcommand modules, in the order `feedalign --help` lists them.
 COMMANDS = ("train", "compare", "data", "reproduce", "sweep", "plot", "bench")
 
 
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit status 2."""
+class UsageError(FeedalignError):
+    """Bad command-line input (argparse's own errors included): printed as one line, exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,13 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="feedalign", description="Train networks with learning rules that need no weight transport.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"feedalign.cli.{name}_cmd")
-        except ModuleNotFoundError as err:  # a subcommand not built yet
-            if err.name != f"feedalign.cli.{name}_cmd":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"feedalign.cli.{name}_cmd").register(sub)
     return parser
 
 
@@ -48,13 +46,20 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         return int(args.func(args) or 0)
-    except (UsageError, ValueError, FileNotFoundError) as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"feedalign: error: {message}", file=sys.stderr)
-        return 2
+    except FeedalignError as err:
+        return _error(first_line(err))
+    except OSError as err:
+        if err.filename is None:  # not about a path the user gave: a bug until shown otherwise
+            raise
+        return _error(f"{err.filename}: {err.strerror or first_line(err)}")
     except KeyboardInterrupt:
         print("feedalign: interrupted", file=sys.stderr)
         return 130
+
+
+def _error(message: str) -> int:
+    print(f"feedalign: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

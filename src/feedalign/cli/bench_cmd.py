@@ -1,10 +1,11 @@
 """``feedalign bench``: training-step speed of each rule relative to backprop and to the GEMM ceiling."""
 from __future__ import annotations
 
-import json
 import sys
 import time
-from pathlib import Path
+
+from ..files import write_json
+from . import UsageError
 
 
 def register(subparsers) -> None:
@@ -35,7 +36,7 @@ def main(args) -> int:
     from feedalign.bench import SMOKE_SIZES, run
 
     if args.rounds < 1:
-        raise ValueError("--rounds must be at least 1")
+        raise UsageError("--rounds must be at least 1")
     sizes, rounds, round_s, epoch, gemm = args.sizes, args.rounds, args.round_seconds, not args.no_epoch, 2048
     if args.smoke:
         sizes, rounds, round_s, epoch, gemm = list(SMOKE_SIZES), min(rounds, 2), 0.01, False, 256
@@ -47,5 +48,5 @@ def main(args) -> int:
     print(result["table"])
     print(f"\n(bench ran {result['command_seconds']:.0f} s)")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_json(args.json, result)
     return 0

@@ -14,7 +14,8 @@ from .batching import batches
 from .cifar import CifarDataset
 from .mnist import FASHION_MNIST, MNIST
 from .mnist_1d import Mnist1dDataset
-from .splits import DatasetError, DataSplits, make_splits
+from ..errors import DatasetError
+from .splits import DataSplits, make_splits
 from .synthetic import LINEAR, NONLINEAR, TOY1D
 
 __all__ = ["load", "batches", "datasets", "DatasetError", "DataSplits", "fetch", "status", "REGISTRY"]

@@ -25,10 +25,12 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool 
     and leaves the generator untouched.
     """
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise ValueError(f"batches() needs tensors x and y; got {type(x).__name__} and {type(y).__name__}")
+        raise TypeError(f"batches() needs tensors x and y; got {type(x).__name__} and {type(y).__name__}")
     if x.dim() == 0 or y.dim() == 0 or len(x) != len(y):
         raise ValueError(f"x and y must have the same number of rows; got shapes {tuple(x.shape)} and {tuple(y.shape)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise TypeError(f"batch_size must be a positive integer; got {batch_size!r}")
+    if batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
     n = len(x)
     if shuffle:

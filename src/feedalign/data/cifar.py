@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .splits import DatasetError
+from ..errors import DatasetError
 from .store import SourceUnavailable, cache_root, data_root, download, folder_size, install_stream, remove
 
 FOLDER = "cifar-10-batches-py"

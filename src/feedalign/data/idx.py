@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .splits import DatasetError
+from ..errors import DatasetError
 
 # IDX type code -> numpy dtype (big-endian, as the format stores them).
 _TYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from .idx import read_idx
-from .splits import DatasetError
+from ..errors import DatasetError
 from .store import SourceUnavailable, Stamps, cache_root, data_root, download, folder_size, install_stream
 
 TRAIN_IMAGES, TRAIN_LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"

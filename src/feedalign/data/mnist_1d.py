@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .splits import DatasetError
-from .store import cache_root, folder_size, write_atomic
+from ..errors import DatasetError
+from ..files import atomic_write
+from .store import cache_root, folder_size
 
 FILE = "mnist1d.npz"
 _KEYS = ("x", "y", "x_test", "y_test")
@@ -72,7 +73,7 @@ class Mnist1dDataset:
             buffer = io.BytesIO()
             np.savez(buffer, **generate())
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, buffer.getvalue())
+            atomic_write(path, buffer.getvalue())
         return path.parent
 
     def arrays(self, data_dir=None, cache_dir=None, download: bool = True):

@@ -6,9 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-
-class DatasetError(ValueError):
-    """A problem with a dataset the user can fix; the message is one line saying what and how."""
+from ..errors import DatasetError
 
 
 @dataclass
@@ -59,7 +57,9 @@ def make_splits(name: str, train_x, train_y, test_x, test_y, *, num_classes: int
     holds out the same examples whatever else the run does.
     """
     n = len(train_x)
-    if isinstance(validation_size, bool) or not isinstance(validation_size, (int, np.integer)) or validation_size < 0:
+    if isinstance(validation_size, bool) or not isinstance(validation_size, (int, np.integer)):
+        raise TypeError(f"validation_size must be a non-negative integer; got {validation_size!r}")
+    if validation_size < 0:
         raise DatasetError(f"validation_size must be a non-negative integer; got {validation_size!r}")
     if validation_size >= n:
         raise DatasetError(f"validation_size={validation_size} leaves no training data: {name} has {n} training examples; pass a smaller validation_size")

@@ -22,7 +22,8 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO
 
-from .splits import DatasetError
+from ..files import atomic_write
+from ..errors import DatasetError
 
 ENV_CACHE = "FEEDALIGN_CACHE"
 ENV_DATA = "FEEDALIGN_DATA"
@@ -116,22 +117,9 @@ class Stamps:
     def _save(self) -> None:
         try:  # a read-only cache only costs a re-hash next time
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.path, json.dumps(self._data, indent=1, sort_keys=True).encode())
+            atomic_write(self.path, json.dumps(self._data, indent=1, sort_keys=True))
         except OSError:
             pass
-
-
-def write_atomic(dest: Path, data: bytes) -> None:
-    """Write ``data`` to ``dest`` through a temporary file in the same folder."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a cache may be shared
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def install_stream(stream: BinaryIO, dest: Path, sha256: str | None, *, gz: bool = False, what: str = "",

@@ -12,12 +12,13 @@ so a run with the callback follows the same trajectory as one without.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
 from pathlib import Path
 
+from ..errors import ConfigError, ConfigTypeError, RunDirError
+from ..files import jsonl_line, read_jsonl, write_jsonl
 from .alignment import alignment
 
 FILE_NAME = "alignment.jsonl"
@@ -32,10 +33,12 @@ class AlignmentCallback:
     """
 
     def __init__(self, every: int = 200, probe_size: int = 256):
-        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
-            raise ValueError(f"alignment interval must be a whole number of steps >= 0 (0 disables); got {every!r}")
-        if isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 1:
-            raise ValueError(f"alignment probe size must be a positive integer; got {probe_size!r}")
+        for value, what, low in ((every, "alignment interval must be a whole number of steps >= 0 (0 disables)", 0),
+                                 (probe_size, "alignment probe size must be a positive integer", 1)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigTypeError(f"{what}; got {value!r}")
+            if value < low:
+                raise ConfigError(f"{what}; got {value!r}")
         self.every, self.probe_size = every, probe_size
         self.run = None
         self.seconds = 0.0  # time spent measuring, for overhead reports
@@ -49,10 +52,10 @@ class AlignmentCallback:
         x, y = (data.val_x, data.val_y) if len(data.val_x) else (data.test_x, data.test_y)
         self.probe = (x[:self.probe_size].to(run.device), y[:self.probe_size].to(run.device))
         self.path = Path(run.run_dir) / FILE_NAME
-        rows = _read(self.path)
+        rows = read_jsonl(self.path)
         kept = [r for r in rows if r["step"] <= run.step]  # a resume drops what came after its checkpoint
         if len(kept) != len(rows):
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            write_jsonl(self.path, kept)
         if not any(r["step"] == run.step for r in kept):
             self._measure(run.step, run.model)
 
@@ -72,30 +75,21 @@ class AlignmentCallback:
             warnings.warn(f"alignment logging stopped at step {step}: {err}", RuntimeWarning, stacklevel=2)
             self.every = 0
             return
-        lines = []
-        for row in table.to_dicts():
-            row = {"step": step, "epoch": self.run.epoch, "rule": table.rule, **row}
-            lines.append(json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v
-                                     for k, v in row.items()}) + "\n")
+        lines = [jsonl_line({"step": step, "epoch": self.run.epoch, "rule": table.rule, **row})
+                 for row in table.to_dicts()]
         with open(self.path, "a") as f:
             f.writelines(lines)
         self.seconds += time.perf_counter() - start
         self.measurements += 1
 
 
-def _read(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def read_alignment(run_dir: str | Path) -> list[dict]:
-    """The rows of ``RUN_DIR/alignment.jsonl`` (null angles back to NaN); ValueError if the run has none."""
+    """The rows of ``RUN_DIR/alignment.jsonl`` (null angles back to NaN); RunDirError if the run has none."""
     path = Path(run_dir) / FILE_NAME
     if not path.is_file():
-        raise ValueError(f"{str(run_dir)!r} has no {FILE_NAME}; train it with alignment logging "
-                         "(`feedalign train --alignment-every N`)")
-    rows = _read(path)
+        raise RunDirError(f"{str(run_dir)!r} has no {FILE_NAME}; train it with alignment logging "
+                          "(`feedalign train --alignment-every N`)")
+    rows = read_jsonl(path)
     for row in rows:
         for key, value in row.items():
             if value is None and key != "reason":

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import ConfigError, RunDirError
 from .callback import read_alignment
 
 ANGLE_LABELS = {
@@ -33,9 +34,9 @@ def check_run_dir(run_dir: str | Path) -> Path:
     """``run_dir`` as a Path; ValueError if it is not a run directory."""
     path = Path(run_dir)
     if not path.is_dir():
-        raise ValueError(f"run directory {str(run_dir)!r} does not exist")
+        raise RunDirError(f"run directory {str(run_dir)!r} does not exist")
     if not (path / "config.toml").is_file():
-        raise ValueError(f"{str(run_dir)!r} is not a run directory (no config.toml; `feedalign train` makes them)")
+        raise RunDirError(f"{str(run_dir)!r} is not a run directory (no config.toml; `feedalign train` makes them)")
     return path
 
 
@@ -61,10 +62,10 @@ def plot_alignment(run_dirs, path, metric: str = "signal_angle") -> Path:
     for the signal and update angles, the output layer (0 by construction) are left out.
     """
     if metric not in ANGLE_LABELS:
-        raise ValueError(f"unknown alignment metric {metric!r}; expected one of {', '.join(ANGLE_LABELS)}")
+        raise ConfigError(f"unknown alignment metric {metric!r}; expected one of {', '.join(ANGLE_LABELS)}")
     runs = [(check_run_dir(d), read_alignment(check_run_dir(d))) for d in run_dirs]
     if not runs:
-        raise ValueError("plot alignment needs at least one run directory")
+        raise ConfigError("plot alignment needs at least one run directory")
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.4), sharey=True, squeeze=False)
     for ax, (run_dir, rows) in zip(axes[0], runs):
@@ -89,15 +90,15 @@ def plot_alignment(run_dirs, path, metric: str = "signal_angle") -> Path:
 
 def plot_curves(run_dirs, path, metric: str = "accuracy", split: str = "val") -> Path:
     """``split`` ``metric`` (accuracy or loss) per epoch from each run's metrics.jsonl, one line per run."""
-    from ..training.records import read_jsonl
+    from ..files import read_jsonl
     if metric not in ("accuracy", "loss") or split not in ("train", "val", "test"):
-        raise ValueError(f"curves: metric must be accuracy or loss and split train, val or test; got {metric}, {split}")
+        raise ConfigError(f"curves: metric must be accuracy or loss and split train, val or test; got {metric}, {split}")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for run_dir in map(check_run_dir, run_dirs):
         rows = read_jsonl(run_dir / "metrics.jsonl")
         if not rows:
-            raise ValueError(f"{str(run_dir)!r} has no metrics.jsonl rows yet")
+            raise RunDirError(f"{str(run_dir)!r} has no metrics.jsonl rows yet")
         key = f"{split}_{metric}"
         points = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
         ax.plot(*zip(*points) if points else ([], []), marker="o", markersize=3, label=_title(run_dir))
@@ -118,7 +119,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best"):
     run_dir = check_run_dir(run_dir)
     path = run_dir / "checkpoints" / f"{checkpoint}.pt"
     if not path.is_file():
-        raise ValueError(f"{str(run_dir)!r} has no checkpoints/{checkpoint}.pt (the run has not finished an epoch)")
+        raise RunDirError(f"{str(run_dir)!r} has no checkpoints/{checkpoint}.pt (the run has not finished an epoch)")
     config = Config.from_file(run_dir / "config.toml")
     model = build_model(config, torch.device("cpu"))
     model.load_state_dict(load_checkpoint(path)["model"])
@@ -148,10 +149,10 @@ def hidden_layer_number(model, layer: int) -> int:
     from ..rules import linear_layers
     hidden = len(linear_layers(model)) - 1
     if hidden < 1:
-        raise ValueError("the model has no hidden layer")
+        raise ConfigError("the model has no hidden layer")
     number = layer if layer > 0 else hidden + layer + 1
     if not 1 <= number <= hidden:
-        raise ValueError(f"hidden layer {layer} does not exist; the model has {hidden} (1..{hidden} or -1..-{hidden})")
+        raise ConfigError(f"hidden layer {layer} does not exist; the model has {hidden} (1..{hidden} or -1..-{hidden})")
     return number
 
 
@@ -164,17 +165,17 @@ def plot_hidden(run_dirs, path, layer: int = -1, per_class: int = 20, sort_units
     as DFA tends to grow, show up as blocks.
     """
     if per_class < 1:
-        raise ValueError(f"per_class must be >= 1; got {per_class}")
+        raise ConfigError(f"per_class must be >= 1; got {per_class}")
     loaded = [(Path(d), *load_run(d)) for d in run_dirs]
     if not loaded:
-        raise ValueError("plot hidden needs at least one run directory")
+        raise ConfigError("plot hidden needs at least one run directory")
     datasets = {config.dataset for _, config, _, _ in loaded}
     if len(datasets) > 1:
-        raise ValueError("plot hidden compares runs on the same examples; "
-                         f"these runs use {', '.join(sorted(datasets))}")
+        raise ConfigError("plot hidden compares runs on the same examples; "
+                          f"these runs use {', '.join(sorted(datasets))}")
     data = loaded[0][3]
     if data.num_classes is None:
-        raise ValueError(f"plot hidden groups examples by class; {data.name} is a regression task")
+        raise ConfigError(f"plot hidden groups examples by class; {data.name} is a regression task")
     order = torch.cat([torch.nonzero(data.test_y == c).flatten()[:per_class] for c in range(data.num_classes)])
     x, y = data.test_x[order], data.test_y[order]
     bounds = [i for i in range(1, len(y)) if y[i] != y[i - 1]]

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from ..training import Config
-from ..training.records import read_jsonl
+from ..files import read_jsonl
 from .base import DataUnavailable, Experiment
 from .plotting import mean_std_band, pyplot
 

@@ -22,6 +22,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ..errors import ConfigError, DatasetError
+from ..files import atomic_write
+
 _REGISTRY: dict[str, type["Experiment"]] = {}
 
 
@@ -156,7 +159,7 @@ class SeededExperiment(Experiment):
         """Run one seed; return its metrics (json-serialisable)."""
 
 
-class DataUnavailable(RuntimeError):
+class DataUnavailable(DatasetError):
     """The dataset an experiment needs cannot be loaded here (not fetched, and no source reachable)."""
 
 
@@ -214,7 +217,7 @@ def run_experiment(name: str, *, quick: bool = False, out: str | Path = "runs/re
     """
     from ..sweeps.local import default_workers
     if workers is not None and (not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"workers must be a positive integer; got {workers!r}")
+        raise ConfigError(f"workers must be a positive integer; got {workers!r}")
     workers = workers or default_workers(1)
     experiment = get_experiment(name)
     config = experiment_config(name, quick, seeds)
@@ -243,9 +246,8 @@ def run_experiment(name: str, *, quick: bool = False, out: str | Path = "runs/re
         "machine": f"{platform.machine()}, {platform.python_version()}",
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    from ..training.checkpoint import atomic_write_text
-    atomic_write_text(folder / "results.json", json.dumps(results, indent=1, default=_jsonable))
-    atomic_write_text(folder / "report.md", render_report(results))
+    atomic_write(folder / "results.json", json.dumps(results, indent=1, default=_jsonable))
+    atomic_write(folder / "report.md", render_report(results))
     for c in claims:
         log(f"  {c.verdict():>3}  {c.text}: paper {c.paper} | ours {c.ours()}")
     log(f"{name}: done in {seconds:.1f} s; report {folder / 'report.md'}")

@@ -20,6 +20,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from ..files import atomic_write
 
 
 def default_workers(threads_per_run: int) -> int:
@@ -111,7 +112,7 @@ def run_local(jobs: list[dict], *, workers: int, threads: int, retries: int, swe
                 with open(log_file, "a") as f:
                     f.write(f"--- attempt {attempt} (worker pid {w.proc.pid}) ---\n")
                 job_file = jobs_dir / f"{job['key']}.json"
-                job_file.write_text(json.dumps({**job, "threads": threads, "log": str(log_file)}))
+                atomic_write(job_file, json.dumps({**job, "threads": threads, "log": str(log_file)}))
                 try:
                     w.give(job_file, (job, attempt, time.perf_counter(), log_file))
                 except (BrokenPipeError, OSError):

@@ -16,6 +16,8 @@ import os
 import time
 from pathlib import Path
 
+from ..errors import ConfigError, FeedalignError, first_line
+
 
 def _trainable(cfg: dict) -> None:
     from ray import tune
@@ -24,7 +26,11 @@ def _trainable(cfg: dict) -> None:
     from .worker import run_job
     job = cfg["job"]
     t0 = time.perf_counter()
-    summary = run_job(job)
+    try:
+        summary = run_job(job)
+    except FeedalignError as err:  # bad settings or data fail the same way every try: report, do not retry
+        tune.report({"done": 1, "seconds": time.perf_counter() - t0, "invalid": first_line(err)})
+        return
     tune.report({"done": 1, "seconds": time.perf_counter() - t0, "outcome": str(summary.get("outcome")),
                  "summary_json": json.dumps(summary), "curve_json": json.dumps(val_curve(Path(job["run_dir"])))})
 
@@ -34,7 +40,7 @@ def import_ray():
         import ray
         from ray import tune
     except ImportError as err:
-        raise ValueError(f"the ray backend needs Ray Tune ({err}); install it with `pip install 'feedalign[ray]'`") from None
+        raise ConfigError(f"the ray backend needs Ray Tune ({err}); install it with `pip install 'feedalign[ray]'`") from None
     return ray, tune
 
 
@@ -52,7 +58,7 @@ def run_ray(jobs: list[dict], *, address: str | None, threads: int, retries: int
                 first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 hint = ("" if os.environ.get("RAY_AUTH_MODE") else "; if the cluster uses token authentication, "
                         "copy the head's ~/.ray/auth_token here and set RAY_AUTH_MODE=token")
-                raise ValueError(f"cannot connect to the Ray cluster at {address!r}: {first}{hint}") from None
+                raise ConfigError(f"cannot connect to the Ray cluster at {address!r}: {first}{hint}") from None
             log(f"sweep: connected to Ray at {address} ({ray.cluster_resources().get('CPU', 0):g} CPUs)")
         else:
             ray.init(address="local", **kwargs)  # a new instance, even if another cluster runs here
@@ -75,15 +81,16 @@ def run_ray(jobs: list[dict], *, address: str | None, threads: int, retries: int
         for result in grid:
             job = by_key[result.config["job"]["key"]]
             metrics = result.metrics or {}
-            if result.error is None and metrics.get("summary_json"):
+            if result.error is None and metrics.get("invalid"):
+                on_done(job, None, "invalid", metrics.get("seconds"), 1, metrics["invalid"])
+            elif result.error is None and metrics.get("summary_json"):
                 summary = json.loads(metrics["summary_json"])
                 curve = json.loads(metrics.get("curve_json") or "[]")
                 on_done(job, summary, "done", metrics.get("seconds"), 1, None, curve)
             else:
                 error = str(result.error).strip().splitlines()
                 message = next((l for l in reversed(error) if l.strip()), "trial failed") if error else "trial failed"
-                status = "invalid" if "ValueError" in str(result.error) else "crashed"
-                on_done(job, None, status, metrics.get("seconds"), retries + 1, f"ray trial: {message[:300]}")
+                on_done(job, None, "crashed", metrics.get("seconds"), retries + 1, f"ray trial: {message[:300]}")
     finally:
         if started_here:
             ray.shutdown()

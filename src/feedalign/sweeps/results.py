@@ -12,10 +12,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from pathlib import Path
 
-from ..training.checkpoint import atomic_write_text
+from ..errors import RunDirError
+from ..files import atomic_write, read_jsonl, write_json
 
 OUTCOME_LETTERS = {"trained": "T", "refused": "R", "collapsed": "C", "diverged": "D", "crashed": "X", "invalid": "I"}
 RESULT_COLUMNS = ("best_val_accuracy", "best_epoch", "test_error", "final_test_error", "outcome", "outcome_epoch",
@@ -24,17 +24,12 @@ RESULT_COLUMNS = ("best_val_accuracy", "best_epoch", "test_error", "final_test_e
 
 def val_curve(run_dir: Path) -> list:
     """Validation accuracy per epoch (epoch 0 first) from a run's metrics.jsonl, or [] if there is none."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
     out = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            value = row.get("val_accuracy")
-            if value is None:
-                value = row.get("test_accuracy")  # no validation split: the engine selects on test
-            out.append(value)
+    for row in read_jsonl(Path(run_dir) / "metrics.jsonl"):
+        value = row.get("val_accuracy")
+        if value is None:
+            value = row.get("test_accuracy")  # no validation split: the engine selects on test
+        out.append(value)
     return out
 
 
@@ -54,27 +49,17 @@ def make_row(point, run_dir: Path, summary: dict | None, *, status: str, seconds
     return row
 
 
-def _clean(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
-
-
 def write_results(sweep_dir: Path, rows: list[dict], swept: list[str]) -> None:
     """Rewrite results.json and results.csv atomically (a killed sweep leaves the last complete table)."""
     sweep_dir = Path(sweep_dir)
-    atomic_write_text(sweep_dir / "results.json", json.dumps({"swept": swept, "runs": _clean(rows)}, indent=1) + "\n")
+    write_json(sweep_dir / "results.json", {"swept": swept, "runs": rows}, indent=1)
     columns = ["key", "run_dir", *swept, *RESULT_COLUMNS]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
-    atomic_write_text(sweep_dir / "results.csv", buffer.getvalue())
+    atomic_write(sweep_dir / "results.csv", buffer.getvalue())
 
 
 def read_results(source) -> tuple[list[dict], list[str]]:
@@ -92,6 +77,6 @@ def read_results(source) -> tuple[list[dict], list[str]]:
     if path.is_dir():
         path = path / "results.json"
     if not path.is_file():
-        raise ValueError(f"no sweep results at {str(path)!r}; run the sweep first")
+        raise RunDirError(f"no sweep results at {str(path)!r}; run the sweep first")
     data = json.loads(path.read_text())
     return list(data["runs"]), list(data.get("swept", []))

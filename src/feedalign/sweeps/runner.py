@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ConfigError
+from ..files import atomic_write
 from .results import make_row, read_results, write_results
 from .spec import SweepSpec, config_hash
 
@@ -66,16 +68,16 @@ def run_sweep(spec: SweepSpec, *, backend: str | None = None, address: str | Non
     from .local import default_workers, run_local
     backend = backend or spec.backend
     if backend not in ("local", "ray"):
-        raise ValueError(f"unknown backend {backend!r}; expected local or ray")
+        raise ConfigError(f"unknown backend {backend!r}; expected local or ray")
     if backend == "ray":
         from .ray_backend import import_ray
         import_ray()  # fail before any run starts
     elif address:
-        raise ValueError("--address is for the ray backend; add --backend ray")
+        raise ConfigError("--address is for the ray backend; add --backend ray")
     sweep_dir = spec.sweep_dir.resolve()
     runs_dir = sweep_dir / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / "spec.json").write_text(json.dumps(spec.to_dict(), indent=1, default=str) + "\n")
+    atomic_write(sweep_dir / "spec.json", json.dumps(spec.to_dict(), indent=1, default=str) + "\n")
     points = spec.points()
     swept = spec.swept
     previous = {}

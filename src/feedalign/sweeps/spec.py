@@ -27,7 +27,7 @@ A spec file::
 
 Everything is checked when the spec is read, before any run starts: unknown keys
 or fields, empty grids, values a :class:`Config` would refuse. Errors are
-``ValueError`` with one line naming the file and the offending entry.
+:class:`feedalign.errors.ConfigError` with one line naming the file and the offending entry.
 """
 from __future__ import annotations
 
@@ -38,6 +38,8 @@ import math
 import random as _random
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..errors import ConfigError, ConfigTypeError
 
 BACKENDS = ("local", "ray")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
@@ -111,9 +113,9 @@ class SweepSpec:
                 values = {**self.base, **params}
                 try:
                     config = Config.from_dict(values, source="settings")
-                except ValueError as err:
+                except ConfigError as err:
                     shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
-                    raise ValueError(f"{self.source}: the point {{{shown}}} is not a valid config: {err}") from None
+                    raise type(err)(f"{self.source}: the point {{{shown}}} is not a valid config: {err}") from None
                 h = config_hash(config)
                 if h in seen:
                     continue
@@ -141,7 +143,7 @@ def _draw(rng: _random.Random, dist: dict):
 
 
 def read_mapping(path: str | Path) -> dict:
-    """A TOML (.toml) or YAML (.yaml/.yml) sweep spec as a dict, or a one-line ValueError."""
+    """A TOML (.toml) or YAML (.yaml/.yml) sweep spec as a dict, or a one-line ConfigError."""
     from ..training.config import read_mapping as read_settings_file
     return read_settings_file(path, what="sweep spec")
 
@@ -164,9 +166,9 @@ def apply_overrides(spec: SweepSpec, overrides: dict) -> None:
     Config = _config_cls()
     for k, v in overrides.items():
         if k not in Config.keys():
-            raise ValueError(f"--set {k}: unknown config field; valid fields: {', '.join(Config.keys())}")
+            raise ConfigError(f"--set {k}: unknown config field; valid fields: {', '.join(Config.keys())}")
         if k in spec.grid or k in spec.random:
-            raise ValueError(f"--set {k}: {k} is swept by {spec.source}; edit its grid/random entry instead")
+            raise ConfigError(f"--set {k}: {k} is swept by {spec.source}; edit its grid/random entry instead")
     spec.base = {**spec.base, **overrides}
     _check_base(spec.base, spec.source)
     spec.points()  # every point still valid
@@ -179,15 +181,16 @@ def spec_from_dict(values: dict, *, source: str = "spec") -> SweepSpec:
     unknown = [k for k in values if k not in TOP_KEYS]
     if unknown:
         hint = f" (a config field: put it under [base] or [grid])" if unknown[0] in fields else ""
-        raise ValueError(f"{source}: unknown key {unknown[0]!r}{hint}; valid keys: {', '.join(TOP_KEYS)}")
+        raise ConfigError(f"{source}: unknown key {unknown[0]!r}{hint}; valid keys: {', '.join(TOP_KEYS)}")
 
     def get(key, kind, default, check=None, what=""):
         value = values.get(key, default)
         if value is default and default is None:
             return None
-        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
-        if not ok or (check is not None and not check(value)):
-            raise ValueError(f"{source}: {key} must be {what}; got {value!r}")
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise ConfigTypeError(f"{source}: {key} must be {what}; got {value!r}")
+        if check is not None and not check(value):
+            raise ConfigError(f"{source}: {key} must be {what}; got {value!r}")
         return value
 
     name = get("name", str, "sweep", lambda v: bool(v.strip()) and "/" not in v and v not in (".", ".."),
@@ -203,23 +206,23 @@ def spec_from_dict(values: dict, *, source: str = "spec") -> SweepSpec:
     grid = get("grid", dict, {}, None, "a table of field = [values] ([grid])")
     rand = get("random", dict, {}, None, "a table of field = {distribution = [args]} ([random])")
     if "samples" in values and not rand:
-        raise ValueError(f"{source}: samples = {samples} needs a [random] table of distributions to draw from")
+        raise ConfigError(f"{source}: samples = {samples} needs a [random] table of distributions to draw from")
 
     _check_base(base, source)
     for section, table in (("grid", grid), ("random", rand)):
         for k in table:
             if k not in fields:
-                raise ValueError(f"{source}: [{section}] {k!r} is not a config field; valid fields: {', '.join(fields)}")
+                raise ConfigError(f"{source}: [{section}] {k!r} is not a config field; valid fields: {', '.join(fields)}")
             if k in ("out_dir", "name"):
-                raise ValueError(f"{source}: [{section}] {k!r} cannot be swept (the sweep decides where runs go)")
+                raise ConfigError(f"{source}: [{section}] {k!r} cannot be swept (the sweep decides where runs go)")
     both = [k for k in grid if k in rand]
     if both:
-        raise ValueError(f"{source}: {both[0]!r} is in both [grid] and [random]; sweep it in one of them")
+        raise ConfigError(f"{source}: {both[0]!r} is in both [grid] and [random]; sweep it in one of them")
     for k, vals in grid.items():
         if not isinstance(vals, list):
-            raise ValueError(f"{source}: grid.{k} must be a list of values, e.g. {k} = [{_example(k)}]; got {vals!r}")
+            raise ConfigTypeError(f"{source}: grid.{k} must be a list of values, e.g. {k} = [{_example(k)}]; got {vals!r}")
         if not vals:
-            raise ValueError(f"{source}: grid.{k} is empty; give at least one value")
+            raise ConfigError(f"{source}: grid.{k} is empty; give at least one value")
         for v in vals:
             _check_value(base, k, v, f"{source}: grid.{k}")
     for k, dist in rand.items():
@@ -228,17 +231,17 @@ def spec_from_dict(values: dict, *, source: str = "spec") -> SweepSpec:
     plot = values.get("plot", [])
     swept = list(grid) + list(rand)
     if not isinstance(plot, list) or not all(isinstance(p, list) and len(p) == 2 for p in plot):
-        raise ValueError(f"{source}: plot must be a list of [x, y] field pairs, e.g. plot = [[\"init_scale\", \"lr\"]]")
+        raise ConfigTypeError(f"{source}: plot must be a list of [x, y] field pairs, e.g. plot = [[\"init_scale\", \"lr\"]]")
     for pair in plot:
         for k in pair:
             if k not in swept:
-                raise ValueError(f"{source}: plot axis {k!r} is not a swept field; swept: {', '.join(swept) or 'none'}")
+                raise ConfigError(f"{source}: plot axis {k!r} is not a swept field; swept: {', '.join(swept) or 'none'}")
 
     spec = SweepSpec(name=name, out_dir=out_dir, base=base, grid=grid, random=rand, samples=samples, seed=seed,
                      backend=backend, threads_per_run=threads, workers=workers, retries=retries, plot=plot,
                      source=source)
     if not spec.points():
-        raise ValueError(f"{source}: the sweep has no runs")
+        raise ConfigError(f"{source}: the sweep has no runs")
     return spec
 
 
@@ -250,33 +253,33 @@ def _check_base(base: dict, source: str) -> None:
     Config = _config_cls()
     unknown = [k for k in base if k not in Config.keys()]
     if unknown:
-        raise ValueError(f"{source}: [base] {unknown[0]!r} is not a config field; valid fields: {', '.join(Config.keys())}")
+        raise ConfigError(f"{source}: [base] {unknown[0]!r} is not a config field; valid fields: {', '.join(Config.keys())}")
     try:
         Config.from_dict(dict(base), source="settings")
-    except ValueError as err:
-        raise ValueError(f"{source}: [base]: {err}") from None
+    except ConfigError as err:
+        raise type(err)(f"{source}: [base]: {err}") from None
 
 
 def _check_value(base: dict, k: str, v, where: str) -> None:
     """``v`` is a valid value of field ``k`` (checked alone on top of ``base``)."""
     Config = _config_cls()
     if isinstance(v, (list, dict)):
-        raise ValueError(f"{where}: {v!r} is not a single value")
+        raise ConfigTypeError(f"{where}: {v!r} is not a single value")
     try:
         Config.from_dict({**base, k: v}, source="settings")
-    except ValueError as err:
-        raise ValueError(f"{where}: {err}") from None
+    except ConfigError as err:
+        raise type(err)(f"{where}: {err}") from None
 
 
 def _check_distribution(base: dict, k: str, dist, where: str) -> None:
     form = f"a table with one of {', '.join(DISTRIBUTIONS)}, e.g. {k} = {{ loguniform = [1e-4, 1e-1] }}"
     if not isinstance(dist, dict) or len(dist) != 1:
-        raise ValueError(f"{where} must be {form}; got {dist!r}")
+        raise ConfigTypeError(f"{where} must be {form}; got {dist!r}")
     (kind, args), = dist.items()
     if kind not in DISTRIBUTIONS:
-        raise ValueError(f"{where}: unknown distribution {kind!r}; expected one of {', '.join(DISTRIBUTIONS)}")
+        raise ConfigError(f"{where}: unknown distribution {kind!r}; expected one of {', '.join(DISTRIBUTIONS)}")
     if not isinstance(args, list) or not args:
-        raise ValueError(f"{where}: {kind} needs a non-empty list, e.g. {kind} = [{'a, b' if kind != 'choice' else '...'}]")
+        raise ConfigError(f"{where}: {kind} needs a non-empty list, e.g. {kind} = [{'a, b' if kind != 'choice' else '...'}]")
     if kind == "choice":
         for v in args:
             _check_value(base, k, v, where)
@@ -284,11 +287,11 @@ def _check_distribution(base: dict, k: str, dist, where: str) -> None:
     number = (int,) if kind == "randint" else (int, float)
     if len(args) != 2 or not all(isinstance(a, number) and not isinstance(a, bool) for a in args):
         kind_name = "integers" if kind == "randint" else "numbers"
-        raise ValueError(f"{where}: {kind} needs [low, high], two {kind_name}; got {args!r}")
+        raise ConfigError(f"{where}: {kind} needs [low, high], two {kind_name}; got {args!r}")
     low, high = args
     if not low <= high:
-        raise ValueError(f"{where}: {kind} needs low <= high; got {args!r}")
+        raise ConfigError(f"{where}: {kind} needs low <= high; got {args!r}")
     if kind == "loguniform" and low <= 0:
-        raise ValueError(f"{where}: loguniform needs low > 0; got {args!r}")
+        raise ConfigError(f"{where}: loguniform needs low > 0; got {args!r}")
     for v in (low, high):
         _check_value(base, k, v, where)

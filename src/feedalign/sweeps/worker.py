@@ -10,8 +10,8 @@ count. The run directory is an ordinary one (``feedalign.training.train``); a ru
 directory left by a killed worker (config.toml but no summary.json) is continued
 with ``feedalign.training.resume`` from its last checkpoint.
 
-``invalid`` is a validation error (ValueError: the same on every try, not retried);
-``error`` any other exception (retried like a worker that died).
+``invalid`` is an error in the run's settings or data (:class:`feedalign.errors.FeedalignError`:
+the same on every try, not retried); ``error`` any other exception (retried like a worker that died).
 """
 from __future__ import annotations
 
@@ -21,8 +21,7 @@ import shutil
 import sys
 from pathlib import Path
 
-EXIT_INVALID = 3
-_FAULT_ENV = "_FEEDALIGN_SWEEP_FAULT"  # tests only: "DIR" -> SIGKILL self once per run key (marker in DIR)
+from ..errors import FeedalignError, first_line
 
 
 def pin_threads(threads: int) -> None:
@@ -55,24 +54,12 @@ def run_job(job: dict) -> dict:
         if (run_dir / "config.toml").is_file():
             try:
                 ok = config_hash(Config.from_file(run_dir / "config.toml")) == job["hash"]
-            except ValueError:
+            except ValueError:  # a config error, or a file too broken to decode
                 ok = False
         if ok:
             return resume(run_dir, progress="lines").summary
         shutil.rmtree(run_dir)  # not a run of this config, or too broken to read: start over
     return train(config, progress="lines").summary
-
-
-def _maybe_fault(key: str) -> None:
-    fault_dir = os.environ.get(_FAULT_ENV)
-    if not fault_dir:
-        return
-    marker = Path(fault_dir) / key
-    if not marker.exists():
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text("killed once\n")
-        import signal
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def serve(threads: int) -> int:
@@ -87,14 +74,13 @@ def serve(threads: int) -> int:
         sys.stderr.flush()
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
-        _maybe_fault(job["key"])
         status, error = "done", None
         try:
             summary = run_job(job)
             print(f"feedalign sweep worker: {job['key']} {summary.get('outcome')} "
                   f"best val acc {summary.get('best_val_accuracy')}", file=sys.stderr)
-        except ValueError as err:  # validation (dataset, architecture fit, ...): the same every time
-            status, error = "invalid", str(err).strip().splitlines()[0] if str(err).strip() else "ValueError"
+        except FeedalignError as err:  # settings or data (dataset, architecture fit, ...): the same every time
+            status, error = "invalid", first_line(err)
             print(f"feedalign sweep worker: invalid run: {error}", file=sys.stderr)
         except Exception as err:  # noqa: BLE001 - reported, and the run retried
             import traceback
@@ -110,21 +96,10 @@ def serve(threads: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 2 and argv[0] == "--serve":
-        return serve(int(argv[1]))
-    if len(argv) != 1:
-        print("usage: python -m feedalign.sweeps.worker (JOB.json | --serve THREADS)", file=sys.stderr)
+    if len(argv) != 2 or argv[0] != "--serve":
+        print("usage: python -m feedalign.sweeps.worker --serve THREADS", file=sys.stderr)
         return 2
-    job = json.loads(Path(argv[0]).read_text())
-    _maybe_fault(job["key"])
-    try:
-        summary = run_job(job)
-    except ValueError as err:
-        print(f"feedalign sweep worker: invalid run: {err}", file=sys.stderr)
-        return EXIT_INVALID
-    print(f"feedalign sweep worker: {job['key']} {summary.get('outcome')} "
-          f"best val acc {summary.get('best_val_accuracy')}", file=sys.stderr)
-    return 0
+    return serve(int(argv[1]))
 
 
 if __name__ == "__main__":

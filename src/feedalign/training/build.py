@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from .config import Config
 
 
@@ -33,14 +34,14 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} was asked for but no CUDA device is available; use device = 'cpu' or 'auto'")
+            raise ConfigError(f"device {name!r} was asked for but no CUDA device is available; use device = 'cpu' or 'auto'")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) exist")
+            raise ConfigError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) exist")
     return device
 
 
 def load_data(config: Config):
-    """The dataset's :class:`feedalign.data.DataSplits` (a DatasetError is a ValueError)."""
+    """The dataset's :class:`feedalign.data.DataSplits` (or a DatasetError saying why not)."""
     from ..data import load  # lazily: the data layer is optional for importing this module
     from ..models import NAMED_ARCHITECTURES
     kwargs = {"data_dir": config.data_dir, "seed": config.seed, "standardize": config.standardize,
@@ -60,22 +61,22 @@ def check_fit(config: Config, data) -> str:
     from ..models import NAMED_ARCHITECTURES, parse_sizes
     if config.architecture in NAMED_ARCHITECTURES:
         if data.task != "classification" or len(data.input_shape) != 3:
-            raise ValueError(f"architecture {config.architecture!r} classifies images; {data.name} is not an image "
+            raise ConfigError(f"architecture {config.architecture!r} classifies images; {data.name} is not an image "
                              "classification dataset")
         sizes = [data.input_size, data.output_size]
     else:
         sizes = parse_sizes(config.architecture)
     if sizes[0] != data.input_size or sizes[-1] != data.output_size:
-        raise ValueError(
+        raise ConfigError(
             f"architecture {config.architecture!r} does not fit {data.name}: it needs input size {data.input_size} and "
             f"output size {data.output_size}, e.g. '{data.input_size}-256-{data.output_size}'")
     loss = config.loss
     if loss == "auto":
         loss = "cross_entropy" if data.task == "classification" else "mse"
     if data.task == "regression" and loss != "mse":
-        raise ValueError(f"loss {loss!r} needs class labels but {data.name} is a regression task; use loss = 'mse'")
+        raise ConfigError(f"loss {loss!r} needs class labels but {data.name} is a regression task; use loss = 'mse'")
     if len(data.train_x) == 0:
-        raise ValueError(f"{data.name} has no training examples")
+        raise ConfigError(f"{data.name} has no training examples")
     return loss
 
 
@@ -104,8 +105,11 @@ def build_model(config: Config, device: torch.device) -> nn.Module:
                     p.copy_(torch.empty(p.shape).uniform_(-w, w, generator=generator))
                 else:
                     p.copy_(torch.empty(p.shape).normal_(0.0, w, generator=generator))
-    model = convert(model, config.rule, seed=seeds["feedback"], feedback_init=config.feedback_init,
-                    feedback_scale=config.feedback_scale, inplace=True)
+    try:
+        model = convert(model, config.rule, seed=seeds["feedback"], feedback_init=config.feedback_init,
+                        feedback_scale=config.feedback_scale, inplace=True)
+    except ValueError as err:  # the rule refuses this network (e.g. dfa without a hidden layer): a setting to change
+        raise ConfigError(f"rule {config.rule!r} cannot train architecture {config.architecture!r}: {err}") from err
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     frozen = {"none": [], "first": linears[:1], "hidden": linears[:-1]}[config.frozen]
     for layer in frozen:  # make_optimizer leaves out what needs no gradient

@@ -1,4 +1,4 @@
-"""Atomic files and checkpoints that let a killed run resume bitwise.
+"""Checkpoints that let a killed run resume bitwise.
 
 A checkpoint written at the end of epoch E holds everything the rest of the run
 depends on: model (feedback buffers included), optimizer, schedule, metrics so far,
@@ -8,45 +8,16 @@ what is saved.
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..errors import RunDirError
+from ..files import atomic_write
+
 FORMAT = 1
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it onto ``path``.
-
-    A reader (or a resume after SIGKILL) sees the old file or the new one, never half of one.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:  # some filesystems do not fsync directories
-        pass
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def rng_states() -> dict:
@@ -85,7 +56,7 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}); it is not a feedalign checkpoint") from None
+        raise RunDirError(f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}); it is not a feedalign checkpoint") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"checkpoint {str(path)!r} is not a feedalign checkpoint of format {FORMAT}")
+        raise RunDirError(f"checkpoint {str(path)!r} is not a feedalign checkpoint of format {FORMAT}")
     return state

@@ -11,16 +11,16 @@ Output directory (``config.out_dir/config.name``, default ``runs/<timestamp>-com
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import statistics
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ConfigError, RunDirError
+from ..files import atomic_write, write_json
 from . import records
 from .build import check_fit, load_data
-from .checkpoint import atomic_write_text
 from .config import Config
 from .engine import RunResult, resume, train
 
@@ -60,14 +60,14 @@ def compare(config: Config, rules=DEFAULT_RULES, seeds=(0,), *, progress: str = 
     another, since every run is seeded on its own; callbacks need ``workers=1``.
     """
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ValueError(f"workers must be a positive integer; got {workers!r}")
+        raise ConfigError(f"workers must be a positive integer; got {workers!r}")
     if workers > 1 and callbacks:
-        raise ValueError("callbacks run in this process: use workers=1 with callbacks")
+        raise ConfigError("callbacks run in this process: use workers=1 with callbacks")
     rules, seeds = list(rules), list(seeds)
     if not rules or not seeds:
-        raise ValueError("compare needs at least one rule and one seed")
+        raise ConfigError("compare needs at least one rule and one seed")
     if len(set(rules)) != len(rules) or len(set(seeds)) != len(seeds):
-        raise ValueError(f"compare: rules and seeds must not repeat; got rules {rules} and seeds {seeds}")
+        raise ConfigError(f"compare: rules and seeds must not repeat; got rules {rules} and seeds {seeds}")
     out_dir = _compare_dir(config)
     configs = {(r, s): config.replace(rule=r, seed=s, out_dir=str(out_dir), name=f"{r}-seed{s}")
                for r in rules for s in seeds}
@@ -90,10 +90,10 @@ def compare(config: Config, rules=DEFAULT_RULES, seeds=(0,), *, progress: str = 
                 runs[r].append(train(configs[r, s], callbacks, progress=progress, data=datasets[s]))
     rows = [_aggregate(r, runs[r]) for r in rules]
     result = CompareResult(out_dir, rows, runs)
-    records.write_json(out_dir / "compare.json", {
+    write_json(out_dir / "compare.json", {
         "config": config.to_dict(), "rules": rules, "seeds": seeds, "rows": rows,
         "runs": [{"rule": r, "seed": res.config.seed, "summary": res.summary} for r in rules for res in runs[r]]})
-    atomic_write_text(out_dir / "compare.md", f"# {config.dataset}, {config.architecture} {config.activation}, "
+    atomic_write(out_dir / "compare.md", f"# {config.dataset}, {config.architecture} {config.activation}, "
                       f"{config.epochs} epochs, seeds {seeds}\n\n" + result.table(markdown=True))
     plot_compare(out_dir / "curves.png", runs, title=f"{config.dataset}, {config.architecture}")
     return result
@@ -122,7 +122,7 @@ def _compare_dir(config: Config) -> Path:
     if config.name is not None:
         path = out / config.name
         if path.exists():
-            raise ValueError(f"compare directory {str(path)!r} already exists; choose another name")
+            raise RunDirError(f"compare directory {str(path)!r} already exists; choose another name")
         return path
     return records.fresh_path(out, f"{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}-compare-{config.dataset}")
 
@@ -170,8 +170,3 @@ def plot_compare(path: Path, runs: dict[str, list[RunResult]], title: str) -> No
         if len(results) > 1:
             ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     records.finish_epoch_plot(fig, ax, path, ylabel, title)
-
-
-def load_compare(path: str | Path) -> dict:
-    """Read a compare directory's compare.json."""
-    return json.loads((Path(path) / "compare.json").read_text())

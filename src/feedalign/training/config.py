@@ -13,6 +13,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import ConfigError, ConfigTypeError, first_line
+
 # Choices of the string-valued settings; checked by Config.validate().
 CHOICES = {
     "loss": ("auto", "cross_entropy", "mse", "bce"),
@@ -94,10 +96,10 @@ class Config:
     def from_dict(cls, values: dict, *, source: str = "config") -> "Config":
         """A Config from a flat mapping; an unknown key is an error naming it and the valid ones."""
         if not isinstance(values, dict):
-            raise ValueError(f"{source}: expected a table of settings (key = value), got {type(values).__name__}")
+            raise ConfigTypeError(f"{source}: expected a table of settings (key = value), got {type(values).__name__}")
         unknown = [k for k in values if k not in cls.keys()]
         if unknown:
-            raise ValueError(f"{source}: unknown setting {unknown[0]!r}; valid settings: {', '.join(cls.keys())}")
+            raise ConfigError(f"{source}: unknown setting {unknown[0]!r}; valid settings: {', '.join(cls.keys())}")
         return cls(**values)
 
     @classmethod
@@ -124,7 +126,7 @@ class Config:
 
     # -- validation --------------------------------------------------------------------
     def validate(self) -> None:
-        """Raise ValueError naming the first bad field and what it expects."""
+        """Raise ConfigError (ConfigTypeError for a wrong type) naming the first bad field and what it expects."""
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             _check_type(f.name, getattr(self, f.name), hints[f.name])
@@ -132,19 +134,19 @@ class Config:
                 setattr(self, f.name, float(getattr(self, f.name)))  # 1 in a float field means 1.0
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
-                raise ValueError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
         from ..models import ACTIVATIONS, NAMED_ARCHITECTURES, parse_sizes
         from ..rules import rules
         if self.rule not in rules():
-            raise ValueError(f"rule must be one of {', '.join(rules())}; got {self.rule!r}")
+            raise ConfigError(f"rule must be one of {', '.join(rules())}; got {self.rule!r}")
         if self.activation.lower() not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(sorted(ACTIVATIONS))}; got {self.activation!r}")
+            raise ConfigError(f"activation must be one of {', '.join(sorted(ACTIVATIONS))}; got {self.activation!r}")
         if self.architecture not in NAMED_ARCHITECTURES:
             parse_sizes(self.architecture)
         if not _DEVICE.match(self.device):
-            raise ValueError(f"device must be cpu, cuda, cuda:N or auto; got {self.device!r}")
+            raise ConfigError(f"device must be cpu, cuda, cuda:N or auto; got {self.device!r}")
         if not self.dataset.strip():
-            raise ValueError("dataset must be a dataset name, e.g. 'mnist'; got an empty string")
+            raise ConfigError("dataset must be a dataset name, e.g. 'mnist'; got an empty string")
         _at_least("lr", self.lr, 0.0)
         _at_least("weight_decay", self.weight_decay, 0.0)
         _at_least("gamma", self.gamma, 0.0, strict=True)
@@ -161,15 +163,15 @@ class Config:
                 _at_least(name, getattr(self, name), 0)
         _at_least("threads", self.threads, 0)
         if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1); got {self.momentum!r}")
+            raise ConfigError(f"momentum must be in [0, 1); got {self.momentum!r}")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
-            raise ValueError("nesterov needs optimizer = 'sgd' and momentum > 0")
+            raise ConfigError("nesterov needs optimizer = 'sgd' and momentum > 0")
         if not 0.0 <= self.refuse_margin <= 1.0:
-            raise ValueError(f"refuse_margin must be in [0, 1]; got {self.refuse_margin!r}")
+            raise ConfigError(f"refuse_margin must be in [0, 1]; got {self.refuse_margin!r}")
         if not 0.0 < self.collapse_drop <= 1.0:
-            raise ValueError(f"collapse_drop must be in (0, 1]; got {self.collapse_drop!r}")
+            raise ConfigError(f"collapse_drop must be in (0, 1]; got {self.collapse_drop!r}")
         if self.name is not None and (not self.name.strip() or "/" in self.name or self.name in (".", "..")):
-            raise ValueError(f"name must be a plain directory name (no '/'); got {self.name!r}")
+            raise ConfigError(f"name must be a plain directory name (no '/'); got {self.name!r}")
 
 
 def _type_name(hint) -> str:
@@ -194,24 +196,27 @@ def _check_type(name: str, value, hint) -> None:
         else:
             ok |= isinstance(value, kind)
     if not ok:
-        raise ValueError(f"{name} must be {_type_name(hint)}; got {value!r}")
+        raise ConfigTypeError(f"{name} must be {_type_name(hint)}; got {value!r}")
 
 
 def _at_least(name: str, value, low, strict: bool = False) -> None:
     if value < low or (strict and value == low):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {low}; got {value!r}")
+        raise ConfigError(f"{name} must be {'>' if strict else '>='} {low}; got {value!r}")
 
 
 def read_mapping(path: str | Path, *, what: str) -> dict:
-    """A TOML (``.toml``) or YAML (``.yaml``/``.yml``) file as a dict, or a one-line ValueError
+    """A TOML (``.toml``) or YAML (``.yaml``/``.yml``) file as a dict, or a one-line ConfigError
     that starts with ``what`` and the path (config files and sweep specs share this)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{what} {str(path)!r} does not exist")
+        raise ConfigError(f"{what} {str(path)!r} does not exist")
     suffix = path.suffix.lower()
     if suffix not in (".toml", ".yaml", ".yml"):
-        raise ValueError(f"{what} {str(path)!r}: expected a .toml, .yaml or .yml file")
-    text = path.read_text()
+        raise ConfigError(f"{what} {str(path)!r}: expected a .toml, .yaml or .yml file")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {str(path)!r} is not UTF-8 text") from None
     try:
         if suffix == ".toml":
             try:
@@ -224,9 +229,8 @@ def read_mapping(path: str | Path, *, what: str) -> dict:
             values = yaml.safe_load(text)
             values = {} if values is None else values
     except Exception as err:  # tomllib.TOMLDecodeError and yaml.YAMLError alike
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{what} {str(path)!r} does not parse: {first}") from None
+        raise ConfigError(f"{what} {str(path)!r} does not parse: {first_line(err)}") from None
     if not isinstance(values, dict):
-        raise ValueError(f"{what} {str(path)!r}: expected a table of settings (key = value) at the top, "
-                         f"got {type(values).__name__}")
+        raise ConfigTypeError(f"{what} {str(path)!r}: expected a table of settings (key = value) at the top, "
+                              f"got {type(values).__name__}")
     return values

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import math
 import random
 import shutil
@@ -17,15 +18,18 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..errors import ConfigError, RunDirError
+from ..files import atomic_write, jsonl_line, read_jsonl, write_json, write_jsonl
 from . import records
 from .build import (build_model, check_fit, derived_seeds, load_data, make_loss, make_optimizer, make_schedule,
                     resolve_device)
-from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint, set_rng_states
+from .checkpoint import load_checkpoint, save_checkpoint, set_rng_states
 from .config import Config
 from .outcome import label_outcome
 
@@ -82,11 +86,9 @@ class Run:
 
     def log(self, values: dict, step: int | None = None) -> None:
         """Append ``{"epoch", "step", **values}`` to RUN_DIR/steps.jsonl (flushed at each epoch end)."""
-        import json
         if self._steps_file is None:
             self._steps_file = open(self.run_dir / "steps.jsonl", "a")
-        row = {"epoch": self.epoch, "step": self.step if step is None else step, **values}
-        self._steps_file.write(json.dumps({k: records._clean(v) for k, v in row.items()}) + "\n")
+        self._steps_file.write(jsonl_line({"epoch": self.epoch, "step": self.step if step is None else step, **values}))
 
     def _flush(self) -> None:
         if self._steps_file is not None:
@@ -110,19 +112,12 @@ def train(config: Config, callbacks=(), *, progress: str = "auto", data=None) ->
     ``data``: the :class:`feedalign.data.DataSplits` of these settings, if already loaded.
     """
     if not isinstance(config, Config):
-        raise ValueError(f"train expects a feedalign.training.Config, got {type(config).__name__}")
+        raise TypeError(f"train expects a feedalign.training.Config, got {type(config).__name__}")
+    bar = _Progress(progress, config)
     run = _prepare(config, data)
-    run_dir = _new_run_dir(config)
-    run.run_dir = run_dir
-    try:
-        run_dir.mkdir(parents=True)
-        (run_dir / "checkpoints").mkdir()
-        # Without its name: `feedalign train --config RUN_DIR/config.toml` then repeats the run in a new directory.
-        atomic_write_text(run_dir / "config.toml", config.replace(name=None).to_toml())
-    except BaseException:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    return _run(run, start=None, callbacks=callbacks, progress=progress)
+    run.run_dir = _new_run_dir(config)
+    _create_run_dir(run.run_dir, config)
+    return _run(run, start=None, callbacks=callbacks, bar=bar)
 
 
 def resume(run_dir: str | Path, callbacks=(), *, progress: str = "auto") -> RunResult:
@@ -133,21 +128,18 @@ def resume(run_dir: str | Path, callbacks=(), *, progress: str = "auto") -> RunR
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or not (run_dir / "config.toml").is_file():
-        raise ValueError(f"{str(run_dir)!r} is not a run directory (expected a directory with config.toml, "
-                         "as `feedalign train` makes)")
+        raise RunDirError(f"{str(run_dir)!r} is not a run directory (expected a directory with config.toml, "
+                          "as `feedalign train` makes)")
     config = Config.from_file(run_dir / "config.toml")
+    bar = _Progress(progress, config)
     run = _prepare(config)
     run.run_dir = run_dir
     latest = run_dir / "checkpoints" / "latest.pt"
     state = load_checkpoint(latest) if latest.exists() else None
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     if (run_dir / "summary.json").exists():
-        import json
-        if state is not None:
-            run.model.load_state_dict(state["model"])
-        summary = json.loads((run_dir / "summary.json").read_text())
-        return RunResult(run_dir, summary, records.read_jsonl(run_dir / "metrics.jsonl"), run.model, config)
-    return _run(run, start=state, callbacks=callbacks, progress=progress)
+        return _finished_result(run, state)
+    return _run(run, start=state, callbacks=callbacks, bar=bar)
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, *, classification: bool,
@@ -192,15 +184,35 @@ def _prepare(config: Config, data=None) -> Run:
 def _new_run_dir(config: Config) -> Path:
     out = Path(config.out_dir)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"out_dir {str(out)!r} exists and is not a directory")
+        raise RunDirError(f"out_dir {str(out)!r} exists and is not a directory")
     if config.name is not None:
         run_dir = out / config.name
         if run_dir.exists():
-            raise ValueError(f"run directory {str(run_dir)!r} already exists; continue it with "
-                             f"`feedalign train --resume {run_dir}` or choose another name")
+            raise RunDirError(f"run directory {str(run_dir)!r} already exists; continue it with "
+                              f"`feedalign train --resume {run_dir}` or choose another name")
         return run_dir
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return records.fresh_path(out, f"{stamp}-{config.rule}-{config.dataset}")
+
+
+def _create_run_dir(run_dir: Path, config: Config) -> None:
+    """The run directory with its config.toml; nothing is left behind if that fails."""
+    try:
+        run_dir.mkdir(parents=True)
+        (run_dir / "checkpoints").mkdir()
+        # Without its name: `feedalign train --config RUN_DIR/config.toml` then repeats the run in a new directory.
+        atomic_write(run_dir / "config.toml", config.replace(name=None).to_toml())
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _finished_result(run: Run, state: dict | None) -> RunResult:
+    """A finished run as it is on disk, with the model of its last checkpoint."""
+    if state is not None:
+        run.model.load_state_dict(state["model"])
+    summary = json.loads((run.run_dir / "summary.json").read_text())
+    return RunResult(run.run_dir, summary, read_jsonl(run.run_dir / "metrics.jsonl"), run.model, run.config)
 
 
 def _seed_globals(seed: int) -> None:
@@ -218,84 +230,148 @@ def _epoch_generator(config: Config, epoch: int, stream: int = 0) -> torch.Gener
     return torch.Generator().manual_seed(seed)
 
 
-def _run(run: Run, *, start: dict | None, callbacks, progress: str) -> RunResult:
-    config, data, model = run.config, run.data, run.model
-    fresh = start is None
-    classification = data.task == "classification"
-    to = run.device
-    train_x, train_y = data.train_x.to(to), data.train_y.to(to)
-    sel_split = "val" if len(data.val_x) else "test"  # no validation set: select on test, and say so
-    eval_sets = {"val": (data.val_x.to(to), data.val_y.to(to)), "test": (data.test_x.to(to), data.test_y.to(to))}
-    bar = _Progress(progress, config)
-    callbacks = list(callbacks)
-    # -- diagnostics: alignment.jsonl every config.alignment_every steps (feedalign.diagnostics) --
-    from ..diagnostics.callback import AlignmentCallback
-    if config.alignment_every and not any(isinstance(cb, AlignmentCallback) for cb in callbacks):
-        callbacks.append(AlignmentCallback(every=config.alignment_every))
-    # -- end diagnostics --
+def _run(run: Run, *, start: dict | None, callbacks, bar: "_Progress") -> RunResult:
+    """Train from checkpoint ``start`` (None: from scratch) to the last epoch or divergence; write the summary."""
+    loop = _Loop(run, _with_config_callbacks(run.config, callbacks), bar)
     try:
-        if fresh:
-            _seed_globals(config.seed)
-            metrics = [_evaluate_row(run, 0, eval_sets, classification, None, 0.0, 0.0)]
-            records.write_metrics(run.run_dir, metrics)
-        else:
-            model.load_state_dict(start["model"])
-            run.optimizer.load_state_dict(start["optimizer"])
-            run.schedule.load_state_dict(start["schedule"])
-            set_rng_states(start["rng"])
-            metrics, run.step = list(start["metrics"]), start["step"]
-            records.write_metrics(run.run_dir, metrics)  # drop rows written after the checkpoint
-            steps = records.read_jsonl(run.run_dir / "steps.jsonl")
-            if steps:
-                import json
-                atomic_write_text(run.run_dir / "steps.jsonl",
-                                  "".join(json.dumps(r) + "\n" for r in steps if r["epoch"] <= start["epoch"]))
-        bar.line(f"{'resuming' if start else 'training'} {config.rule} on {config.dataset} in {run.run_dir}")
-        _call(callbacks, "on_train_begin", run)
-        diverged_at = None
-        first_epoch = 1 if fresh else start["epoch"] + 1
-        model.train()
-        for epoch in range(first_epoch, config.epochs + 1):
-            run.epoch = epoch
-            row = _train_epoch(run, epoch, train_x, train_y, classification, callbacks, bar)
-            if row is None:
-                diverged_at = epoch
-                break
-            lr = row.pop("lr")
-            run.schedule.step()
-            row = _evaluate_row(run, epoch, eval_sets, classification, row, lr, row.pop("train_seconds"))
-            _call(callbacks, "on_epoch_end", epoch, row)
-            if not all(math.isfinite(row[k]) for k in ("val_loss", "test_loss") if row.get(k) is not None):
-                bar.line(f"epoch {epoch}: evaluation loss is NaN/Inf; stopping (diverged)")
-                diverged_at = epoch
-                break
-            metrics.append(row)
-            bar.line(_epoch_line(row, config))
-            run._flush()
-            records.write_metrics(run.run_dir, metrics)
-            if _is_best(metrics, sel_split, classification):
-                save_checkpoint(run.run_dir / "checkpoints" / "best.pt", epoch=epoch, step=run.step, model=model,
-                                optimizer=run.optimizer, schedule=run.schedule, metrics=metrics)
-            save_checkpoint(run.run_dir / "checkpoints" / "latest.pt", epoch=epoch, step=run.step, model=model,
-                            optimizer=run.optimizer, schedule=run.schedule, metrics=metrics)
-            fresh = False  # a checkpoint now exists: keep the directory whatever happens
-    except KeyboardInterrupt:
-        bar.close()
-        print(f"feedalign: interrupted; continue with `feedalign train --resume {run.run_dir}`", file=sys.stderr)
-        raise
-    except BaseException:
-        bar.close()
-        if fresh and not (run.run_dir / "checkpoints" / "latest.pt").exists():
-            shutil.rmtree(run.run_dir, ignore_errors=True)  # nothing worth resuming: leave no half-written run
+        metrics, first_epoch = loop.begin(start)
+        diverged_at = loop.train_epochs(metrics, first_epoch)
+    except BaseException as err:
+        loop.abort(err)
         raise
     finally:
         run._close()
-    bar.close()
-    summary = summarize(run, metrics, sel_split, diverged_at)
-    records.write_json(run.run_dir / "summary.json", summary)
-    records.plot_curves(run.run_dir, metrics, f"{config.rule} on {config.dataset}, {config.architecture}, seed {config.seed}")
-    _call(callbacks, "on_train_end", summary)
-    return RunResult(run.run_dir, summary, metrics, model, config)
+    loop.bar.close()
+    return loop.finish(metrics, diverged_at)
+
+
+def _with_config_callbacks(config: Config, callbacks) -> list:
+    """The caller's callbacks, plus alignment logging when ``config.alignment_every`` asks and none is given."""
+    from ..diagnostics.callback import AlignmentCallback  # lazily: diagnostics builds on training, not the reverse
+    callbacks = list(callbacks)
+    if config.alignment_every and not any(isinstance(cb, AlignmentCallback) for cb in callbacks):
+        callbacks.append(AlignmentCallback(every=config.alignment_every))
+    return callbacks
+
+
+class _Loop:
+    """One training session of a run: its tensors on the device, callbacks and progress output."""
+
+    def __init__(self, run: Run, callbacks: list, bar: "_Progress"):
+        data, to = run.data, run.device
+        self.run, self.callbacks, self.bar = run, callbacks, bar
+        self.classification = data.task == "classification"
+        self.train_set = (data.train_x.to(to), data.train_y.to(to))
+        self.eval_sets = {"val": (data.val_x.to(to), data.val_y.to(to)), "test": (data.test_x.to(to), data.test_y.to(to))}
+        self.selection_split = "val" if len(data.val_x) else "test"  # no validation set: select on test, and say so
+
+    def begin(self, start: dict | None) -> tuple[list[dict], int]:
+        """Metrics so far and the first epoch to train, from scratch or from checkpoint ``start``."""
+        run = self.run
+        if start is None:
+            _seed_globals(run.config.seed)
+            metrics = [self.evaluate(0, _UNTRAINED)]
+            first_epoch = 1
+        else:
+            _restore(run, start)
+            metrics, first_epoch = list(start["metrics"]), start["epoch"] + 1
+            steps = read_jsonl(run.run_dir / "steps.jsonl")
+            if steps:  # drop the steps logged after the checkpoint
+                write_jsonl(run.run_dir / "steps.jsonl", [r for r in steps if r["epoch"] <= start["epoch"]])
+        records.write_metrics(run.run_dir, metrics)  # on resume: drops the rows written after the checkpoint
+        self.bar.line(f"{'resuming' if start else 'training'} {run.config.rule} on {run.config.dataset} in {run.run_dir}")
+        _call(self.callbacks, "on_train_begin", run)
+        run.model.train()
+        return metrics, first_epoch
+
+    def train_epochs(self, metrics: list[dict], first_epoch: int) -> int | None:
+        """Train up to ``config.epochs``, appending to ``metrics``; the epoch it diverged at, or None."""
+        for epoch in range(first_epoch, self.run.config.epochs + 1):
+            row = self.epoch(epoch)
+            if row is None:
+                return epoch
+            metrics.append(row)
+            self.save(metrics, epoch)
+        return None
+
+    def epoch(self, epoch: int) -> dict | None:
+        """Train and evaluate one epoch; its metrics row, or None if the loss went NaN/Inf."""
+        run = self.run
+        run.epoch = epoch
+        trained = _train_epoch(run, epoch, *self.train_set, self.classification, self.callbacks, self.bar)
+        if trained is None:
+            return None
+        run.schedule.step()
+        row = self.evaluate(epoch, trained)
+        _call(self.callbacks, "on_epoch_end", epoch, row)
+        if not all(math.isfinite(row[k]) for k in ("val_loss", "test_loss") if row.get(k) is not None):
+            self.bar.line(f"epoch {epoch}: evaluation loss is NaN/Inf; stopping (diverged)")
+            return None
+        self.bar.line(_epoch_line(row, run.config))
+        return row
+
+    def evaluate(self, epoch: int, trained: "_Trained") -> dict:
+        """The epoch's metrics row; its columns keep this order in metrics.jsonl and metrics.csv."""
+        t0 = time.perf_counter()
+        row = {"epoch": epoch, "train_loss": trained.loss, "train_accuracy": trained.accuracy}
+        for split, (x, y) in self.eval_sets.items():
+            loss, acc = evaluate(self.run.model, x, y, self.run.loss_fn, classification=self.classification)
+            row[f"{split}_loss"], row[f"{split}_accuracy"] = loss, acc
+        row.update(lr=trained.lr, train_seconds=trained.seconds,
+                   seconds=trained.seconds + time.perf_counter() - t0)
+        return row
+
+    def save(self, metrics: list[dict], epoch: int) -> None:
+        """Write what the epoch left: step log, metrics, checkpoints (best.pt when it is the best so far)."""
+        run = self.run
+        run._flush()
+        records.write_metrics(run.run_dir, metrics)
+        checkpoints = [run.run_dir / "checkpoints" / "latest.pt"]
+        if _is_best(metrics, self.selection_split, self.classification):
+            checkpoints.insert(0, run.run_dir / "checkpoints" / "best.pt")
+        for path in checkpoints:
+            save_checkpoint(path, epoch=epoch, step=run.step, model=run.model, optimizer=run.optimizer,
+                            schedule=run.schedule, metrics=metrics)
+
+    def abort(self, err: BaseException) -> None:
+        """After an exception: keep a run that can be resumed, remove one that has nothing to resume from."""
+        self.bar.close()
+        run_dir = self.run.run_dir
+        if isinstance(err, KeyboardInterrupt):
+            print(f"feedalign: interrupted; continue with `feedalign train --resume {run_dir}`", file=sys.stderr)
+        elif not (run_dir / "checkpoints" / "latest.pt").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # leave no half-written run
+
+    def finish(self, metrics: list[dict], diverged_at: int | None) -> RunResult:
+        """Write summary.json and the learning curves; tell the callbacks."""
+        run, config = self.run, self.run.config
+        summary = _summarize(run, metrics, self.selection_split, diverged_at)
+        write_json(run.run_dir / "summary.json", summary)
+        records.plot_curves(run.run_dir, metrics,
+                            f"{config.rule} on {config.dataset}, {config.architecture}, seed {config.seed}")
+        _call(self.callbacks, "on_train_end", summary)
+        return RunResult(run.run_dir, summary, metrics, run.model, config)
+
+
+def _restore(run: Run, state: dict) -> None:
+    """Model, optimizer, schedule, step count and every random state as checkpoint ``state`` saved them."""
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.schedule.load_state_dict(state["schedule"])
+    set_rng_states(state["rng"])
+    run.step = state["step"]
+
+
+class _Trained(NamedTuple):
+    """What one pass over the training set measured (accuracy is None for regression)."""
+
+    loss: float | None
+    accuracy: float | None
+    lr: float
+    seconds: float
+
+
+_UNTRAINED = _Trained(loss=None, accuracy=None, lr=0.0, seconds=0.0)  # epoch 0: the model before any step
 
 
 def _call(callbacks, hook: str, *args) -> None:
@@ -306,8 +382,8 @@ def _call(callbacks, hook: str, *args) -> None:
             method(*args)
 
 
-def _train_epoch(run: Run, epoch: int, x, y, classification: bool, callbacks, bar) -> dict | None:
-    """One pass over the training set; the row so far, or None if the loss went NaN/Inf."""
+def _train_epoch(run: Run, epoch: int, x, y, classification: bool, callbacks, bar) -> _Trained | None:
+    """One pass over the training set; what it measured, or None if the loss went NaN/Inf."""
     from ..data import batches
     config, model, optimizer = run.config, run.model, run.optimizer
     lr = optimizer.param_groups[0]["lr"]
@@ -336,8 +412,8 @@ def _train_epoch(run: Run, epoch: int, x, y, classification: bool, callbacks, ba
             correct += int((out.detach().argmax(1) == yb).sum())
         _call(callbacks, "on_step", run.step, model, (xb, yb))
         bar.update()
-    return {"epoch": epoch, "train_loss": total / seen, "train_accuracy": correct / seen if classification else None,
-            "lr": lr, "train_seconds": time.perf_counter() - t0}
+    return _Trained(loss=total / seen, accuracy=correct / seen if classification else None, lr=lr,
+                    seconds=time.perf_counter() - t0)
 
 
 def _rule_hooks(run: Run, epoch: int):
@@ -367,18 +443,6 @@ def _rule_hooks(run: Run, epoch: int):
     return no_context, nothing
 
 
-def _evaluate_row(run: Run, epoch: int, eval_sets, classification: bool, row: dict | None, lr, train_seconds) -> dict:
-    t0 = time.perf_counter()
-    row = dict(row or {"epoch": 0, "train_loss": None, "train_accuracy": None})
-    for split, (x, y) in eval_sets.items():
-        loss, acc = evaluate(run.model, x, y, run.loss_fn, classification=classification)
-        row[f"{split}_loss"], row[f"{split}_accuracy"] = loss, acc
-    row["lr"] = lr
-    row["train_seconds"] = train_seconds
-    row["seconds"] = train_seconds + time.perf_counter() - t0
-    return row
-
-
 def _score(row: dict, split: str, classification: bool) -> float:
     """Higher is better: accuracy, or minus the loss for regression."""
     return row[f"{split}_accuracy"] if classification else -row[f"{split}_loss"]
@@ -389,7 +453,7 @@ def _is_best(metrics: list[dict], split: str, classification: bool) -> bool:
     return scores.index(max(scores)) == len(scores) - 1
 
 
-def summarize(run: Run, metrics: list[dict], split: str, diverged_at: int | None) -> dict:
+def _summarize(run: Run, metrics: list[dict], split: str, diverged_at: int | None) -> dict:
     """The run's summary.json. ``*_error`` is 1 - accuracy, or the loss (MSE) for regression."""
     config, data = run.config, run.data
     classification = data.task == "classification"
@@ -443,7 +507,7 @@ class _Progress:
 
     def __init__(self, mode: str, config: Config):
         if mode not in ("auto", "bar", "lines", "none"):
-            raise ValueError(f"progress must be auto, bar, lines or none; got {mode!r}")
+            raise ConfigError(f"progress must be auto, bar, lines or none; got {mode!r}")
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "lines"
         self.mode, self.config, self._bar = mode, config, None

@@ -14,24 +14,15 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 
-from .checkpoint import atomic_write_text
-
-
-def _clean(value):
-    """JSON has no NaN/Inf: write them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+from ..files import atomic_write, write_jsonl
 
 
 def write_metrics(run_dir: Path, rows: list[dict]) -> None:
     """Rewrite metrics.jsonl and metrics.csv from ``rows`` (so a resume drops rows past its checkpoint)."""
-    lines = "".join(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n" for row in rows)
-    atomic_write_text(run_dir / "metrics.jsonl", lines)
+    write_jsonl(run_dir / "metrics.jsonl", rows)
     columns: list[str] = []
     for row in rows:  # callbacks may add columns; keep first-seen order
         columns += [k for k in row if k not in columns]
@@ -40,25 +31,7 @@ def write_metrics(run_dir: Path, rows: list[dict]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
-    atomic_write_text(run_dir / "metrics.csv", buffer.getvalue())
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def write_json(path: Path, value) -> None:
-    atomic_write_text(path, json.dumps(_deep_clean(value), indent=2) + "\n")
-
-
-def _deep_clean(value):
-    if isinstance(value, dict):
-        return {k: _deep_clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_deep_clean(v) for v in value]
-    return _clean(value)
+    atomic_write(run_dir / "metrics.csv", buffer.getvalue())
 
 
 def fresh_path(out: Path, base: str) -> Path:

@@ -1,0 +1,77 @@
+"""The one way feedalign writes and reads its files: atomic writes, JSON without NaN, JSON lines.
+
+Every file is written to a temporary name beside its target and renamed onto it, so a
+reader (or a resume after SIGKILL) sees the old file or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+
+def atomic_write(path: str | Path, content) -> None:
+    """Write ``content`` (str, bytes, or a callable given the open binary file) to ``path`` atomically.
+
+    The temporary file is fsynced before the rename, and the folder after it, so the new
+    file survives a crash. It is made 0644 (mkstemp makes 0600), as the data cache may be shared.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(content):
+                content(f)
+            else:
+                f.write(content.encode() if isinstance(content, str) else content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:  # some filesystems do not fsync directories
+        pass
+
+
+def json_safe(value):
+    """``value`` with every NaN/Inf float, at any depth of dicts, lists and tuples, made None (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: str | Path, value, *, indent: int = 2) -> None:
+    """``value`` as JSON (NaN/Inf as null), atomically."""
+    atomic_write(path, json.dumps(json_safe(value), indent=indent) + "\n")
+
+
+def jsonl_line(row: dict) -> str:
+    """One JSON-lines record (NaN/Inf as null), newline included."""
+    return json.dumps(json_safe(row)) + "\n"
+
+
+def write_jsonl(path: str | Path, rows) -> None:
+    """Rewrite ``path`` with one JSON object per row, atomically."""
+    atomic_write(path, "".join(jsonl_line(row) for row in rows))
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The rows of a JSON-lines file, [] when it does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
