@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import feedalign
-from feedalign.rules import linear_layers
+from feedalign.rules import trainable_layers
 from feedalign.rules.fast import uses_fast_path
 
 from reference import reference_gradients
@@ -26,7 +26,7 @@ def run_torch(model, x, target, loss):
 
 
 def check_against_reference(model, rule, x, target, activation, loss, bias=True, fast=None):
-    layers = linear_layers(model)
+    layers = trainable_layers(model)
     weights = [layer.weight.detach().numpy() for layer in layers]
     biases = [layer.bias.detach().numpy() if bias else None for layer in layers]
     feedback = [b.detach().numpy() for b in feedalign.feedback_matrices(model)]
@@ -147,7 +147,7 @@ def test_feedback_shapes_and_default_scales():
     net = feedalign.mlp("20-50-30-10")
     fa = feedalign.feedback_matrices(feedalign.convert(net, "fa"))
     assert [tuple(b.shape) for b in fa] == [(50, 20), (30, 50), (10, 30)]
-    assert all(b.abs().max() <= 1 / layer.in_features ** 0.5 for b, layer in zip(fa, linear_layers(net)))
+    assert all(b.abs().max() <= 1 / layer.in_features ** 0.5 for b, layer in zip(fa, trainable_layers(net)))
     dfa = feedalign.feedback_matrices(feedalign.convert(net, "dfa"))
     assert [tuple(b.shape) for b in dfa] == [(10, 50), (10, 30)]
     assert dfa[0].abs().max() <= 1 / 50 ** 0.5 and dfa[1].abs().max() <= 1 / 30 ** 0.5
@@ -192,7 +192,7 @@ def test_backward_matmul_count(rule, expected, fast):
 def test_dfa_hidden_layers_get_no_input_gradient():
     model = feedalign.convert(feedalign.mlp("5-6-6-4-3"), "dfa")
     seen = {}
-    for k, layer in enumerate(linear_layers(model)):
+    for k, layer in enumerate(trainable_layers(model)):
         layer.register_full_backward_hook(lambda module, grad_in, grad_out, k=k: seen.__setitem__(k, grad_in[0]))
     F.cross_entropy(model(torch.randn(8, 5)), torch.randint(0, 3, (8,))).backward()
     assert set(seen) == {0, 1, 2, 3}
@@ -246,7 +246,7 @@ def test_mlp_rejects_malformed_sizes(spec):
 
 def test_mlp_builds_layers():
     net = feedalign.mlp("784-240x3-10", activation="relu", bias=False)
-    linears = linear_layers(net)
+    linears = trainable_layers(net)
     assert [(l.in_features, l.out_features) for l in linears] == [(784, 240), (240, 240), (240, 240), (240, 10)]
     assert all(l.bias is None for l in linears)
     assert sum(isinstance(m, nn.ReLU) for m in net) == 3
@@ -285,7 +285,7 @@ def test_fast_path_taken_for_mlp_only(rule):
         assert not uses_fast_path(model(x))
     with feedalign.exact_gradients(model):
         assert not uses_fast_path(model(x))
-    handle = linear_layers(model)[1].register_forward_hook(lambda *args: None)
+    handle = trainable_layers(model)[1].register_forward_hook(lambda *args: None)
     assert not uses_fast_path(model(x)), "a hook on a layer must see the layer run"
     handle.remove()
     assert uses_fast_path(model(x))
@@ -361,6 +361,6 @@ def test_feedback_stream_differs_from_the_global_seed(seed):
     torch.manual_seed(seed)
     net = feedalign.mlp("20-30-10")
     fa = feedalign.convert(net, "fa", seed=seed)
-    for layer, feedback in zip(linear_layers(net), feedalign.feedback_matrices(fa)):
+    for layer, feedback in zip(trainable_layers(net), feedalign.feedback_matrices(fa)):
         cosine = F.cosine_similarity(layer.weight.flatten(), feedback.flatten(), dim=0)
         assert abs(float(cosine)) < 0.5

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .rules.base import RULE_ATTRIBUTE, get_rule, linear_layers
+from .rules.base import RULE_ATTRIBUTE, LearningRule, get_rule, trainable_layers
 
 
 def convert(model: nn.Module, rule: str, *, seed: int = 0, feedback_init: str = "uniform",
@@ -18,9 +18,8 @@ def convert(model: nn.Module, rule: str, *, seed: int = 0, feedback_init: str = 
     ``loss = criterion(model(x), y); loss.backward(); optimizer.step()``.
 
     Args:
-        model: any module whose trainable layers are ``nn.Linear`` (nested containers
-            included), with element-wise functions between them. Forward order is taken
-            to be registration order.
+        model: any module whose trainable layers are ``nn.Linear`` or ``nn.Conv2d`` (nested
+            containers included). Forward order is taken to be registration order.
         rule: ``"bp"``, ``"fa"``, ``"dfa"``, ``"ifa"``, ...
         seed: seeds the fixed random feedback matrices; the same seed gives the same B.
         feedback_init: ``"uniform"`` (U[-s, s]) or ``"gaussian"`` (N(0, s^2)).
@@ -37,8 +36,8 @@ def convert(model: nn.Module, rule: str, *, seed: int = 0, feedback_init: str = 
         raise ValueError(f"unknown feedback_init {feedback_init!r}; expected 'uniform' or 'gaussian'")
     if feedback_scale is not None and not (float(feedback_scale) >= 0):
         raise ValueError(f"feedback_scale must be a non-negative number or None, got {feedback_scale!r}")
-    if not linear_layers(model):
-        raise ValueError(f"model has no nn.Linear layer to convert ({type(model).__name__})")
+    if not trainable_layers(model):
+        raise ValueError(f"model has no nn.Linear or nn.Conv2d layer to convert ({type(model).__name__})")
     if not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
     if not inplace:
@@ -64,6 +63,12 @@ def feedback_seed(seed: int) -> int:
 def rule_of(model: nn.Module) -> str:
     """The rule ``model`` was converted with; a plain model learns with ``"bp"``."""
     return getattr(model, RULE_ATTRIBUTE, "bp")
+
+
+def learning_rule(model: nn.Module) -> LearningRule:
+    """The :class:`~feedalign.rules.LearningRule` object of ``model``'s rule (see :func:`rule_of`):
+    what a training loop, the diagnostics or the benchmark ask a rule for."""
+    return get_rule(rule_of(model))
 
 
 def feedback_matrices(model: nn.Module) -> list[torch.Tensor]:

@@ -1,8 +1,9 @@
 """The wider family on LeNet-5 / Fashion-MNIST, beside BioTorch's published errors.
 
 ``feedalign.lenet5()`` (tanh) converted with each rule, trained with the same SGD
-loop (``loss.backward(); optimizer.step()``; ``wm`` also calls
-``feedalign.rules.wm.mirror`` every few batches), test error after training, and the
+loop (``loss.backward(); optimizer.step()``; the rule's own phase between steps,
+:meth:`~feedalign.rules.LearningRule.after_step`, runs ``mirror_steps`` times every
+``mirror_every`` batches: ``wm``'s mirror phase), test error after training, and the
 alignment angle over training: the angle between each hidden layer's weight update
 under the rule and the true gradient (``feedalign.exact_gradients``) on a fixed
 validation probe, averaged over the hidden layers (BP is 0 by definition).
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 import feedalign
 import feedalign.data
 from feedalign.diagnostics.angles import angle
-from feedalign.rules import wm
+from feedalign.rules import trainable_layers
 
 from ._common import mean_std_band, pyplot
 from .base import Claim, Experiment, register
@@ -34,13 +35,9 @@ RULES = ("bp", "fa", "dfa", "usf", "brsf", "frsf", "kp", "wm", "drtp")
 BIOTORCH = {"bp": 9.2, "fa": 13.06, "dfa": 12.81, "usf": 9.69, "brsf": 10.02, "frsf": 9.61}
 
 
-def _hidden_layers(model):
-    return [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][:-1]
-
-
 def alignment_angle(model, x, y) -> float:
     """Mean over hidden layers of the angle (degrees) between the rule's and the true weight gradient."""
-    layers = _hidden_layers(model)
+    layers = trainable_layers(model)[:-1]
     model.zero_grad(set_to_none=True)
     F.cross_entropy(model(x), y).backward()
     rule = [layer.weight.grad.clone() for layer in layers]
@@ -61,6 +58,7 @@ def run_family(rule: str, data, *, seed: int, epochs: int, n_train: int, batch_s
     flattened); returns test error (%), run time and the alignment-angle curve."""
     torch.manual_seed(seed)
     model = feedalign.convert(feedalign.lenet5(in_channels=data.train_x.shape[1]), rule, seed=seed)
+    learning_rule = feedalign.learning_rule(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     g = torch.Generator().manual_seed(seed)
     x_train, y_train = data.train_x[:n_train], data.train_y[:n_train]
@@ -72,12 +70,14 @@ def run_family(rule: str, data, *, seed: int, epochs: int, n_train: int, batch_s
         order = torch.randperm(len(x_train), generator=g)
         for i in range(0, len(order), batch_size):
             index = order[i:i + batch_size]
+            batch = x_train[index], y_train[index]
             optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x_train[index]), y_train[index]).backward()
+            F.cross_entropy(model(batch[0]), batch[1]).backward()
             optimizer.step()
             step += 1
-            if rule == "wm" and step % mirror_every == 0:
-                wm.mirror(model, mirror_steps, noise_std=1.0, lr=0.1, generator=g)
+            if step % mirror_every == 0:  # wm: mirror_steps steps of noise_std 1, lr 0.1
+                for _ in range(mirror_steps):
+                    learning_rule.after_step(model, batch, step, generator=g)
             if step % record_every == 0:
                 curve.append((step, alignment_angle(model, px, py)))
     seconds = time.perf_counter() - start

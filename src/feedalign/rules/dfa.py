@@ -25,8 +25,7 @@ from torch import nn
 
 from . import fast
 from ._cut import HiddenCut, find_cut
-from ._layers import trainable_layers
-from .base import LearningRule, register, sample_feedback
+from .base import FeedbackRole, LearningRule, forward_flops, register, sample_feedback, trainable_layers
 
 
 class _DirectFeedback(torch.autograd.Function):
@@ -53,8 +52,29 @@ def _attach(root, output, hidden, preactivations):
     return _DirectFeedback.apply(output, root.feedback, find_cut(root).widths, *hidden)
 
 
+class DirectRule(LearningRule):
+    """What ``dfa`` and ``drtp`` share: one B_k (out_features, width_k) per hidden layer k, side by side
+    in the root's buffer ``feedback``, each carrying a signal from the output straight to h_k."""
+
+    def feedback_matrices(self, model: nn.Module) -> list[torch.Tensor]:
+        """One B_k per hidden layer, forward order, each (out_features, width_k): views of ``model.feedback``."""
+        materialize_feedback(model)  # a Conv2d model: raises if no forward pass has sized it yet
+        return list(model.feedback.split(find_cut(model).widths, dim=1))
+
+    def feedback_layout(self, model):
+        """B_k stands in for ``W_L ... W_{k+1}``, the linear path from h_k to the output; the output layer has none."""
+        blocks = self.feedback_matrices(model)
+        n = len(blocks) + 1
+        return ([FeedbackRole(b, tuple(range(k + 1, n))) for k, b in enumerate(blocks)]
+                + [FeedbackRole(None, reason="output layer")])
+
+    def step_flops(self, widths, batch):
+        """Forward, every weight gradient, and ONE matmul (N, out) x (out, sum of hidden widths) for all signals."""
+        return float(2 * forward_flops(widths, batch) + 2 * batch * widths[-1] * sum(widths[1:-1]))
+
+
 @register
-class DirectFeedbackAlignment(LearningRule):
+class DirectFeedbackAlignment(DirectRule):
     """``dfa``. Default feedback: B_k ~ U[-1/sqrt(width_k), 1/sqrt(width_k)], as ``ErrorFeedback.lua``
     of Nøkland's code (anokland/dfa-torch); ``feedback_scale`` sets one scale for all layers."""
 
@@ -67,11 +87,6 @@ class DirectFeedbackAlignment(LearningRule):
         if all(isinstance(layer, nn.Linear) for layer in layers):
             fast.install(model, layers, self.name)
         return model
-
-    def feedback_matrices(self, model: nn.Module) -> list[torch.Tensor]:
-        """One B_k per hidden layer, forward order, each (out_features, width_k): views of ``model.feedback``."""
-        materialize_feedback(model)  # a Conv2d model: raises if no forward pass has sized it yet
-        return list(model.feedback.split(find_cut(model).widths, dim=1))
 
 
 def install_direct_feedback(model, layers, attach, *, generator, feedback_init, feedback_scale) -> HiddenCut:

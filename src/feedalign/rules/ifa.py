@@ -14,7 +14,7 @@ from torch import nn
 
 from . import fast
 from ._cut import HiddenCut, find_cut
-from .base import LearningRule, linear_layers, register, sample_feedback
+from .base import FeedbackRole, LearningRule, forward_flops, register, sample_feedback, trainable_layers
 
 
 class _IndirectFeedback(torch.autograd.Function):
@@ -64,7 +64,7 @@ class IndirectFeedbackAlignment(LearningRule):
         if any(isinstance(m, nn.Conv2d) for m in model.modules()):
             raise ValueError("ifa supports nn.Linear layers only: its signal goes forward through W_k, which "
                              "is not defined across pooling and flattening; use fa, dfa or drtp for Conv2d models")
-        linears = linear_layers(model)
+        linears = trainable_layers(model)
         cut = HiddenCut(model, linears, _attach, record_preactivations=True)
         width = cut.widths[0]
         model.register_buffer("feedback", sample_feedback(
@@ -78,3 +78,16 @@ class IndirectFeedbackAlignment(LearningRule):
         """``[B_1]``, of shape (out_features, width_1): the first hidden layer's signal is ``e @ B_1``."""
         find_cut(model)
         return [model.feedback]
+
+    def feedback_layout(self, model):
+        """B_1 stands in for ``W_L ... W_2``, the linear path from h_1 to the output; the layers above
+        have no feedback matrix."""
+        n = len(trainable_layers(model))
+        return ([FeedbackRole(model.feedback, tuple(range(1, n)))]
+                + [FeedbackRole(None, reason="IFA sends the signal up through W")] * (n - 2)
+                + [FeedbackRole(None, reason="output layer")])
+
+    def step_flops(self, widths, batch):
+        """Forward, every weight gradient, ``e @ B_1``, and the forward product of each hidden-to-hidden layer."""
+        macs = [i * o for i, o in zip(widths[:-1], widths[1:])]
+        return float(2 * forward_flops(widths, batch) + 2 * batch * (widths[-1] * widths[1] + sum(macs[1:-1])))
