@@ -16,11 +16,13 @@ import feedalign
 from feedalign.diagnostics.angles import angle
 from feedalign.rules import drtp, wm
 from feedalign.rules import trainable_layers
+from feedalign.rules.fast import uses_fast_path
 
 from reference_conv import reference_gradients
 
 FA_TYPE = ["fa", "usf", "brsf", "frsf", "kp", "wm"]
 ALL = ["bp", "dfa", "drtp", *FA_TYPE]
+FUSED = ["dfa", *FA_TYPE]  # rules with a fused path for plain stacks (rules/fast.py)
 ACT = {nn.Tanh: "tanh", nn.ReLU: "relu", nn.Sigmoid: "sigmoid"}
 
 
@@ -70,7 +72,7 @@ def expected_feedback(rule, model):
     return [b.detach().numpy() for b in feedalign.feedback_matrices(model)]
 
 
-def check(rule, net, x, target, loss="cross_entropy", scale=0.8):
+def check(rule, net, x, target, loss="cross_entropy", scale=0.8, fast=None):
     kwargs = {} if rule in ("bp", "usf", "brsf", "frsf") else {"feedback_scale": scale}
     model = feedalign.convert(net.double(), rule, seed=3, **kwargs)
     with torch.no_grad():
@@ -78,7 +80,11 @@ def check(rule, net, x, target, loss="cross_entropy", scale=0.8):
     feedback = expected_feedback(rule, model)
     ops = numpy_ops(model)
     expected = reference_gradients(rule, ops, feedback, x.numpy(), target.numpy(), loss)
+    if fast is not None:  # pin the path
+        model.fast_path = fast
     output = model(x)
+    if fast is not None:  # and check that it is the one taken
+        assert uses_fast_path(output) == (fast and rule in FUSED)
     (F.mse_loss(output, target) if loss == "mse" else F.cross_entropy(output, target)).backward()
     for l, (layer, (gw, gb)) in enumerate(zip(trainable_layers(model), expected)):
         np.testing.assert_allclose(layer.weight.grad.numpy(), gw, rtol=1e-6, atol=1e-10, err_msg=f"{rule} W{l + 1}")
@@ -99,11 +105,15 @@ def test_conv_gradients_match_reference(rule, bias):
 # target context, tested in test_drtp_target_context_and_recovery_errors.
 @pytest.mark.parametrize("rule, loss", [(rule, loss) for rule in ALL for loss in ("mse", "cross_entropy")
                                         if (rule, loss) != ("drtp", "mse")])
-def test_linear_gradients_match_reference(rule, loss):
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "general"])
+def test_linear_gradients_match_reference(rule, loss, fast):
     torch.manual_seed(5)
     x = torch.randn(6, 5, dtype=torch.float64)
     target = torch.randn(6, 3, dtype=torch.float64) if loss == "mse" else torch.randint(0, 3, (6,))
-    check(rule, mlp_net(), x, target, loss)
+    model = check(rule, mlp_net(), x, target, loss, fast=fast)
+    if rule == "kp":  # B is trained with W's gradient on either path
+        for layer in trainable_layers(model):
+            torch.testing.assert_close(layer.feedback.grad, layer.weight.grad, rtol=0, atol=0)
 
 
 def test_drtp_target_context_and_recovery_errors():

@@ -17,6 +17,7 @@ from feedalign.rules.fast import uses_fast_path
 from reference import reference_gradients
 
 RULES = ["bp", "fa", "dfa", "ifa"]
+FUSED = ["fa", "dfa", "ifa", "usf", "brsf", "frsf", "kp", "wm"]  # rules with a fused path (rules/fast.py)
 
 
 def run_torch(model, x, target, loss):
@@ -275,7 +276,7 @@ def test_exact_gradients_gives_backprop(rule):
         assert not all(torch.allclose(p.grad, q.grad) for p, q in zip(net.parameters(), model.parameters()))
 
 
-@pytest.mark.parametrize("rule", ["fa", "dfa", "ifa"])
+@pytest.mark.parametrize("rule", FUSED)
 def test_fast_path_taken_for_mlp_only(rule):
     x = torch.randn(4, 5)
     model = feedalign.convert(feedalign.mlp("5-6-6-3"), rule)
@@ -295,7 +296,7 @@ def test_fast_path_taken_for_mlp_only(rule):
     assert not uses_fast_path(gelu(x))
 
 
-@pytest.mark.parametrize("rule", ["fa", "dfa", "ifa"])
+@pytest.mark.parametrize("rule", FUSED)
 def test_fast_path_accumulates_and_keeps_state(rule):
     """Same .grad as the general path, accumulated across backward calls; same state_dict keys."""
     torch.manual_seed(0)
@@ -337,7 +338,7 @@ def test_cuda_matches_cpu(rule, fast):
         torch.testing.assert_close(p.grad, q.grad.cpu())
 
 
-@pytest.mark.parametrize("rule", ["fa", "dfa", "ifa"])
+@pytest.mark.parametrize("rule", FUSED)
 def test_fast_path_with_mixed_bias_and_activations(rule):
     """A hand-built stack: some layers without bias, different activations, no activation between two linears."""
     torch.manual_seed(0)

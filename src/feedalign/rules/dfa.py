@@ -45,11 +45,46 @@ class _DirectFeedback(torch.autograd.Function):
         return (error, None, None, *(s.reshape(shape) for s, shape in zip(signals, ctx.hidden_shapes)))
 
 
+class _DirectSignals(fast.StackedSignals):
+    """The fused path: every ``e B_k`` from one matmul ``e @ feedback``; with a (K, N, w) stack, one
+    ``bmm`` with the feedback seen as (K, out, w) straight into that layout."""
+
+    def __init__(self):
+        self._stacked = (None, None)  # (key, tensor): see _stacked_feedback
+
+    def inputs(self, plan):
+        return [_checked_feedback(plan.root, plan.linears[-1].out_features)]
+
+    def signals(self, step, error, inputs):
+        (feedback,) = inputs
+        if step.stack is not None:
+            k, n = len(step.hidden), error.shape[0]
+            deltas = torch.bmm(error.expand(k, n, error.shape[1]), self._stacked_feedback(feedback, k))
+            step.times_derivatives(deltas)
+            return deltas
+        deltas, outs = step.empty()
+        for l, part in enumerate(error.mm(feedback).split([h.shape[1] for h in step.hidden], dim=1)):
+            step.times_derivative(l, part, outs[l])
+        return deltas
+
+    def _stacked_feedback(self, feedback, k):
+        """The (out, K*w) ``feedback`` as a contiguous (K, out, w) copy, remade only when the buffer
+        changes (``load_state_dict``, ``.to()``)."""
+        key = (feedback.data_ptr(), feedback._version, feedback.dtype, feedback.device)
+        if self._stacked[0] != key:
+            self._stacked = (key, feedback.view(feedback.shape[0], k, -1).transpose(0, 1).contiguous())
+        return self._stacked[1]
+
+
+def _checked_feedback(root, out_features):
+    if out_features != root.feedback.shape[0]:
+        raise ValueError(f"DFA feedback expects outputs of size {root.feedback.shape[0]}, got {out_features}")
+    return root.feedback
+
+
 def _attach(root, output, hidden, preactivations):
     materialize_feedback(root)
-    if output.shape[-1] != root.feedback.shape[0]:
-        raise ValueError(f"DFA feedback expects outputs of size {root.feedback.shape[0]}, got {output.shape[-1]}")
-    return _DirectFeedback.apply(output, root.feedback, find_cut(root).widths, *hidden)
+    return _DirectFeedback.apply(output, _checked_feedback(root, output.shape[-1]), find_cut(root).widths, *hidden)
 
 
 class DirectRule(LearningRule):
@@ -85,7 +120,7 @@ class DirectFeedbackAlignment(DirectRule):
         install_direct_feedback(model, layers, _attach, generator=generator, feedback_init=feedback_init,
                                 feedback_scale=feedback_scale)
         if all(isinstance(layer, nn.Linear) for layer in layers):
-            fast.install(model, layers, self.name)
+            fast.install(model, layers, _DirectSignals())
         return model
 
 

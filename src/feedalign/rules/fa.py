@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from . import fast
-from .base import register, trainable_layers
+from .base import register
 from .layers import FeedbackConv2d, FeedbackLinear, LayerwiseRule, random_feedback
 
 
@@ -50,8 +49,3 @@ class FeedbackAlignment(LayerwiseRule):
     def init_layer(self, layer, *, generator, feedback_init, feedback_scale):
         layer.register_buffer("feedback", random_feedback(layer, generator=generator, feedback_init=feedback_init,
                                                           feedback_scale=feedback_scale))
-
-    def convert(self, model, *, generator, feedback_init, feedback_scale):
-        model = super().convert(model, generator=generator, feedback_init=feedback_init, feedback_scale=feedback_scale)
-        fast.install(model, trainable_layers(model), self.name)
-        return model

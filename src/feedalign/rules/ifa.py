@@ -48,6 +48,27 @@ class _IndirectFeedback(torch.autograd.Function):
         return (error, None, None, *signals, *padding)
 
 
+class _IndirectSignals(fast.StackedSignals):
+    """The fused path: ``delta_1 = (e B_1) * D_1``, then ``delta_l = (delta_{l-1} W_l^T) * D_l`` layer by layer."""
+
+    def inputs(self, plan):
+        feedback = plan.root.feedback
+        if feedback.shape[0] != plan.linears[-1].out_features:
+            raise ValueError(f"IFA feedback expects outputs of size {feedback.shape[0]}, "
+                             f"got {plan.linears[-1].out_features}")
+        return [feedback]
+
+    def signals(self, step, error, inputs):
+        (feedback,) = inputs
+        deltas, outs = step.empty()
+        grad = error.mm(feedback)
+        for l in range(len(outs)):
+            if l > 0:
+                grad = torch.mm(outs[l - 1], step.weights[l].t(), out=outs[l])
+            step.times_derivative(l, grad, outs[l])
+        return deltas
+
+
 def _attach(root, output, hidden, preactivations):
     cut = find_cut(root)
     weights = [layer.weight for layer in cut.linears[1:-1]]
@@ -71,7 +92,7 @@ class IndirectFeedbackAlignment(LearningRule):
             (linears[-1].out_features, width), fan=width, init=feedback_init, scale=feedback_scale,
             generator=generator, like=linears[-1].weight))
         model._feedalign_cut = cut
-        fast.install(model, linears, self.name)
+        fast.install(model, linears, _IndirectSignals())
         return model
 
     def feedback_matrices(self, model: nn.Module) -> list[torch.Tensor]:

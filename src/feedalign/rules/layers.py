@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fast
 from .base import TRAINABLE, FeedbackRole, LearningRule, sample_feedback, trainable_layers
 
 
@@ -190,6 +191,30 @@ class FeedbackConv2d(FeedbackLayer, nn.Conv2d):
                                              conv_arguments(self))
 
 
+class LayerwiseSignals(fast.StackedSignals):
+    """The fused path of every FA-type rule: ``delta_l = (delta_{l+1} B_{l+1}) * f'(a_l)``, each
+    layer's B asked for at backward time as the general path does, the input gradient
+    through ``B_1``, and a trained B (kp) given ``dW`` as its gradient."""
+
+    def inputs(self, plan):
+        return [t for t in (layer.trained_feedback() for layer in plan.linears) if t is not None]
+
+    def signals(self, step, error, inputs):
+        deltas, outs = step.empty()
+        signal = error
+        for l in range(len(outs) - 1, -1, -1):
+            feedback = step.plan.linears[l + 1].backward_weight()
+            step.times_derivative(l, torch.mm(signal, feedback, out=outs[l]), outs[l])
+            signal = outs[l]
+        return deltas
+
+    def input_matrix(self, step, inputs):
+        return step.plan.linears[0].backward_weight()
+
+    def input_grads(self, step, grad_weights, inputs):
+        return [g for layer, g in zip(step.plan.linears, grad_weights) if layer.trained_feedback() is not None]
+
+
 def swap_layers(model: nn.Module, make: Callable[[nn.Module], nn.Module]) -> nn.Module:
     """Replace every Linear/Conv2d of ``model`` (the root included) by ``make(layer)``, in forward order.
 
@@ -237,7 +262,9 @@ class LayerwiseRule(LearningRule):
                    else self.conv_class.from_conv(layer))
             self.init_layer(new, generator=generator, feedback_init=feedback_init, feedback_scale=feedback_scale)
             return new
-        return swap_layers(model, make)
+        model = swap_layers(model, make)
+        fast.install(model, trainable_layers(model), LayerwiseSignals())
+        return model
 
     def feedback_matrices(self, model):
         """Each layer's B (weight-shaped, the one its next backward pass uses), forward order."""
