@@ -234,8 +234,16 @@ def test_errors_are_clear():
         feedalign.convert(feedalign.mlp("3-4-2"), "fa", feedback_init="normal")
     with pytest.raises(ValueError, match="already converted"):
         feedalign.convert(feedalign.convert(feedalign.mlp("3-4-2"), "fa"), "dfa")
-    with pytest.raises(ValueError, match="nn.Module"):
+    with pytest.raises(TypeError, match="nn.Module"):
         feedalign.convert("not a model", "fa")
+    with pytest.raises(TypeError, match="seed"):
+        feedalign.convert(feedalign.mlp("3-4-2"), "fa", seed=1.5)
+    with pytest.raises(TypeError, match="feedback_scale"):
+        feedalign.convert(feedalign.mlp("3-4-2"), "fa", feedback_scale="0.5")
+    with pytest.raises(ValueError, match="feedback_scale"):
+        feedalign.convert(feedalign.mlp("3-4-2"), "fa", feedback_scale=-1.0)
+    with pytest.raises(TypeError, match="rule name"):
+        feedalign.convert(feedalign.mlp("3-4-2"), None)
 
 
 @pytest.mark.parametrize("spec", ["", "784", "784-", "a-10", "784--10", "784-0-10", "784-10x0-10", "784 10"])

@@ -19,7 +19,9 @@ RULE_ATTRIBUTE = "feedalign_rule"
 
 def register(cls: type["LearningRule"]) -> type["LearningRule"]:
     """Class decorator: make a rule available to :func:`feedalign.convert` by its ``name``."""
-    if not cls.name or cls.name in _REGISTRY:
+    if not (isinstance(cls, type) and issubclass(cls, LearningRule)):
+        raise TypeError(f"register expects a LearningRule subclass, got {cls!r}")
+    if not isinstance(cls.name, str) or not cls.name or cls.name in _REGISTRY:
         raise ValueError(f"rule name {cls.name!r} is empty or already registered")
     _REGISTRY[cls.name] = cls
     return cls
@@ -32,6 +34,8 @@ def rules() -> list[str]:
 
 def get_rule(name: str) -> "LearningRule":
     """The rule registered as ``name``; a ValueError lists the known ones otherwise."""
+    if not isinstance(name, str):
+        raise TypeError(f"a rule name is a str, got {type(name).__name__} {name!r}")
     if name not in _REGISTRY:
         raise ValueError(f"unknown rule {name!r}; known rules: {', '.join(rules())}")
     return _REGISTRY[name]()

@@ -102,6 +102,8 @@ def target(model: nn.Module, y: torch.Tensor):
 
     ``y``: class indices (N,) or a target of the output's shape (N, out_features).
     """
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"drtp target must be a tensor, got {type(y).__name__}")
     cut = find_cut(model)
     previous = getattr(cut, "target", None)
     cut.target = y
