@@ -234,3 +234,20 @@ def test_errors():
     shared = nn.Linear(6, 6).double()
     with pytest.raises(ValueError, match="ran twice"):
         alignment(nn.Sequential(shared, nn.Tanh(), shared), *batch(classes=6), F.cross_entropy)
+
+
+def test_dfa_conv_layout_pairs_each_b_with_its_linear_path():
+    """DFA on a Conv2d model: B_k stands in for W_L ... W_{k+1}; where that path runs through a
+    kernel there is no matrix to compare with (NaN and a reason), elsewhere the angle is measured."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Tanh(), nn.Conv2d(3, 2, 3), nn.Tanh(), nn.Flatten(),
+                        nn.Linear(2 * 2 * 2, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    model = feedalign.convert(net, "dfa", seed=2)
+    x, y = torch.randn(4, 1, 6, 6, dtype=torch.float64), torch.randint(0, 3, (4,))
+    table = alignment(model, x, y, F.cross_entropy)
+    assert math.isnan(table[0].weight_angle) and "stands in for no matrix" in table[0].reason
+    w3, w4 = [layer.weight.detach() for layer in trainable_layers(model)[2:]]
+    blocks = feedalign.feedback_matrices(model)
+    for k, path in ((1, w4 @ w3), (2, w4)):
+        assert table[k].weight_angle == pytest.approx(angle(blocks[k], path)[0])
+    assert "output layer" in table[3].reason

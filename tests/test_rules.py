@@ -373,3 +373,27 @@ def test_feedback_stream_differs_from_the_global_seed(seed):
     for layer, feedback in zip(trainable_layers(net), feedalign.feedback_matrices(fa)):
         cosine = F.cosine_similarity(layer.weight.flatten(), feedback.flatten(), dim=0)
         assert abs(float(cosine)) < 0.5
+
+
+@pytest.mark.parametrize("rule", feedalign.rules())
+def test_learning_rule_hooks_run_a_plain_loop(rule):
+    """The loop every rule runs with: the rule's forward context and after-step call, asked of the rule object."""
+    torch.manual_seed(0)
+    model = feedalign.convert(feedalign.mlp("5-6-4-3"), rule)
+    learning_rule = feedalign.learning_rule(model)
+    assert learning_rule.name == rule == feedalign.rule_of(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+    before = [b.clone() for b in feedalign.feedback_matrices(model)]
+    for step in (1, 2):
+        optimizer.zero_grad()
+        with learning_rule.forward_context(model, y):
+            out = model(x)
+        F.mse_loss(out, F.one_hot(y, 3).float()).backward()  # drtp: the context gives it the target
+        optimizer.step()
+        learning_rule.after_step(model, (x, y), step, generator=torch.Generator().manual_seed(step))
+    layout = learning_rule.feedback_layout(model)
+    assert len(layout) == len(trainable_layers(model))
+    assert all(role.matrix is not None or role.reason for role in layout)
+    if rule == "wm":  # its mirror phase ran
+        assert not all(torch.equal(a, b) for a, b in zip(before, feedalign.feedback_matrices(model)))

@@ -29,3 +29,14 @@ def test_step_flops_counts_fewer_matmuls_for_dfa():
 def test_bench_rejects_bad_input(capsys):
     assert main(["bench", "--smoke", "--rules", "nope"]) == 2
     assert main(["bench", "--sizes", "784-x-10"]) == 2
+
+
+def test_every_rule_counts_its_own_step_flops():
+    """Rules that send the error through a weight-shaped matrix per layer cost what BP costs;
+    the direct ones skip matmuls. The count comes from the rule, so no rule is counted as another."""
+    widths = [784, 240, 240, 240, 10]
+    bp = feedalign.bench.step_flops(widths, 64, "bp")
+    for rule in feedalign.rules():
+        flops = feedalign.get_rule(rule).step_flops(widths, 64)
+        assert 0 < flops <= bp, rule
+        assert (flops < bp) == (rule in ("dfa", "drtp")), rule  # IFA: e @ B_1 costs what BP's input gradient of the output layer does
