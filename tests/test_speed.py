@@ -39,4 +39,5 @@ def test_every_rule_counts_its_own_step_flops():
     for rule in feedalign.rules():
         flops = feedalign.get_rule(rule).step_flops(widths, 64)
         assert 0 < flops <= bp, rule
-        assert (flops < bp) == (rule in ("dfa", "drtp")), rule  # IFA: e @ B_1 costs what BP's input gradient of the output layer does
+        # IFA's e @ B_1 costs what BP's input gradient of the output layer does
+        assert (flops < bp) == (rule in ("dfa", "drtp")), rule

@@ -38,7 +38,8 @@ def convert(model: nn.Module, rule: str, *, seed: int = 0, feedback_init: str = 
         raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
     if not isinstance(feedback_init, str):
         raise TypeError(f"feedback_init must be a str, got {type(feedback_init).__name__}")
-    if feedback_scale is not None and (not isinstance(feedback_scale, numbers.Real) or isinstance(feedback_scale, bool)):
+    not_a_number = isinstance(feedback_scale, bool) or not isinstance(feedback_scale, numbers.Real)
+    if feedback_scale is not None and not_a_number:
         raise TypeError(f"feedback_scale must be a number or None, got {type(feedback_scale).__name__} "
                         f"{feedback_scale!r}")
     if hasattr(model, RULE_ATTRIBUTE):
