@@ -13,6 +13,7 @@ from torch import nn
 import feedalign
 from feedalign.rules import trainable_layers
 from feedalign.rules.fast import uses_fast_path
+from feedalign.rules.layers import FeedbackConv2d, FeedbackLinear, LayerwiseRule, random_feedback
 
 from reference import reference_gradients
 
@@ -397,3 +398,43 @@ def test_learning_rule_hooks_run_a_plain_loop(rule):
     assert all(role.matrix is not None or role.reason for role in layout)
     if rule == "wm":  # its mirror phase ran
         assert not all(torch.equal(a, b) for a, b in zip(before, feedalign.feedback_matrices(model)))
+
+
+class _ScaledFixedFeedback:
+    """A made-up FA-type rule for the test below: B = 2 * M, M a fixed random buffer ``magnitude``."""
+
+    def backward_weight(self):
+        return 2.0 * self.magnitude
+
+
+class _ScaledLinear(_ScaledFixedFeedback, FeedbackLinear):
+    pass
+
+
+class _ScaledConv2d(_ScaledFixedFeedback, FeedbackConv2d):
+    pass
+
+
+class _ScaledRule(LayerwiseRule):
+    name = "test-scaled-fa"
+    linear_class, conv_class = _ScaledLinear, _ScaledConv2d
+
+    def init_layer(self, layer, *, generator, feedback_init, feedback_scale):
+        layer.register_buffer("magnitude", random_feedback(
+            layer, generator=generator, feedback_init=feedback_init, feedback_scale=feedback_scale))
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "general"])
+def test_a_new_fa_type_rule_is_one_class_per_part(fast):
+    """A mixin, its two layers and a LayerwiseRule give a rule with both paths, feedback matrices
+    and a layout; it matches FA's float64 reference with its own B."""
+    if _ScaledRule.name not in feedalign.rules():
+        feedalign.register(_ScaledRule)
+    torch.manual_seed(0)
+    model = feedalign.convert(feedalign.mlp("5-6x3-3").double(), _ScaledRule.name, seed=1)
+    x, target = torch.randn(7, 5, dtype=torch.float64), torch.randint(0, 3, (7,))
+    check_against_reference(model, "fa", x, target, "tanh", "cross_entropy", fast=fast)
+    layout = feedalign.learning_rule(model).feedback_layout(model)
+    assert [role.replaces for role in layout] == [(0,), (1,), (2,), (3,)]
+    for role, layer in zip(layout, trainable_layers(model)):
+        torch.testing.assert_close(role.matrix, 2.0 * layer.magnitude, rtol=0, atol=0)
