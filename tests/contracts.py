@@ -17,7 +17,7 @@ from torch import nn
 
 import feedalign
 from feedalign.rules import drtp, wm
-from feedalign.rules._layers import trainable_layers
+from feedalign.rules import trainable_layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,12 +68,13 @@ CONTRACTS = {
     "fa": Contract(fast_path=True),
     "dfa": Contract(reference="dfa", needs_hidden=True, fast_path=True),
     "ifa": Contract(reference="ifa", conv=False, needs_hidden=True, fast_path=True),
-    "usf": Contract(seeded=False, feedback_from_weights=True, reference_feedback=_usf_feedback),  # B = s sign(W)
+    "usf": Contract(seeded=False, feedback_from_weights=True, reference_feedback=_usf_feedback,  # B = s sign(W)
+                    fast_path=True),
     "brsf": Contract(counters=("feedback_draws",), feedback_from_weights=True,  # R redrawn every backward
-                     reference_feedback=_brsf_feedback),
-    "frsf": Contract(feedback_from_weights=True, reference_feedback=_frsf_feedback),
-    "kp": Contract(trained_feedback=True),
-    "wm": Contract(after_step=lambda model: wm.mirror(model, 1)),
+                     reference_feedback=_brsf_feedback, fast_path=True),
+    "frsf": Contract(feedback_from_weights=True, reference_feedback=_frsf_feedback, fast_path=True),
+    "kp": Contract(trained_feedback=True, fast_path=True),
+    "wm": Contract(after_step=lambda model: wm.mirror(model, 1), fast_path=True),
     "drtp": Contract(reference="drtp", needs_hidden=True, target_context=drtp.target),
 }
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from feedalign.rules import LearningRule
-from feedalign.rules._layers import FeedbackConv2d, FeedbackLinear, adopt_layer, swap_layers, trainable_layers
-from feedalign.rules.base import sample_feedback
+from feedalign.rules.layers import FeedbackConv2d, FeedbackLinear, LayerwiseRule, random_feedback
 
 NAME = "sparse-fa"
 
@@ -33,19 +31,11 @@ class SparseFAConv2d(_SparseFeedback, FeedbackConv2d):
     pass
 
 
-class SparseFeedbackAlignment(LearningRule):
+class SparseFeedbackAlignment(LayerwiseRule):
     name = NAME
+    linear_class, conv_class = SparseFALinear, SparseFAConv2d
 
-    def convert(self, model, *, generator, feedback_init, feedback_scale):
-        def make(layer):
-            new = adopt_layer(layer, SparseFALinear, SparseFAConv2d)
-            shape = tuple(layer.weight.shape)
-            b = sample_feedback(shape, fan=layer.weight[0].numel(), init=feedback_init, scale=feedback_scale,
-                                generator=generator, like=layer.weight)
-            keep = (torch.rand(shape, generator=generator) < 0.5).to(b)
-            new.register_buffer("feedback", b * keep)
-            return new
-        return swap_layers(model, make)
-
-    def feedback_matrices(self, model):
-        return [layer.feedback for layer in trainable_layers(model)]
+    def init_layer(self, layer, *, generator, feedback_init, feedback_scale):
+        b = random_feedback(layer, generator=generator, feedback_init=feedback_init, feedback_scale=feedback_scale)
+        keep = (torch.rand(tuple(b.shape), generator=generator) < 0.5).to(b)
+        layer.register_buffer("feedback", b * keep)

@@ -11,7 +11,7 @@ from torch import nn
 import feedalign
 from feedalign.diagnostics import AlignmentTable, alignment, angle
 from feedalign.diagnostics.angles import mean_row_angle
-from feedalign.rules import linear_layers
+from feedalign.rules import trainable_layers
 
 RULES = feedalign.rules()
 COLUMNS = ("signal_angle", "signal_angle_mean", "update_angle", "weight_angle", "norm_ratio")
@@ -77,7 +77,7 @@ def test_every_registered_rule_gets_a_table(rule, loss):
 def test_fa_with_feedback_equal_to_weights_is_backprop():
     model = model_for("fa")
     with torch.no_grad():
-        for layer in linear_layers(model):
+        for layer in trainable_layers(model):
             layer.feedback.copy_(layer.weight)
     table = alignment(model, *batch(), F.cross_entropy)
     for row in table:
@@ -89,7 +89,7 @@ def test_fa_with_feedback_equal_to_weights_is_backprop():
 def test_dfa_with_feedback_equal_to_the_weight_path_matches_for_linear_networks():
     """With identity activations backprop sends e through W_L ... W_{k+1}: DFA with that B is backprop."""
     model = model_for("dfa", sizes="6-7-5-3", activation="linear")
-    w1, w2, w3 = [layer.weight.detach() for layer in linear_layers(model)]
+    w1, w2, w3 = [layer.weight.detach() for layer in trainable_layers(model)]
     with torch.no_grad():
         model.feedback.copy_(torch.cat([w3 @ w2, w3], dim=1))
     table = alignment(model, *batch(), F.cross_entropy)
@@ -105,7 +105,7 @@ def test_orthogonal_feedback_gives_90_degrees(rule):
     """Linear 3-4-2 network: backprop sends e W_2 (units 0, 1), the rule e B (units 2, 3)."""
     model = model_for(rule, sizes="3-4-2", activation="linear")
     with torch.no_grad():
-        linear_layers(model)[1].weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
+        trainable_layers(model)[1].weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
         model.feedback.copy_(torch.tensor([[0, 0, 1.0, 0], [0, 0, 0, 1.0]]))
     first = alignment(model, *batch(d=3, classes=2), F.cross_entropy)[0]
     for column in ("signal_angle", "signal_angle_mean", "update_angle", "weight_angle"):
@@ -116,7 +116,7 @@ def test_orthogonal_feedback_gives_90_degrees(rule):
 def test_fa_orthogonal_feedback_gives_90_degree_weight_angle():
     model = model_for("fa")
     with torch.no_grad():
-        for layer in linear_layers(model):
+        for layer in trainable_layers(model):
             w, b = layer.weight, layer.feedback
             b.sub_((b * w).sum() / (w * w).sum() * w)  # remove B's component along W
     for row in alignment(model, *batch(), F.cross_entropy):
@@ -132,7 +132,7 @@ def test_alignment_leaves_no_trace(rule):
     F.cross_entropy(model(x), y).backward()
     optimizer.step()  # momentum buffers exist
     F.cross_entropy(model(x[:3]), y[:3]).backward()  # pre-existing grads, different from the probe's
-    linear_layers(model)[1].bias.grad = None  # and one missing
+    trainable_layers(model)[1].bias.grad = None  # and one missing
     grads = [p.grad for p in model.parameters()]
     grad_values = [None if g is None else g.clone() for g in grads]
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -177,7 +177,7 @@ def test_zero_signal_gives_nan_with_reason():
 def test_zero_true_gradient_gives_nan_with_reason():
     model = model_for("fa", activation="relu")
     with torch.no_grad():
-        linear_layers(model)[0].bias.fill_(-100.0)  # every unit of layer 1 dead: no gradient passes it
+        trainable_layers(model)[0].bias.fill_(-100.0)  # every unit of layer 1 dead: no gradient passes it
     table = alignment(model, *batch(), F.cross_entropy)
     assert math.isnan(table[0].signal_angle) and "zero vector" in table[0].reason
 
@@ -241,8 +241,25 @@ def test_a_rule_registered_later_gets_a_table(sample_rule):
     model = model_for(sample_rule)
     table = alignment(model, *batch(), F.cross_entropy)
     assert table.rule == sample_rule and len(table) == 3
-    for row, layer, b in zip(table, linear_layers(model), feedalign.feedback_matrices(model)):
+    for row, layer, b in zip(table, trainable_layers(model), feedalign.feedback_matrices(model)):
         assert row.weight_angle == pytest.approx(angle(layer.weight, b)[0]), row.layer
     assert all(math.isfinite(row.signal_angle) and math.isfinite(row.update_angle) for row in table)
     assert table[-1].signal_angle == pytest.approx(0.0, abs=1e-6)
     assert table[0].signal_angle > 1.0
+
+
+def test_dfa_conv_layout_pairs_each_b_with_its_linear_path():
+    """DFA on a Conv2d model: B_k stands in for W_L ... W_{k+1}; where that path runs through a
+    kernel there is no matrix to compare with (NaN and a reason), elsewhere the angle is measured."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Tanh(), nn.Conv2d(3, 2, 3), nn.Tanh(), nn.Flatten(),
+                        nn.Linear(2 * 2 * 2, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    model = feedalign.convert(net, "dfa", seed=2)
+    x, y = torch.randn(4, 1, 6, 6, dtype=torch.float64), torch.randint(0, 3, (4,))
+    table = alignment(model, x, y, F.cross_entropy)
+    assert math.isnan(table[0].weight_angle) and "stands in for no matrix" in table[0].reason
+    w3, w4 = [layer.weight.detach() for layer in trainable_layers(model)[2:]]
+    blocks = feedalign.feedback_matrices(model)
+    for k, path in ((1, w4 @ w3), (2, w4)):
+        assert table[k].weight_angle == pytest.approx(angle(blocks[k], path)[0])
+    assert "output layer" in table[3].reason

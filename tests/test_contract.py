@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import feedalign
-from feedalign.rules import linear_layers, register
-from feedalign.rules._layers import trainable_layers
+from feedalign.rules import register, trainable_layers
 from feedalign.rules.fast import uses_fast_path
 
 import reference
@@ -30,11 +29,7 @@ RULES = [*feedalign.rules(), sample_rule.NAME]
 
 # Contract failures found and left to the rules' owners: (test, rule, net or None) -> what fails.
 # strict: the test reports when a fix lands, and the entry must then go.
-KNOWN_FAILURES = {
-    ("test_a_single_layer", "fa", None):
-        "fa: the fused path (rules/fast.py) fails in backward on an nn.Sequential with one nn.Linear "
-        "(IndexError: tuple index out of range); with model.fast_path = False it learns",
-}
+KNOWN_FAILURES: dict = {}
 
 
 def pytest_generate_tests(metafunc):
@@ -191,7 +186,7 @@ def test_gradients_match_float64_reference(rule, case):
     scale = {} if oracle else {"feedback_scale": 0.8}  # an oracle's B is written for the default scale
     model = ready(feedalign.convert(net_.double(), rule, seed=3, **scale), x)
     if kind == "ifa":
-        layers = linear_layers(model)
+        layers = trainable_layers(model)
         grad_w, grad_b = reference.reference_gradients(
             "ifa", [l.weight.detach().numpy() for l in layers], [None if l.bias is None else l.bias.detach().numpy()
                                                                  for l in layers],

@@ -16,7 +16,7 @@ from torch import nn
 import feedalign
 from feedalign.diagnostics.angles import angle
 from feedalign.rules import drtp, wm
-from feedalign.rules._layers import trainable_layers
+from feedalign.rules import trainable_layers
 
 from contracts import conv_net, mlp_net
 

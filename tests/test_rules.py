@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import feedalign
-from feedalign.rules import linear_layers
+from feedalign.rules import trainable_layers
 from feedalign.rules.fast import uses_fast_path
+from feedalign.rules.layers import FeedbackConv2d, FeedbackLinear, LayerwiseRule, random_feedback
 
 from contracts import contract
 from reference import reference_gradients
@@ -33,7 +34,7 @@ def run_torch(model, x, target, loss):
 
 
 def check_against_reference(model, rule, x, target, activation, loss, bias=True, fast=None):
-    layers = linear_layers(model)
+    layers = trainable_layers(model)
     weights = [layer.weight.detach().numpy() for layer in layers]
     biases = [layer.bias.detach().numpy() if bias else None for layer in layers]
     feedback = [b.detach().numpy() for b in feedalign.feedback_matrices(model)]
@@ -96,7 +97,7 @@ def test_feedback_shapes_and_default_scales():
     net = feedalign.mlp("20-50-30-10")
     fa = feedalign.feedback_matrices(feedalign.convert(net, "fa"))
     assert [tuple(b.shape) for b in fa] == [(50, 20), (30, 50), (10, 30)]
-    assert all(b.abs().max() <= 1 / layer.in_features ** 0.5 for b, layer in zip(fa, linear_layers(net)))
+    assert all(b.abs().max() <= 1 / layer.in_features ** 0.5 for b, layer in zip(fa, trainable_layers(net)))
     dfa = feedalign.feedback_matrices(feedalign.convert(net, "dfa"))
     assert [tuple(b.shape) for b in dfa] == [(10, 50), (10, 30)]
     assert dfa[0].abs().max() <= 1 / 50 ** 0.5 and dfa[1].abs().max() <= 1 / 30 ** 0.5
@@ -141,7 +142,7 @@ def test_backward_matmul_count(rule, expected, fast):
 def test_dfa_hidden_layers_get_no_input_gradient():
     model = feedalign.convert(feedalign.mlp("5-6-6-4-3"), "dfa")
     seen = {}
-    for k, layer in enumerate(linear_layers(model)):
+    for k, layer in enumerate(trainable_layers(model)):
         layer.register_full_backward_hook(lambda module, grad_in, grad_out, k=k: seen.__setitem__(k, grad_in[0]))
     F.cross_entropy(model(torch.randn(8, 5)), torch.randint(0, 3, (8,))).backward()
     assert set(seen) == {0, 1, 2, 3}
@@ -160,8 +161,16 @@ def test_errors_are_clear():
         feedalign.convert(feedalign.mlp("3-4-2"), "fa", feedback_init="normal")
     with pytest.raises(ValueError, match="already converted"):
         feedalign.convert(feedalign.convert(feedalign.mlp("3-4-2"), "fa"), "dfa")
-    with pytest.raises(ValueError, match="nn.Module"):
+    with pytest.raises(TypeError, match="nn.Module"):
         feedalign.convert("not a model", "fa")
+    with pytest.raises(TypeError, match="seed"):
+        feedalign.convert(feedalign.mlp("3-4-2"), "fa", seed=1.5)
+    with pytest.raises(TypeError, match="feedback_scale"):
+        feedalign.convert(feedalign.mlp("3-4-2"), "fa", feedback_scale="0.5")
+    with pytest.raises(ValueError, match="feedback_scale"):
+        feedalign.convert(feedalign.mlp("3-4-2"), "fa", feedback_scale=-1.0)
+    with pytest.raises(TypeError, match="rule name"):
+        feedalign.convert(feedalign.mlp("3-4-2"), None)
 
 
 @pytest.mark.parametrize("spec", ["", "784", "784-", "a-10", "784--10", "784-0-10", "784-10x0-10", "784 10"])
@@ -173,7 +182,7 @@ def test_mlp_rejects_malformed_sizes(spec):
 
 def test_mlp_builds_layers():
     net = feedalign.mlp("784-240x3-10", activation="relu", bias=False)
-    linears = linear_layers(net)
+    linears = trainable_layers(net)
     assert [(l.in_features, l.out_features) for l in linears] == [(784, 240), (240, 240), (240, 240), (240, 10)]
     assert all(l.bias is None for l in linears)
     assert sum(isinstance(m, nn.ReLU) for m in net) == 3
@@ -186,7 +195,7 @@ def test_rules_registry_lists_core_rules():
     assert {"bp", "fa", "dfa", "ifa"} <= set(feedalign.rules())
 
 
-@pytest.mark.parametrize("rule", ["fa", "dfa", "ifa"])
+@pytest.mark.parametrize("rule", [r for r in feedalign.rules() if contract(r).fast_path])
 def test_fast_path_taken_for_mlp_only(rule):
     x = torch.randn(4, 5)
     model = feedalign.convert(feedalign.mlp("5-6-6-3"), rule)
@@ -196,7 +205,7 @@ def test_fast_path_taken_for_mlp_only(rule):
         assert not uses_fast_path(model(x))
     with feedalign.exact_gradients(model):
         assert not uses_fast_path(model(x))
-    handle = linear_layers(model)[1].register_forward_hook(lambda *args: None)
+    handle = trainable_layers(model)[1].register_forward_hook(lambda *args: None)
     assert not uses_fast_path(model(x)), "a hook on a layer must see the layer run"
     handle.remove()
     assert uses_fast_path(model(x))
@@ -206,7 +215,7 @@ def test_fast_path_taken_for_mlp_only(rule):
     assert not uses_fast_path(gelu(x))
 
 
-@pytest.mark.parametrize("rule", ["fa", "dfa", "ifa"])
+@pytest.mark.parametrize("rule", [r for r in feedalign.rules() if contract(r).fast_path])
 def test_fast_path_accumulates_and_keeps_state(rule):
     """Same .grad as the general path, accumulated across backward calls; same state_dict keys."""
     torch.manual_seed(0)
@@ -247,7 +256,7 @@ def test_cuda_matches_cpu(rule, fast):
         torch.testing.assert_close(p.grad, q.grad.cpu())
 
 
-@pytest.mark.parametrize("rule", ["fa", "dfa", "ifa"])
+@pytest.mark.parametrize("rule", [r for r in feedalign.rules() if contract(r).fast_path])
 def test_fast_path_with_mixed_bias_and_activations(rule):
     """A hand-built stack: some layers without bias, different activations, no activation between two linears."""
     torch.manual_seed(0)
@@ -271,6 +280,70 @@ def test_feedback_stream_differs_from_the_global_seed(seed):
     torch.manual_seed(seed)
     net = feedalign.mlp("20-30-10")
     fa = feedalign.convert(net, "fa", seed=seed)
-    for layer, feedback in zip(linear_layers(net), feedalign.feedback_matrices(fa)):
+    for layer, feedback in zip(trainable_layers(net), feedalign.feedback_matrices(fa)):
         cosine = F.cosine_similarity(layer.weight.flatten(), feedback.flatten(), dim=0)
         assert abs(float(cosine)) < 0.5
+
+
+@pytest.mark.parametrize("rule", feedalign.rules())
+def test_learning_rule_hooks_run_a_plain_loop(rule):
+    """The loop every rule runs with: the rule's forward context and after-step call, asked of the rule object."""
+    torch.manual_seed(0)
+    model = feedalign.convert(feedalign.mlp("5-6-4-3"), rule)
+    learning_rule = feedalign.learning_rule(model)
+    assert learning_rule.name == rule == feedalign.rule_of(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+    before = [b.clone() for b in feedalign.feedback_matrices(model)]
+    for step in (1, 2):
+        optimizer.zero_grad()
+        with learning_rule.forward_context(model, y):
+            out = model(x)
+        F.mse_loss(out, F.one_hot(y, 3).float()).backward()  # drtp: the context gives it the target
+        optimizer.step()
+        learning_rule.after_step(model, (x, y), step, generator=torch.Generator().manual_seed(step))
+    layout = learning_rule.feedback_layout(model)
+    assert len(layout) == len(trainable_layers(model))
+    assert all(role.matrix is not None or role.reason for role in layout)
+    if rule == "wm":  # its mirror phase ran
+        assert not all(torch.equal(a, b) for a, b in zip(before, feedalign.feedback_matrices(model)))
+
+
+class _ScaledFixedFeedback:
+    """A made-up FA-type rule for the test below: B = 2 * M, M a fixed random buffer ``magnitude``."""
+
+    def backward_weight(self):
+        return 2.0 * self.magnitude
+
+
+class _ScaledLinear(_ScaledFixedFeedback, FeedbackLinear):
+    pass
+
+
+class _ScaledConv2d(_ScaledFixedFeedback, FeedbackConv2d):
+    pass
+
+
+class _ScaledRule(LayerwiseRule):
+    name = "test-scaled-fa"
+    linear_class, conv_class = _ScaledLinear, _ScaledConv2d
+
+    def init_layer(self, layer, *, generator, feedback_init, feedback_scale):
+        layer.register_buffer("magnitude", random_feedback(
+            layer, generator=generator, feedback_init=feedback_init, feedback_scale=feedback_scale))
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "general"])
+def test_a_new_fa_type_rule_is_one_class_per_part(fast):
+    """A mixin, its two layers and a LayerwiseRule give a rule with both paths, feedback matrices
+    and a layout; it matches FA's float64 reference with its own B."""
+    if _ScaledRule.name not in feedalign.rules():
+        feedalign.register(_ScaledRule)
+    torch.manual_seed(0)
+    model = feedalign.convert(feedalign.mlp("5-6x3-3").double(), _ScaledRule.name, seed=1)
+    x, target = torch.randn(7, 5, dtype=torch.float64), torch.randint(0, 3, (7,))
+    check_against_reference(model, "fa", x, target, "tanh", "cross_entropy", fast=fast)
+    layout = feedalign.learning_rule(model).feedback_layout(model)
+    assert [role.replaces for role in layout] == [(0,), (1,), (2,), (3,)]
+    for role, layer in zip(layout, trainable_layers(model)):
+        torch.testing.assert_close(role.matrix, 2.0 * layer.magnitude, rtol=0, atol=0)

@@ -55,9 +55,19 @@ def test_step_flops_counts_at_least_forward_and_weight_gradients(rule):
     assert feedalign.bench.step_flops(widths, 64, rule) >= 2 * forward
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
-                   reason="bench.step_flops counts a rule it does not know as FA instead of refusing it "
-                          "(issue 17: FLOPs by rule name, bench.py)")
 def test_step_flops_refuses_an_unknown_rule():
+    """bench asks the rule for its FLOPs: a rule it does not know is an error, never counted as FA."""
     with pytest.raises(ValueError, match="nope"):
         feedalign.bench.step_flops([20, 16, 5], 8, "nope")
+
+
+def test_every_rule_counts_its_own_step_flops():
+    """Rules that send the error through a weight-shaped matrix per layer cost what BP costs;
+    the direct ones skip matmuls. The count comes from the rule, so no rule is counted as another."""
+    widths = [784, 240, 240, 240, 10]
+    bp = feedalign.bench.step_flops(widths, 64, "bp")
+    for rule in feedalign.rules():
+        flops = feedalign.get_rule(rule).step_flops(widths, 64)
+        assert 0 < flops <= bp, rule
+        # IFA's e @ B_1 costs what BP's input gradient of the output layer does
+        assert (flops < bp) == (rule in ("dfa", "drtp")), rule

@@ -80,26 +80,9 @@ def gemm_ceiling(device: torch.device, size: int = 2048, repeats: int = 7) -> fl
 
 
 def step_flops(widths: list[int], batch: int, rule: str) -> float:
-    """Matmul FLOPs of one training step under ``rule`` (element-wise work left out).
-
-    Forward ``2N sum(in*out)``; every rule then computes every weight gradient (the
-    same again). BP and FA add the input gradient of every layer but the first; DFA one
-    ``e @ feedback`` matmul to all hidden layers; IFA ``e @ B_1`` and the input gradient of
-    each hidden-to-hidden layer.
-    """
-    layers = list(zip(widths[:-1], widths[1:]))
-    mac = [i * o for i, o in layers]
-    forward = 2 * batch * sum(mac)
-    rule = rule.partition(":")[0]
-    if rule in ("bp", "fa"):
-        signals = 2 * batch * sum(mac[1:])
-    elif rule == "dfa":
-        signals = 2 * batch * widths[-1] * sum(widths[1:-1])
-    elif rule == "ifa":
-        signals = 2 * batch * widths[-1] * widths[1] + 2 * batch * sum(mac[1:-1])
-    else:
-        signals = 2 * batch * sum(mac[1:])
-    return float(2 * forward + signals)
+    """Matmul FLOPs of one training step under ``rule`` (``"fa"`` or ``"fa:general"``), as the rule
+    counts them (:meth:`feedalign.rules.LearningRule.step_flops`)."""
+    return feedalign.get_rule(rule.partition(":")[0]).step_flops(widths, batch)
 
 
 def build(arch: str, rule: str, device: torch.device, seed: int = 0):

@@ -2,25 +2,28 @@
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 
 import numpy as np
 import torch
 from torch import nn
 
-from .rules.base import RULE_ATTRIBUTE, get_rule, linear_layers
+from .rules.base import RULE_ATTRIBUTE, LearningRule, get_rule, trainable_layers
 
 
 def convert(model: nn.Module, rule: str, *, seed: int = 0, feedback_init: str = "uniform",
             feedback_scale: float | None = None, inplace: bool = False) -> nn.Module:
     """Return ``model`` rewired to learn with ``rule`` (see :func:`feedalign.rules`).
 
+    Raises TypeError for an argument of the wrong type, ValueError for a bad value.
+
     The forward pass is unchanged, and so is the training loop:
     ``loss = criterion(model(x), y); loss.backward(); optimizer.step()``.
 
     Args:
-        model: any module whose trainable layers are ``nn.Linear`` (nested containers
-            included), with element-wise functions between them. Forward order is taken
-            to be registration order.
+        model: any module whose trainable layers are ``nn.Linear`` or ``nn.Conv2d`` (nested
+            containers included). Forward order is taken to be registration order.
         rule: ``"bp"``, ``"fa"``, ``"dfa"``, ``"ifa"``, ...
         seed: seeds the fixed random feedback matrices; the same seed gives the same B.
         feedback_init: ``"uniform"`` (U[-s, s]) or ``"gaussian"`` (N(0, s^2)).
@@ -30,17 +33,23 @@ def convert(model: nn.Module, rule: str, *, seed: int = 0, feedback_init: str = 
     """
     learning_rule = get_rule(rule)
     if not isinstance(model, nn.Module):
-        raise ValueError(f"convert expects an nn.Module, got {type(model).__name__}")
+        raise TypeError(f"convert expects an nn.Module, got {type(model).__name__}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
+    if not isinstance(feedback_init, str):
+        raise TypeError(f"feedback_init must be a str, got {type(feedback_init).__name__}")
+    not_a_number = isinstance(feedback_scale, bool) or not isinstance(feedback_scale, numbers.Real)
+    if feedback_scale is not None and not_a_number:
+        raise TypeError(f"feedback_scale must be a number or None, got {type(feedback_scale).__name__} "
+                        f"{feedback_scale!r}")
     if hasattr(model, RULE_ATTRIBUTE):
         raise ValueError(f"model was already converted with rule {getattr(model, RULE_ATTRIBUTE)!r}")
     if feedback_init not in ("uniform", "gaussian"):
         raise ValueError(f"unknown feedback_init {feedback_init!r}; expected 'uniform' or 'gaussian'")
-    if feedback_scale is not None and not (float(feedback_scale) >= 0):
-        raise ValueError(f"feedback_scale must be a non-negative number or None, got {feedback_scale!r}")
-    if not linear_layers(model):
-        raise ValueError(f"model has no nn.Linear layer to convert ({type(model).__name__})")
-    if not isinstance(seed, int):
-        raise ValueError(f"seed must be an int, got {seed!r}")
+    if feedback_scale is not None and not (math.isfinite(feedback_scale) and feedback_scale >= 0):
+        raise ValueError(f"feedback_scale must be a finite non-negative number or None, got {feedback_scale!r}")
+    if not trainable_layers(model):
+        raise ValueError(f"model has no nn.Linear or nn.Conv2d layer to convert ({type(model).__name__})")
     if not inplace:
         model = copy.deepcopy(model)
     generator = torch.Generator().manual_seed(feedback_seed(seed))
@@ -64,6 +73,12 @@ def feedback_seed(seed: int) -> int:
 def rule_of(model: nn.Module) -> str:
     """The rule ``model`` was converted with; a plain model learns with ``"bp"``."""
     return getattr(model, RULE_ATTRIBUTE, "bp")
+
+
+def learning_rule(model: nn.Module) -> LearningRule:
+    """The :class:`~feedalign.rules.LearningRule` object of ``model``'s rule (see :func:`rule_of`):
+    what a training loop, the diagnostics or the benchmark ask a rule for."""
+    return get_rule(rule_of(model))
 
 
 def feedback_matrices(model: nn.Module) -> list[torch.Tensor]:

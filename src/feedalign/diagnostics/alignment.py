@@ -10,9 +10,10 @@ For every ``nn.Linear`` (and ``nn.Conv2d``) layer k (forward order), with ``a_k`
 - update angle: between the layer's update under the rule (weight and bias
   gradients together) and the true gradient of the same parameters.
 - weight angle and norm ratio ``|B| / |W|``: between the layer's feedback matrix and
-  the forward weights it stands in for. FA: ``B_k`` vs ``W_k``. DFA: ``B_k`` (out,
-  width_k) vs ``W_L ... W_{k+1}``, the path backprop takes from the output to
-  ``h_k`` without the derivative terms. IFA: ``B_1`` likewise. BP: ``W_k`` itself.
+  the forward weights it stands in for, as the rule's
+  :meth:`~feedalign.rules.LearningRule.feedback_layout` says. FA: ``B_k`` vs ``W_k``.
+  DFA: ``B_k`` (out, width_k) vs ``W_L ... W_{k+1}``, the path backprop takes from the
+  output to ``h_k`` without the derivative terms. IFA: ``B_1`` likewise. BP: ``W_k`` itself.
 
 Angles are in degrees. A zero (or non-finite) vector gives NaN and the row's
 ``reason`` says which, never an exception.
@@ -28,12 +29,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..convert import feedback_matrices, rule_of
-from ..rules import exact_gradients
+from ..convert import learning_rule, rule_of
+from ..rules import exact_gradients, trainable_layers
 from .angles import angle, mean_row_angle
-
-# The layers that get a row, in registration (taken as forward) order, as the rules find them.
-LAYERS = (nn.Linear, nn.Conv2d)
 
 
 @dataclass
@@ -109,15 +107,18 @@ def alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     trace: parameters, buffers, every ``.grad`` (restored as the same tensors) and
     the torch RNG states (CPU and CUDA) are as before. Both passes start from the
     same RNG state, so dropout draws the same mask in each. The model's train/eval
-    mode is used as it is. A ``drtp`` model is given ``y`` as its target, as in training.
+    mode is used as it is. The rule's forward pass runs in its
+    :meth:`~feedalign.rules.LearningRule.forward_context` with ``y``, as in training
+    (a ``drtp`` model is given ``y`` as its target).
     """
-    layers = [m for m in model.modules() if isinstance(m, LAYERS)]
+    layers = trainable_layers(model)
     if not layers:
         raise ValueError(f"model has no nn.Linear or nn.Conv2d layer to measure ({type(model).__name__})")
     names = {id(m): name for name, m in model.named_modules()}
     with _preserved_state(model) as restore_rng:
         with torch.enable_grad():
-            loss, rule_signals, rule_updates = _pass(model, layers, x, y, loss_fn, _rule_context(model, y))
+            loss, rule_signals, rule_updates = _pass(model, layers, x, y, loss_fn,
+                                                     learning_rule(model).forward_context(model, y))
             restore_rng()  # same dropout mask in the backprop pass
             with exact_gradients(model):
                 _, true_signals, true_updates = _pass(model, layers, x, y, loss_fn, contextlib.nullcontext())
@@ -184,15 +185,6 @@ class _preserved_state:
         return False
 
 
-def _rule_context(model, y):
-    """What the rule's forward pass needs besides ``x``: DRTP projects the target ``y`` itself, which
-    it can recover from the error only for the cross-entropy; given explicitly, every loss works."""
-    if rule_of(model) == "drtp":
-        from ..rules.drtp import target
-        return target(model, y)
-    return contextlib.nullcontext()
-
-
 def _pass(model, layers, x, y, loss_fn, context):
     """One forward/backward on fresh ``.grad`` fields: loss, the gradient at each ``a_k``, each layer's update."""
     outputs = [None] * len(layers)
@@ -233,55 +225,38 @@ def _pass(model, layers, x, y, loss_fn, context):
 
 # -- weight alignment ------------------------------------------------------------------------
 def _weight_alignment(model, layers) -> list[tuple[float, float, str]]:
-    """(angle, |B|/|W|, reason) per layer: each feedback matrix against what it replaces."""
-    rule = rule_of(model)
-    weights = [layer.weight.detach() for layer in layers]
+    """(angle, |B|/|W|, reason) per layer: each feedback matrix against the forward weights it replaces."""
     n = len(layers)
     try:
-        feedback = [b.detach() for b in feedback_matrices(model)] if rule != "bp" else list(weights)
+        roles = learning_rule(model).feedback_layout(model)
     except ValueError as err:  # a rule that cannot say (yet): the angles of the signals still stand
         return [(math.nan, math.nan, f"no feedback matrices ({err})")] * n
-    layout = _layout(feedback, weights)
-    result = [(math.nan, math.nan, "no feedback matrix")] * n
-    if layout == "layerwise":  # bp, fa: B_k has W_k's shape
-        targets = list(range(n))
-        pairs = [(k, feedback[k], weights[k]) for k in targets]
-    elif layout == "direct":  # dfa (every hidden layer), ifa (the first)
-        products = _output_paths(weights, len(feedback))
-        pairs = [(k, feedback[k], products[k]) for k in range(len(feedback))]
-    else:
-        reason = f"feedback layout of rule {rule!r} not recognised" if feedback else "no feedback matrix"
-        return [(math.nan, math.nan, reason)] * n
-    for k, b, w in pairs:
+    weights = [layer.weight.detach() for layer in layers]
+    result = []
+    for role in roles:
+        if role.matrix is None:
+            result.append((math.nan, math.nan, f"no feedback matrix ({role.reason})"))
+            continue
+        b, w = role.matrix.detach(), _path(weights, role.replaces)
+        if w is None or w.shape != b.shape:
+            result.append((math.nan, math.nan, f"feedback matrix {tuple(b.shape)} stands in for no matrix of its "
+                                               f"shape (a path through Conv2d layers, or shapes that differ)"))
+            continue
         value, why = angle(b, w)
         w_norm = w.norm().item()
         ratio = b.norm().item() / w_norm if w_norm > 0 else math.nan
-        result[k] = (value, ratio, _name_zero(why, "feedback matrix is zero", "forward weights are zero"))
-    if layout == "direct" and rule == "ifa":
-        result[1:n - 1] = [(math.nan, math.nan, "no feedback matrix (IFA sends the signal up through W)")] * (n - 2)
-    if layout == "direct":
-        result[n - 1] = (math.nan, math.nan, "no feedback matrix (output layer)")
+        result.append((value, ratio, _name_zero(why, "feedback matrix is zero", "forward weights are zero")))
     return result
 
 
-def _layout(feedback, weights) -> str:
-    """"layerwise" (B_k shaped like W_k), "direct" (B_k (out, width_k) for the first hidden layers), or ""."""
-    if len(feedback) == len(weights) and all(b.shape == w.shape for b, w in zip(feedback, weights)):
-        return "layerwise"
-    out = weights[-1].shape[0]
-    if 0 < len(feedback) < len(weights) and all(w.dim() == 2 for w in weights) and all(
-            b.shape == (out, w.shape[0]) for b, w in zip(feedback, weights)):
-        return "direct"
-    return ""
-
-
-def _output_paths(weights, count) -> list[torch.Tensor]:
-    """``W_L ... W_{k+1}`` (out, width_k) for the first ``count`` layers k: the linear path from h_k to y."""
-    paths = [None] * count
-    path = weights[-1]
-    for k in range(len(weights) - 2, -1, -1):
-        if k < count:
-            paths[k] = path
-        if k > 0:
-            path = path @ weights[k]
-    return paths
+def _path(weights, replaces) -> torch.Tensor | None:
+    """``W_{r[-1]} ... W_{r[0]}`` for ``replaces = r``: the linear path a feedback matrix stands in for
+    (None where it runs through a Conv2d kernel, which is no matrix)."""
+    if len(replaces) == 1:
+        return weights[replaces[0]]
+    if any(weights[j].dim() != 2 for j in replaces):
+        return None
+    path = weights[replaces[-1]]
+    for j in reversed(replaces[:-1]):
+        path = path @ weights[j]
+    return path

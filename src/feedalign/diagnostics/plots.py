@@ -131,8 +131,8 @@ def hidden_activations(model, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
 
     Taken as the input of the next linear layer, i.e. ``h_k = f(a_k)`` after the activation.
     """
-    from ..rules import linear_layers
-    linears = linear_layers(model)
+    from ..rules import trainable_layers
+    linears = trainable_layers(model)
     index = hidden_layer_number(model, layer) - 1
     seen = []
     handle = linears[index + 1].register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
@@ -146,8 +146,8 @@ def hidden_activations(model, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
 
 def hidden_layer_number(model, layer: int) -> int:
     """``layer`` (1-based, or negative from the last hidden layer) as a 1-based number; ValueError if out of range."""
-    from ..rules import linear_layers
-    hidden = len(linear_layers(model)) - 1
+    from ..rules import trainable_layers
+    hidden = len(trainable_layers(model)) - 1
     if hidden < 1:
         raise ConfigError("the model has no hidden layer")
     number = layer if layer > 0 else hidden + layer + 1

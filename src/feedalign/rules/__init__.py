@@ -1,13 +1,15 @@
 """Learning rules, one module each, registered by name.
 
 Adding a rule: a new module here with a :class:`LearningRule` subclass decorated
-with :func:`register`, an import below, and its reference-gradient tests.
+with :func:`register`, an import below, and its reference-gradient tests. An FA-type
+rule (a feedback matrix per layer) is a mixin on the layers of :mod:`.layers` and a
+:class:`~feedalign.rules.layers.LayerwiseRule`.
 """
-from .base import LearningRule, exact_gradients, get_rule, linear_layers, register, rules
+from .base import FeedbackRole, LearningRule, exact_gradients, get_rule, register, rules, trainable_layers
 from . import bp, dfa, fa, ifa  # noqa: F401  (registration)
 from . import sign_symmetry  # noqa: F401  (usf, brsf, frsf)
 from . import kp  # noqa: F401
 from . import wm  # noqa: F401
 from . import drtp  # noqa: F401
 
-__all__ = ["LearningRule", "exact_gradients", "get_rule", "linear_layers", "register", "rules"]
+__all__ = ["FeedbackRole", "LearningRule", "exact_gradients", "get_rule", "register", "rules", "trainable_layers"]

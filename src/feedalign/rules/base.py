@@ -1,9 +1,11 @@
-"""What every learning rule shares: the registry, feedback sampling, layer discovery."""
+"""What every learning rule shares: the registry, feedback sampling, layer discovery, and the
+hooks through which training, diagnostics and benchmarks ask a rule what it needs."""
 from __future__ import annotations
 
 import abc
 import contextlib
 import math
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -17,7 +19,9 @@ RULE_ATTRIBUTE = "feedalign_rule"
 
 def register(cls: type["LearningRule"]) -> type["LearningRule"]:
     """Class decorator: make a rule available to :func:`feedalign.convert` by its ``name``."""
-    if not cls.name or cls.name in _REGISTRY:
+    if not (isinstance(cls, type) and issubclass(cls, LearningRule)):
+        raise TypeError(f"register expects a LearningRule subclass, got {cls!r}")
+    if not isinstance(cls.name, str) or not cls.name or cls.name in _REGISTRY:
         raise ValueError(f"rule name {cls.name!r} is empty or already registered")
     _REGISTRY[cls.name] = cls
     return cls
@@ -30,9 +34,32 @@ def rules() -> list[str]:
 
 def get_rule(name: str) -> "LearningRule":
     """The rule registered as ``name``; a ValueError lists the known ones otherwise."""
+    if not isinstance(name, str):
+        raise TypeError(f"a rule name is a str, got {type(name).__name__} {name!r}")
     if name not in _REGISTRY:
         raise ValueError(f"unknown rule {name!r}; known rules: {', '.join(rules())}")
     return _REGISTRY[name]()
+
+
+@dataclass(frozen=True)
+class FeedbackRole:
+    """What one trainable layer's feedback matrix stands in for (for diagnostics).
+
+    ``matrix`` B takes the place of the product of the forward weights of the layers
+    ``replaces`` (indices into :func:`trainable_layers`, forward order), taken as the
+    linear path ``W_{r[-1]} ... W_{r[0]}``:
+
+    - ``(k,)``: B has ``W_k``'s shape and carries the error to layer k's input in
+      ``W_k``'s place, ``delta_in = delta_out B`` (FA-type rules; BP with ``B = W_k``);
+    - ``(k + 1, ..., L - 1)``: B (out_features, width_k) carries the output error
+      straight to layer k's output, in place of ``W_L ... W_{k+1}`` (DFA-type rules).
+
+    ``matrix`` None: the layer has no feedback matrix; ``reason`` says why.
+    """
+
+    matrix: torch.Tensor | None
+    replaces: tuple[int, ...] = ()
+    reason: str = ""
 
 
 class LearningRule(abc.ABC):
@@ -44,7 +71,10 @@ class LearningRule(abc.ABC):
     diagnostics can compare a rule's update with the true gradient on the same weights.
 
     Subclasses set ``name`` and implement :meth:`convert` (in place, on a model that
-    :func:`feedalign.convert` has already copied) and :meth:`feedback_matrices`.
+    :func:`feedalign.convert` has already copied). Everything else a training loop,
+    the diagnostics or the benchmark need from a rule is a method here with a default
+    that fits backprop; a rule overrides what it does differently. Callers never ask
+    for a rule by name.
     """
 
     name: ClassVar[str] = ""
@@ -55,16 +85,53 @@ class LearningRule(abc.ABC):
         """Rewire ``model`` in place and return it (a new root if the root itself is replaced)."""
 
     def feedback_matrices(self, model: nn.Module) -> list[torch.Tensor]:
+        """The rule's feedback matrices, forward order (see :func:`feedalign.feedback_matrices`)."""
         return []
 
+    def feedback_layout(self, model: nn.Module) -> list[FeedbackRole]:
+        """One :class:`FeedbackRole` per trainable layer, forward order. Default (backprop):
+        every layer's "feedback" is its own weight."""
+        return [FeedbackRole(layer.weight.detach(), (k,)) for k, layer in enumerate(trainable_layers(model))]
 
-def linear_layers(model: nn.Module) -> list[nn.Linear]:
-    """Every ``nn.Linear`` of ``model`` in registration order, nested containers included.
+    def forward_context(self, model: nn.Module, y: torch.Tensor) -> contextlib.AbstractContextManager:
+        """Context for a training forward pass of ``model`` on a batch with targets ``y``
+        (e.g. (N,) class indices). Default: nothing; a rule whose backward needs the target
+        (drtp) captures it here."""
+        return contextlib.nullcontext()
+
+    def after_step(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], step: int, *,
+                   generator: torch.Generator | None = None) -> None:
+        """Called by a training loop after optimizer step ``step`` (from 1) on ``batch``
+        (inputs, targets): a rule's own phase between learning steps (wm's mirror).
+        ``generator`` (CPU) for any noise it draws. Default: nothing."""
+
+    def step_flops(self, widths: list[int], batch: int) -> float:
+        """Matmul FLOPs of one training step (forward and backward) of an MLP with layer
+        ``widths`` (input first) on ``batch`` examples; element-wise work left out.
+
+        Default (backprop, and every rule that sends the error down through one
+        weight-shaped matrix per layer): the forward pass ``2N sum(in * out)``, every
+        weight gradient (the same again), and the input gradient of every layer but the first.
+        """
+        forward = forward_flops(widths, batch)
+        return float(2 * forward + forward - 2 * batch * widths[0] * widths[1])
+
+
+TRAINABLE = (nn.Linear, nn.Conv2d)
+
+
+def trainable_layers(model: nn.Module) -> list[nn.Module]:
+    """Every ``nn.Linear`` and ``nn.Conv2d`` of ``model`` in registration order, nested containers included.
 
     Registration order is taken as forward order, as it is for ``nn.Sequential`` and
     for modules that create their layers in the order they call them.
     """
-    return [module for module in model.modules() if isinstance(module, nn.Linear)]
+    return [module for module in model.modules() if isinstance(module, TRAINABLE)]
+
+
+def forward_flops(widths: list[int], batch: int) -> int:
+    """Matmul FLOPs of an MLP's forward pass: ``2N sum(in * out)`` over its layers."""
+    return 2 * batch * sum(i * o for i, o in zip(widths[:-1], widths[1:]))
 
 
 def sample_feedback(shape: tuple[int, ...], *, fan: int, init: str, scale: float | None,

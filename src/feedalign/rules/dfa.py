@@ -25,8 +25,7 @@ from torch import nn
 
 from . import fast
 from ._cut import HiddenCut, find_cut
-from ._layers import trainable_layers
-from .base import LearningRule, register, sample_feedback
+from .base import FeedbackRole, LearningRule, forward_flops, register, sample_feedback, trainable_layers
 
 
 class _DirectFeedback(torch.autograd.Function):
@@ -46,15 +45,71 @@ class _DirectFeedback(torch.autograd.Function):
         return (error, None, None, *(s.reshape(shape) for s, shape in zip(signals, ctx.hidden_shapes)))
 
 
+class _DirectSignals(fast.StackedSignals):
+    """The fused path: every ``e B_k`` from one matmul ``e @ feedback``; with a (K, N, w) stack, one
+    ``bmm`` with the feedback seen as (K, out, w) straight into that layout."""
+
+    def __init__(self):
+        self._stacked = (None, None)  # (key, tensor): see _stacked_feedback
+
+    def inputs(self, plan):
+        return [_checked_feedback(plan.root, plan.linears[-1].out_features)]
+
+    def signals(self, step, error, inputs):
+        (feedback,) = inputs
+        if step.stack is not None:
+            k, n = len(step.hidden), error.shape[0]
+            deltas = torch.bmm(error.expand(k, n, error.shape[1]), self._stacked_feedback(feedback, k))
+            step.times_derivatives(deltas)
+            return deltas
+        deltas, outs = step.empty()
+        for l, part in enumerate(error.mm(feedback).split([h.shape[1] for h in step.hidden], dim=1)):
+            step.times_derivative(l, part, outs[l])
+        return deltas
+
+    def _stacked_feedback(self, feedback, k):
+        """The (out, K*w) ``feedback`` as a contiguous (K, out, w) copy, remade only when the buffer
+        changes (``load_state_dict``, ``.to()``)."""
+        key = (feedback.data_ptr(), feedback._version, feedback.dtype, feedback.device)
+        if self._stacked[0] != key:
+            self._stacked = (key, feedback.view(feedback.shape[0], k, -1).transpose(0, 1).contiguous())
+        return self._stacked[1]
+
+
+def _checked_feedback(root, out_features):
+    if out_features != root.feedback.shape[0]:
+        raise ValueError(f"DFA feedback expects outputs of size {root.feedback.shape[0]}, got {out_features}")
+    return root.feedback
+
+
 def _attach(root, output, hidden, preactivations):
     materialize_feedback(root)
-    if output.shape[-1] != root.feedback.shape[0]:
-        raise ValueError(f"DFA feedback expects outputs of size {root.feedback.shape[0]}, got {output.shape[-1]}")
-    return _DirectFeedback.apply(output, root.feedback, find_cut(root).widths, *hidden)
+    return _DirectFeedback.apply(output, _checked_feedback(root, output.shape[-1]), find_cut(root).widths, *hidden)
+
+
+class DirectRule(LearningRule):
+    """What ``dfa`` and ``drtp`` share: one B_k (out_features, width_k) per hidden layer k, side by side
+    in the root's buffer ``feedback``, each carrying a signal from the output straight to h_k."""
+
+    def feedback_matrices(self, model: nn.Module) -> list[torch.Tensor]:
+        """One B_k per hidden layer, forward order, each (out_features, width_k): views of ``model.feedback``."""
+        materialize_feedback(model)  # a Conv2d model: raises if no forward pass has sized it yet
+        return list(model.feedback.split(find_cut(model).widths, dim=1))
+
+    def feedback_layout(self, model):
+        """B_k stands in for ``W_L ... W_{k+1}``, the linear path from h_k to the output; the output layer has none."""
+        blocks = self.feedback_matrices(model)
+        n = len(blocks) + 1
+        return ([FeedbackRole(b, tuple(range(k + 1, n))) for k, b in enumerate(blocks)]
+                + [FeedbackRole(None, reason="output layer")])
+
+    def step_flops(self, widths, batch):
+        """Forward, every weight gradient, and ONE matmul (N, out) x (out, sum of hidden widths) for all signals."""
+        return float(2 * forward_flops(widths, batch) + 2 * batch * widths[-1] * sum(widths[1:-1]))
 
 
 @register
-class DirectFeedbackAlignment(LearningRule):
+class DirectFeedbackAlignment(DirectRule):
     """``dfa``. Default feedback: B_k ~ U[-1/sqrt(width_k), 1/sqrt(width_k)], as ``ErrorFeedback.lua``
     of Nøkland's code (anokland/dfa-torch); ``feedback_scale`` sets one scale for all layers."""
 
@@ -65,13 +120,8 @@ class DirectFeedbackAlignment(LearningRule):
         install_direct_feedback(model, layers, _attach, generator=generator, feedback_init=feedback_init,
                                 feedback_scale=feedback_scale)
         if all(isinstance(layer, nn.Linear) for layer in layers):
-            fast.install(model, layers, self.name)
+            fast.install(model, layers, _DirectSignals())
         return model
-
-    def feedback_matrices(self, model: nn.Module) -> list[torch.Tensor]:
-        """One B_k per hidden layer, forward order, each (out_features, width_k): views of ``model.feedback``."""
-        materialize_feedback(model)  # a Conv2d model: raises if no forward pass has sized it yet
-        return list(model.feedback.split(find_cut(model).widths, dim=1))
 
 
 def install_direct_feedback(model, layers, attach, *, generator, feedback_init, feedback_scale) -> HiddenCut:

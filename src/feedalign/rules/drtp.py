@@ -37,9 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._cut import find_cut
-from ._layers import trainable_layers
-from .base import LearningRule, register
-from .dfa import install_direct_feedback, materialize_feedback
+from .base import register, trainable_layers
+from .dfa import DirectRule, install_direct_feedback, materialize_feedback
 
 
 def recover_target(output: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
@@ -103,6 +102,8 @@ def target(model: nn.Module, y: torch.Tensor):
 
     ``y``: class indices (N,) or a target of the output's shape (N, out_features).
     """
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"drtp target must be a tensor, got {type(y).__name__}")
     cut = find_cut(model)
     previous = getattr(cut, "target", None)
     cut.target = y
@@ -113,7 +114,7 @@ def target(model: nn.Module, y: torch.Tensor):
 
 
 @register
-class DirectRandomTargetProjection(LearningRule):
+class DirectRandomTargetProjection(DirectRule):
     """``drtp``. Default feedback as DFA's: B_k ~ U[-1/sqrt(width_k), 1/sqrt(width_k)]."""
 
     name = "drtp"
@@ -123,7 +124,7 @@ class DirectRandomTargetProjection(LearningRule):
                                 feedback_init=feedback_init, feedback_scale=feedback_scale)
         return model
 
-    def feedback_matrices(self, model: nn.Module) -> list[torch.Tensor]:
-        """One B_k per hidden layer, forward order, each (out_features, width_k): hidden k gets ``t B_k / N``."""
-        materialize_feedback(model)  # a Conv2d model: raises if no forward pass has sized it yet
-        return list(model.feedback.split(find_cut(model).widths, dim=1))
+    def forward_context(self, model, y):
+        """The forward pass projects ``y`` itself (:func:`target`): every loss works, not only
+        the cross-entropy the target can be recovered from."""
+        return target(model, y)

@@ -14,7 +14,7 @@ from torch import nn
 
 from . import fast
 from ._cut import HiddenCut, find_cut
-from .base import LearningRule, linear_layers, register, sample_feedback
+from .base import FeedbackRole, LearningRule, forward_flops, register, sample_feedback, trainable_layers
 
 
 class _IndirectFeedback(torch.autograd.Function):
@@ -48,6 +48,27 @@ class _IndirectFeedback(torch.autograd.Function):
         return (error, None, None, *signals, *padding)
 
 
+class _IndirectSignals(fast.StackedSignals):
+    """The fused path: ``delta_1 = (e B_1) * D_1``, then ``delta_l = (delta_{l-1} W_l^T) * D_l`` layer by layer."""
+
+    def inputs(self, plan):
+        feedback = plan.root.feedback
+        if feedback.shape[0] != plan.linears[-1].out_features:
+            raise ValueError(f"IFA feedback expects outputs of size {feedback.shape[0]}, "
+                             f"got {plan.linears[-1].out_features}")
+        return [feedback]
+
+    def signals(self, step, error, inputs):
+        (feedback,) = inputs
+        deltas, outs = step.empty()
+        grad = error.mm(feedback)
+        for l in range(len(outs)):
+            if l > 0:
+                grad = torch.mm(outs[l - 1], step.weights[l].t(), out=outs[l])
+            step.times_derivative(l, grad, outs[l])
+        return deltas
+
+
 def _attach(root, output, hidden, preactivations):
     cut = find_cut(root)
     weights = [layer.weight for layer in cut.linears[1:-1]]
@@ -64,17 +85,30 @@ class IndirectFeedbackAlignment(LearningRule):
         if any(isinstance(m, nn.Conv2d) for m in model.modules()):
             raise ValueError("ifa supports nn.Linear layers only: its signal goes forward through W_k, which "
                              "is not defined across pooling and flattening; use fa, dfa or drtp for Conv2d models")
-        linears = linear_layers(model)
+        linears = trainable_layers(model)
         cut = HiddenCut(model, linears, _attach, record_preactivations=True)
         width = cut.widths[0]
         model.register_buffer("feedback", sample_feedback(
             (linears[-1].out_features, width), fan=width, init=feedback_init, scale=feedback_scale,
             generator=generator, like=linears[-1].weight))
         model._feedalign_cut = cut
-        fast.install(model, linears, self.name)
+        fast.install(model, linears, _IndirectSignals())
         return model
 
     def feedback_matrices(self, model: nn.Module) -> list[torch.Tensor]:
         """``[B_1]``, of shape (out_features, width_1): the first hidden layer's signal is ``e @ B_1``."""
         find_cut(model)
         return [model.feedback]
+
+    def feedback_layout(self, model):
+        """B_1 stands in for ``W_L ... W_2``, the linear path from h_1 to the output; the layers above
+        have no feedback matrix."""
+        n = len(trainable_layers(model))
+        return ([FeedbackRole(model.feedback, tuple(range(1, n)))]
+                + [FeedbackRole(None, reason="IFA sends the signal up through W")] * (n - 2)
+                + [FeedbackRole(None, reason="output layer")])
+
+    def step_flops(self, widths, batch):
+        """Forward, every weight gradient, ``e @ B_1``, and the forward product of each hidden-to-hidden layer."""
+        macs = [i * o for i, o in zip(widths[:-1], widths[1:])]
+        return float(2 * forward_flops(widths, batch) + 2 * batch * (widths[-1] * widths[1] + sum(macs[1:-1])))

@@ -29,9 +29,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._layers import FeedbackLinear, adopt_layer, swap_layers, trainable_layers
-from .base import LearningRule, register, sample_feedback
-from .conv import FeedbackConv2d
+from .base import register
+from .layers import FeedbackConv2d, FeedbackLinear, LayerwiseRule, random_feedback
 
 
 class _KolenPollack:
@@ -44,6 +43,9 @@ class _KolenPollack:
 
     def trained_feedback(self) -> torch.Tensor:
         return self.feedback
+
+    def feedback_matrix(self) -> torch.Tensor:
+        return self.feedback  # the Parameter itself
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", feedback=learnt (Kolen-Pollack)"
@@ -58,21 +60,14 @@ class KPConv2d(_KolenPollack, FeedbackConv2d):
 
 
 @register
-class KolenPollack(LearningRule):
+class KolenPollack(LayerwiseRule):
     """``kp``: B starts as FA's (U[-1/sqrt(fan_in), 1/sqrt(fan_in)]) and is trained by the
     user's optimizer with W's gradient. Build the optimizer after ``convert``."""
 
     name = "kp"
+    linear_class, conv_class = KPLinear, KPConv2d
 
-    def convert(self, model, *, generator, feedback_init, feedback_scale):
-        def make(layer):
-            new = adopt_layer(layer, KPLinear, KPConv2d)
-            initial = sample_feedback(tuple(layer.weight.shape), fan=layer.weight[0].numel(), init=feedback_init,
-                                      scale=feedback_scale, generator=generator, like=layer.weight)
-            new.feedback = nn.Parameter(initial, requires_grad=layer.weight.requires_grad)
-            return new
-        return swap_layers(model, make)
-
-    def feedback_matrices(self, model):
-        """Each layer's B (the Parameter ``feedback``), forward order, of its weight's shape."""
-        return [layer.feedback for layer in trainable_layers(model)]
+    def init_layer(self, layer, *, generator, feedback_init, feedback_scale):
+        initial = random_feedback(layer, generator=generator, feedback_init=feedback_init,
+                                  feedback_scale=feedback_scale)
+        layer.feedback = nn.Parameter(initial, requires_grad=layer.weight.requires_grad)

@@ -28,11 +28,9 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
-from ._layers import FeedbackLinear, adopt_layer, fans, swap_layers, trainable_layers
-from .base import LearningRule, register, sample_feedback
-from .conv import FeedbackConv2d
+from .base import register, sample_feedback
+from .layers import FeedbackConv2d, FeedbackLinear, LayerwiseRule, fans
 
 
 def _xavier_bound(weight: torch.Tensor) -> float:
@@ -68,8 +66,8 @@ class _BatchRandomSign:
         self.feedback_draws += 1
         return feedback
 
-    def current_feedback(self) -> torch.Tensor:
-        return self.magnitude() * torch.sign(self.weight.detach())
+    def feedback_matrix(self) -> torch.Tensor:
+        return self.magnitude() * torch.sign(self.weight.detach())  # the next draw, not counted
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", feedback=|R|*sign(W), R redrawn per batch"
@@ -112,62 +110,41 @@ class FRSFConv2d(_FixedRandomSign, FeedbackConv2d):
 
 
 @register
-class UniformSignFeedback(LearningRule):
+class UniformSignFeedback(LayerwiseRule):
     """``usf``: ``B = s sign(W)``, s = ``feedback_scale`` or sqrt(2 / (fan_in + fan_out))."""
 
     name = "usf"
+    linear_class, conv_class = USFLinear, USFConv2d
 
-    def convert(self, model, *, generator, feedback_init, feedback_scale):
-        def make(layer):
-            new = adopt_layer(layer, USFLinear, USFConv2d)
-            fan_in, fan_out = fans(layer.weight)
-            new.feedback_scale = math.sqrt(2.0 / (fan_in + fan_out)) if feedback_scale is None else float(feedback_scale)
-            return new
-        return swap_layers(model, make)
-
-    def feedback_matrices(self, model):
-        """One B per Linear/Conv2d layer, forward order, of its weight's shape (computed from the current W)."""
-        return [layer.backward_weight() for layer in trainable_layers(model)]
+    def init_layer(self, layer, *, generator, feedback_init, feedback_scale):
+        fan_in, fan_out = fans(layer.weight)
+        layer.feedback_scale = math.sqrt(2.0 / (fan_in + fan_out)) if feedback_scale is None else float(feedback_scale)
 
 
 @register
-class BatchRandomSignFeedback(LearningRule):
+class BatchRandomSignFeedback(LayerwiseRule):
     """``brsf``: ``B = |R| sign(W)``, R redrawn every backward pass (Xavier-uniform by default)."""
 
     name = "brsf"
+    linear_class, conv_class = BRSFLinear, BRSFConv2d
 
-    def convert(self, model, *, generator, feedback_init, feedback_scale):
-        def make(layer):
-            new = adopt_layer(layer, BRSFLinear, BRSFConv2d)
-            new.feedback_init = feedback_init
-            new.magnitude_scale = _xavier_bound(layer.weight) if feedback_scale is None else float(feedback_scale)
-            seed = int(torch.randint(2 ** 62, (1,), generator=generator))
-            new.register_buffer("feedback_seed", torch.tensor(seed, dtype=torch.int64, device=layer.weight.device))
-            new.register_buffer("feedback_draws", torch.zeros((), dtype=torch.int64, device=layer.weight.device))
-            return new
-        return swap_layers(model, make)
-
-    def feedback_matrices(self, model):
-        """The B each layer's next backward pass will use (weight-shaped), forward order."""
-        return [layer.current_feedback() for layer in trainable_layers(model)]
+    def init_layer(self, layer, *, generator, feedback_init, feedback_scale):
+        layer.feedback_init = feedback_init
+        layer.magnitude_scale = _xavier_bound(layer.weight) if feedback_scale is None else float(feedback_scale)
+        seed = int(torch.randint(2 ** 62, (1,), generator=generator))
+        layer.register_buffer("feedback_seed", torch.tensor(seed, dtype=torch.int64, device=layer.weight.device))
+        layer.register_buffer("feedback_draws", torch.zeros((), dtype=torch.int64, device=layer.weight.device))
 
 
 @register
-class FixedRandomSignFeedback(LearningRule):
+class FixedRandomSignFeedback(LayerwiseRule):
     """``frsf``: ``B = |M| sign(W)``, M fixed (Xavier-uniform by default), kept as ``feedback_magnitude``."""
 
     name = "frsf"
+    linear_class, conv_class = FRSFLinear, FRSFConv2d
 
-    def convert(self, model, *, generator, feedback_init, feedback_scale):
-        def make(layer):
-            new = adopt_layer(layer, FRSFLinear, FRSFConv2d)
-            scale = _xavier_bound(layer.weight) if feedback_scale is None else float(feedback_scale)
-            magnitude = sample_feedback(tuple(layer.weight.shape), fan=1, init=feedback_init, scale=scale,
-                                        generator=generator, like=layer.weight).abs()
-            new.register_buffer("feedback_magnitude", magnitude)
-            return new
-        return swap_layers(model, make)
-
-    def feedback_matrices(self, model):
-        """One B = |M| sign(W) per Linear/Conv2d layer, forward order, of its weight's shape."""
-        return [layer.backward_weight() for layer in trainable_layers(model)]
+    def init_layer(self, layer, *, generator, feedback_init, feedback_scale):
+        scale = _xavier_bound(layer.weight) if feedback_scale is None else float(feedback_scale)
+        magnitude = sample_feedback(tuple(layer.weight.shape), fan=1, init=feedback_init, scale=scale,
+                                    generator=generator, like=layer.weight).abs()
+        layer.register_buffer("feedback_magnitude", magnitude)

@@ -25,9 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._layers import FeedbackLinear, adopt_layer, swap_layers, trainable_layers
-from .base import LearningRule, register, sample_feedback
-from .conv import FeedbackConv2d
+from .base import register
+from .layers import FeedbackConv2d, FeedbackLinear, LayerwiseRule, random_feedback
 
 
 class _Mirror:
@@ -51,23 +50,20 @@ class WMConv2d(_Mirror, FeedbackConv2d):
 
 
 @register
-class WeightMirror(LearningRule):
+class WeightMirror(LayerwiseRule):
     """``wm``: B starts as FA's (U[-1/sqrt(fan_in), 1/sqrt(fan_in)]) and learns in :func:`mirror`."""
 
     name = "wm"
+    linear_class, conv_class = WMLinear, WMConv2d
 
-    def convert(self, model, *, generator, feedback_init, feedback_scale):
-        def make(layer):
-            new = adopt_layer(layer, WMLinear, WMConv2d)
-            new.register_buffer("feedback", sample_feedback(
-                tuple(layer.weight.shape), fan=layer.weight[0].numel(), init=feedback_init, scale=feedback_scale,
-                generator=generator, like=layer.weight))
-            return new
-        return swap_layers(model, make)
+    def init_layer(self, layer, *, generator, feedback_init, feedback_scale):
+        layer.register_buffer("feedback", random_feedback(layer, generator=generator, feedback_init=feedback_init,
+                                                          feedback_scale=feedback_scale))
 
-    def feedback_matrices(self, model):
-        """Each layer's B (buffer ``feedback``), forward order, of its weight's shape."""
-        return [layer.feedback for layer in trainable_layers(model)]
+    def after_step(self, model, batch, step, *, generator=None):
+        """One mirror step (:func:`mirror`, default settings) after every learning step: Akrout et al.
+        alternate the two phases."""
+        mirror(model, steps=1, generator=generator)
 
 
 @torch.no_grad()

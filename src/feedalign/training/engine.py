@@ -8,7 +8,6 @@ run at once, leaving the last good checkpoint.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import math
@@ -404,7 +403,7 @@ def _train_epoch(run: Run, epoch: int, x, y, classification: bool, callbacks, ba
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        after_step(model)
+        after_step(model, (xb, yb), run.step + 1)
         run.step += 1
         total += value * len(xb)
         seen += len(xb)
@@ -417,30 +416,20 @@ def _train_epoch(run: Run, epoch: int, x, y, classification: bool, callbacks, ba
 
 
 def _rule_hooks(run: Run, epoch: int):
-    """What some rules need around the plain step: ``(forward context, after-step call)``.
+    """What the rule needs around the plain step: ``(forward context(model, y), after-step call(model, batch, step))``.
 
-    - ``drtp`` projects the target: it is given explicitly, so every loss works (not
-      only the cross-entropy it can recover the target from).
-    - ``wm`` learns its mirrors: one mirror step after each training step (Akrout et al.
-      alternate the two phases), with noise from a per-epoch generator so resume replays it.
+    Both come from the model's :class:`~feedalign.rules.LearningRule` (drtp's target, wm's
+    mirror phase); noise the after-step call draws comes from a per-epoch generator, so
+    a resumed run replays it.
     """
-    from ..convert import rule_of
-    rule = rule_of(run.model)
+    from ..convert import learning_rule
+    rule = learning_rule(run.model)
+    generator = _epoch_generator(run.config, epoch, stream=1)
 
-    def no_context(model, y):
-        return contextlib.nullcontext()
+    def after_step(model, batch, step):
+        rule.after_step(model, batch, step, generator=generator)
 
-    def nothing(model):
-        return None
-
-    if rule == "drtp":
-        from ..rules.drtp import target
-        return target, nothing
-    if rule == "wm":
-        from ..rules.wm import mirror
-        generator = _epoch_generator(run.config, epoch, stream=1)
-        return no_context, lambda model: mirror(model, steps=1, generator=generator)
-    return no_context, nothing
+    return rule.forward_context, after_step
 
 
 def _score(row: dict, split: str, classification: bool) -> float:
