@@ -31,8 +31,8 @@ def make_net(rule: str, w0: float, w: float, feedback: float = 1.0) -> nn.Module
     with torch.no_grad():
         model[0].weight.fill_(w0)
         model[1].weight.fill_(w)
-        if rule == "fa":
-            model[1].feedback.fill_(feedback)  # B = 1: the error reaches the hidden unit as e * B
+        for b in feedalign.feedback_matrices(model)[1:]:  # the output layer's B = 1: the hidden unit gets e * B
+            b.fill_(feedback)
     return model
 
 
