@@ -17,6 +17,12 @@ _COMMON = {"activation": "sigmoid", "loss": "cross_entropy", "optimizer": "sgd",
            "feedback_scale": 0.2}
 
 
+def _config(quick: bool, *, weight_decay: float) -> dict:
+    return {"data": {"name": "mnist", "n_train": 6000 if quick else None, "n_val": 2000 if quick else None,
+                     "n_test": 2000 if quick else None},
+            "epochs": 3 if quick else 6, "batch_size": 100 if quick else 1000, "weight_decay": weight_decay}
+
+
 def _deviations(config, experiment):
     d = [experiment.data_deviation(config),
          "The review's code subtracts its 'decay' as a constant from every weight each step "
@@ -36,9 +42,7 @@ class ReviewFA(TrainingExperiment):
     full_runtime = "about 2 min"
 
     def config(self, quick):
-        return {"data": {"name": "mnist", "n_train": 6000 if quick else None, "n_val": 2000 if quick else None,
-                         "n_test": 2000 if quick else None},
-                "epochs": 3 if quick else 6, "batch_size": 100 if quick else 1000, "weight_decay": 1e-5}
+        return _config(quick, weight_decay=1e-5)
 
     def learners(self, config):
         base = dict(_COMMON, architecture="784-100-10", epochs=config["epochs"],
@@ -71,9 +75,7 @@ class ReviewDFA(TrainingExperiment):
     full_runtime = "about 4 min"
 
     def config(self, quick):
-        return {"data": {"name": "mnist", "n_train": 6000 if quick else None, "n_val": 2000 if quick else None,
-                         "n_test": 2000 if quick else None},
-                "epochs": 3 if quick else 6, "batch_size": 100 if quick else 1000, "weight_decay": 1e-4}
+        return _config(quick, weight_decay=1e-4)
 
     def learners(self, config):
         base = dict(_COMMON, architecture="784-200-100-10", epochs=config["epochs"],
