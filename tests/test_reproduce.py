@@ -160,6 +160,12 @@ def test_all_writes_docs_from_results(out, tmp_path):
     report = (tmp_path / "docs" / "reports" / "toy1d" / "report.md").read_text()
     assert "(reports/toy1d/report.md)" in page and "](../../figures/toy1d-trajectories.png)" in report
     assert json.loads((tmp_path / "docs" / "reports" / "toy1d" / "results.json").read_text())["experiment"] == "toy1d"
+    # a fresh checkout (nothing under runs/) regenerates the page from the published results
+    from feedalign.experiments.summary import write_docs
+    write_docs(tmp_path / "empty", tmp_path / "docs", quick=True, seeds=1, log=lambda *a: None)
+    again = (tmp_path / "docs" / "reproduction.md").read_text()
+    assert "(reports/toy1d/report.md)" in again and "figures/toy1d-trajectories.png" in again
+    assert again.count("| toy1d |") == page.count("| toy1d |") and "(stale:" not in again
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ._training import TrainingExperiment
 from .base import Claim, register
-from .nokland import SETTINGS_NOTE, learner
+from .nokland import SETTINGS_NOTE, learner, learning_rates
 
 
 @register
@@ -19,7 +19,7 @@ class FixedFirstLayer(TrainingExperiment):
         return {"data": {"name": "mnist", "n_train": 3000 if quick else None, "n_val": 1000 if quick else None,
                          "n_test": 1000 if quick else None},
                 "architecture": "784-200-200-10" if quick else "784-800-800-10", "epochs": 3 if quick else 10,
-                "lr": 3e-3 if quick else 1e-3}
+                "lr": 3e-3 if quick else learning_rates(2)["dfa"]}
 
     def learners(self, config):
         out = {}

@@ -11,12 +11,15 @@ memory by an earlier session), so the page labels them "unverified".
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from .plotting import pyplot
 from ._training import TrainingExperiment
 from .base import Claim, register
-from .nokland import SETTINGS_NOTE, learner
+from ..models import parse_sizes
+from .nokland import SEARCH_NOTE, SETTINGS_NOTE, learner, learning_rates
 
 # Table 1 of arXiv 1609.01596, test error % (unverified, see the module docstring).
 PAPER = {"7x240": {"bp": 2.16, "fa": 2.20, "dfa": 2.32},
@@ -44,10 +47,12 @@ class NoklandMnist(TrainingExperiment):
             nets = {"1x100": "784-100-10", "2x100": "784-100x2-10"}
         return {"data": {"name": "mnist", "n_train": 2000 if quick else None, "n_val": 1000 if quick else None,
                          "n_test": 1000 if quick else None},
-                "nets": nets, "epochs": 3 if quick else 20, "lr": 3e-3 if quick else 1e-3}
+                "nets": nets, "epochs": 3 if quick else 20,
+                "lr": {net: {rule: 3e-3 for rule in RULES} for net in nets} if quick else
+                {net: learning_rates(len(parse_sizes(arch)) - 2) for net, arch in nets.items()}}
 
     def learners(self, config):
-        return {f"{net} {rule.upper()}": learner(rule, arch, config["epochs"], lr=config["lr"])
+        return {f"{net} {rule.upper()}": learner(rule, arch, config["epochs"], lr=config["lr"][net][rule])
                 for net, arch in config["nets"].items() for rule in RULES}
 
     def seeds_for(self, label, config):
@@ -56,8 +61,9 @@ class NoklandMnist(TrainingExperiment):
 
     def deviations(self, config):
         return [SETTINGS_NOTE, self.data_deviation(config),
-                f"{config['epochs']} epochs at lr {config['lr']} (cosine) per network and rule; 7x240 and 2x800 "
-                "with every seed, the other networks and IFA with the first seed only (2 CPU cores).",
+                f"{config['epochs']} epochs (cosine schedule) per network and rule, learning rates "
+                f"{json.dumps(config['lr'])}; 7x240 and 2x800 with every seed, the other networks and IFA with the "
+                "first seed only (2 CPU cores).", SEARCH_NOTE,
                 "Table 1's values are unverified here (the paper's text could not be reached); the paper's Table 1 "
                 "has no IFA column for MNIST, we report IFA without a paper value."]
 

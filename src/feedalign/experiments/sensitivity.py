@@ -39,7 +39,7 @@ class Sensitivity(SeededExperiment):
     title = "The review's sensitivity observations as sweeps: init scale x learning rate, weight decay x learning rate"
     paper = "FA/DFA review slides, 'Reproducing the results' (observations on MNIST 784-200-100-10); sweeps as in examples/sweeps/"
     order = 45
-    full_runtime = "about 12 min (2 worker processes)"
+    full_runtime = "about 35 min (2 worker processes)"
     default_seeds = {"quick": 1, "full": 1}
 
     def config(self, quick):

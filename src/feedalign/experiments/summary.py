@@ -38,11 +38,19 @@ def run_all(*, quick: bool = False, out: str | Path = "runs/reproduce/full", see
     return outcomes
 
 
-def collect(out: Path, quick: bool, seeds: int | None) -> list[tuple[str, dict | None, bool]]:
-    """(name, results or None, current?) for every registered experiment, from ``out``."""
+def collect(out: Path, quick: bool, seeds: int | None,
+            published: Path | None = None) -> list[tuple[str, dict | None, bool]]:
+    """(name, results or None, current?) for every registered experiment, from ``out``; where ``out`` has
+    none, the copy published under ``published/NAME`` (of the same size), so a page regenerated on a fresh
+    checkout keeps the results it had, marked stale when the code or config has changed since."""
     rows = []
+    size = "quick" if quick else "full"
     for name in experiments():
         results = read_results(out / name)
+        if results is None and published is not None:
+            results = read_results(published / name)
+            if results is not None and results.get("config", {}).get("size") != size:
+                results = None
         current = False
         if results is not None:
             config = experiment_config(name, quick, seeds)
@@ -99,7 +107,7 @@ def write_docs(out: Path, docs: Path, *, quick: bool, seeds: int | None, log=pri
         "|---|---|---|---|---|---|---|",
     ]
     sections = []
-    for name, results, current in collect(out, quick, seeds):
+    for name, results, current in collect(out, quick, seeds, published=docs / "reports"):
         if name in skipped:
             lines.append(f"| {name} | (skipped for this page: `--skip {name}`) | | | | | |")
             continue
@@ -115,6 +123,8 @@ def write_docs(out: Path, docs: Path, *, quick: bool, seeds: int | None, log=pri
         estimate = (f"; full size (estimate): {experiment.full_runtime} on 2 shared CPU cores"
                     if quick and experiment.full_runtime else "")
         report = publish_report(out / name, docs / "reports" / name)
+        if report is None and (docs / "reports" / name / "report.md").exists():  # published by an earlier run
+            report = f"reports/{name}/report.md"
         where = f"[reports/{name}/report.md]({report})" if report else f"`{out / name / 'report.md'}`"
         section = [f"## {name}: {results['title']}", "", f"{results['paper']}. Size: {results['config']['size']}, "
                    f"{results['config']['seeds']} seeds, ran in {results['seconds']:.0f} s on 2 CPU cores shared with "
@@ -125,6 +135,7 @@ def write_docs(out: Path, docs: Path, *, quick: bool, seeds: int | None, log=pri
             source = out / name / fig
             if source.exists():
                 shutil.copyfile(source, figures / fig)
+            if (figures / fig).exists():
                 section += [f"![{fig}](figures/{fig})", ""]
         sections.append("\n".join(section))
     text = "\n".join(lines) + "\n\n" + "\n\n".join(sections) + "\n"
