@@ -176,6 +176,19 @@ def test_cli(out, capsys):
     assert "unknown experiment" in capsys.readouterr().err
     assert main(["reproduce", "toy1d", "--quick", "--seeds", "1", "--out", str(out)]) == 0
     assert "skipped" in capsys.readouterr().out
+    assert main(["reproduce", "toy1d", "--quick", "--workers", "0", "--out", str(out)]) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err
+
+
+def test_list_gives_the_measured_full_run_time(tmp_path, capsys):
+    """--list reads the run time of a published full-size result, and falls back to the estimate."""
+    report = tmp_path / "docs" / "reports" / "linear"
+    report.mkdir(parents=True)
+    (report / "results.json").write_text(json.dumps({"config": {"size": "full"}, "seconds": 600.0, "workers": 2}))
+    assert main(["reproduce", "--list", "--docs", str(tmp_path / "docs")]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert lines["linear"].endswith("full size: 10 min measured with 2 workers on 2 CPU cores")
+    assert "about" in lines["mnist-fa"]
 
 
 def _curves(run_dir):
