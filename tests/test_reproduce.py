@@ -166,6 +166,10 @@ def test_all_writes_docs_from_results(out, tmp_path):
     again = (tmp_path / "docs" / "reproduction.md").read_text()
     assert "(reports/toy1d/report.md)" in again and "figures/toy1d-trajectories.png" in again
     assert again.count("| toy1d |") == page.count("| toy1d |") and "(stale:" not in again
+    # a page for one experiment (--skip the rest) still shows the others' published results
+    run_all(quick=True, out=out, seeds=1, docs=tmp_path / "docs", only=["linear"], log=lambda *a: None)
+    one = (tmp_path / "docs" / "reproduction.md").read_text()
+    assert one.count("| toy1d |") == page.count("| toy1d |") and "| toy1d | (skipped" not in one
 
 
 @pytest.mark.slow
@@ -184,10 +188,11 @@ def test_list_gives_the_measured_full_run_time(tmp_path, capsys):
     """--list reads the run time of a published full-size result, and falls back to the estimate."""
     report = tmp_path / "docs" / "reports" / "linear"
     report.mkdir(parents=True)
-    (report / "results.json").write_text(json.dumps({"config": {"size": "full"}, "seconds": 600.0, "workers": 2}))
+    (report / "results.json").write_text(json.dumps({"config": {"size": "full"}, "seconds": 60.0,
+                                                     "run_seconds": 1200.0, "workers": 2}))
     assert main(["reproduce", "--list", "--docs", str(tmp_path / "docs")]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
-    assert lines["linear"].endswith("full size: 10 min measured with 2 workers on 2 CPU cores")
+    assert lines["linear"].endswith("full size: 20.0 min of training runs on 2 workers (measured) on 2 CPU cores")
     assert "about" in lines["mnist-fa"]
 
 
@@ -208,6 +213,7 @@ def sequential(tmp_path_factory, mnist):
 def test_parallel_runs_give_the_sequential_numbers(sequential, tmp_path):
     parallel = run_experiment("mnist-fa", quick=True, out=tmp_path, seeds=1, workers=2, log=lambda *a: None)
     assert parallel["key"] == sequential["key"] and parallel["workers"] == 2
+    assert parallel["run_seconds"] > 0 and "min of training runs on 2 workers" in (tmp_path / "mnist-fa" / "report.md").read_text()
     for label, history in sequential["runs"][0].items():
         other = parallel["runs"][0][label]
         assert other["test_error"] == history["test_error"] and other["val_error"] == history["val_error"]

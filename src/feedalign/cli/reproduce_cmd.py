@@ -67,10 +67,8 @@ def run(args) -> int:
 
 def _full_runtime(name: str, docs: str) -> str | None:
     """The measured run time of the published full-size result, if there is one."""
-    from feedalign.experiments.base import read_results
+    from feedalign.experiments.base import read_results, run_time
     results = read_results(Path(docs) / "reports" / name)
     if not results or results.get("config", {}).get("size") != "full":
         return None
-    workers = results.get("workers")
-    return f"{results['seconds'] / 60:.0f} min measured" + (f" with {workers} workers" if workers else "") + \
-        " on 2 CPU cores"
+    return f"{run_time(results)} (measured) on 2 CPU cores"

@@ -48,6 +48,7 @@ def run_history(run_dir: Path) -> dict:
         "val_error": [_percent(r.get("val_accuracy")) for r in rows],
         "test_error_curve": [_percent(r.get("test_accuracy")) for r in rows],
     }
+    history["seconds"] = sum(r.get("seconds") or 0.0 for r in rows)  # training and evaluation, every epoch
     history.update(_alignment_curve(run_dir / "alignment.jsonl"))
     at_best = summary.get("test_error_at_best")
     history.update(test_error=nan if at_best is None else 100.0 * at_best, best_epoch=summary.get("best_epoch"),
@@ -143,6 +144,9 @@ class TrainingExperiment(Experiment):
         for job in jobs:
             results[job["seed"]][job["label"]] = run_history(Path(job["run_dir"]))
         return results
+
+    def run_seconds(self, runs):
+        return sum(history["seconds"] for seed in runs for history in seed.values())
 
     def curves(self, config, runs, out, labels=None, key="val_error", title="", name=None, ylabel=None,
                log=False, panels=None):

@@ -137,6 +137,10 @@ class Experiment(abc.ABC):
         """Run every seed into ``folder``; return one metrics dict per seed (json-serialisable).
         ``key`` is the result key, ``workers`` how many processes may train at once."""
 
+    def run_seconds(self, runs: list[dict]) -> float | None:
+        """Seconds the runs took in all, over every call that worked on them (None: this call's wall time says it)."""
+        return None
+
 
 class SeededExperiment(Experiment):
     """An experiment that runs its seeds one after another in this process, each by :meth:`run_seed`."""
@@ -240,7 +244,7 @@ def run_experiment(name: str, *, quick: bool = False, out: str | Path = "runs/re
     results = {
         "experiment": name, "title": experiment.title, "paper": experiment.paper, "key": key,
         "package_hash": package_hash(), "config": config, "command": command, "workers": workers,
-        "seconds": seconds, "full_runtime": experiment.full_runtime,
+        "seconds": seconds, "run_seconds": experiment.run_seconds(runs), "full_runtime": experiment.full_runtime,
         "deviations": experiment.deviations(config), "figures": figures,
         "claims": [c.to_dict() for c in claims], "runs": runs,
         "machine": f"{platform.machine()}, {platform.python_version()}",
@@ -250,9 +254,19 @@ def run_experiment(name: str, *, quick: bool = False, out: str | Path = "runs/re
     atomic_write(folder / "report.md", render_report(results))
     for c in claims:
         log(f"  {c.verdict():>3}  {c.text}: paper {c.paper} | ours {c.ours()}")
-    log(f"{name}: done in {seconds:.1f} s; report {folder / 'report.md'}")
+    log(f"{name}: done in {seconds:.1f} s ({run_time(results)}); report {folder / 'report.md'}")
     results["skipped"] = False
     return results
+
+
+def run_time(results: dict) -> str:
+    """How long an experiment took: its training runs' own time (which an interrupted reproduction spreads
+    over several calls) and the workers they shared, or the wall time of the call that made it."""
+    if results.get("run_seconds"):
+        workers = results.get("workers") or 1
+        return (f"{results['run_seconds'] / 60:.1f} min of training runs on {workers} worker"
+                f"{'s' if workers > 1 else ''}")
+    return f"{results['seconds']:.0f} s"
 
 
 def _jsonable(x: Any):
@@ -272,7 +286,7 @@ def render_report(results: dict) -> str:
     claims = [Claim.from_dict(c) for c in results["claims"]]
     lines = [f"# {results['title']}", "", f"Reproduces: {results['paper']}", "",
              f"Command: `{results['command']}` ({results['config']['size']} size, {results['config']['seeds']} seeds); "
-             f"ran in {results['seconds']:.1f} s on {results['machine']}, finished {results['finished']}."]
+             f"ran in {run_time(results)} on {results['machine']}, finished {results['finished']}."]
     if results.get("full_runtime") and results["config"]["size"] == "quick":
         lines.append(f"Full size (estimate): {results['full_runtime']} on 2 CPU cores shared with other jobs.")
     lines += ["", "| claim | paper | ours (mean ± std over seeds) | reproduced | criterion |", "|---|---|---|---|---|"]

@@ -10,7 +10,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .base import Claim, DataUnavailable, cell, experiment_config, experiments, get_experiment, read_results, result_key, run_experiment
+from .base import Claim, DataUnavailable, cell, run_time, experiment_config, experiments, get_experiment, read_results, result_key, run_experiment
 
 
 def run_all(*, quick: bool = False, out: str | Path = "runs/reproduce/full", seeds: int | None = None,
@@ -108,7 +108,7 @@ def write_docs(out: Path, docs: Path, *, quick: bool, seeds: int | None, log=pri
     ]
     sections = []
     for name, results, current in collect(out, quick, seeds, published=docs / "reports"):
-        if name in skipped:
+        if name in skipped and results is None:  # skipped, with no earlier result to show
             lines.append(f"| {name} | (skipped for this page: `--skip {name}`) | | | | | |")
             continue
         experiment = get_experiment(name)
@@ -117,7 +117,7 @@ def write_docs(out: Path, docs: Path, *, quick: bool, seeds: int | None, log=pri
             lines.append(f"| {name} | (not run at {size} size for this page) | | | | {command} | |")
             continue
         stale = "" if current else " (stale: code or config changed since)"
-        seconds = f"{results['seconds']:.0f} s{stale}"
+        seconds = f"{run_time(results)}{stale}"
         for c in (Claim.from_dict(d) for d in results["claims"]):
             lines.append(f"| {name} | {cell(c.text)} | {cell(c.paper)} | {c.ours()} | {c.verdict()} | `{results['command']}` | {seconds} |")
         estimate = (f"; full size (estimate): {experiment.full_runtime} on 2 shared CPU cores"
@@ -127,7 +127,7 @@ def write_docs(out: Path, docs: Path, *, quick: bool, seeds: int | None, log=pri
             report = f"reports/{name}/report.md"
         where = f"[reports/{name}/report.md]({report})" if report else f"`{out / name / 'report.md'}`"
         section = [f"## {name}: {results['title']}", "", f"{results['paper']}. Size: {results['config']['size']}, "
-                   f"{results['config']['seeds']} seeds, ran in {results['seconds']:.0f} s on 2 CPU cores shared with "
+                   f"{results['config']['seeds']} seeds, ran in {run_time(results)} on 2 CPU cores shared with "
                    f"other jobs{estimate}. Report: {where} (with its `results.json`).", ""]
         if results.get("deviations"):
             section += ["Where it departs from the paper:", ""] + [f"- {d}" for d in results["deviations"]] + [""]
