@@ -3,6 +3,11 @@
 ``NAME`` is one of ``feedalign reproduce --list`` or ``all``, which runs every
 experiment (skipping results current for the code and config) and regenerates
 ``docs/reproduction.md`` with its figures under ``docs/figures/``.
+
+``--verify [NAME|all]`` reruns nothing at full size: it replays the witness stored with each
+published result under ``docs/reports/`` (the first steps of every run, or the quick size) with
+the code as it is now, re-keys the results whose witness agrees (their reports then name the code
+that produced them and the code verified) and regenerates the page; the others stay stale.
 """
 from __future__ import annotations
 
@@ -23,6 +28,9 @@ def register(subparsers) -> None:
     p.add_argument("--docs", default="docs", help="with 'all': where reproduction.md and figures/ go (default docs)")
     p.add_argument("--skip", default="", help="with 'all': comma-separated experiments not to run (still listed)")
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
+    p.add_argument("--verify", action="store_true",
+                   help="carry the published results (docs/reports) over to the current code when their witness "
+                        "replays to the same numbers; NAME or 'all' (the default)")
     p.add_argument("--workers", type=int, default=None,
                    help="training processes at once (default: one per CPU core); same numbers for any value")
     p.set_defaults(func=run)
@@ -31,6 +39,8 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from feedalign import experiments as ex
     from feedalign.experiments import DataUnavailable
+    if args.verify:
+        return _verify(args)
     if args.list or not args.name:
         for name in ex.experiments():
             e = ex.get_experiment(name)
@@ -72,3 +82,19 @@ def _full_runtime(name: str, docs: str) -> str | None:
     if not results or results.get("config", {}).get("size") != "full":
         return None
     return f"{run_time(results)} (measured) on 2 CPU cores"
+
+
+def _verify(args) -> int:
+    from feedalign import experiments as ex
+    from feedalign.experiments.summary import verify_published
+    if args.quick or args.force or args.seeds is not None or args.skip:
+        raise UsageError("--verify checks the published full-size results; it takes no --quick, --force, --seeds "
+                         "or --skip")
+    if args.name not in (None, "all") and args.name not in ex.experiments():
+        raise UsageError(f"unknown experiment {args.name!r}; known: {', '.join(ex.experiments())}, all")
+    names = None if args.name in (None, "all") else [args.name]
+    statuses = verify_published(args.docs, names)
+    stale = [name for name, status in statuses.items() if status.startswith("stale")]
+    if stale:
+        print(f"still stale (rerun them: feedalign reproduce all --skip <the others>): {', '.join(stale)}")
+    return 1 if stale else 0

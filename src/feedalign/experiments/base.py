@@ -211,13 +211,15 @@ def experiment_config(name: str, quick: bool, seeds: int | None = None) -> dict:
 
 
 def run_experiment(name: str, *, quick: bool = False, out: str | Path = "runs/reproduce", seeds: int | None = None,
-                   force: bool = False, workers: int | None = None, log=print) -> dict:
+                   force: bool = False, workers: int | None = None, witness: bool | None = None, log=print) -> dict:
     """Run ``name`` (or reuse its current result) into ``out/NAME``; return the results dict.
 
     The result is current when ``results.json`` holds the same key: the hash of the
     config (size and seeds included), the package version and its source. ``force``
     reruns. ``workers``: training processes at once (default: one per CPU core); runs
-    left unfinished by an interrupted call continue from their checkpoints.
+    left unfinished by an interrupted call continue from their checkpoints. ``witness``
+    (default: for the full size) stores what ``reproduce --verify`` replays to carry the
+    result over to later code (:mod:`feedalign.experiments.witness`).
     """
     from ..sweeps.local import default_workers
     if workers is not None and (not isinstance(workers, int) or workers < 1):
@@ -240,6 +242,11 @@ def run_experiment(name: str, *, quick: bool = False, out: str | Path = "runs/re
     runs = experiment.execute(config, folder, key=key, workers=workers, log=log)
     claims, figures = experiment.summarize(config, runs, folder)
     seconds = time.perf_counter() - start
+    if witness if witness is not None else not quick:
+        from .witness import compute_witness
+        witness = compute_witness(name, config)
+    else:
+        witness = None
     command = f"feedalign reproduce {name}" + (" --quick" if quick else "") + (f" --seeds {seeds}" if seeds else "")
     results = {
         "experiment": name, "title": experiment.title, "paper": experiment.paper, "key": key,
@@ -250,6 +257,8 @@ def run_experiment(name: str, *, quick: bool = False, out: str | Path = "runs/re
         "machine": f"{platform.machine()}, {platform.python_version()}",
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+    if witness is not None:
+        results["witness"] = witness
     atomic_write(folder / "results.json", json.dumps(results, indent=1, default=_jsonable))
     atomic_write(folder / "report.md", render_report(results))
     for c in claims:
@@ -267,6 +276,17 @@ def run_time(results: dict) -> str:
         return (f"{results['run_seconds'] / 60:.1f} min of training runs on {workers} worker"
                 f"{'s' if workers > 1 else ''}")
     return f"{results['seconds']:.0f} s"
+
+
+def provenance(results: dict) -> list[str]:
+    """Which code made a result and which later code was verified to compute the same (``reproduce --verify``)."""
+    verified = results.get("verified") or []
+    if not verified:
+        return []
+    last = verified[-1]
+    return [f"Produced by the code with source hash {results.get('produced_by')}; the code with source hash "
+            f"{last['package_hash']} was verified to compute the same witness ({last['witness']}) on {last['date']} "
+            f"by `feedalign reproduce --verify` ({len(verified)} verification{'s' if len(verified) > 1 else ''} in all)."]
 
 
 def _jsonable(x: Any):
@@ -297,5 +317,6 @@ def render_report(results: dict) -> str:
     if results.get("figures"):
         lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in results["figures"]]
     lines += ["", "## Config", "", "```json", json.dumps(results["config"], indent=1, sort_keys=True), "```",
-              "", f"Result key {results['key']} (config, package version and source hash {results.get('package_hash')}).", ""]
+              "", f"Result key {results['key']} (config, package version and source hash {results.get('package_hash')}).",
+              *provenance(results), ""]
     return "\n".join(lines)

@@ -6,11 +6,14 @@ not rerun, so an interrupted ``all`` resumes where it stopped.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
 
-from .base import Claim, DataUnavailable, cell, run_time, experiment_config, experiments, get_experiment, read_results, result_key, run_experiment
+from ..files import atomic_write
+from .base import (Claim, DataUnavailable, cell, experiment_config, experiments, get_experiment, provenance,
+                   read_results, result_key, run_experiment, run_time)
 
 
 def run_all(*, quick: bool = False, out: str | Path = "runs/reproduce/full", seeds: int | None = None,
@@ -24,6 +27,12 @@ def run_all(*, quick: bool = False, out: str | Path = "runs/reproduce/full", see
     out = Path(out)
     outcomes: dict[str, dict] = {}
     for name in only or experiments():
+        published = None if docs is None or force else _current_published(name, Path(docs), quick, seeds, out)
+        if published is not None:
+            log(f"{name}: the result published under {Path(docs) / 'reports' / name} is current; skipped, "
+                "--force reruns it")
+            outcomes[name] = {**published, "skipped": True}
+            continue
         try:
             outcomes[name] = run_experiment(name, quick=quick, out=out, seeds=seeds, force=force, workers=workers,
                                             log=log)
@@ -38,24 +47,34 @@ def run_all(*, quick: bool = False, out: str | Path = "runs/reproduce/full", see
     return outcomes
 
 
+def _current_published(name: str, docs: Path, quick: bool, seeds: int | None, out: Path) -> dict | None:
+    """The result published under ``docs/reports/NAME`` when it is current and ``out`` has no current one."""
+    key = result_key(get_experiment(name), experiment_config(name, quick, seeds))
+    local = read_results(out / name)
+    if local is not None and local.get("key") == key:
+        return None  # run_experiment reuses (and publish_report republishes) the local one
+    published = read_results(docs / "reports" / name)
+    return published if published is not None and published.get("key") == key else None
+
+
 def collect(out: Path, quick: bool, seeds: int | None,
             published: Path | None = None) -> list[tuple[str, dict | None, bool]]:
     """(name, results or None, current?) for every registered experiment, from ``out``; where ``out`` has
-    none, the copy published under ``published/NAME`` (of the same size), so a page regenerated on a fresh
-    checkout keeps the results it had, marked stale when the code or config has changed since."""
+    no current one, the copy published under ``published/NAME`` (of the same size), so a page regenerated on
+    a fresh checkout keeps the results it had, marked stale when the code or config has changed since (and
+    not verified for the new code by ``reproduce --verify``)."""
     rows = []
     size = "quick" if quick else "full"
     for name in experiments():
+        def current(results, experiment=get_experiment(name), name=name):  # same code, settings and seeds
+            return results is not None and results.get("key") == result_key(
+                experiment, experiment_config(name, quick, seeds or results.get("config", {}).get("seeds")))
         results = read_results(out / name)
-        if results is None and published is not None:
-            results = read_results(published / name)
-            if results is not None and results.get("config", {}).get("size") != size:
-                results = None
-        current = False
-        if results is not None:
-            config = experiment_config(name, quick, seeds)
-            current = results.get("key") == result_key(get_experiment(name), config)
-        rows.append((name, results, current))
+        if published is not None and not current(results):
+            copy = read_results(published / name)  # a stale local result never replaces the published one
+            if copy is not None and copy.get("config", {}).get("size") == size:
+                results = copy
+        rows.append((name, results, current(results)))
     return rows
 
 
@@ -68,21 +87,19 @@ def publish_report(source: Path, target: Path) -> str | None:
         return None
     target.mkdir(parents=True, exist_ok=True)
     results = read_results(source) or {}
-    text = report.read_text()
-    for fig in results.get("figures", []):
-        text = text.replace(f"]({fig})", f"](../../figures/{fig})")
-    (target / "report.md").write_text(text)
+    (target / "report.md").write_text(_linked_figures(report.read_text(), results))
     if (source / "results.json").exists():
         shutil.copyfile(source / "results.json", target / "results.json")
     return f"reports/{target.name}/report.md"
 
 
-def write_docs(out: Path, docs: Path, *, quick: bool, seeds: int | None, log=print, skipped=()) -> Path:
+def write_docs(out: Path, docs: Path, *, quick: bool, seeds: int | None, log=print, skipped=(),
+               command: str | None = None) -> Path:
     figures = docs / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     size = "quick" if quick else "full"
-    command = ("feedalign reproduce all" + (" --quick" if quick else "") + (f" --seeds {seeds}" if seeds else "")
-               + (f" --skip {','.join(skipped)}" if skipped else ""))
+    command = command or ("feedalign reproduce all" + (" --quick" if quick else "")
+                          + (f" --seeds {seeds}" if seeds else "") + (f" --skip {','.join(skipped)}" if skipped else ""))
     lines = [
         "# Reproducing the FA and DFA papers",
         "",
@@ -99,7 +116,10 @@ def write_docs(out: Path, docs: Path, *, quick: bool, seeds: int | None, log=pri
         "Ours is mean ± std over seeds. 'reproduced' is decided by the criterion in each experiment's report;",
         "each report and its `results.json` are copied under `reports/`. A result counts as current only for the",
         "code that made it: its key hashes the experiment's config, the package version and every source file of",
-        "the package, so the page marks a result stale when any of them changes. Experiments made of training runs",
+        "the package, so the page marks a result stale when any of them changes, unless `feedalign reproduce",
+        "--verify` has replayed the result's witness (the first steps of every run, or the quick size) under the",
+        "new code and found the same numbers: then the report names the code that produced it and the code that",
+        "was verified. Experiments made of training runs",
         "train them in parallel worker processes (`--workers`, one per core by default) and continue interrupted",
         "runs from their checkpoints when the command is run again.",
         "",
@@ -122,13 +142,15 @@ def write_docs(out: Path, docs: Path, *, quick: bool, seeds: int | None, log=pri
             lines.append(f"| {name} | {cell(c.text)} | {cell(c.paper)} | {c.ours()} | {c.verdict()} | `{results['command']}` | {seconds} |")
         estimate = (f"; full size (estimate): {experiment.full_runtime} on 2 shared CPU cores"
                     if quick and experiment.full_runtime else "")
-        report = publish_report(out / name, docs / "reports" / name)
+        local = read_results(out / name)
+        report = (publish_report(out / name, docs / "reports" / name)
+                  if local is not None and local.get("key") == results.get("key") else None)
         if report is None and (docs / "reports" / name / "report.md").exists():  # published by an earlier run
             report = f"reports/{name}/report.md"
         where = f"[reports/{name}/report.md]({report})" if report else f"`{out / name / 'report.md'}`"
         section = [f"## {name}: {results['title']}", "", f"{results['paper']}. Size: {results['config']['size']}, "
                    f"{results['config']['seeds']} seeds, ran in {run_time(results)} on 2 CPU cores shared with "
-                   f"other jobs{estimate}. Report: {where} (with its `results.json`).", ""]
+                   f"other jobs{estimate}. Report: {where} (with its `results.json`).", *provenance(results), ""]
         if results.get("deviations"):
             section += ["Where it departs from the paper:", ""] + [f"- {d}" for d in results["deviations"]] + [""]
         for fig in results.get("figures", []):
@@ -143,3 +165,41 @@ def write_docs(out: Path, docs: Path, *, quick: bool, seeds: int | None, log=pri
     path.write_text(text)
     log(f"wrote {path} and {figures}/")
     return path
+
+
+def verify_published(docs: str | Path = "docs", names: list[str] | None = None, *,
+                     out: str | Path = "runs/reproduce/full", quick: bool = False, log=print) -> dict[str, str]:
+    """``feedalign reproduce --verify``: carry published results over to the code as it is now.
+
+    For each experiment (``names``, default all) with a result under ``docs/reports/NAME``, replay its
+    witness (:mod:`feedalign.experiments.witness`) when its key is stale only by the code; re-key and
+    republish the verified ones, then regenerate ``docs/reproduction.md`` (for the ``quick`` or full size,
+    with local results from ``out``). Returns name -> status.
+    """
+    from .base import render_report
+    from .witness import verify
+    docs = Path(docs)
+    statuses = {}
+    for name in names or experiments():
+        folder = docs / "reports" / name
+        results = read_results(folder)
+        if results is None:
+            statuses[name] = "not published"
+            log(f"{name}: not published under {folder}")
+            continue
+        status, updated = verify(name, results, log=log)
+        if status == "verified":
+            atomic_write(folder / "results.json", json.dumps(updated, indent=1))
+            atomic_write(folder / "report.md", _linked_figures(render_report(updated), updated))
+        statuses[name] = status
+        log(f"{name}: {status}")
+    write_docs(Path(out), docs, quick=quick, seeds=None, log=log,
+               command="feedalign reproduce --verify" + (" (of quick-size results)" if quick else ""))
+    return statuses
+
+
+def _linked_figures(report: str, results: dict) -> str:
+    """A report's figure links as seen from docs/reports/NAME/: the figures live in docs/figures/."""
+    for fig in results.get("figures", []):
+        report = report.replace(f"]({fig})", f"](../../figures/{fig})")
+    return report

@@ -1,0 +1,170 @@
+"""Witnesses: a replay of seconds that shows a published result still belongs to the code as it is now.
+
+A full-size reproduction takes up to hours; its result key hashes the package source, so any edit of any
+module marks it stale. A *witness* is what the code computes cheaply from the same settings, stored with the
+result when it is made:
+
+- for a :class:`~feedalign.experiments.TrainingExperiment`: every run of the experiment (each learner and
+  seed, exactly as the reproduction configures it: data order, init, feedback, optimizer, schedule, rule
+  hooks) trained for its first ``STEPS`` optimizer steps, then summarised by the sum and sum of squares of
+  every floating-point tensor of its ``state_dict`` (weights and fixed feedback) and its test loss and
+  accuracy at that point;
+- for other experiments: every number of their quick size (the same code at a size of seconds).
+
+``feedalign reproduce --verify`` recomputes the witness of a published result whose key differs only by
+the code (same config and package version) and compares it with the stored one, number by number within
+a relative ``TOLERANCE`` (float rounding across CPUs; on the same machine they agree exactly). If all agree,
+the result is re-keyed to the current code, and ``results.json`` records the code that produced it and
+every verification; otherwise it stays stale and the first difference is named. A witness covers what a
+code change can silently alter on the way to the numbers (models, rules, data, optimizer, schedule,
+evaluation); it does not cover steps after the first ``STEPS`` of a run: a change that acts only later in
+training (a schedule's tail, a rule's late phase) must change the config or be rerun with ``--force``.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+
+from ._training import TrainingExperiment
+from . import base
+
+STEPS = 20
+TOLERANCE = 1e-6
+_TIMING = ("seconds", "run_dir")  # keys whose values are measurements of the machine, not of the code
+
+
+class _Enough(Exception):
+    """Raised by the probe to end a run after its first ``STEPS`` steps."""
+
+
+class _Probe:
+    """Training callback: after ``steps`` optimizer steps, fingerprint the model and stop the run."""
+
+    def __init__(self, steps: int):
+        self.steps, self.run, self.values = steps, None, None
+
+    def on_train_begin(self, run):
+        self.run = run
+
+    def on_step(self, step, model, batch):
+        if step == self.steps:
+            self.values = fingerprint(self.run)
+            raise _Enough
+
+    def on_train_end(self, summary):  # a run shorter than ``steps``: its final state
+        if self.values is None:
+            self.values = fingerprint(self.run)
+
+
+def fingerprint(run) -> dict:
+    """Step count, ``[sum, sum of squares]`` of each floating-point tensor of the model's state, and the test
+    loss and accuracy of ``run`` (a :class:`feedalign.training.engine.Run`) as it is now."""
+    from ..training.engine import evaluate
+    state = {name: [float(t.double().sum()), float(t.double().square().sum())]
+             for name, t in run.model.state_dict().items() if t.is_floating_point()}
+    test_x, test_y = run.data.test_x.to(run.device), run.data.test_y.to(run.device)
+    loss, accuracy = evaluate(run.model, test_x, test_y, run.loss_fn, classification=run.data.task == "classification")
+    return {"step": run.step, "state": state, "test_loss": loss, "test_accuracy": accuracy}
+
+
+def compute_witness(name: str, config: dict, *, steps: int = STEPS) -> dict:
+    """The witness of experiment ``name`` at ``config`` (``experiment_config``'s) under the code as it is now."""
+    import torch
+    experiment = base.get_experiment(name)
+    threads = torch.get_num_threads()
+    try:
+        if isinstance(experiment, TrainingExperiment):
+            kind, values = f"first {steps} steps of every run", _first_steps(experiment, config, steps)
+        else:
+            kind, values = "every number of the quick size", _quick_numbers(name)
+    finally:
+        torch.set_num_threads(threads)
+    return {"kind": kind, "steps": steps, "package_hash": base.package_hash(), "values": values}
+
+
+def _first_steps(experiment: TrainingExperiment, config: dict, steps: int) -> list[dict]:
+    from ..training import train
+    values = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, seed, run_config in experiment.run_configs(config, Path(tmp)):
+            probe = _Probe(steps)
+            try:
+                train(run_config, callbacks=[probe], progress="none")
+            except _Enough:
+                pass
+            values.append({"label": label, "seed": seed, **probe.values})
+    return values
+
+
+def _quick_numbers(name: str):
+    with tempfile.TemporaryDirectory() as tmp:
+        results = base.run_experiment(name, quick=True, out=tmp, witness=False, log=lambda *a: None)
+    return _without_timing(results["runs"])
+
+
+def _without_timing(obj):
+    if isinstance(obj, dict):
+        return {k: _without_timing(v) for k, v in obj.items() if not any(t in k for t in _TIMING)}
+    if isinstance(obj, (list, tuple)):
+        return [_without_timing(v) for v in obj]
+    return obj
+
+
+def first_difference(stored, new, path: str = "") -> str | None:
+    """Where two witnesses' values differ (beyond ``TOLERANCE`` for numbers), as ``path: stored -> new``; None if nowhere."""
+    if isinstance(stored, dict) and isinstance(new, dict):
+        for key in list(stored) + [k for k in new if k not in stored]:
+            if key not in stored or key not in new:
+                return f"{path}/{key}: {'missing' if key not in stored else stored[key]!r} -> " \
+                       f"{'missing' if key not in new else new[key]!r}"
+            found = first_difference(stored[key], new[key], f"{path}/{key}")
+            if found:
+                return found
+        return None
+    if isinstance(stored, list) and isinstance(new, list):
+        if len(stored) != len(new):
+            return f"{path}: {len(stored)} entries -> {len(new)}"
+        for i, (a, b) in enumerate(zip(stored, new)):
+            found = first_difference(a, b, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    if isinstance(stored, bool) or isinstance(new, bool):  # True == 1 in Python; not for a witness
+        return None if type(stored) is type(new) and stored == new else f"{path}: {stored!r} -> {new!r}"
+    if isinstance(stored, (int, float)) and isinstance(new, (int, float)):
+        same = (math.isnan(stored) and math.isnan(new)) or math.isclose(stored, new, rel_tol=TOLERANCE, abs_tol=1e-12)
+        return None if same else f"{path}: {stored!r} -> {new!r}"
+    return None if stored == new else f"{path}: {stored!r} -> {new!r}"
+
+
+def verify(name: str, results: dict, *, log=print) -> tuple[str, dict]:
+    """Check the published ``results`` of ``name`` (full size, or quick) against the code as it is now.
+
+    Returns ``(status, results)``: ``"current"`` (its key is the current one), ``"verified"`` (the witness
+    agreed; the returned results are re-keyed to the current code), or ``"stale: <why>"``.
+    """
+    experiment = base.get_experiment(name)
+    size = results.get("config", {}).get("size")
+    config = base.experiment_config(name, size == "quick", results["config"].get("seeds"))
+    key = base.result_key(experiment, config)
+    if results.get("key") == key:
+        return "current", results
+    if config != results["config"]:
+        changed = sorted(k for k in set(config) | set(results["config"]) if config.get(k) != results["config"].get(k))
+        return f"stale: the experiment's settings changed ({', '.join(changed)}); rerun it", results
+    stored = results.get("witness")
+    if not stored:
+        return "stale: no witness stored with it; rerun it", results
+    log(f"{name}: replaying its witness ({stored['kind']}) under code {base.package_hash()} ...")
+    new = compute_witness(name, config, steps=stored.get("steps", STEPS))
+    difference = first_difference(stored["values"], new["values"])
+    if difference:
+        return f"stale: the code now computes something else ({difference}); rerun it", results
+    updated = dict(results)
+    updated["produced_by"] = results.get("produced_by") or results.get("package_hash")
+    updated["verified"] = list(results.get("verified", [])) + [
+        {"package_hash": new["package_hash"], "date": time.strftime("%Y-%m-%d %H:%M:%S"), "witness": stored["kind"]}]
+    updated.update(key=key, package_hash=new["package_hash"], witness={**stored, "package_hash": new["package_hash"]})
+    return "verified", updated
