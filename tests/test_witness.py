@@ -48,6 +48,12 @@ def test_verify_carries_a_result_over_to_new_code_only_when_its_witness_replays(
 
     monkeypatch.setattr(base, "package_hash", lambda root=None: "new-code")  # any edit of any module
     assert [current for name, _, current in collect(out, True, 1, docs / "reports") if name == "toy1d"] == [False]
+    # regenerating the page never copies the stale local result (under runs/) over the published one
+    published = docs / "reports" / "toy1d" / "results.json"
+    published.write_text(json.dumps({**json.loads(published.read_text()), "note": "published"}))
+    before = published.read_text()
+    assert verify_published(docs, ["linear"], **quiet) == {"linear": "not published"}
+    assert published.read_text() == before
     assert verify_published(docs, ["toy1d"], **quiet) == {"toy1d": "verified"}
     verified = _read(docs, "toy1d")
     assert verified["key"] == base.result_key(base.get_experiment("toy1d"), base.experiment_config("toy1d", True, 1))

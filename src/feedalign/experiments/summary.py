@@ -143,8 +143,8 @@ def write_docs(out: Path, docs: Path, *, quick: bool, seeds: int | None, log=pri
         estimate = (f"; full size (estimate): {experiment.full_runtime} on 2 shared CPU cores"
                     if quick and experiment.full_runtime else "")
         local = read_results(out / name)
-        report = (publish_report(out / name, docs / "reports" / name)
-                  if local is not None and local.get("key") == results.get("key") else None)
+        from_local = current and local is not None and local.get("key") == results.get("key")
+        report = publish_report(out / name, docs / "reports" / name) if from_local else None  # never a stale one
         if report is None and (docs / "reports" / name / "report.md").exists():  # published by an earlier run
             report = f"reports/{name}/report.md"
         where = f"[reports/{name}/report.md]({report})" if report else f"`{out / name / 'report.md'}`"
@@ -155,7 +155,7 @@ def write_docs(out: Path, docs: Path, *, quick: bool, seeds: int | None, log=pri
             section += ["Where it departs from the paper:", ""] + [f"- {d}" for d in results["deviations"]] + [""]
         for fig in results.get("figures", []):
             source = out / name / fig
-            if source.exists():
+            if from_local and source.exists():
                 shutil.copyfile(source, figures / fig)
             if (figures / fig).exists():
                 section += [f"![{fig}](figures/{fig})", ""]
