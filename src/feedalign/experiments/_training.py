@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from ..training import Config
+from ..errors import first_line
 from ..files import read_jsonl
 from .base import DataUnavailable, Experiment
 from .plotting import mean_std_band, pyplot
@@ -107,8 +108,7 @@ class TrainingExperiment(Experiment):
         return out
 
     def execute(self, config: dict, folder: Path, *, key: str, workers: int, log) -> list[dict]:
-        from ..sweeps.local import run_local
-        from ..sweeps.spec import config_hash
+        from ..sweeps.local import run_local, training_job
         runs_dir = Path(folder) / f"runs-{key}"
         for old in Path(folder).glob("runs-*"):  # runs of other code or settings: never reused
             if old != runs_dir and old.is_dir():
@@ -118,8 +118,7 @@ class TrainingExperiment(Experiment):
         jobs, failed = [], []
         for label, seed, run_config in planned:
             run_dir = runs_dir / run_config.name
-            jobs.append({"key": run_config.name, "hash": config_hash(run_config), "config": run_config.to_dict(),
-                         "run_dir": str(run_dir), "label": label, "seed": seed})
+            jobs.append(training_job(run_config, run_dir, label=label, seed=seed))
         todo = [j for j in jobs if not (Path(j["run_dir"]) / "summary.json").is_file()]
         started = sum((Path(j["run_dir"]) / "config.toml").is_file() for j in todo)
         if len(todo) < len(jobs) or started:
@@ -191,8 +190,7 @@ def _check_data(name: str) -> None:
     try:
         load(name)
     except DatasetError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataUnavailable(f"cannot load {name!r}: {first} (run `feedalign data fetch {name}`)") from None
+        raise DataUnavailable(f"cannot load {name!r}: {first_line(err)} (run `feedalign data fetch {name}`)") from None
 
 
 def _slug(label: str) -> str:

@@ -23,6 +23,14 @@ from pathlib import Path
 from ..files import atomic_write
 
 
+def training_job(config, run_dir: Path, **extra) -> dict:
+    """One unit of work for :func:`run_local` and the Ray backend: train ``config`` (a Config) into
+    ``run_dir``; ``key`` is the run's name, ``hash`` lets a worker recognise a run it may resume."""
+    from .spec import config_hash
+    return {"key": config.name or Path(run_dir).name, "hash": config_hash(config), "config": config.to_dict(),
+            "run_dir": str(run_dir), **extra}
+
+
 def default_workers(threads_per_run: int) -> int:
     """CPUs this process may use, divided by the threads of each run (at least 1)."""
     try:

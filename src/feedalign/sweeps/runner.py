@@ -65,7 +65,7 @@ def _stderr(message: str) -> None:
 def run_sweep(spec: SweepSpec, *, backend: str | None = None, address: str | None = None, workers: int | None = None,
               plot: bool = True, log=_stderr) -> SweepResult:
     """Run every unfinished run of ``spec`` and write the results table (and figures)."""
-    from .local import default_workers, run_local
+    from .local import default_workers, run_local, training_job
     backend = backend or spec.backend
     if backend not in ("local", "ray"):
         raise ConfigError(f"unknown backend {backend!r}; expected local or ray")
@@ -120,7 +120,7 @@ def run_sweep(spec: SweepSpec, *, backend: str | None = None, address: str | Non
     write_results(sweep_dir, table(), swept)
     log(f"sweep {spec.name}: {len(points)} runs, {skipped} already finished, {len(todo)} to run "
         f"({backend} backend) in {sweep_dir}")
-    jobs = [{"key": p.key, "hash": p.hash, "config": p.config.to_dict(), "run_dir": str(runs_dir / p.key)} for p in todo]
+    jobs = [training_job(p.config, runs_dir / p.key, key=p.key) for p in todo]
     t0 = time.perf_counter()
     if jobs:
         if backend == "local":

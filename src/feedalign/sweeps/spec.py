@@ -180,7 +180,7 @@ def spec_from_dict(values: dict, *, source: str = "spec") -> SweepSpec:
     fields = Config.keys()
     unknown = [k for k in values if k not in TOP_KEYS]
     if unknown:
-        hint = f" (a config field: put it under [base] or [grid])" if unknown[0] in fields else ""
+        hint = " (a config field: put it under [base] or [grid])" if unknown[0] in fields else ""
         raise ConfigError(f"{source}: unknown key {unknown[0]!r}{hint}; valid keys: {', '.join(TOP_KEYS)}")
 
     def get(key, kind, default, check=None, what=""):

@@ -101,10 +101,8 @@ def compare(config: Config, rules=DEFAULT_RULES, seeds=(0,), *, progress: str = 
 
 def _train_in_workers(configs: list[Config], out_dir: Path, workers: int) -> None:
     """Train ``configs`` in the sweep's local pool of worker processes; a failed run is an error naming its log."""
-    from ..sweeps.local import run_local
-    from ..sweeps.spec import config_hash
-    jobs = [{"key": c.name, "hash": config_hash(c), "config": c.to_dict(), "run_dir": str(out_dir / c.name)}
-            for c in configs]
+    from ..sweeps.local import run_local, training_job
+    jobs = [training_job(c, out_dir / c.name) for c in configs]
     failed = []
 
     def on_done(job, summary, status, seconds, attempts, error):
