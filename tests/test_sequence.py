@@ -433,6 +433,10 @@ def test_unsupported_pairs_and_bad_taps_give_clear_errors():
         feedalign.convert(nn.Sequential(nn.LSTM(3, 4, bidirectional=True), nn.Linear(8, 2)), "fa")
     with pytest.raises(ValueError, match="add_bias_kv"):
         feedalign.convert(nn.Sequential(nn.MultiheadAttention(4, 2, add_bias_kv=True), nn.Linear(4, 2)), "fa")
+    class MyLSTM(nn.LSTM):
+        pass
+    with pytest.raises(ValueError, match="subclasses"):
+        feedalign.convert(nn.Sequential(MyLSTM(3, 4), nn.Linear(4, 2)), "fa")
     with pytest.raises(ValueError, match="divisible"):
         MultiheadAttention(6, 4)
     with pytest.raises(ValueError, match="attn_mask"):
@@ -444,3 +448,64 @@ def test_recurrent_layer_repr_and_flags():
     assert "gru, 3, 4" in repr(layer) and not layer.cut_recurrence
     with pytest.raises(ValueError, match="cell"):
         RecurrentLayer("rnn", 3, 4)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(channels, channels, 3, padding=1), nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(x + self.conv2(torch.relu(self.conv1(x))))
+
+
+def test_taps_on_a_residual_network_project_the_error_to_each_block_output():
+    """A ResNet-style model: B_k (out, C*H*W) per block output; inside a block, backprop of ``e B_k``
+    (checked with autograd on the block alone, its input detached)."""
+    torch.manual_seed(7)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), ResidualBlock(2), ResidualBlock(2), nn.Flatten(),
+                        nn.Linear(2 * 4 * 4, 3)).double()
+    model = feedalign.convert(net, "dfa", taps=["1", "2"], seed=1)
+    x, labels = torch.randn(3, 1, 4, 4, dtype=torch.float64), torch.tensor([0, 1, 2])
+    feedback = feedalign.feedback_matrices(run_forward_once(model, x))
+    assert [tuple(b.shape) for b in feedback] == [(3, 32), (3, 32)]
+    output = model(x)
+    F.cross_entropy(output, labels).backward()
+    error = torch.softmax(output.detach(), 1) - F.one_hot(labels, 3)
+    error /= len(labels)
+    block = copy.deepcopy(net[2])
+    inner = model[1](model[0](x)).detach()
+    block(inner).backward((error @ feedback[1]).view(3, 2, 4, 4))
+    torch.testing.assert_close(model[2].conv1.weight.grad, block.conv1.weight.grad)
+    torch.testing.assert_close(model[2].conv2.weight.grad, block.conv2.weight.grad)
+
+
+class TokenNet(nn.Module):
+    """Per-token outputs (N, T, 3), as a language model: embed -> attention block -> head."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.block, self.head = nn.Linear(3, 4), Block(4, 2), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.block(self.embed(x), None))
+
+
+def test_per_token_outputs_share_one_feedback_matrix_over_positions():
+    """Output (N, T, V), tap (N, T, D): B is (V, D) and every position's h_t gets ``e_t B`` (Launay et al.'s
+    language models); checked with autograd on the block alone."""
+    torch.manual_seed(8)
+    net = TokenNet().double()
+    model = feedalign.convert(net, "dfa", taps=["block"], seed=2)
+    x, labels = torch.randn(2, 5, 3, dtype=torch.float64), torch.randint(0, 3, (2, 5))
+    (feedback,) = feedalign.feedback_matrices(run_forward_once(model, x))
+    assert tuple(feedback.shape) == (3, 4)
+    output = model(x)
+    F.cross_entropy(output.reshape(-1, 3), labels.reshape(-1)).backward()
+    error = (torch.softmax(output.detach(), -1) - F.one_hot(labels, 3)) / labels.numel()
+    reference = swap_sequence_modules(copy.deepcopy(net))
+    reference.block(reference.embed(x), None).backward(error @ feedback)
+    for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        torch.testing.assert_close(getattr(model.block.attn, name).weight.grad,
+                                   getattr(reference.block.attn, name).weight.grad)
+    torch.testing.assert_close(model.embed.weight.grad, reference.embed.weight.grad)

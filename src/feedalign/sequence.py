@@ -411,6 +411,10 @@ def swap_sequence_modules(model: nn.Module) -> nn.Module:
             if isinstance(child, nn.RNN):
                 raise ValueError(f"{name}: nn.RNN is not supported by feedalign's rules (its weights are used "
                                  "functionally); use nn.GRU or nn.LSTM, or train it with 'bp'")
+            if isinstance(child, tuple(_SWAPS)) and type(child) not in _SWAPS:
+                raise ValueError(f"{name}: {type(child).__name__} subclasses a torch attention/recurrent module and "
+                                 "may change its forward, so it is not swapped; subclass feedalign.sequence's "
+                                 "module instead, or train it with 'bp'")
             if type(child) in _SWAPS:
                 if id(child) not in swapped:
                     swapped[id(child)] = _SWAPS[type(child)].from_torch(child)
