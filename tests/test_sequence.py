@@ -68,6 +68,19 @@ def test_attention_matches_torch(batch_first, masks):
     torch.testing.assert_close(ours.in_proj_weight, theirs.in_proj_weight)
 
 
+def test_attention_dropout_draws_as_torch():
+    """In training, the attention weights are dropped out (and returned so), with torch's draws."""
+    theirs = nn.MultiheadAttention(6, 2, dropout=0.5, batch_first=True).double()
+    ours = MultiheadAttention.from_torch(theirs)
+    x = torch.randn(2, 4, 6, dtype=torch.float64)
+    torch.manual_seed(1)
+    a = theirs(x, x, x)
+    torch.manual_seed(1)
+    b = ours(x, x, x)
+    torch.testing.assert_close(b, a)
+    assert ours.training and not torch.equal(b[0], ours.eval()(x, x, x)[0])
+
+
 def test_attention_kdim_vdim_unbatched_and_no_bias():
     torch.manual_seed(1)
     theirs = nn.MultiheadAttention(4, 2, kdim=3, vdim=5, bias=False, batch_first=True).double()
@@ -385,9 +398,14 @@ def test_builder_inputs():
         torch.randn(2, 3, 32, 32)).shape == (2, 4)
     assert feedalign.lstm_classifier(input_size=1, hidden_size=5)(torch.randn(2, 40)).shape == (2, 10)
     assert feedalign.lstm_classifier(hidden_size=5)(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert feedalign.lstm_classifier(hidden_size=5)(torch.randn(2, 784)).shape == (2, 10)
+    assert feedalign.vit_tiny()(torch.randn(2, 784)).shape == (2, 10)
+    image = torch.randn(2, 1, 28, 28)
+    lstm = feedalign.lstm_classifier(hidden_size=5)
+    torch.testing.assert_close(lstm(image), lstm(image.flatten(1)))
     with pytest.raises(ValueError, match="expects images"):
         feedalign.vit_tiny()(torch.randn(2, 1, 32, 32))
-    with pytest.raises(ValueError, match="values"):
+    with pytest.raises(ValueError, match="cannot read"):
         feedalign.lstm_classifier()(torch.randn(2, 40))
     with pytest.raises(ValueError, match="multiple of patch"):
         feedalign.vit_tiny(image_size=30)

@@ -169,8 +169,8 @@ class MultiheadAttention(nn.Module):
         v = self.v_proj(value).view(n, source, heads, d).transpose(1, 2)
         scores = q.matmul(k.transpose(-2, -1)) / math.sqrt(d)
         scores = scores + self._additive_mask(attn_mask, key_padding_mask, is_causal, n, length, source, scores)
-        weights = torch.softmax(scores, dim=-1)
-        attended = F.dropout(weights, self.dropout, self.training).matmul(v)
+        weights = F.dropout(torch.softmax(scores, dim=-1), self.dropout, self.training)  # returned so, as torch
+        attended = weights.matmul(v)
         output = self.out_proj(attended.transpose(1, 2).reshape(n, length, self.embed_dim))
         if not batched:
             output = output.squeeze(0)

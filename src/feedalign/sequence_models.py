@@ -23,7 +23,8 @@ class VisionTransformer(nn.Module):
     learnt position embeddings, pre-norm encoder blocks, a final LayerNorm, the mean over
     tokens and a linear head.
 
-    Input (N, C, H, W) with H, W multiples of ``patch``; output (N, num_classes).
+    Input (N, C, H, W) with H = W = ``image_size`` a multiple of ``patch``, or flattened
+    (N, C*H*W); output (N, num_classes).
     ``feedalign_taps``: every block and the final norm.
     """
 
@@ -49,6 +50,9 @@ class VisionTransformer(nn.Module):
         self.feedalign_taps = [f"blocks.{k}" for k in range(depth)] + ["norm"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        side, channels = self.image_size, self.embed.in_features // self.patch ** 2
+        if x.dim() == 2 and x.shape[1] == channels * side * side:  # flattened images
+            x = x.view(-1, channels, side, side)
         if x.dim() != 4 or x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             raise ValueError(f"VisionTransformer expects images (N, C, {self.image_size}, {self.image_size}), "
                              f"got {tuple(x.shape)}")
@@ -72,8 +76,9 @@ class SequenceClassifier(nn.Module):
     """An ``nn.LSTM`` (batch first) read at its last time step by a linear head.
 
     Inputs: sequences (N, T, input_size); images (N, C, H, W) as H time steps of C*W
-    values (the rows: sequential MNIST with input_size 28); signals (N, T) as T steps of
-    one value (MNIST-1D with input_size 1). Output (N, num_classes).
+    values (the rows: sequential MNIST with input_size 28); flat inputs (N, L) as L /
+    input_size steps of consecutive values (a flattened MNIST image (N, 784) is its rows
+    again; MNIST-1D (N, 40) with input_size 1 is 40 steps). Output (N, num_classes).
     ``feedalign_taps``: the LSTM (every layer, every time step).
     """
 
@@ -88,11 +93,11 @@ class SequenceClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 4:
             x = x.permute(0, 2, 1, 3).flatten(2)
-        elif x.dim() == 2:
-            x = x.unsqueeze(-1)
+        elif x.dim() == 2 and x.shape[1] % self.input_size == 0:  # flat: consecutive runs of input_size values
+            x = x.reshape(x.shape[0], -1, self.input_size)
         if x.dim() != 3 or x.shape[-1] != self.input_size:
-            raise ValueError(f"SequenceClassifier(input_size={self.input_size}) got steps of {x.shape[-1]} values "
-                             f"(input {tuple(x.shape)}); images give C*W values per row, signals (N, T) one")
+            raise ValueError(f"SequenceClassifier(input_size={self.input_size}) cannot read input {tuple(x.shape)} as "
+                             f"steps of {self.input_size} values; images give C*W values per row")
         output, _ = self.lstm(x)
         return self.head(output[:, -1])
 
