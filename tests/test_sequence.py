@@ -461,6 +461,13 @@ def test_unsupported_pairs_and_bad_taps_give_clear_errors():
         MultiheadAttention(4, 2, batch_first=True)(*(torch.randn(1, 3, 4),) * 3, attn_mask=torch.zeros(2, 2))
 
 
+def test_a_bare_torch_module_converts():
+    for module in (nn.LSTM(3, 4), nn.GRU(3, 4), nn.MultiheadAttention(4, 2)):
+        model = feedalign.convert(module, "fa")
+        assert type(model).__name__ == type(module).__name__ and type(model) is not type(module)
+        assert all(isinstance(m, FeedbackLayer) for m in model.modules() if isinstance(m, nn.Linear))
+
+
 def test_recurrent_layer_repr_and_flags():
     layer = RecurrentLayer("gru", 3, 4)
     assert "gru, 3, 4" in repr(layer) and not layer.cut_recurrence

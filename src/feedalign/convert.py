@@ -11,7 +11,7 @@ from torch import nn
 
 from .rules._cut import resolve_taps
 from .rules.base import RULE_ATTRIBUTE, LearningRule, get_rule, trainable_layers
-from .sequence import swap_sequence_modules
+from .sequence import has_sequence_modules, swap_sequence_modules
 
 
 def convert(model: nn.Module, rule: str, *, seed: int = 0, feedback_init: str = "uniform",
@@ -56,23 +56,16 @@ def convert(model: nn.Module, rule: str, *, seed: int = 0, feedback_init: str = 
         raise ValueError(f"unknown feedback_init {feedback_init!r}; expected 'uniform' or 'gaussian'")
     if feedback_scale is not None and not (math.isfinite(feedback_scale) and feedback_scale >= 0):
         raise ValueError(f"feedback_scale must be a finite non-negative number or None, got {feedback_scale!r}")
-    if not trainable_layers(model):
+    if not trainable_layers(model) and not has_sequence_modules(model):
         raise ValueError(f"model has no nn.Linear or nn.Conv2d layer to convert ({type(model).__name__})")
-    if taps is None and learning_rule.takes_taps:
-        taps = getattr(model, "feedalign_taps", None)
-    if taps is not None:
-        if not learning_rule.takes_taps:
-            raise ValueError(f"rule {rule!r} takes no taps: taps name the block outputs that dfa and drtp "
-                             "project the error to")
-        taps = resolve_taps(model, taps)
+    taps = resolve_taps(model, learning_rule, taps)  # names of the dfa/drtp cut points, or None
     if not inplace:
         model = copy.deepcopy(model)
     # attention and recurrent modules -> feedalign.sequence's, so the layer conversion reaches their weights
     model = swap_sequence_modules(model)
     generator = torch.Generator().manual_seed(feedback_seed(seed))
-    options = {} if taps is None else {"taps": taps}
     model = learning_rule.convert(model, generator=generator, feedback_init=feedback_init,
-                                  feedback_scale=feedback_scale, **options)
+                                  feedback_scale=feedback_scale, **({} if taps is None else {"taps": taps}))
     setattr(model, RULE_ATTRIBUTE, rule)
     return model
 

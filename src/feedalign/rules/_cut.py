@@ -234,9 +234,19 @@ def _detached(output):
     return output
 
 
-def resolve_taps(model: nn.Module, taps) -> list[str]:
+def resolve_taps(model: nn.Module, rule, taps) -> list[str] | None:
     """``taps`` (module names, or modules of ``model``) as the names of distinct submodules, in the
-    order given; a ValueError names what is wrong."""
+    order given, for the :class:`~feedalign.rules.LearningRule` ``rule``; None when there are none.
+
+    ``None`` takes ``model.feedalign_taps`` (a builder's default) for a rule that takes taps.
+    A rule that does not take taps refuses them; a ValueError names what is wrong.
+    """
+    if taps is None:
+        default = getattr(model, "feedalign_taps", None)
+        return resolve_taps(model, rule, default) if rule.takes_taps and default is not None else None
+    if not rule.takes_taps:
+        raise ValueError(f"rule {rule.name!r} takes no taps: taps name the block outputs that dfa and drtp "
+                         "project the error to")
     if isinstance(taps, (str, nn.Module)) or not isinstance(taps, (list, tuple)):
         raise TypeError(f"taps must be a list of module names or modules, got {type(taps).__name__}")
     names_of = {id(m): name for name, m in model.named_modules()}
