@@ -277,7 +277,8 @@ class RecurrentLayer(nn.Module):
         return torch.stack(outputs, dim=1), ((h, c) if self.cell == "lstm" else h)
 
     def extra_repr(self) -> str:
-        return f"{self.cell}, {self.input_size}, {self.hidden_size}" + (", cut_recurrence" if self.cut_recurrence else "")
+        cut = ", cut_recurrence" if self.cut_recurrence else ""
+        return f"{self.cell}, {self.input_size}, {self.hidden_size}{cut}"
 
 
 class _Recurrent(nn.Module):
@@ -308,7 +309,8 @@ class _Recurrent(nn.Module):
     def from_torch(cls, module: nn.RNNBase):
         """A copy of ``module`` (an ``nn.LSTM``/``nn.GRU``): weights, settings, device, dtype, mode."""
         if not isinstance(module, cls.torch_class):
-            raise TypeError(f"{cls.__name__}.from_torch expects {cls.torch_class.__name__}, got {type(module).__name__}")
+            raise TypeError(f"{cls.__name__}.from_torch expects {cls.torch_class.__name__}, "
+                            f"got {type(module).__name__}")
         if module.bidirectional or getattr(module, "proj_size", 0):
             raise ValueError(f"{type(module).__name__} with bidirectional=True or proj_size > 0 cannot be converted: "
                              f"feedalign's {cls.__name__} does not support them")

@@ -107,16 +107,17 @@ class DirectRule(LearningRule):
     takes_taps = True
 
     def feedback_matrices(self, model: nn.Module) -> list[torch.Tensor]:
-        """One B_k per hidden layer (per tap with ``taps``), forward order, each (out_features, width_k): views of ``model.feedback``."""
+        """One B_k per hidden layer (per tap with ``taps``), forward order, each (out_features, width_k):
+        views of ``model.feedback``."""
         materialize_feedback(model)  # a Conv2d model: raises if no forward pass has sized it yet
         return list(model.feedback.split(find_cut(model).widths, dim=1))
 
     def feedback_layout(self, model):
         """B_k stands in for ``W_L ... W_{k+1}``, the linear path from h_k to the output; the output layer has none."""
-        blocks = self.feedback_matrices(model)
         if isinstance(find_cut(model), TapCut):  # B_k stands in for the map from a block output, not a layer's
             return [FeedbackRole(None, reason="dfa/drtp with taps: the feedback is per tap, not per layer")
                     for _ in trainable_layers(model)]
+        blocks = self.feedback_matrices(model)
         n = len(blocks) + 1
         return ([FeedbackRole(b, tuple(range(k + 1, n))) for k, b in enumerate(blocks)]
                 + [FeedbackRole(None, reason="output layer")])
