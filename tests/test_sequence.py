@@ -23,8 +23,10 @@ UNSUPPORTED = ["ifa"]
 
 
 def test_every_rule_is_covered_here():
-    """A new rule must say here how it treats attention and recurrent modules."""
-    assert set(feedalign.rules()) == set(FA_TYPE + DIRECT + UNSUPPORTED)
+    """A new rule must say here how it treats attention and recurrent modules (rules other tests
+    register for themselves are not feedalign's)."""
+    shipped = {r for r in feedalign.rules() if type(feedalign.get_rule(r)).__module__.startswith("feedalign.")}
+    assert shipped == set(FA_TYPE + DIRECT + UNSUPPORTED)
 
 
 def numpy(t):
