@@ -9,9 +9,11 @@ from .convert import convert, feedback_matrices, learning_rule, rule_of
 from .diagnostics import alignment
 from .models import lenet5, mlp, nokland_conv, parse_sizes
 from .rules import exact_gradients, get_rule, register, rules
+from .sequence_models import lstm_classifier, vit_tiny
 from .training import compare, resume, train
 
 __version__ = "0.1.0"
 
 __all__ = ["alignment", "compare", "convert", "diagnostics", "exact_gradients", "feedback_matrices", "get_rule",
-           "learning_rule", "lenet5", "mlp", "nokland_conv", "parse_sizes", "register", "resume", "rule_of", "rules", "train"]
+           "learning_rule", "lenet5", "mlp", "nokland_conv", "parse_sizes", "register", "resume", "rule_of", "rules", "train",
+           "lstm_classifier", "vit_tiny"]

@@ -9,11 +9,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .rules._cut import resolve_taps
 from .rules.base import RULE_ATTRIBUTE, LearningRule, get_rule, trainable_layers
+from .sequence import has_sequence_modules, swap_sequence_modules
 
 
 def convert(model: nn.Module, rule: str, *, seed: int = 0, feedback_init: str = "uniform",
-            feedback_scale: float | None = None, inplace: bool = False) -> nn.Module:
+            feedback_scale: float | None = None, inplace: bool = False, taps=None) -> nn.Module:
     """Return ``model`` rewired to learn with ``rule`` (see :func:`feedalign.rules`).
 
     Raises TypeError for an argument of the wrong type, ValueError for a bad value.
@@ -29,7 +31,13 @@ def convert(model: nn.Module, rule: str, *, seed: int = 0, feedback_init: str = 
         feedback_init: ``"uniform"`` (U[-s, s]) or ``"gaussian"`` (N(0, s^2)).
         feedback_scale: s; ``None`` takes the rule's documented default.
         inplace: rewire ``model`` itself instead of a deep copy (parameters are then
-            shared, so an optimizer built on ``model`` keeps working).
+            shared, so an optimizer built on ``model`` keeps working; not those of an
+            ``nn.MultiheadAttention``/``nn.LSTM``/``nn.GRU``, which are copied into
+            feedalign's modules, see :mod:`feedalign.sequence`).
+        taps: dfa and drtp only: the block outputs (module names or submodules) that receive
+            the projected error, after Launay et al. 2020 (see :mod:`feedalign.rules.dfa`).
+            ``None`` takes ``model.feedalign_taps`` where a builder set it, else cuts at every
+            layer's input.
     """
     learning_rule = get_rule(rule)
     if not isinstance(model, nn.Module):
@@ -48,13 +56,16 @@ def convert(model: nn.Module, rule: str, *, seed: int = 0, feedback_init: str = 
         raise ValueError(f"unknown feedback_init {feedback_init!r}; expected 'uniform' or 'gaussian'")
     if feedback_scale is not None and not (math.isfinite(feedback_scale) and feedback_scale >= 0):
         raise ValueError(f"feedback_scale must be a finite non-negative number or None, got {feedback_scale!r}")
-    if not trainable_layers(model):
+    if not trainable_layers(model) and not has_sequence_modules(model):
         raise ValueError(f"model has no nn.Linear or nn.Conv2d layer to convert ({type(model).__name__})")
+    taps = resolve_taps(model, learning_rule, taps)  # names of the dfa/drtp cut points, or None
     if not inplace:
         model = copy.deepcopy(model)
+    # attention and recurrent modules -> feedalign.sequence's, so the layer conversion reaches their weights
+    model = swap_sequence_modules(model)
     generator = torch.Generator().manual_seed(feedback_seed(seed))
     model = learning_rule.convert(model, generator=generator, feedback_init=feedback_init,
-                                  feedback_scale=feedback_scale)
+                                  feedback_scale=feedback_scale, **({} if taps is None else {"taps": taps}))
     setattr(model, RULE_ATTRIBUTE, rule)
     return model
 

@@ -119,3 +119,155 @@ def find_cut(model: nn.Module) -> HiddenCut:
     if not isinstance(cut, HiddenCut):
         raise ValueError("model was not converted with a rule that cuts at hidden layers (dfa, ifa)")
     return cut
+
+
+class TapCut(HiddenCut):
+    """The cut of dfa/drtp at user-named block outputs (``taps``), after Launay, Poli, Boniface &
+    Krzakala 2020 ("Direct Feedback Alignment Scales to Modern Deep Learning Tasks and
+    Architectures", NeurIPS; Sec. 3 and their Transformer code, which puts one DFA
+    point after each encoder layer).
+
+    Each tap module's output goes on *detached* (to every later module: the residual
+    stream after the block included), and the rule's Function at the root output gives
+    the attached output ``h_k`` its signal (``e B_k`` for dfa). Inside a block, between
+    the previous tap and ``h_k``, that signal backpropagates through the block's own
+    layers, whose rules (plain backprop under dfa) the cut does not change; modules
+    after the last tap learn from the output error by backprop, as DFA's output layer.
+
+    Per-example sizes: with the root output of shape (*lead, out), a tap output
+    (*lead, *rest) gets one B_k of shape (out, prod(rest)) applied at every leading
+    position, so a per-token output (N, T, V) and a block output (N, T, D) share
+    ``B_k`` (V, D) over positions, as Launay et al.'s language models do; a classifier
+    (N, C) sees a block output (N, T, D) as one vector of T*D per example. The sizes are
+    learnt on the first forward pass, with or without grad.
+
+    A tap whose output is a tuple (a recurrent layer's ``(output, state)``) records its
+    first tensor and detaches every tensor in it.
+    """
+
+    def __init__(self, root: nn.Module, taps: list[tuple[str, nn.Module]], linears: list[nn.Module], attach):
+        if not taps:
+            raise ValueError("taps must name at least one module")
+        self.linears = linears
+        self.taps = taps
+        self.sizes = [None] * len(taps)
+        self.attach = attach
+        self.record_preactivations = False
+        self._hidden = self._preactivations = None
+        self._shapes = [None] * len(taps)
+        root.register_forward_pre_hook(self._start)
+        root.register_forward_hook(self._finish_taps)
+        for k, (_, module) in enumerate(taps):
+            module.register_forward_hook(functools.partial(self._tap, k))
+
+    @property
+    def widths(self) -> list[int]:
+        if not self.ready:
+            raise ValueError("the sizes of the taps are known only after one forward pass; run the model once "
+                             "(e.g. on one example) first")
+        return list(self.sizes)
+
+    def _tap(self, k, module, args, output):
+        first = _first_tensor(output)
+        if first is None:
+            raise ValueError(f"tap {self.taps[k][0]!r} returned no tensor ({type(output).__name__})")
+        if self._shapes is not None:
+            self._shapes[k] = first.shape
+        if self._hidden is None or not torch.is_grad_enabled():
+            return None
+        if self._hidden[k] is not None:
+            raise ValueError(f"tap {self.taps[k][0]!r} ran twice in one forward pass; each tap must run once")
+        self._hidden[k] = first
+        return _detached(output)
+
+    def _start(self, root, args):
+        self._shapes = [None] * len(self.taps)
+        super()._start(root, args)
+        if self._hidden is not None:
+            self._hidden = [None] * len(self.taps)
+
+    def _finish_taps(self, root, args, output):
+        hidden, shapes = self._hidden, self._shapes
+        self._hidden = self._preactivations = None
+        if not isinstance(output, torch.Tensor):
+            if hidden is not None and torch.is_grad_enabled():
+                raise ValueError(f"dfa/drtp need the model to return one tensor, got {type(output).__name__}")
+            return None
+        missing = [self.taps[k][0] for k, s in enumerate(shapes) if s is None]
+        if missing:
+            raise ValueError(f"taps {missing} did not run in the forward pass; every tap must run once")
+        lead = output.shape[:-1]
+        for k, shape in enumerate(shapes):
+            if tuple(shape[:len(lead)]) != tuple(lead) or len(shape) <= len(lead):
+                raise ValueError(
+                    f"tap {self.taps[k][0]!r} gives shape {tuple(shape)} but the output is {tuple(output.shape)}: "
+                    f"its leading dimensions must be the output's {tuple(lead)} (batch first) to project the error")
+            size = shape[len(lead):].numel()
+            if self.sizes[k] is None:
+                self.sizes[k] = size
+            elif self.sizes[k] != size:
+                raise ValueError(f"tap {self.taps[k][0]!r} gives {size} values per position, but its feedback was "
+                                 f"sized for {self.sizes[k]} by the first forward pass")
+        if not torch.is_grad_enabled() or hidden is None:
+            return None
+        if not any(h is not None and h.requires_grad for h in hidden):
+            return None
+        return self.attach(root, output, hidden, None)
+
+
+def _first_tensor(output):
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            found = _first_tensor(item)
+            if found is not None:
+                return found
+    return None
+
+
+def _detached(output):
+    if isinstance(output, torch.Tensor):
+        return output.detach()
+    if isinstance(output, (tuple, list)):
+        return type(output)(_detached(item) for item in output)
+    return output
+
+
+def resolve_taps(model: nn.Module, rule, taps) -> list[str] | None:
+    """``taps`` (module names, or modules of ``model``) as the names of distinct submodules, in the
+    order given, for the :class:`~feedalign.rules.LearningRule` ``rule``; None when there are none.
+
+    ``None`` takes ``model.feedalign_taps`` (a builder's default) for a rule that takes taps.
+    A rule that does not take taps refuses them; a ValueError names what is wrong.
+    """
+    if taps is None:
+        default = getattr(model, "feedalign_taps", None)
+        return resolve_taps(model, rule, default) if rule.takes_taps and default is not None else None
+    if not rule.takes_taps:
+        raise ValueError(f"rule {rule.name!r} takes no taps: taps name the block outputs that dfa and drtp "
+                         "project the error to")
+    if isinstance(taps, (str, nn.Module)) or not isinstance(taps, (list, tuple)):
+        raise TypeError(f"taps must be a list of module names or modules, got {type(taps).__name__}")
+    names_of = {id(m): name for name, m in model.named_modules()}
+    names = []
+    for tap in taps:
+        if isinstance(tap, str):
+            try:
+                model.get_submodule(tap)
+            except AttributeError:
+                raise ValueError(f"tap {tap!r} is not a submodule of the model; names are those of "
+                                 "model.named_modules(), e.g. 'blocks.0'") from None
+            name = tap
+        elif isinstance(tap, nn.Module):
+            if id(tap) not in names_of:
+                raise ValueError(f"tap {type(tap).__name__} is not a submodule of the model")
+            name = names_of[id(tap)]
+        else:
+            raise TypeError(f"each tap must be a module name or a module, got {type(tap).__name__}")
+        if name == "":
+            raise ValueError("the model itself cannot be a tap: its output is where the error is measured")
+        if name in names:
+            raise ValueError(f"tap {name!r} is given twice")
+        names.append(name)
+    return names

@@ -78,6 +78,8 @@ class LearningRule(abc.ABC):
     """
 
     name: ClassVar[str] = ""
+    # whether convert(..., taps=[...]) applies: rules that project the error to named block outputs
+    takes_taps: ClassVar[bool] = False
 
     @abc.abstractmethod
     def convert(self, model: nn.Module, *, generator: torch.Generator, feedback_init: str,

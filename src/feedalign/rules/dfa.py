@@ -17,6 +17,18 @@ draws its ``feedback`` on the first forward pass (from a seed drawn at convert
 time, so the same ``convert`` seed gives the same B); ``feedback_matrices`` and
 ``state_dict`` have it from then on, and ``load_state_dict`` before any forward
 takes the saved one.
+
+Residual, attention and recurrent models (``taps``): Launay, Poli, Boniface & Krzakala
+2020 ("Direct Feedback Alignment Scales to Modern Deep Learning Tasks and
+Architectures", NeurIPS, Sec. 3) project the error to the output of each block, not
+into the internals of a residual stream, and backpropagate it inside the block.
+``convert(model, "dfa", taps=["blocks.0", "blocks.1"])`` names those outputs; each tap
+output ``h_k`` receives ``e B_k`` (:class:`~feedalign.rules._cut.TapCut`). A tapped
+``feedalign.sequence.LSTM``/``GRU`` is cut at every layer's output, and each layer's
+recurrence is cut, so every time step's hidden state ``h_t`` receives ``e B_{k,t}``
+(recurrent DFA; see :class:`~feedalign.sequence.RecurrentLayer`). A model with
+attention or recurrent modules needs taps (a model built by feedalign may carry
+defaults in its ``feedalign_taps`` attribute).
 """
 from __future__ import annotations
 
@@ -24,7 +36,8 @@ import torch
 from torch import nn
 
 from . import fast
-from ._cut import HiddenCut, find_cut
+from ..sequence import LSTM, GRU, RecurrentLayer, has_sequence_modules
+from ._cut import HiddenCut, TapCut, find_cut
 from .base import FeedbackRole, LearningRule, forward_flops, register, sample_feedback, trainable_layers
 
 
@@ -91,13 +104,19 @@ class DirectRule(LearningRule):
     """What ``dfa`` and ``drtp`` share: one B_k (out_features, width_k) per hidden layer k, side by side
     in the root's buffer ``feedback``, each carrying a signal from the output straight to h_k."""
 
+    takes_taps = True
+
     def feedback_matrices(self, model: nn.Module) -> list[torch.Tensor]:
-        """One B_k per hidden layer, forward order, each (out_features, width_k): views of ``model.feedback``."""
+        """One B_k per hidden layer (per tap with ``taps``), forward order, each (out_features, width_k):
+        views of ``model.feedback``."""
         materialize_feedback(model)  # a Conv2d model: raises if no forward pass has sized it yet
         return list(model.feedback.split(find_cut(model).widths, dim=1))
 
     def feedback_layout(self, model):
         """B_k stands in for ``W_L ... W_{k+1}``, the linear path from h_k to the output; the output layer has none."""
+        if isinstance(find_cut(model), TapCut):  # B_k stands in for the map from a block output, not a layer's
+            return [FeedbackRole(None, reason="dfa/drtp with taps: the feedback is per tap, not per layer")
+                    for _ in trainable_layers(model)]
         blocks = self.feedback_matrices(model)
         n = len(blocks) + 1
         return ([FeedbackRole(b, tuple(range(k + 1, n))) for k, b in enumerate(blocks)]
@@ -115,22 +134,31 @@ class DirectFeedbackAlignment(DirectRule):
 
     name = "dfa"
 
-    def convert(self, model, *, generator, feedback_init, feedback_scale):
+    def convert(self, model, *, generator, feedback_init, feedback_scale, taps=None):
         layers = trainable_layers(model)
         install_direct_feedback(model, layers, _attach, generator=generator, feedback_init=feedback_init,
-                                feedback_scale=feedback_scale)
-        if all(isinstance(layer, nn.Linear) for layer in layers):
+                                feedback_scale=feedback_scale, taps=taps)
+        if taps is None and all(isinstance(layer, nn.Linear) for layer in layers):
             fast.install(model, layers, _DirectSignals())
         return model
 
 
-def install_direct_feedback(model, layers, attach, *, generator, feedback_init, feedback_scale) -> HiddenCut:
-    """Cut ``model`` at the input of every layer in ``layers`` but the first and give the
-    root the fused buffer ``feedback`` (out_features, sum of widths), now or (with Conv2d
-    layers) on the first forward pass. Shared by ``dfa`` and ``drtp``."""
+def install_direct_feedback(model, layers, attach, *, generator, feedback_init, feedback_scale,
+                            taps=None) -> HiddenCut:
+    """Cut ``model`` at the input of every layer in ``layers`` but the first (or at the outputs of
+    the submodules named in ``taps``) and give the root the fused buffer ``feedback``
+    (out_features, sum of widths), now or (with Conv2d layers or taps) on the first forward
+    pass. Shared by ``dfa`` and ``drtp``."""
     if not isinstance(layers[-1], nn.Linear):
         raise ValueError(f"the last trainable layer must be nn.Linear (the output), got {type(layers[-1]).__name__}")
-    cut = HiddenCut(model, layers, attach)
+    if taps is not None:
+        cut = TapCut(model, expand_taps(model, taps), layers, attach)
+    elif has_sequence_modules(model):
+        raise ValueError("dfa/drtp on a model with attention or recurrent modules need the cut points: "
+                         "convert(model, rule, taps=[...]) with the names of the blocks whose outputs receive "
+                         "the projected error (Launay et al. 2020), e.g. the transformer blocks or the LSTM")
+    else:
+        cut = HiddenCut(model, layers, attach)
     cut.feedback_spec = dict(init=feedback_init, scale=feedback_scale)
     model._feedalign_cut = cut
     if cut.ready:
@@ -140,6 +168,27 @@ def install_direct_feedback(model, layers, attach, *, generator, feedback_init, 
         model.register_buffer("feedback", None)
         model._register_load_state_dict_pre_hook(_take_saved_feedback, with_module=True)
     return cut
+
+
+def expand_taps(model: nn.Module, names: list[str]) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every tap; a feedalign LSTM/GRU becomes its layers, and every tapped
+    recurrent layer cuts its recurrence (recurrent DFA: the error reaches every time step)."""
+    taps = []
+    for name in names:
+        module = model.get_submodule(name)
+        if isinstance(module, (nn.LSTM, nn.GRU, nn.MultiheadAttention)):
+            raise ValueError(f"tap {name!r} is a torch {type(module).__name__}; convert swaps it for feedalign's "
+                             "module first (feedalign.sequence.swap_sequence_modules)")
+        layers = ([(f"{name}.layers.{k}", layer) for k, layer in enumerate(module.layers)]
+                  if isinstance(module, (LSTM, GRU)) else [(name, module)])
+        for _, layer in layers:
+            if isinstance(layer, RecurrentLayer):
+                layer.cut_recurrence = True
+        taps.extend(layers)
+    seen = [name for name, _ in taps]
+    if len(set(seen)) != len(seen):
+        raise ValueError(f"taps name the same module twice: {seen}")
+    return taps
 
 
 def _draw(cut, output_layer, generator):

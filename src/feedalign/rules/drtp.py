@@ -10,7 +10,7 @@ output layer's do). The sign is that of Frenkel's code (ChFrenkel/
 DirectRandomTargetProjection, ``function.py``: ``labels.mm(B)``); for a zero-mean B
 it is immaterial. The output layer gets the ordinary gradient. Hidden signals come
 from one fused matmul ``t @ feedback`` as in DFA, and Conv2d layers are cut the same
-way (:mod:`.dfa`).
+way (:mod:`.dfa`), and so are ``taps`` (block outputs; Launay et al. 2020).
 
 Where the target comes from, keeping ``loss.backward(); optimizer.step()``:
 
@@ -119,9 +119,9 @@ class DirectRandomTargetProjection(DirectRule):
 
     name = "drtp"
 
-    def convert(self, model, *, generator, feedback_init, feedback_scale):
+    def convert(self, model, *, generator, feedback_init, feedback_scale, taps=None):
         install_direct_feedback(model, trainable_layers(model), _attach, generator=generator,
-                                feedback_init=feedback_init, feedback_scale=feedback_scale)
+                                feedback_init=feedback_init, feedback_scale=feedback_scale, taps=taps)
         return model
 
     def forward_context(self, model, y):

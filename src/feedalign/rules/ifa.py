@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fast
+from ..sequence import has_sequence_modules
 from ._cut import HiddenCut, find_cut
 from .base import FeedbackRole, LearningRule, forward_flops, register, sample_feedback, trainable_layers
 
@@ -85,6 +86,10 @@ class IndirectFeedbackAlignment(LearningRule):
         if any(isinstance(m, nn.Conv2d) for m in model.modules()):
             raise ValueError("ifa supports nn.Linear layers only: its signal goes forward through W_k, which "
                              "is not defined across pooling and flattening; use fa, dfa or drtp for Conv2d models")
+        if has_sequence_modules(model):
+            raise ValueError("ifa does not support attention or recurrent modules: its signal goes forward through "
+                             "a chain of layers, which they are not; use fa, usf, brsf, frsf, kp, wm, or dfa/drtp "
+                             "with taps")
         linears = trainable_layers(model)
         cut = HiddenCut(model, linears, _attach, record_preactivations=True)
         width = cut.widths[0]
