@@ -1,5 +1,7 @@
 """Difference target propagation (Lee, Zhang, Fischer & Bengio 2015, ECML/PKDD, arXiv 1412.7525,
-"Difference Target Propagation", Algorithm 1 and Sec. 2.3).
+"Difference Target Propagation", Algorithm 1). Only the abstract of the paper could be read
+where this was written; the steps below follow Algorithm 1 as the DTP literature states it and
+should be checked against the paper's text (equation numbers are left out for that reason).
 
 A network of ``M`` layers ``h_i = f_i(h_{i-1})``, ``f_i(h) = s_i(W_i h + b_i)`` (row vectors here:
 ``h W_i^T``), is trained with *targets* instead of gradients:
