@@ -134,7 +134,7 @@ def test_top_hidden_layer_gets_backprop_scaled_by_twice_the_target_step():
 
 def test_a_perfect_inverse_gives_targets_the_layers_reach():
     """Linear layers with g = f^{-1} exactly (square invertible W, V = W^{-1}, c = -W^{-1} b): then
-    f_k(hhat_{k-1}) = hhat_k, the property DTP's difference correction is built on (Sec. 2.3)."""
+    f_k(hhat_{k-1}) = hhat_k, the property DTP's difference correction is built on."""
     torch.manual_seed(2)
     net = nn.Sequential(nn.Linear(3, 4), nn.Identity(), nn.Linear(4, 4), nn.Identity(), nn.Linear(4, 2)).double()
     model = feedalign.convert(net, "dtp")
