@@ -76,6 +76,9 @@ CONTRACTS = {
     "kp": Contract(trained_feedback=True, fast_path=True),
     "wm": Contract(after_step=lambda model: wm.mirror(model, 1), fast_path=True),
     "drtp": Contract(reference="drtp", needs_hidden=True, target_context=drtp.target),
+    # dtp's float64 reference (weights and inverses, with its noise) is its own, in test_dtp.py
+    "dtp": Contract(reference=None, conv=False, needs_hidden=True, trained_feedback=True,
+                    counters=("dtp_noise_draws",)),
 }
 
 

@@ -214,9 +214,10 @@ def test_fast_and_general_paths_agree(rule):
     out = fast(x)
     if contract(rule).fast_path:
         assert uses_fast_path(out)
-    assert not uses_fast_path(general(x))
+    out_general = general(x)  # one forward pass each: a rule may draw noise in every one (dtp)
+    assert not uses_fast_path(out_general)
     F.cross_entropy(out, y).backward()
-    F.cross_entropy(general(x), y).backward()
+    F.cross_entropy(out_general, y).backward()
     for (name, p), q in zip(fast.named_parameters(), general.parameters()):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
 
