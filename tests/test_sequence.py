@@ -19,7 +19,7 @@ import reference_sequence as ref
 
 FA_TYPE = ["bp", "fa", "usf", "brsf", "frsf", "kp", "wm"]
 DIRECT = ["dfa", "drtp"]
-UNSUPPORTED = ["ifa"]
+UNSUPPORTED = ["ifa", "dtp"]  # dtp: layer-wise inverses need an nn.Sequential of nn.Linear
 
 
 def test_every_rule_is_covered_here():
@@ -432,6 +432,8 @@ def test_unsupported_pairs_and_bad_taps_give_clear_errors():
     for build in (feedalign.vit_tiny, feedalign.lstm_classifier):
         with pytest.raises(ValueError, match="ifa does not support attention or recurrent"):
             feedalign.convert(build(), "ifa")
+        with pytest.raises(ValueError, match="dtp needs an nn.Sequential of nn.Linear layers"):
+            feedalign.convert(build(), "dtp")
     with pytest.raises(ValueError, match="taps"):  # no builder defaults: dfa must be told where to cut
         feedalign.convert(AttentionNet(), "dfa")
     with pytest.raises(ValueError, match="takes no taps"):
