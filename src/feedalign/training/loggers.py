@@ -36,30 +36,30 @@ class MetricsLogger:
 
     def __init__(self):
         self.run = None
-        self._alignment_rows = 0
+        self._sent_step = -1  # alignment rows up to this step have been sent
 
     def on_train_begin(self, run) -> None:
         self.run = run
-        self._alignment_rows = len(self._alignment())  # a resumed run sent the earlier ones already
+        self._sent_step = run.step if run.step else -1  # a resumed run sent its earlier angles already
         self.open(run)
 
     def on_epoch_end(self, epoch: int, metrics: dict) -> None:
-        step = self.run.step
-        values = {f"metrics/{k}": float(v) for k, v in metrics.items()
-                  if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
-        values["metrics/epoch"] = float(epoch)
-        self.write(values, step)
-        rows = self._alignment()
         by_step: dict[int, dict] = {}
-        for row in rows[self._alignment_rows:]:
+        for row in self._alignment():
+            if row["step"] <= self._sent_step:
+                continue
             layer = f"layer{row.get('layer')}"
             for key in ANGLES:
                 value = row.get(key)
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     by_step.setdefault(row["step"], {})[f"alignment/{layer}/{key}"] = float(value)
-        self._alignment_rows = len(rows)
-        for at in sorted(by_step):
+        self._sent_step = max([self._sent_step, *by_step])
+        for at in sorted(by_step):  # in step order (W&B drops a step below one it has seen), the epoch's row last
             self.write(by_step[at], at)
+        values = {f"metrics/{k}": float(v) for k, v in metrics.items()
+                  if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+        values["metrics/epoch"] = float(epoch)
+        self.write(values, self.run.step)
         self.flush()
 
     def on_train_end(self, summary: dict) -> None:
