@@ -4,7 +4,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup data run test bench reproduce clean
+.PHONY: setup data run test bench reproduce docs clean
 
 $(BIN)/feedalign: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,5 +33,13 @@ bench: setup data
 reproduce: setup data
 	$(BIN)/feedalign reproduce all
 
+# The docs site (site/): the README as the guide, the API reference from the docstrings, the
+# reproduction page. Needs mkdocs, mkdocs-material and mkdocstrings[python] (MKDOCS=path/to/mkdocs);
+# not run by CI.
+MKDOCS ?= $(BIN)/mkdocs
+docs:
+	sed -e 's#](docs/#](#g' README.md > docs/guide.md
+	$(MKDOCS) build --strict
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site docs/guide.md

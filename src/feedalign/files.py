@@ -16,7 +16,9 @@ def atomic_write(path: str | Path, content) -> None:
     """Write ``content`` (str, bytes, or a callable given the open binary file) to ``path`` atomically.
 
     The temporary file is fsynced before the rename, and the folder after it, so the new
-    file survives a crash. It is made 0644 (mkstemp makes 0600), as the data cache may be shared.
+    file survives a crash. It gets the mode ``open()`` would give a new file, 0666 less the
+    umask (0644 under umask 022), not mkstemp's 0600: run directories and the data cache
+    may be shared (a Ray cluster's nodes, colleagues).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
@@ -28,7 +30,7 @@ def atomic_write(path: str | Path, content) -> None:
                 f.write(content.encode() if isinstance(content, str) else content)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -41,6 +43,20 @@ def atomic_write(path: str | Path, content) -> None:
             os.close(dir_fd)
     except OSError:  # some filesystems do not fsync directories
         pass
+
+
+def new_file_mode() -> int:
+    """0666 less the process umask: the mode ``open(path, "w")`` gives a new file."""
+    try:  # Linux: read the umask without changing it (os.umask would, for a moment, for every thread)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def json_safe(value):

@@ -31,7 +31,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
     parser = _Parser(prog="feedalign", description="Train networks with learning rules that need no weight transport.")
+    parser.add_argument("--version", action="version", version=f"feedalign {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
         importlib.import_module(f"feedalign.cli.{name}_cmd").register(sub)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import UsageError
+
 
 def _human(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
@@ -25,9 +27,19 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from feedalign.data import fetch
+    from feedalign.data import DatasetError, fetch
 
-    path = fetch(args.name, data_dir=args.data_dir, cache_dir=args.cache_dir, progress=True)
+    if args.install and args.name.strip().lower().replace("_", "-") not in ("fashion-mnist", "fashionmnist"):
+        raise UsageError(f"--install applies to fashion-mnist only (its Debian package); not to {args.name!r}")
+    try:
+        path = fetch(args.name, data_dir=args.data_dir, cache_dir=args.cache_dir, progress=True)
+    except DatasetError:
+        if not args.install:
+            raise
+        from feedalign.data.mnist import DEBIAN_PACKAGE, install_debian_package
+        print(f"installing the Debian package {DEBIAN_PACKAGE} (--install)")
+        install_debian_package()
+        path = fetch(args.name, data_dir=args.data_dir, cache_dir=args.cache_dir, progress=True)
     print(f"{args.name}: generated on demand, nothing to fetch" if path is None else f"{args.name}: ready in {path}")
     return 0
 
@@ -46,5 +58,8 @@ def register(subparsers) -> None:
     p_fetch = sub.add_parser("fetch", help="download (or generate) a dataset into the cache, verified")
     p_fetch.add_argument("name", metavar="NAME", help="dataset name, as `feedalign data list` shows")
     add_dirs(p_fetch)
+    p_fetch.add_argument("--install", action="store_true",
+                         help="fashion-mnist only: when no mirror answers, run `apt-get install -y dataset-fashion-mnist` "
+                              "(needs root); without it feedalign only says the command")
     p_fetch.set_defaults(func=_fetch)
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])

@@ -7,9 +7,13 @@ the sweep writes OUT_DIR/NAME/results.csv and results.json, and figures under
 OUT_DIR/NAME/figures/ (heatmaps per rule, best learning curves). Rerunning the
 same spec skips finished runs.
 
+Every run's settings, including that its architecture fits its dataset, are checked
+before the first run starts.
+
 examples:
-  feedalign sweep examples/sweeps/sensitivity-init-lr.toml
-  feedalign sweep spec.toml --set epochs=1 --set dataset=mnist1d --set architecture=40-200-100-10
+  feedalign sweep --example sensitivity-init-lr      # copy a shipped spec to ./sensitivity-init-lr.toml
+  feedalign sweep sensitivity-init-lr.toml
+  feedalign sweep sensitivity-init-lr.toml --set epochs=1 --set dataset=mnist1d --set architecture=40-200-100-10
   feedalign sweep spec.toml --backend ray --address ray://head-node:10001
   feedalign sweep spec.toml --plot-only
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import UsageError
 
@@ -24,7 +29,10 @@ from . import UsageError
 def register(subparsers) -> None:
     p = subparsers.add_parser("sweep", help="sweep settings over a grid or random sample; map where each rule trains",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("spec", help="sweep spec file (.toml, .yaml or .yml)")
+    p.add_argument("spec", nargs="?", help="sweep spec file (.toml, .yaml or .yml)")
+    p.add_argument("--example", metavar="NAME", default=None,
+                   help=f"copy the shipped example spec NAME ({', '.join(example_names())}) to ./NAME.toml "
+                        "(or into --out-dir) and stop")
     p.add_argument("--backend", choices=None, default=None, help="local (default: worker processes here) or ray")
     p.add_argument("--address", default=None,
                    help="ray backend: address of a running Ray cluster (ray://HOST:10001, HOST:6379 or auto); "
@@ -63,8 +71,39 @@ def parse_set(items: list[str]) -> dict:
     return out
 
 
+def example_names() -> list[str]:
+    """The example specs shipped in the package (feedalign/sweeps/examples/*.toml)."""
+    from importlib.resources import files
+    return sorted(f.name[:-5] for f in files("feedalign.sweeps").joinpath("examples").iterdir() if f.name.endswith(".toml"))
+
+
+def copy_example(name: str, out_dir: str | None) -> Path:
+    """Copy example spec ``name`` to ``OUT_DIR/NAME.toml`` (default: the current folder); never overwrites."""
+    from importlib.resources import files
+
+    from ..files import atomic_write
+    name = name.removesuffix(".toml")
+    if name not in example_names():
+        raise UsageError(f"unknown example {name!r}; shipped examples: {', '.join(example_names())}")
+    dest = Path(out_dir or ".") / f"{name}.toml"
+    if dest.exists():
+        raise UsageError(f"{dest} already exists; remove it or pass --out-dir elsewhere")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(dest, files("feedalign.sweeps").joinpath("examples", f"{name}.toml").read_bytes())
+    return dest
+
+
 def run(args) -> int:
     from feedalign.sweeps import load_spec, plot_sweep, run_sweep, sensitivity_report
+    from feedalign.sweeps.spec import check_fit
+    if args.example is not None:
+        if args.spec is not None:
+            raise UsageError("--example copies a shipped spec and runs nothing; drop SPEC")
+        dest = copy_example(args.example, args.out_dir)
+        print(f"{dest}  (run it: feedalign sweep {dest})")
+        return 0
+    if args.spec is None:
+        raise UsageError("give a SPEC file, or --example NAME to copy a shipped one")
     from feedalign.sweeps.spec import BACKENDS
     if args.backend is not None and args.backend not in BACKENDS:
         raise UsageError(f"unknown backend {args.backend!r}; expected one of {', '.join(BACKENDS)}")
@@ -86,6 +125,7 @@ def run(args) -> int:
         return 0
     if args.dry_run:
         points = spec.points()
+        check_fit(points, spec.source)
         print(f"sweep {spec.name}: {len(points)} runs into {spec.sweep_dir} ({spec.backend} backend)")
         for p in points:
             print(f"  {p.key}  " + " ".join(f"{k}={v!r}" for k, v in p.params.items()))

@@ -67,6 +67,9 @@ def register(subparsers) -> None:
         description="Train one network with one learning rule. Writes RUN_DIR (default runs/<timestamp>-<rule>-"
                     "<dataset>) with config.toml, metrics.jsonl/csv, summary.json, plots and checkpoints.")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    parser.add_argument("--log", metavar="NAMES", default=None,
+                        help="also send metrics and alignment angles to tensorboard (RUN_DIR/tensorboard/), wandb "
+                             "and/or mlflow, comma-separated; each needs its package (pip install 'feedalign[NAME]')")
     add_config_flags(parser)
     parser.set_defaults(func=run)
 
@@ -88,15 +91,17 @@ def os_errors_as_usage():
 
 def _run(args: argparse.Namespace) -> int:
     from ..training import resume, train
+    from ..training.loggers import loggers
+    callbacks = loggers(args.log)  # before anything trains: a missing package is a one-line error
     if args.resume:
         given = overrides(args)
         if given or args.config:
             flags = ["--config"] if args.config else []
             flags += ["--" + k.replace("_", "-") for k in given]
             raise UsageError(f"--resume continues a run with its saved config; drop {', '.join(flags)}")
-        result = resume(args.resume, progress=progress_mode(args))
+        result = resume(args.resume, callbacks, progress=progress_mode(args))
     else:
-        result = train(config_from_args(args), progress=progress_mode(args))
+        result = train(config_from_args(args), callbacks, progress=progress_mode(args))
     print(describe(result.summary))
     return 0
 

@@ -15,10 +15,10 @@ from .cifar import CifarDataset
 from .mnist import FASHION_MNIST, MNIST
 from .mnist_1d import Mnist1dDataset
 from ..errors import DatasetError
-from .splits import DataSplits, make_splits
+from .splits import DataSplits, SplitDataset, make_splits
 from .synthetic import LINEAR, NONLINEAR, TOY1D
 
-__all__ = ["load", "batches", "datasets", "DatasetError", "DataSplits", "fetch", "status", "REGISTRY"]
+__all__ = ["load", "batches", "datasets", "DatasetError", "DataSplits", "SplitDataset", "fetch", "status", "REGISTRY"]
 
 # name -> dataset spec; tests swap entries (e.g. an IdxDataset with their own checksums).
 REGISTRY = {d.name: d for d in (MNIST, FASHION_MNIST, Mnist1dDataset(), CifarDataset(), LINEAR, NONLINEAR, TOY1D)}

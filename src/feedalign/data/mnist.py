@@ -210,26 +210,19 @@ def _debian_folder() -> Path | None:
     return DEBIAN_DIR if (DEBIAN_DIR / f"{TRAIN_IMAGES}.gz").is_file() else None
 
 
+INSTALL_COMMAND = f"sudo apt-get install -y {DEBIAN_PACKAGE}"
+
+
 def debian_fallback(dataset: IdxDataset, folder: Path, missing: list[str], progress: bool) -> None:
-    """Copy the gzipped IDX files of the Debian package ``dataset-fashion-mnist``, installing it when root."""
+    """Copy the gzipped IDX files of the Debian package ``dataset-fashion-mnist`` when it is installed.
+
+    A library does not install system packages on its own: when the package is absent this
+    says the command to run (or ``feedalign data fetch fashion-mnist --install``, which runs it).
+    """
     source = _debian_folder()
     if source is None:
-        apt = shutil.which("apt-get")
-        if apt is None or not hasattr(os, "geteuid") or os.geteuid() != 0:
-            raise SourceUnavailable(f"the Debian package {DEBIAN_PACKAGE} is not installed "
-                                    f"(install it with `sudo apt-get install -y {DEBIAN_PACKAGE}`)")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for commands in ([[apt, "install", "-y", DEBIAN_PACKAGE]],
-                         [[apt, "update"], [apt, "install", "-y", DEBIAN_PACKAGE]]):  # stale lists: update once
-            try:
-                for cmd in commands:
-                    subprocess.run(cmd, check=True, capture_output=True, timeout=600, env=env)
-                break
-            except (subprocess.SubprocessError, OSError):
-                continue
-        source = _debian_folder()
-        if source is None:
-            raise SourceUnavailable(f"`apt-get install -y {DEBIAN_PACKAGE}` failed")
+        raise SourceUnavailable(f"the Debian package {DEBIAN_PACKAGE} is not installed (install it with "
+                                f"`{INSTALL_COMMAND}`, or let `feedalign data fetch fashion-mnist --install` run it)")
     for file in missing:
         path = source / f"{file}.gz"
         if not path.is_file():
@@ -239,6 +232,36 @@ def debian_fallback(dataset: IdxDataset, folder: Path, missing: list[str], progr
                 dataset._install(f, folder, file, gz=path.suffix == ".gz", what=str(path))
         except FileNotFoundError:
             raise SourceUnavailable(f"{DEBIAN_PACKAGE} has no {file} in {source}") from None
+
+
+def install_debian_package() -> Path:
+    """Run ``apt-get install -y dataset-fashion-mnist`` (as root), on explicit request only; its data folder.
+
+    Called by ``feedalign data fetch fashion-mnist --install``; nothing else in feedalign installs
+    system packages. Raises :class:`DatasetError` when apt-get is missing, the process is not
+    root, or the install fails.
+    """
+    found = _debian_folder()
+    if found is not None:
+        return found
+    apt = shutil.which("apt-get")
+    if apt is None:
+        raise DatasetError(f"--install needs apt-get (a Debian or Ubuntu system); it is not on PATH")
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        raise DatasetError(f"--install runs apt-get, which needs root; run `{INSTALL_COMMAND}` yourself")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for commands in ([[apt, "install", "-y", DEBIAN_PACKAGE]],
+                     [[apt, "update"], [apt, "install", "-y", DEBIAN_PACKAGE]]):  # stale lists: update once
+        try:
+            for cmd in commands:
+                subprocess.run(cmd, check=True, capture_output=True, timeout=600, env=env)
+            break
+        except (subprocess.SubprocessError, OSError):
+            continue
+    found = _debian_folder()
+    if found is None:
+        raise DatasetError(f"`apt-get install -y {DEBIAN_PACKAGE}` failed")
+    return found
 
 
 MNIST = IdxDataset(
@@ -269,5 +292,5 @@ FASHION_MNIST = IdxDataset(
     fallbacks=(debian_fallback,),
     subdirs=("FashionMNIST/raw", "FashionMNIST", "fashion", "data/fashion"),
     hint=("run `feedalign data fetch fashion-mnist` with internet access, or install the Debian package "
-          f"(`sudo apt-get install -y {DEBIAN_PACKAGE}`), or pass --data-dir / set FEEDALIGN_DATA to a folder holding the four IDX files"),
+          f"(`{INSTALL_COMMAND}`, or `feedalign data fetch fashion-mnist --install`), or pass --data-dir / set FEEDALIGN_DATA to a folder holding the four IDX files"),
 )

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.utils.data
 
 from ..errors import DatasetError
 
@@ -42,9 +43,53 @@ class DataSplits:
     def task(self) -> str:
         return "classification" if self.num_classes is not None else "regression"
 
+    def dataset(self, split: str = "train", *, transform=None, target_transform=None) -> "SplitDataset":
+        """One split as a ``torch.utils.data.Dataset``, for a ``DataLoader``, its samplers and transforms.
+
+        ``split``: ``"train"``, ``"val"`` or ``"test"``. ``dataset[i]`` is
+        ``(transform(x[i]), target_transform(y[i]))`` (either transform may be None), with
+        ``x[i]`` of shape ``(input_size,)`` or ``input_shape`` as loaded. The examples are
+        views of these tensors, not copies. The training engine keeps its own faster path
+        (:func:`feedalign.data.batches`, one gather per batch instead of one per example).
+        """
+        if split not in _SPLITS:
+            raise DatasetError(f"split must be one of {', '.join(_SPLITS)}; got {split!r}")
+        for name, fn in (("transform", transform), ("target_transform", target_transform)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable or None; got {type(fn).__name__}")
+        prefix = _SPLITS[split]
+        return SplitDataset(getattr(self, f"{prefix}_x"), getattr(self, f"{prefix}_y"), transform=transform,
+                            target_transform=target_transform, name=f"{self.name}/{split}")
+
     def __repr__(self) -> str:
         return (f"DataSplits({self.name!r}, train={len(self.train_x)}, val={len(self.val_x)}, test={len(self.test_x)}, "
                 f"input_shape={self.input_shape}, output_size={self.output_size}, task={self.task!r})")
+
+
+_SPLITS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
+
+
+class SplitDataset(torch.utils.data.Dataset):
+    """A map-style dataset over in-memory tensors ``x`` (N, ...) and ``y`` (N, ...): see :meth:`DataSplits.dataset`."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, *, transform=None, target_transform=None, name: str = ""):
+        if len(x) != len(y):
+            raise ValueError(f"x and y must have the same number of rows; got {len(x)} and {len(y)}")
+        self.x, self.y, self.transform, self.target_transform, self.name = x, y, transform, target_transform, name
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int):
+        x, y = self.x[index], self.y[index]
+        if self.transform is not None:
+            x = self.transform(x)
+        if self.target_transform is not None:
+            y = self.target_transform(y)
+        return x, y
+
+    def __repr__(self) -> str:
+        return f"SplitDataset({self.name!r}, examples={len(self)}, example_shape={tuple(self.x.shape[1:])})"
 
 
 def make_splits(name: str, train_x, train_y, test_x, test_y, *, num_classes: int | None, input_shape: tuple,

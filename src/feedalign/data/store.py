@@ -22,7 +22,7 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO
 
-from ..files import atomic_write
+from ..files import atomic_write, new_file_mode
 from ..errors import DatasetError
 
 ENV_CACHE = "FEEDALIGN_CACHE"
@@ -140,7 +140,7 @@ def install_stream(stream: BinaryIO, dest: Path, sha256: str | None, *, gz: bool
                 out.write(chunk)
         if sha256 is not None and digest.hexdigest() != sha256:
             raise SourceUnavailable(f"{what or dest.name} has {algorithm} {digest.hexdigest()[:12]}..., expected {sha256[:12]}...")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a cache may be shared
+        os.chmod(tmp, new_file_mode())  # mkstemp makes 0600; a cache may be shared
         os.replace(tmp, dest)
     except (OSError, EOFError, zlib.error, http.client.HTTPException) as err:
         Path(tmp).unlink(missing_ok=True)

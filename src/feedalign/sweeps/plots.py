@@ -3,8 +3,8 @@
 * ``figures/heatmap-<rule>-<x>-<y>.png``: for each rule and each pair of swept
   parameters, a heatmap of best validation accuracy (mean over the runs in a
   cell, i.e. over the other swept parameters) with the outcome letter in each
-  cell: T trained, R refused, C collapsed, D diverged, X crashed (several letters
-  with counts when the runs in a cell disagree). Axes with many distinct values
+  cell: T trained, R refused, C collapsed, D diverged, X crashed, I invalid (several letters
+  with counts when the runs in a cell disagree); the title names every letter the figure shows. Axes with many distinct values
   (random sampling) become a scatter plot instead.
 * ``figures/best-curves.png``: the validation-accuracy curve of each rule's best run.
 """
@@ -48,6 +48,13 @@ def _letters(rows: list[dict]) -> str:
     if len(counts) == 1:
         return next(iter(counts))
     return "".join(f"{k}{n}" for k, n in counts.most_common())
+
+
+def outcome_legend(rows: list[dict]) -> str:
+    """The key to every outcome letter ``rows`` show, in a fixed order: ``"T trained  I invalid"``."""
+    shown = {OUTCOME_LETTERS.get(r.get("outcome"), "?") for r in rows}
+    names = [(letter, outcome) for outcome, letter in OUTCOME_LETTERS.items()] + [("?", "no outcome")]
+    return "  ".join(f"{letter} {outcome}" for letter, outcome in names if letter in shown)
 
 
 def default_pairs(swept: list[str], rows: list[dict]) -> list[tuple[str, str]]:
@@ -102,8 +109,7 @@ def plot_sweep(source, *, pairs=None) -> list[Path]:
             ax.set_xlabel(x)
             if y:
                 ax.set_ylabel(y)
-            ax.set_title(f"{rule}: best validation accuracy\nT trained R refused C collapsed D diverged X crashed",
-                         fontsize=8)
+            ax.set_title(f"{rule}: best validation accuracy\n{outcome_legend(rrows)}", fontsize=8)
             fig.tight_layout()
             path = out / f"heatmap-{rule}-{x}-{y or 'only'}.png"
             fig.savefig(path, dpi=100)

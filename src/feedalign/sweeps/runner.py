@@ -23,7 +23,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..files import atomic_write
 from .results import make_row, read_results, write_results
-from .spec import SweepSpec, config_hash
+from .spec import SweepSpec, check_fit, config_hash
 
 
 @dataclass
@@ -74,11 +74,12 @@ def run_sweep(spec: SweepSpec, *, backend: str | None = None, address: str | Non
         import_ray()  # fail before any run starts
     elif address:
         raise ConfigError("--address is for the ray backend; add --backend ray")
+    points = spec.points()
+    check_fit(points, spec.source)  # an unfit architecture fails here, not in every run
     sweep_dir = spec.sweep_dir.resolve()
     runs_dir = sweep_dir / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(sweep_dir / "spec.json", json.dumps(spec.to_dict(), indent=1, default=str) + "\n")
-    points = spec.points()
     swept = spec.swept
     previous = {}
     if (sweep_dir / "results.json").is_file():

@@ -131,6 +131,59 @@ class SweepSpec:
         return d
 
 
+def check_fit(points: list[Point], source: str = "spec") -> None:
+    """Check that every point's architecture (and loss) fits its dataset, before any run starts.
+
+    Uses each dataset's shapes (its registry entry; the synthetic tasks are generated once,
+    they are small) rather than loading it. Raises :class:`ConfigError` naming the first
+    unfit point and how many there are.
+    """
+    from ..data import REGISTRY, _spec
+    from ..training.build import check_fit as check_one
+    shapes: dict = {}
+    unfit = []
+    for p in points:
+        name = p.config.dataset
+        if name not in shapes:
+            shapes[name] = _DatasetShape.of(_spec(name))
+        try:
+            check_one(p.config, shapes[name])
+        except ConfigError as err:
+            unfit.append((p, err))
+    if unfit:
+        p, err = unfit[0]
+        shown = ", ".join(f"{k}={v!r}" for k, v in p.params.items()) or "the base settings"
+        more = f" (and {len(unfit) - 1} more of the {len(points)} runs)" if len(unfit) > 1 else ""
+        raise ConfigError(f"{source}: {{{shown}}}: {err}{more}; nothing was run")
+
+
+@dataclass
+class _DatasetShape:
+    """What :func:`feedalign.training.build.check_fit` asks of a dataset, without loading it."""
+
+    name: str
+    input_shape: tuple
+    num_classes: int | None
+    output_size: int
+    train_x: tuple = (0,)  # only its length is asked: non-empty
+
+    @property
+    def input_size(self) -> int:
+        return math.prod(self.input_shape)
+
+    @property
+    def task(self) -> str:
+        return "classification" if self.num_classes is not None else "regression"
+
+    @classmethod
+    def of(cls, spec) -> "_DatasetShape":
+        if spec.num_classes is not None:
+            return cls(spec.name, tuple(spec.input_shape), spec.num_classes, int(spec.num_classes))
+        train_y = spec.arrays(seed=0)[1]  # regression targets: their width is the output size
+        width = 1 if train_y.ndim == 1 else int(train_y.shape[1])
+        return cls(spec.name, tuple(spec.input_shape), None, width)
+
+
 def _draw(rng: _random.Random, dist: dict):
     (kind, args), = dist.items()
     if kind == "choice":
