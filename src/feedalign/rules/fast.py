@@ -63,10 +63,14 @@ class StackedSignals(abc.ABC):
     (``delta_L = e``) and the input gradient ``delta_1 M`` with ``M`` from :meth:`input_matrix`.
     """
 
-    def inputs(self, plan: "Plan") -> list[torch.Tensor]:
+    #: whether :meth:`signals` reads the stack's output ``y`` (``step.output``, (N, out)); saved only then
+    needs_output = False
+
+    def inputs(self, plan: "Plan", input: torch.Tensor) -> list[torch.Tensor]:
         """Tensors the rule's backward reads besides weights and biases, made inputs of the node:
         saved for backward (an in-place change before it raises, as in autograd) and given the
-        gradients of :meth:`input_grads`. Called at every forward. Default: none."""
+        gradients of :meth:`input_grads`. Called at every forward with the stack's ``input``
+        (..., in). Default: none."""
         return []
 
     @abc.abstractmethod
@@ -89,11 +93,12 @@ class Backward:
 
     ``weights`` (W_1 .. W_L), ``plan.linears`` (the layers), ``hidden`` (h_1 .. h_K, each
     (N, w_l)), ``stack`` (every h_l in one (K, N, w) tensor when the hidden widths are
-    equal, else None).
+    equal, else None), ``output`` (the stack's output y, (N, out), when the rule's
+    :attr:`StackedSignals.needs_output`, else None).
     """
 
-    def __init__(self, plan, weights, hidden, stack):
-        self.plan, self.weights, self.hidden, self.stack = plan, weights, hidden, stack
+    def __init__(self, plan, weights, hidden, stack, output=None):
+        self.plan, self.weights, self.hidden, self.stack, self.output = plan, weights, hidden, stack, output
         self.activations = plan.activations[:len(hidden)]
 
     def empty(self):
@@ -160,7 +165,7 @@ class Plan:
     def __call__(self, input: torch.Tensor) -> torch.Tensor:
         weights = [layer.weight for layer in self.linears]
         biases = [layer.bias for layer in self.linears]
-        inputs = self.signals.inputs(self)
+        inputs = self.signals.inputs(self, input)
         return _StackFunction.apply(input, self, len(self.linears), len(inputs), *weights, *biases, *inputs)
 
 
@@ -194,7 +199,8 @@ class _StackFunction(torch.autograd.Function):
             h = out
         output = F.linear(h, weights[-1], biases[-1])
         ctx.plan, ctx.n_layers, ctx.input_shape = plan, n_layers, input.shape
-        ctx.save_for_backward(flat, *(outs if hidden is None else (hidden,)), *tensors)
+        kept = (output,) if plan.signals.needs_output else ()
+        ctx.save_for_backward(flat, *(outs if hidden is None else (hidden,)), *kept, *tensors)
         return output if input.dim() == 2 else output.reshape(*input.shape[:-1], output.shape[-1])
 
     @staticmethod
@@ -204,13 +210,15 @@ class _StackFunction(torch.autograd.Function):
         input = saved[0]
         n_hidden_saved = 1 if plan.stacked else n_layers - 1
         hidden = saved[1:1 + n_hidden_saved]
-        tensors = saved[1 + n_hidden_saved:]
+        n_output_saved = 1 if plan.signals.needs_output else 0
+        output = saved[1 + n_hidden_saved] if n_output_saved else None
+        tensors = saved[1 + n_hidden_saved + n_output_saved:]
         weights, biases, inputs = tensors[:n_layers], tensors[n_layers:2 * n_layers], list(tensors[2 * n_layers:])
         k = n_layers - 1
         error = error.reshape(-1, error.shape[-1]).contiguous()
         stack = hidden[0] if plan.stacked else None
         hs = stack.unbind(0) if plan.stacked else hidden
-        step = Backward(plan, weights, hs, stack)
+        step = Backward(plan, weights, hs, stack, output)
         deltas = plan.signals.signals(step, error, inputs)
 
         grad_weights = [None] * n_layers
