@@ -203,8 +203,8 @@ def test_compare_in_worker_processes_gives_the_same_numbers(tmp_path, capsys):
 def test_compare_trains_seeds_as_a_population_by_default(tmp_path, capsys):
     """The seeds of bp and dfa train as populations (feedalign.training.population), usf separately;
     the numbers equal separate runs' to float tolerance and every run directory is an ordinary one."""
-    args = ["compare", "--dataset", "mnist1d", "--architecture", "40-32-10", "--epochs", "2", "--threads", "1",
-            "--rules", "dfa,usf", "--seeds", "2", "--train-size", "640", "--out-dir", str(tmp_path), "--quiet"]
+    args = ["compare", "--dataset", "mnist1d", "--architecture", "40-32-10", "--epochs", "1", "--threads", "1",
+            "--rules", "dfa,usf", "--seeds", "2", "--train-size", "1280", "--out-dir", str(tmp_path), "--quiet"]
     for name, extra in (("pop", []), ("off", ["--population", "off"])):
         code, _, err = run_cli(args + ["--name", name] + extra, capsys)
         assert code == 0, err

@@ -10,7 +10,7 @@ from feedalign.training import Config, resume, train
 from feedalign.training.population import (PopulationMLP, PopulationSGD, population_key, train_population,
                                            unsupported)
 
-SMALL = dict(dataset="mnist1d", architecture="40-24-16-10", epochs=2, batch_size=64, threads=1, train_size=1280,
+SMALL = dict(dataset="mnist1d", architecture="40-24-16-10", epochs=2, batch_size=64, threads=1, train_size=640, test_size=300,
              alignment_every=7)
 
 
@@ -20,6 +20,8 @@ def test_members_match_their_separate_runs(tmp_path, rule):
     base = Config(**SMALL, rule=rule, momentum=0.9, init="uniform", out_dir=str(tmp_path / "pop"))
     configs = [base.replace(seed=0, lr=0.05, name="a"), base.replace(seed=1, lr=0.1, init_scale=0.3, name="b"),
                base.replace(seed=2, lr=0.02, feedback_scale=0.5, weight_decay=1e-3, name="c")]
+    if rule != "fa":  # the suite stays fast: three members for one rule, two for the others
+        configs = configs[1:]
     assert len({population_key(c) for c in configs}) == 1
     together = train_population(configs, progress="none")
     for config, member in zip(configs, together):
@@ -31,7 +33,7 @@ def test_members_match_their_separate_runs(tmp_path, rule):
             for key in ("train_loss", "val_loss", "test_loss", "val_accuracy", "test_accuracy"):
                 if row[key] is not None:
                     assert row[key] == pytest.approx(twin[key], rel=1e-4, abs=1e-3), key
-        assert member.summary["steps"] == alone.summary["steps"] == 40
+        assert member.summary["steps"] == alone.summary["steps"] == 20
         run_dir = member.run_dir
         assert (run_dir / "config.toml").is_file() and (run_dir / "checkpoints" / "latest.pt").is_file()
         assert json.loads((run_dir / "summary.json").read_text())["outcome"] == member.summary["outcome"]
