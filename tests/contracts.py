@@ -75,7 +75,7 @@ CONTRACTS = {
     "frsf": Contract(feedback_from_weights=True, reference_feedback=_frsf_feedback, fast_path=True),
     "kp": Contract(trained_feedback=True, fast_path=True),
     "wm": Contract(after_step=lambda model: wm.mirror(model, 1), fast_path=True),
-    "drtp": Contract(reference="drtp", needs_hidden=True, target_context=drtp.target),
+    "drtp": Contract(reference="drtp", needs_hidden=True, target_context=drtp.target, fast_path=True),
     # dtp's float64 reference (weights and inverses, with its noise) is its own, in test_dtp.py
     "dtp": Contract(reference=None, conv=False, needs_hidden=True, trained_feedback=True,
                     counters=("dtp_noise_draws",)),

@@ -189,7 +189,7 @@ def test_compare_prints_the_table_and_writes_its_files(tmp_path, capsys):
 def test_compare_in_worker_processes_gives_the_same_numbers(tmp_path, capsys):
     args = ["compare", "--dataset", "mnist1d", "--architecture", "40-32-10", "--epochs", "2", "--threads", "1",
             "--rules", "bp,fa,dfa", "--seeds", "2", "--out-dir", str(tmp_path), "--quiet"]
-    code, _, err = run_cli(args + ["--name", "one"], capsys)
+    code, _, err = run_cli(args + ["--name", "one", "--population", "off"], capsys)  # bitwise: separate runs
     assert code == 0, err
     code, _, err = run_cli(args + ["--name", "two", "--workers", "2"], capsys)
     assert code == 0, err
@@ -198,6 +198,24 @@ def test_compare_in_worker_processes_gives_the_same_numbers(tmp_path, capsys):
     assert _without_times(tmp_path / "one" / "fa-seed1") == _without_times(tmp_path / "two" / "fa-seed1")
     code, _, err = run_cli(args + ["--name", "bad", "--workers", "0"], capsys)
     assert code == 2 and "--workers must be at least 1" in err
+
+
+def test_compare_trains_seeds_as_a_population_by_default(tmp_path, capsys):
+    """The seeds of bp and dfa train as populations (feedalign.training.population), usf separately;
+    the numbers equal separate runs' to float tolerance and every run directory is an ordinary one."""
+    args = ["compare", "--dataset", "mnist1d", "--architecture", "40-32-10", "--epochs", "1", "--threads", "1",
+            "--rules", "dfa,usf", "--seeds", "2", "--train-size", "1280", "--out-dir", str(tmp_path), "--quiet"]
+    for name, extra in (("pop", []), ("off", ["--population", "off"])):
+        code, _, err = run_cli(args + ["--name", name] + extra, capsys)
+        assert code == 0, err
+    pop, off = (json.loads((tmp_path / n / "compare.json").read_text()) for n in ("pop", "off"))
+    for a, b in zip(pop["rows"], off["rows"]):
+        assert a["test_errors"] == pytest.approx(b["test_errors"], abs=2e-3)
+    for run in ("dfa-seed0", "dfa-seed1", "usf-seed1"):
+        assert (tmp_path / "pop" / run / "checkpoints" / "latest.pt").is_file()
+        assert json.loads((tmp_path / "pop" / run / "summary.json").read_text())["steps"] == 20
+    code, _, err = run_cli(args + ["--name", "bad", "--population", "maybe"], capsys)
+    assert code == 2
 
 
 def test_compare_validates_every_rule_before_training(tmp_path, capsys):

@@ -347,3 +347,20 @@ def test_a_new_fa_type_rule_is_one_class_per_part(fast):
     assert [role.replaces for role in layout] == [(0,), (1,), (2,), (3,)]
     for role, layer in zip(layout, trainable_layers(model)):
         torch.testing.assert_close(role.matrix, 2.0 * layer.magnitude, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("rule", ["fa", "dfa", "drtp"])
+def test_fast_path_runs_hooks_added_to_the_root(rule):
+    """The fused path skips only the root hooks convert installed (DFA's cut); one added later runs,
+    on the fused path still, and removing it restores the bypass."""
+    model = feedalign.convert(feedalign.mlp("5-6-3"), rule)
+    x = torch.randn(4, 5)
+    seen = []
+    handle = model.register_forward_hook(lambda module, args, output: seen.append(uses_fast_path(output)))
+    pre = model.register_forward_pre_hook(lambda module, args: (args[0] * 2,))
+    doubled = model(x)
+    assert seen == [True]
+    handle.remove()
+    pre.remove()
+    assert uses_fast_path(model(x))
+    torch.testing.assert_close(doubled, model(2 * x))

@@ -42,6 +42,10 @@ def register(subparsers) -> None:
     seeds.add_argument("--seed-list", type=_int_list, metavar="S,S,...", help="explicit seeds, e.g. 0,1,2")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="runs trained at once in worker processes (default 1); the numbers do not change")
+    parser.add_argument("--population", choices=("auto", "off"), default="auto",
+                        help="auto (default): with one worker, the seeds of a rule train as one batched model "
+                             "(bp, fa, dfa on MLPs; numbers equal separate runs' to float tolerance); off: "
+                             "separate runs, bitwise reproducible")
     add_config_flags(parser, exclude=("rule",))
     parser.set_defaults(func=run)
 
@@ -59,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1; got {args.workers}")
     with os_errors_as_usage():
-        result = compare(config, args.rules, seeds, progress=progress_mode(args), workers=args.workers)
+        result = compare(config, args.rules, seeds, progress=progress_mode(args), workers=args.workers,
+                         population=args.population == "auto")
     print(result.table(), end="")
     print(f"compare: {result.out_dir}  (compare.md, compare.json, curves.png)")
     return 0

@@ -58,25 +58,33 @@ class _DirectFeedback(torch.autograd.Function):
         return (error, None, None, *(s.reshape(shape) for s, shape in zip(signals, ctx.hidden_shapes)))
 
 
-class _DirectSignals(fast.StackedSignals):
-    """The fused path: every ``e B_k`` from one matmul ``e @ feedback``; with a (K, N, w) stack, one
-    ``bmm`` with the feedback seen as (K, out, w) straight into that layout."""
+class DirectSignals(fast.StackedSignals):
+    """The fused path of every direct rule: each hidden ``delta_k = (s B_k) * f'(a_k)`` from one
+    matmul ``s @ feedback``; with a (K, N, w) stack, one ``bmm`` with the feedback seen as
+    (K, out, w) straight into that layout. ``s`` (N, out) is :meth:`source`: the output error
+    ``e`` for DFA (drtp projects the target instead)."""
 
     def __init__(self):
         self._stacked = (None, None)  # (key, tensor): see _stacked_feedback
 
-    def inputs(self, plan):
+    def inputs(self, plan, input):
+        """``[feedback]``, then whatever :meth:`source` reads."""
         return [_checked_feedback(plan.root, plan.linears[-1].out_features)]
 
+    def source(self, step, error, inputs):
+        """The (N, out) signal every B_k projects. DFA: ``e``."""
+        return error
+
     def signals(self, step, error, inputs):
-        (feedback,) = inputs
+        feedback = inputs[0]
+        signal = self.source(step, error, inputs)
         if step.stack is not None:
-            k, n = len(step.hidden), error.shape[0]
-            deltas = torch.bmm(error.expand(k, n, error.shape[1]), self._stacked_feedback(feedback, k))
+            k, n = len(step.hidden), signal.shape[0]
+            deltas = torch.bmm(signal.expand(k, n, signal.shape[1]), self._stacked_feedback(feedback, k))
             step.times_derivatives(deltas)
             return deltas
         deltas, outs = step.empty()
-        for l, part in enumerate(error.mm(feedback).split([h.shape[1] for h in step.hidden], dim=1)):
+        for l, part in enumerate(signal.mm(feedback).split([h.shape[1] for h in step.hidden], dim=1)):
             step.times_derivative(l, part, outs[l])
         return deltas
 
@@ -139,7 +147,7 @@ class DirectFeedbackAlignment(DirectRule):
         install_direct_feedback(model, layers, _attach, generator=generator, feedback_init=feedback_init,
                                 feedback_scale=feedback_scale, taps=taps)
         if taps is None and all(isinstance(layer, nn.Linear) for layer in layers):
-            fast.install(model, layers, _DirectSignals())
+            fast.install(model, layers, DirectSignals())
         return model
 
 

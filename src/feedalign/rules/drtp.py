@@ -10,7 +10,8 @@ output layer's do). The sign is that of Frenkel's code (ChFrenkel/
 DirectRandomTargetProjection, ``function.py``: ``labels.mm(B)``); for a zero-mean B
 it is immaterial. The output layer gets the ordinary gradient. Hidden signals come
 from one fused matmul ``t @ feedback`` as in DFA, and Conv2d layers are cut the same
-way (:mod:`.dfa`), and so are ``taps`` (block outputs; Launay et al. 2020).
+way (:mod:`.dfa`), and so are ``taps`` (block outputs; Launay et al. 2020); ``feedalign.mlp``
+stacks train through DFA's fused path (:mod:`.fast`) with ``t / N`` in place of ``e``.
 
 Where the target comes from, keeping ``loss.backward(); optimizer.step()``:
 
@@ -36,9 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fast
 from ._cut import find_cut
 from .base import register, trainable_layers
-from .dfa import DirectRule, install_direct_feedback, materialize_feedback
+from .dfa import DirectRule, DirectSignals, install_direct_feedback, materialize_feedback
 
 
 def recover_target(output: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
@@ -73,27 +75,53 @@ class _DirectTargetProjection(torch.autograd.Function):
         return (error, None, None, None, *(s.reshape(shape) for s, shape in zip(signals, ctx.hidden_shapes)))
 
 
-def _one_hot(target: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    classes = output.shape[-1]
+def _one_hot(target: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """``target`` (class indices, or of the output's ``shape``) as (N, out_features) rows of ``dtype``."""
+    classes = shape[-1]
     if target.dtype in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-        if target.shape != output.shape[:-1]:
-            raise ValueError(f"drtp target of class indices must have shape {tuple(output.shape[:-1])}, "
+        if target.shape != shape[:-1]:
+            raise ValueError(f"drtp target of class indices must have shape {tuple(shape[:-1])}, "
                              f"got {tuple(target.shape)}")
-        return F.one_hot(target.long(), classes).reshape(-1, classes).to(output.dtype)
-    if target.shape != output.shape:
-        raise ValueError(f"drtp target must be class indices or of the output's shape {tuple(output.shape)}, "
+        return F.one_hot(target.long(), classes).reshape(-1, classes).to(dtype)
+    if target.shape != shape:
+        raise ValueError(f"drtp target must be class indices or of the output's shape {tuple(shape)}, "
                          f"got {tuple(target.shape)}")
-    return target.detach().reshape(-1, classes).to(output.dtype)
+    return target.detach().reshape(-1, classes).to(dtype)
+
+
+def _checked_feedback(root, out_features):
+    if out_features != root.feedback.shape[0]:
+        raise ValueError(f"DRTP feedback expects outputs of size {root.feedback.shape[0]}, got {out_features}")
+    return root.feedback
 
 
 def _attach(root, output, hidden, preactivations):
     materialize_feedback(root)
-    if output.shape[-1] != root.feedback.shape[0]:
-        raise ValueError(f"DRTP feedback expects outputs of size {root.feedback.shape[0]}, got {output.shape[-1]}")
+    feedback = _checked_feedback(root, output.shape[-1])
     cut = find_cut(root)
     given = getattr(cut, "target", None)
-    target = None if given is None else _one_hot(given, output)
-    return _DirectTargetProjection.apply(output, root.feedback, cut.widths, target, *hidden)
+    target = None if given is None else _one_hot(given, output.shape, output.dtype)
+    return _DirectTargetProjection.apply(output, feedback, cut.widths, target, *hidden)
+
+
+class _TargetSignals(DirectSignals):
+    """The fused path: DFA's (:class:`~feedalign.rules.dfa.DirectSignals`) with ``s = t / N`` in place
+    of ``e``; ``t`` the one-hot target given by :func:`target` at forward time (an input of the
+    node), else recovered from ``y`` and ``e`` as the general path does."""
+
+    needs_output = True  # for recovery
+
+    def inputs(self, plan, input):
+        feedback = _checked_feedback(plan.root, plan.linears[-1].out_features)
+        given = getattr(find_cut(plan.root), "target", None)
+        if given is None:
+            return [feedback]
+        shape = torch.Size((*input.shape[:-1], plan.linears[-1].out_features))
+        return [feedback, _one_hot(given, shape, plan.linears[-1].weight.dtype)]
+
+    def source(self, step, error, inputs):
+        t = recover_target(step.output, error) if len(inputs) == 1 else inputs[1].to(error.dtype)
+        return t / t.shape[0]
 
 
 @contextlib.contextmanager
@@ -120,8 +148,11 @@ class DirectRandomTargetProjection(DirectRule):
     name = "drtp"
 
     def convert(self, model, *, generator, feedback_init, feedback_scale, taps=None):
-        install_direct_feedback(model, trainable_layers(model), _attach, generator=generator,
-                                feedback_init=feedback_init, feedback_scale=feedback_scale, taps=taps)
+        layers = trainable_layers(model)
+        install_direct_feedback(model, layers, _attach, generator=generator, feedback_init=feedback_init,
+                                feedback_scale=feedback_scale, taps=taps)
+        if taps is None and all(isinstance(layer, nn.Linear) for layer in layers):
+            fast.install(model, layers, _TargetSignals())
         return model
 
     def forward_context(self, model, y):

@@ -52,7 +52,7 @@ class _IndirectFeedback(torch.autograd.Function):
 class _IndirectSignals(fast.StackedSignals):
     """The fused path: ``delta_1 = (e B_1) * D_1``, then ``delta_l = (delta_{l-1} W_l^T) * D_l`` layer by layer."""
 
-    def inputs(self, plan):
+    def inputs(self, plan, input):
         feedback = plan.root.feedback
         if feedback.shape[0] != plan.linears[-1].out_features:
             raise ValueError(f"IFA feedback expects outputs of size {feedback.shape[0]}, "

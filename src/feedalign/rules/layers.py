@@ -196,7 +196,7 @@ class LayerwiseSignals(fast.StackedSignals):
     layer's B asked for at backward time as the general path does, the input gradient
     through ``B_1``, and a trained B (kp) given ``dW`` as its gradient."""
 
-    def inputs(self, plan):
+    def inputs(self, plan, input):
         return [t for t in (layer.trained_feedback() for layer in plan.linears) if t is not None]
 
     def signals(self, step, error, inputs):

@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError, RunDirError
+from ..errors import ConfigError, ConfigTypeError, RunDirError
 from ..files import atomic_write, write_json
 from . import records
 from .build import check_fit, load_data
@@ -51,16 +51,22 @@ class CompareResult:
 
 
 def compare(config: Config, rules=DEFAULT_RULES, seeds=(0,), *, progress: str = "auto", callbacks=(),
-            workers: int = 1) -> CompareResult:
+            workers: int = 1, population: bool = True) -> CompareResult:
     """Train ``config`` once per (rule, seed) and tabulate test error at the best validation epoch.
 
     Every (rule, seed) config, the dataset and the architecture are validated before
     anything is written. ``workers`` > 1 trains that many runs at once in worker
     processes (each with ``config.threads`` threads): the same numbers as one after
     another, since every run is seeded on its own; callbacks need ``workers=1``.
+    ``population`` (with ``workers=1``, no callbacks, two seeds or more): the seeds of a rule
+    that :mod:`~feedalign.training.population` supports train as one batched model, each
+    with its ordinary run directory; the numbers equal separate runs' to float tolerance,
+    not bitwise (``population=False`` for bitwise-reproducible separate runs).
     """
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ConfigError(f"workers must be a positive integer; got {workers!r}")
+    if not isinstance(population, bool):
+        raise ConfigTypeError(f"population must be True or False; got {population!r}")
     if workers > 1 and callbacks:
         raise ConfigError("callbacks run in this process: use workers=1 with callbacks")
     rules, seeds = list(rules), list(seeds)
@@ -82,8 +88,18 @@ def compare(config: Config, rules=DEFAULT_RULES, seeds=(0,), *, progress: str = 
     runs: dict[str, list[RunResult]] = {r: [] for r in rules}
     if workers > 1:
         _train_in_workers([configs[r, s] for s in seeds for r in rules], out_dir, workers)
+    batched = set()
+    if population and workers == 1 and not callbacks and len(seeds) > 1:
+        from .population import train_population, unsupported
+        batched = {r for r in rules if unsupported(configs[r, seeds[0]]) is None}
+        for r in rules:
+            if r in batched:
+                runs[r] = train_population([configs[r, s] for s in seeds], [datasets[s] for s in seeds],
+                                           progress=progress)
     for s in seeds:
         for r in rules:
+            if r in batched:
+                continue
             if workers > 1:  # finished: resume() reads the run directory back, model included
                 runs[r].append(resume(out_dir / configs[r, s].name, progress="none"))
             else:

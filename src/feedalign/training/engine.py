@@ -390,11 +390,18 @@ def _train_epoch(run: Run, epoch: int, x, y, classification: bool, callbacks, ba
     n_batches = math.ceil(len(x) / config.batch_size)
     bar.start_epoch(epoch, n_batches)
     forward_context, after_step = _rule_hooks(run, epoch)
+    # Bound once per epoch, not looked up per step: on small networks a step is well under a millisecond.
+    on_step = [m for m in (getattr(cb, "on_step", None) for cb in callbacks) if m is not None]
+    bar_update = bar.update if bar.mode == "bar" else None
+    loss_fn = run.loss_fn
     t0 = time.perf_counter()
     for xb, yb in batches(x, y, config.batch_size, shuffle=True, generator=_epoch_generator(config, epoch)):
-        with forward_context(model, yb):
+        if forward_context is None:
             out = model(xb)
-        loss = run.loss_fn(out, yb)
+        else:
+            with forward_context(model, yb):
+                out = model(xb)
+        loss = loss_fn(out, yb)
         value = float(loss.detach())
         if not math.isfinite(value):
             bar.line(f"epoch {epoch} step {run.step + 1}: loss is {value}; stopping (diverged), "
@@ -403,14 +410,18 @@ def _train_epoch(run: Run, epoch: int, x, y, classification: bool, callbacks, ba
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        after_step(model, (xb, yb), run.step + 1)
+        if after_step is not None:
+            after_step(model, (xb, yb), run.step + 1)
         run.step += 1
-        total += value * len(xb)
-        seen += len(xb)
+        n = len(xb)
+        total += value * n
+        seen += n
         if classification:
             correct += int((out.detach().argmax(1) == yb).sum())
-        _call(callbacks, "on_step", run.step, model, (xb, yb))
-        bar.update()
+        for method in on_step:
+            method(run.step, model, (xb, yb))
+        if bar_update is not None:
+            bar_update()
     return _Trained(loss=total / seen, accuracy=correct / seen if classification else None, lr=lr,
                     seconds=time.perf_counter() - t0)
 
@@ -420,16 +431,20 @@ def _rule_hooks(run: Run, epoch: int):
 
     Both come from the model's :class:`~feedalign.rules.LearningRule` (drtp's target, wm's
     mirror phase); noise the after-step call draws comes from a per-epoch generator, so
-    a resumed run replays it.
+    a resumed run replays it. Either is None when the rule keeps :class:`~feedalign.rules.LearningRule`'s default (nothing
+    to do), so the loop skips it.
     """
     from ..convert import learning_rule
+    from ..rules import LearningRule
     rule = learning_rule(run.model)
     generator = _epoch_generator(run.config, epoch, stream=1)
 
     def after_step(model, batch, step):
         rule.after_step(model, batch, step, generator=generator)
 
-    return rule.forward_context, after_step
+    overridden = type(rule).after_step is not LearningRule.after_step
+    context = None if type(rule).forward_context is LearningRule.forward_context else rule.forward_context
+    return context, (after_step if overridden else None)
 
 
 def _score(row: dict, split: str, classification: bool) -> float:

@@ -1,0 +1,407 @@
+"""Population training: N independent runs of one MLP architecture trained as ONE batched model.
+
+Users of this field spend their compute on seeds and small sweeps of small networks, where
+per-step overhead, not arithmetic, dominates. Here member i's layer l is slice i of one
+stacked weight ``W_l`` of shape (N, out, in); a step is one ``baddbmm`` per layer for every
+member at once, each member reading its own batch from its own data order:
+
+    x (N, B, in)  ->  a_l = h_{l-1} W_l^T + b_l  (batched, b_l (N, 1, out))  ->  y (N, B, out)
+
+The loss is the sum of the members' mean losses, so member i's gradient is exactly the
+gradient of its own run: the slices never mix. The learning rules, batched:
+
+- ``bp``: plain autograd through ``baddbmm``;
+- ``fa``: ``delta_in = delta_out B`` with each member's fixed B (N, out, in), ``dW = delta^T h``
+  (Lillicrap et al. 2016; the general path is :mod:`feedalign.rules.fa`);
+- ``dfa``: every hidden ``h_k`` is cut from the layer above and receives ``e B_k`` from the
+  output error, B of shape (N, out_features, sum of widths) (Nøkland 2016; :mod:`feedalign.rules.dfa`).
+
+The optimizer is :class:`PopulationSGD`: ``torch.optim.SGD``'s update (momentum, Nesterov,
+L2 weight decay) with a per-member learning rate and weight decay as (N,) tensors.
+
+:func:`train_population` is ``feedalign.train`` for several configs at once: every member
+gets an ordinary run directory (config.toml, metrics.jsonl, summary.json, checkpoints with
+its own model and ``torch.optim.SGD`` state, alignment.jsonl at the config's interval), built
+by the engine's own code, so each can be resumed, plotted and compared like any run.
+Members may differ in ``seed`` (init, feedback, data order, validation split), ``lr``,
+``init_scale``, ``feedback_scale``, ``weight_decay`` and ``name``; :func:`population_key`
+says which configs can share a population and :func:`unsupported` why one cannot.
+
+Each member's trajectory equals its separate run to float tolerance, not bitwise: batched
+matmuls sum in another order than ``mm`` (tests/test_population.py checks it against
+separate ``feedalign.train`` runs). ``train_seconds`` of a member is its share (1/N) of the
+population's epoch time.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..convert import rule_of
+from ..rules import fast, trainable_layers
+from .config import Config
+
+SUPPORTED_RULES = ("bp", "fa", "dfa")
+# fields in which members of one population may differ
+VARYING = {"seed": 0, "lr": 1.0, "init_scale": None, "feedback_scale": None, "weight_decay": 0.0, "name": None}
+
+
+def population_key(config: Config) -> tuple:
+    """Configs with equal keys can train as one population (when :func:`unsupported` allows)."""
+    return tuple(sorted(config.replace(**VARYING).to_dict().items(), key=lambda kv: kv[0]))
+
+
+def unsupported(config: Config) -> str | None:
+    """Why ``config`` cannot train in a population, or None when it can."""
+    from ..models import NAMED_ARCHITECTURES
+    if config.rule not in SUPPORTED_RULES:
+        return f"rule {config.rule!r} (population training supports {', '.join(SUPPORTED_RULES)})"
+    if config.architecture in NAMED_ARCHITECTURES:
+        return f"architecture {config.architecture!r} is not an MLP"
+    for name, value, needed in (("optimizer", config.optimizer, "sgd"), ("schedule", config.schedule, "constant"),
+                                ("frozen", config.frozen, "none"), ("weight_decay_mode", config.weight_decay_mode, "l2")):
+        if value != needed:
+            return f"{name} {value!r} (population training needs {needed!r})"
+    if config.loss not in ("auto", "cross_entropy"):
+        return f"loss {config.loss!r} (population training needs cross_entropy)"
+    return None
+
+
+class _BatchedFeedbackLinear(torch.autograd.Function):
+    """``a = h W^T + b`` for every member; backward sends ``delta B`` (not ``delta W``) to ``h``."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, feedback):
+        ctx.save_for_backward(h, feedback)
+        ctx.has_bias = bias is not None
+        wt = weight.transpose(1, 2)
+        return torch.bmm(h, wt) if bias is None else torch.baddbmm(bias.unsqueeze(1), h, wt)
+
+    @staticmethod
+    def backward(ctx, delta):
+        h, feedback = ctx.saved_tensors
+        grad_h = delta.bmm(feedback) if ctx.needs_input_grad[0] else None
+        grad_w = delta.transpose(1, 2).bmm(h)
+        grad_b = delta.sum(1) if ctx.has_bias else None
+        return grad_h, grad_w, grad_b, None
+
+
+class _BatchedDirectFeedback(torch.autograd.Function):
+    """Identity on ``y`` (N, B, out); backward sends ``e`` to ``y`` and ``e B_k`` to each hidden ``h_k``."""
+
+    @staticmethod
+    def forward(ctx, output, feedback, widths, *hidden):
+        ctx.save_for_backward(feedback)
+        ctx.widths = widths
+        return output.view_as(output)
+
+    @staticmethod
+    def backward(ctx, error):
+        (feedback,) = ctx.saved_tensors
+        signals = error.bmm(feedback).split(ctx.widths, dim=2)
+        return (error, None, None, *signals)
+
+
+class PopulationMLP(nn.Module):
+    """N converted ``feedalign.mlp`` models of one architecture and rule as one batched model.
+
+    Parameters ``weights[l]`` (N, out, in) and ``biases[l]`` (N, out), copies of the members'
+    at construction; fixed feedback as buffers (fa: ``feedback_l`` (N, out, in); dfa: ``feedback``
+    (N, out_features, sum of hidden widths)). :meth:`copy_to` writes the weights back into
+    member models. Input (N, B, in), output (N, B, out).
+    """
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        if not members:
+            raise ValueError("a population needs at least one member")
+        rules = {rule_of(m) for m in members}
+        if len(rules) != 1 or next(iter(rules)) not in SUPPORTED_RULES:
+            raise ValueError(f"a population's members share one rule of {SUPPORTED_RULES}; got {sorted(map(str, rules))}")
+        self.rule = rules.pop()
+        layers = [trainable_layers(m) for m in members]
+        activations = [_activations(m, ls) for m, ls in zip(members, layers)]
+        if any(a is None for a in activations):
+            raise ValueError("population members must be plain nn.Sequential MLPs (feedalign.mlp)")
+        shapes = {tuple((tuple(l.weight.shape), l.bias is not None) for l in ls) for ls in layers}
+        kinds = {tuple((type(a), getattr(a, "negative_slope", None)) for a in acts) for acts in activations}
+        if len(shapes) != 1 or len(kinds) != 1:
+            raise ValueError("population members must share one architecture and activation")
+        self.activations = activations[0]
+        n_layers = len(layers[0])
+        with torch.no_grad():
+            self.weights = nn.ParameterList(
+                [nn.Parameter(torch.stack([ls[l].weight.detach() for ls in layers])) for l in range(n_layers)])
+            self.has_bias = [layers[0][l].bias is not None for l in range(n_layers)]
+            self.biases = nn.ParameterList(
+                [nn.Parameter(torch.stack([ls[l].bias.detach() for ls in layers])) for l in range(n_layers)
+                 if self.has_bias[l]])
+            if self.rule == "fa":
+                for l in range(n_layers):
+                    self.register_buffer(f"feedback_{l}", torch.stack([ls[l].feedback for ls in layers]))
+            elif self.rule == "dfa":
+                self.register_buffer("feedback", torch.stack([m.feedback for m in members]))
+                self.widths = [ls.out_features for ls in layers[0][:-1]]
+
+    @property
+    def size(self) -> int:
+        """N, the number of members."""
+        return self.weights[0].shape[0]
+
+    def _bias(self, l):
+        return self.biases[sum(self.has_bias[:l])] if self.has_bias[l] else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, hidden = x, []
+        last = len(self.weights) - 1
+        for l, weight in enumerate(self.weights):
+            bias = self._bias(l)
+            if self.rule == "dfa" and l > 0:
+                hidden.append(h)
+                h = h.detach()  # the cut: h_l learns from e B_l only
+            if self.rule == "fa":
+                a = _BatchedFeedbackLinear.apply(h, weight, bias, getattr(self, f"feedback_{l}"))
+            elif bias is None:
+                a = torch.bmm(h, weight.transpose(1, 2))
+            else:
+                a = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+            activation = self.activations[l] if l < last else None
+            h = a if activation is None else activation(a)
+        if self.rule == "dfa" and torch.is_grad_enabled():
+            h = _BatchedDirectFeedback.apply(h, self.feedback, self.widths, *hidden)
+        return h
+
+    @torch.no_grad()
+    def copy_to(self, members: list[nn.Module], indices=None) -> None:
+        """Member i's weights and biases := slice i (for every i, or those in ``indices``)."""
+        for i, member in enumerate(members):
+            if indices is not None and i not in indices:
+                continue
+            for l, layer in enumerate(trainable_layers(member)):
+                layer.weight.copy_(self.weights[l][i])
+                if self.has_bias[l]:
+                    layer.bias.copy_(self._bias(l)[i])
+
+
+def _activations(model, layers):
+    """The activation after each layer of a plain MLP (None for none), or None if ``model`` is not one."""
+    plan = model.__dict__.get("_feedalign_plan")  # converted to the fused path: the plan knows
+    return plan.activations if plan is not None and plan.linears == layers else fast.plan_for(model, layers)
+
+
+class PopulationSGD:
+    """``torch.optim.SGD`` (dampening 0) with per-member ``lr`` and ``weight_decay`` (N,) over stacked parameters:
+
+    ``g = grad + wd_i p``; ``buf = g`` (first step) else ``momentum buf + g``; ``g = g + momentum buf``
+    (Nesterov) else ``buf``; ``p -= lr_i g``. ``lr_i = 0`` freezes member i (a diverged run).
+    """
+
+    def __init__(self, params, lr: torch.Tensor, *, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: torch.Tensor | None = None):
+        self.params = list(params)
+        self.lr, self.momentum, self.nesterov = lr, float(momentum), nesterov
+        self.weight_decay = weight_decay if weight_decay is not None and bool((weight_decay != 0).any()) else None
+        self.buffers: list[torch.Tensor | None] = [None] * len(self.params)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for k, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            g = p.grad
+            if self.weight_decay is not None:
+                g = g.add(p * self.weight_decay.view(shape))
+            if self.momentum:
+                buf = self.buffers[k]
+                if buf is None:
+                    buf = self.buffers[k] = g.clone()
+                else:
+                    buf.mul_(self.momentum).add_(g)
+                g = g.add(buf, alpha=self.momentum) if self.nesterov else buf
+            p.sub_(g * self.lr.view(shape))
+
+
+def train_population(configs: list[Config], datasets: list | None = None, *, progress: str = "auto",
+                     ) -> list:
+    """Train ``configs`` (one population: equal :func:`population_key`, all supported) as one batched
+    model; returns one :class:`~feedalign.training.RunResult` per config, in order, each with its own
+    ordinary run directory. ``datasets[i]``: config i's data splits if already loaded."""
+    from . import engine
+    if not configs:
+        raise ValueError("train_population needs at least one config")
+    keys = {population_key(c) for c in configs}
+    if len(keys) != 1:
+        raise ValueError("train_population: the configs differ in more than seed, lr, init_scale, feedback_scale, "
+                         "weight_decay and name")
+    reason = unsupported(configs[0])
+    if reason is not None:
+        raise ValueError(f"train_population: {reason}")
+    datasets = list(datasets) if datasets is not None else [None] * len(configs)
+    runs, loops = [], []
+    bar = engine._Progress(progress, configs[0])
+    try:
+        for config, data in zip(configs, datasets):
+            run = engine._prepare(config, data)
+            if run.loss_name != "cross_entropy":
+                raise ValueError(f"train_population: loss {run.loss_name!r} (needs cross_entropy)")
+            run.run_dir = engine._new_run_dir(config)
+            engine._create_run_dir(run.run_dir, config)
+            runs.append(run)
+        loops = [engine._Loop(run, engine._with_config_callbacks(run.config, ()), bar) for run in runs]
+        return _train(runs, loops, bar)
+    except BaseException as err:
+        for loop in loops:
+            loop.abort(err)
+        for run in runs[len(loops):]:
+            engine.shutil.rmtree(run.run_dir, ignore_errors=True)
+        raise
+    finally:
+        for run in runs:
+            run._close()
+
+
+def _train(runs, loops, bar) -> list:
+    from . import engine
+    config, device = runs[0].config, runs[0].device
+    metrics, diverged = [], [None] * len(runs)
+    for loop in loops:
+        metrics.append(loop.begin(None)[0])
+    population = PopulationMLP([run.model for run in runs]).to(device)
+    lr = torch.tensor([run.config.lr for run in runs], dtype=population.weights[0].dtype, device=device)
+    decay = torch.tensor([run.config.weight_decay for run in runs], dtype=lr.dtype, device=device)
+    optimizer = PopulationSGD(population.parameters(), lr, momentum=config.momentum, nesterov=config.nesterov,
+                              weight_decay=decay)
+    for epoch in range(1, config.epochs + 1):
+        alive = [i for i, d in enumerate(diverged) if d is None]
+        if not alive:
+            break
+        for i in alive:
+            runs[i].epoch = epoch
+        trained = _train_epoch(runs, loops, population, optimizer, epoch, alive, bar)
+        population.copy_to([run.model for run in runs], [i for i in alive if trained[i] is not None])
+        _copy_momentum(optimizer, population, runs)
+        for i in alive:
+            loop, run = loops[i], runs[i]
+            if trained[i] is None:
+                diverged[i] = epoch
+                optimizer.lr[i] = 0.0
+                continue
+            with warnings.catch_warnings():  # the member's own optimizer never steps; its schedule is constant
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+                run.schedule.step()
+            row = loop.evaluate(epoch, trained[i])
+            engine._call(loop.callbacks, "on_epoch_end", epoch, row)
+            if not all(math.isfinite(row[k]) for k in ("val_loss", "test_loss") if row.get(k) is not None):
+                bar.line(f"epoch {epoch}: evaluation loss is NaN/Inf; stopping (diverged)")
+                diverged[i] = epoch
+                optimizer.lr[i] = 0.0
+                continue
+            bar.line(engine._epoch_line(row, run.config))
+            metrics[i].append(row)
+            loop.save(metrics[i], epoch)
+    results = []
+    for run, loop, rows, at in zip(runs, loops, metrics, diverged):
+        run._close()
+        results.append(loop.finish(rows, at))
+    bar.close()
+    return results
+
+
+def _train_epoch(runs, loops, population, optimizer, epoch, alive, bar) -> list:
+    """One pass of every live member over its own shuffled training set; per member a ``_Trained`` or
+    None (its loss went NaN/Inf: it stops, as a separate run would, the others go on)."""
+    from . import engine
+    config = runs[0].config
+    n = len(loops[0].train_set[0])
+    if any(len(loop.train_set[0]) != n for loop in loops):
+        raise ValueError("population members must have training sets of one size")
+    size, batch = len(runs), config.batch_size
+    # the data order of each member's separate run (feedalign.data.batches draws it the same way)
+    orders = torch.stack([torch.randperm(n, generator=engine._epoch_generator(run.config, epoch)) for run in runs])
+    xs = [loop.train_set[0] for loop in loops]
+    ys = [loop.train_set[1] for loop in loops]
+    shared = all(x is xs[0] for x in xs) and all(y is ys[0] for y in ys)
+    device = xs[0].device
+    orders = orders.to(device)
+    total = torch.zeros(size, dtype=torch.float64, device=device)
+    correct = torch.zeros(size, dtype=torch.int64, device=device)
+    live = torch.zeros(size, dtype=torch.bool, device=device)
+    live[alive] = True
+    stopped: dict[int, bool] = {}
+    probes = [(i, [m for m in (getattr(cb, "on_step", None) for cb in loops[i].callbacks) if m is not None])
+              for i in alive]
+    probes = [(i, methods) for i, methods in probes if methods]
+    every = min([cb.every for i, _ in probes for cb in loops[i].callbacks if getattr(cb, "every", 0)] or [0])
+    lr0 = [run.optimizer.param_groups[0]["lr"] for run in runs]
+    bar.start_epoch(epoch, math.ceil(n / batch))
+    t0 = time.perf_counter()
+    seen = 0
+    for start in range(0, n, batch):
+        idx = orders[:, start:start + batch]
+        b = idx.shape[1]
+        if shared:
+            xb = xs[0].index_select(0, idx.reshape(-1)).view(size, b, *xs[0].shape[1:])
+            yb = ys[0].index_select(0, idx.reshape(-1)).view(size, b, *ys[0].shape[1:])
+        else:
+            xb = torch.stack([x.index_select(0, i) for x, i in zip(xs, idx)])
+            yb = torch.stack([y.index_select(0, i) for y, i in zip(ys, idx)])
+        out = population(xb)
+        losses = F.cross_entropy(out.reshape(size * b, -1), yb.reshape(-1), reduction="none").view(size, b).mean(1)
+        finite = torch.isfinite(losses.detach())
+        bad = live & ~finite
+        if bool(bad.any()):
+            population.copy_to([run.model for run in runs], bad.nonzero().flatten().tolist())  # weights before the step
+            for i in bad.nonzero().flatten().tolist():
+                stopped[i] = True
+                live[i] = False
+                optimizer.lr[i] = 0.0
+                bar.line(f"{runs[i].config.rule} seed {runs[i].config.seed} epoch {epoch} step {runs[i].step + 1}: "
+                         f"loss is {float(losses[i])}; stopping (diverged), the last good checkpoint stays")
+        optimizer.zero_grad()
+        torch.where(live, losses, torch.zeros_like(losses)).sum().backward()
+        optimizer.step()
+        with torch.no_grad():
+            total += torch.where(live, losses.detach().double(), 0.0) * b
+            correct += ((out.detach().argmax(2) == yb).sum(1)) * live
+        seen += b
+        stepped = [i for i in alive if i not in stopped]
+        for i in stepped:
+            runs[i].step += 1
+        if every and stepped and runs[stepped[0]].step % every == 0:  # live members share the step count
+            population.copy_to([run.model for run in runs], stepped)
+            for i, methods in probes:
+                if i not in stopped:
+                    for method in methods:
+                        method(runs[i].step, runs[i].model, (xb[i], yb[i]))
+        bar.update()
+    seconds = (time.perf_counter() - t0) / len(alive)
+    total, correct = total.tolist(), correct.tolist()
+    return [None if (i not in alive or i in stopped) else
+            engine._Trained(loss=total[i] / seen, accuracy=correct[i] / seen, lr=lr0[i], seconds=seconds)
+            for i in range(size)]
+
+
+def _copy_momentum(optimizer: PopulationSGD, population: PopulationMLP, runs) -> None:
+    """Each member's ``torch.optim.SGD`` state := its slice of the population's momentum, so its
+    checkpoint resumes as a separate run."""
+    if not optimizer.momentum:
+        return
+    stacked = {id(p): buf for p, buf in zip(optimizer.params, optimizer.buffers)}
+    for i, run in enumerate(runs):
+        layers = trainable_layers(run.model)
+        for l, layer in enumerate(layers):
+            for member_param, pop_param in ((layer.weight, population.weights[l]),
+                                            (layer.bias, population._bias(l))):
+                if member_param is None or pop_param is None or stacked.get(id(pop_param)) is None:
+                    continue
+                run.optimizer.state[member_param]["momentum_buffer"] = stacked[id(pop_param)][i].clone()

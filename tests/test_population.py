@@ -1,0 +1,91 @@
+"""Population training (feedalign.training.population): N runs as one batched model, each member
+equal to its separate ``feedalign.train`` run to float tolerance, each with an ordinary run directory."""
+import json
+
+import pytest
+import torch
+
+import feedalign
+from feedalign.training import Config, resume, train
+from feedalign.training.population import (PopulationMLP, PopulationSGD, population_key, train_population,
+                                           unsupported)
+
+SMALL = dict(dataset="mnist1d", architecture="40-24-16-10", epochs=2, batch_size=64, threads=1, train_size=640, test_size=300,
+             alignment_every=7)
+
+
+@pytest.mark.parametrize("rule", ["bp", "fa", "dfa"])
+def test_members_match_their_separate_runs(tmp_path, rule):
+    """Different seeds (init, feedback, data order, validation split), learning rates and init scales."""
+    base = Config(**SMALL, rule=rule, momentum=0.9, init="uniform", out_dir=str(tmp_path / "pop"))
+    configs = [base.replace(seed=0, lr=0.05, name="a"), base.replace(seed=1, lr=0.1, init_scale=0.3, name="b"),
+               base.replace(seed=2, lr=0.02, feedback_scale=0.5, weight_decay=1e-3, name="c")]
+    if rule != "fa":  # the suite stays fast: three members for one rule, two for the others
+        configs = configs[1:]
+    assert len({population_key(c) for c in configs}) == 1
+    together = train_population(configs, progress="none")
+    for config, member in zip(configs, together):
+        alone = train(config.replace(out_dir=str(tmp_path / "alone")), progress="none")
+        for a, b in zip(member.model.parameters(), alone.model.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        assert [r["epoch"] for r in member.metrics] == [0, 1, 2]
+        for row, twin in zip(member.metrics, alone.metrics):
+            for key in ("train_loss", "val_loss", "test_loss", "val_accuracy", "test_accuracy"):
+                if row[key] is not None:
+                    assert row[key] == pytest.approx(twin[key], rel=1e-4, abs=1e-3), key
+        assert member.summary["steps"] == alone.summary["steps"] == 20
+        run_dir = member.run_dir
+        assert (run_dir / "config.toml").is_file() and (run_dir / "checkpoints" / "latest.pt").is_file()
+        assert json.loads((run_dir / "summary.json").read_text())["outcome"] == member.summary["outcome"]
+        probes = [json.loads(line)["step"] for line in (run_dir / "alignment.jsonl").read_text().splitlines()]
+        alone_probes = [json.loads(line)["step"] for line in (alone.run_dir / "alignment.jsonl").read_text().splitlines()]
+        assert probes == alone_probes
+
+
+def test_a_member_run_resumes_as_a_separate_run(tmp_path):
+    """The checkpoint holds the member's model and torch SGD state: resuming it for a third epoch
+    matches a separate 3-epoch run."""
+    config = Config(**SMALL, rule="fa", momentum=0.9, lr=0.05, out_dir=str(tmp_path / "pop"))
+    members = train_population([config.replace(seed=s, name=f"s{s}") for s in (0, 1)], progress="none")
+    run_dir = members[1].run_dir
+    text = (run_dir / "config.toml").read_text().replace("epochs = 2", "epochs = 3")
+    (run_dir / "config.toml").write_text(text)
+    (run_dir / "summary.json").unlink()  # as if killed after epoch 2's checkpoint of a 3-epoch run
+    resumed = resume(run_dir, progress="none")
+    alone = train(config.replace(seed=1, epochs=3, out_dir=str(tmp_path / "alone")), progress="none")
+    for a, b in zip(resumed.model.parameters(), alone.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_population_sgd_is_torch_sgd_per_member():
+    torch.manual_seed(0)
+    params = [torch.randn(3, 4, 5, requires_grad=True)]
+    lr, decay = torch.tensor([0.1, 0.2, 0.05]), torch.tensor([0.0, 0.01, 0.1])
+    population = PopulationSGD(params, lr, momentum=0.9, nesterov=True, weight_decay=decay)
+    members = [torch.nn.Parameter(params[0][i].detach().clone()) for i in range(3)]
+    optimizers = [torch.optim.SGD([p], lr=float(lr[i]), momentum=0.9, nesterov=True, weight_decay=float(decay[i]))
+                  for i, p in enumerate(members)]
+    for _ in range(3):
+        grad = torch.randn(3, 4, 5)
+        params[0].grad = grad.clone()
+        population.step()
+        for i, (p, opt) in enumerate(zip(members, optimizers)):
+            p.grad = grad[i].clone()
+            opt.step()
+    for i, p in enumerate(members):
+        torch.testing.assert_close(params[0][i], p)
+
+
+def test_refusals_are_clear(tmp_path):
+    base = Config(**SMALL, out_dir=str(tmp_path))
+    assert unsupported(base.replace(rule="usf")) is not None
+    assert unsupported(base.replace(optimizer="adam")) is not None
+    assert unsupported(base.replace(schedule="cosine")) is not None
+    assert unsupported(base) is None
+    with pytest.raises(ValueError, match="differ"):
+        train_population([base, base.replace(architecture="40-10")], progress="none")
+    with pytest.raises(ValueError, match="usf"):
+        train_population([base.replace(rule="usf")], progress="none")
+    with pytest.raises(ValueError, match="architecture"):
+        PopulationMLP([feedalign.mlp("4-3-2"), feedalign.mlp("4-5-2")])
+    assert not list(tmp_path.iterdir())
