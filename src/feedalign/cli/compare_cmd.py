@@ -41,7 +41,8 @@ def register(subparsers) -> None:
     seeds.add_argument("--seeds", type=int, metavar="N", help="N seeds: seed, seed+1, ... (default: 1)")
     seeds.add_argument("--seed-list", type=_int_list, metavar="S,S,...", help="explicit seeds, e.g. 0,1,2")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
-                        help="runs trained at once in worker processes (default 1); the numbers do not change")
+                        help="runs trained at once in worker processes (default 1); separate runs give the same "
+                             "numbers for any N (see --population for one worker)")
     parser.add_argument("--population", choices=("auto", "off"), default="auto",
                         help="auto (default): with one worker, the seeds of a rule train as one batched model "
                              "(bp, fa, dfa on MLPs; numbers equal separate runs' to float tolerance); off: "
