@@ -390,8 +390,10 @@ def _train_epoch(run: Run, epoch: int, x, y, classification: bool, callbacks, ba
     n_batches = math.ceil(len(x) / config.batch_size)
     bar.start_epoch(epoch, n_batches)
     forward_context, after_step = _rule_hooks(run, epoch)
+    augment = _augmentation(run, epoch)
     t0 = time.perf_counter()
     for xb, yb in batches(x, y, config.batch_size, shuffle=True, generator=_epoch_generator(config, epoch)):
+        xb = augment(xb)
         with forward_context(model, yb):
             out = model(xb)
         loss = run.loss_fn(out, yb)
@@ -413,6 +415,17 @@ def _train_epoch(run: Run, epoch: int, x, y, classification: bool, callbacks, ba
         bar.update()
     return _Trained(loss=total / seen, accuracy=correct / seen if classification else None, lr=lr,
                     seconds=time.perf_counter() - t0)
+
+
+def _augmentation(run: Run, epoch: int):
+    """``config.augment`` as a function of a training batch; its randomness is stream 2 of the epoch's seed, so a
+    resumed epoch sees the same crops and flips."""
+    if run.config.augment == "none":
+        return lambda xb: xb
+    from ..data.augment import random_crop_flip
+    generator = _epoch_generator(run.config, epoch, stream=2)
+    pad_value = getattr(run.data, "pad_value", None)
+    return lambda xb: random_crop_flip(xb, padding=4, generator=generator, pad_value=pad_value)
 
 
 def _rule_hooks(run: Run, epoch: int):
