@@ -109,11 +109,13 @@ def build_model(config: Config, device: torch.device) -> nn.Module:
     with torch.random.fork_rng(devices=[]):  # the default init draws from the global generator; leave it be
         torch.manual_seed(seeds["forward"])
         model = build_architecture(config.architecture, config.activation, shape, classes)
-    if config.init == "xavier":  # Glorot uniform, every Linear and Conv2d (BioTorch's "xavier")
+    if config.init == "xavier":  # Glorot uniform weights, zero biases, every Linear and Conv2d (BioTorch's "xavier")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seeds["forward"])
             for layer in (m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))):
                 nn.init.xavier_uniform_(layer.weight)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
     generator = torch.Generator().manual_seed(seeds["forward"])
     for layer in (m for m in model.modules() if isinstance(m, nn.Linear)):
         w = config.init_scale if config.init_scale is not None else 1.0 / math.sqrt(layer.in_features)

@@ -55,7 +55,7 @@ class Config:
                                              "nokland-conv, resnet20, resnet32, resnet56), or module:function")
     activation: str = _f("tanh", "hidden activation: tanh, relu, sigmoid, ...")
     init: str = _f("default", "forward weight init: default (PyTorch), uniform U[-w,w], gaussian N(0,w^2), zero "
-                              "(Linear layers), or xavier (Glorot uniform weights of every Linear and Conv2d, as "
+                              "(Linear layers), or xavier (Glorot uniform weights, zero biases, every Linear and Conv2d, as "
                               "BioTorch)")
     init_scale: float | None = _f(None, "w of the uniform/gaussian init (default 1/sqrt(fan_in)); biases follow")
     frozen: str = _f("none", "layers that keep their initial weights: none, first (the first layer) or hidden "
