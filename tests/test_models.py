@@ -258,3 +258,24 @@ def test_reproduce_biotorch_cifar_quick_and_without_data(tmp_path, monkeypatch, 
     run_config = Config.from_file(next((tmp_path / "out" / "biotorch-cifar").glob("runs-*/*-dfa-seed0/config.toml")))
     assert (run_config.architecture, run_config.lr, run_config.weight_decay, run_config.augment) == (
         "resnet20", 0.001, 1e-4, "crop-flip")
+
+
+def test_a_resumed_run_replays_the_same_crops_and_flips(cifar):
+    from feedalign.training import resume, train
+
+    class StopInEpochTwo:
+        def on_step(self, step, model, batch):
+            if step == 3:  # 64 training images, batch 32: the first step of epoch 2, after epoch 1's checkpoint
+                raise KeyboardInterrupt
+
+    config = Config(dataset="cifar10", architecture="lenet5", activation="relu", rule="fa", validation_size=16,
+                    epochs=2, batch_size=32, normalize="channel", augment="crop-flip", alignment_every=0,
+                    out_dir=str(cifar / "runs"), threads=1)
+    whole = train(config.replace(name="whole"), progress="none")
+    with pytest.raises(KeyboardInterrupt):
+        train(config.replace(name="cut"), [StopInEpochTwo()], progress="none")
+    resumed = resume(cifar / "runs" / "cut", progress="none")
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
+    assert strip(resumed.metrics) == strip(whole.metrics) and len(whole.metrics) == 3

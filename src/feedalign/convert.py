@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-import types
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -236,7 +235,7 @@ def convert(model: nn.Module, rule: str, *, seed: int = 0, feedback_init: str = 
     model = learning_rule.convert(model, generator=generator, feedback_init=feedback_init,
                                   feedback_scale=feedback_scale)
     setattr(model, RULE_ATTRIBUTE, rule)
-    model.extra_repr = types.MethodType(_converted_extra_repr, model)
+    model.extra_repr = _DescribedExtraRepr(model)
     if left:
         warnings.warn(f"convert(model, {rule!r}): {_named(left, model)} stay on backprop (their error path uses the "
                       "transpose of their own weights); feedalign.describe(model) lists every parameter. "
@@ -284,11 +283,17 @@ def _layerwise_rule_class():
     return LayerwiseRule
 
 
-def _converted_extra_repr(self) -> str:
-    """The root's own extra_repr plus one line of :func:`describe`'s counts."""
-    own = type(self).extra_repr(self)
-    summary = describe(self).summary()
-    return f"{own}\n{summary}" if own else summary
+class _DescribedExtraRepr:
+    """The converted root's ``extra_repr``: its class's own, plus one line of :func:`describe`'s counts.
+    A plain object (not a bound method) so that the model still pickles and deep-copies."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __call__(self) -> str:
+        own = type(self.model).extra_repr(self.model)
+        summary = describe(self.model).summary()
+        return f"{own}\n{summary}" if own else summary
 
 
 def feedback_seed(seed: int) -> int:
