@@ -279,3 +279,20 @@ def test_a_resumed_run_replays_the_same_crops_and_flips(cifar):
     def strip(rows):
         return [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
     assert strip(resumed.metrics) == strip(whole.metrics) and len(whole.metrics) == 3
+
+
+def test_register_model_validates_and_the_registry_builds_it(monkeypatch):
+    from feedalign import models
+    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))  # leave the real registry as it was
+    spec = models.ModelSpec(lambda shape, classes, act: nn.Sequential(nn.Flatten(), nn.Linear(8, classes)),
+                            inputs="native", description="test", needs="")
+    models.register_model("tiny-test", spec)
+    assert models.input_layout("tiny-test") == "native" and Config(architecture="tiny-test").architecture
+    assert build_architecture("tiny-test", "tanh", (8,), 3)(torch.randn(2, 8)).shape == (2, 3)
+    for bad in ("tiny-test", "784-10", "a:b", ""):
+        with pytest.raises(ValueError, match="empty, taken"):
+            models.register_model(bad, spec)
+    with pytest.raises(ValueError, match="unknown input layout"):
+        models.register_model("other", models.ModelSpec(spec.build, inputs="sideways", description=""))
+    with pytest.raises(TypeError, match="expects a ModelSpec"):
+        models.register_model("other", spec.build)

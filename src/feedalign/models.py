@@ -208,8 +208,8 @@ def resnet56(in_channels: int = 3, num_classes: int = 10) -> CifarResNet:
 # -- the model registry: what `--model NAME` / `architecture = NAME` builds ---------------------------------------
 
 def flat_inputs(x):
-    """(N, ...) -> (N, features): what an MLP reads."""
-    return x.reshape(len(x), -1)
+    """(N, ...) -> (N, features): what an MLP reads (N may be 0: an empty validation set)."""
+    return x.flatten(1)
 
 
 def image_inputs(x):
@@ -264,8 +264,8 @@ def register_model(name: str, spec: ModelSpec) -> None:
     """Make ``name`` buildable by ``--model NAME`` / ``architecture = NAME``."""
     if not isinstance(spec, ModelSpec):
         raise TypeError(f"register_model expects a ModelSpec, got {type(spec).__name__}")
-    if not isinstance(name, str) or not name or name in MODELS or "-" in name and name[0].isdigit():
-        raise ValueError(f"model name {name!r} is empty, taken, or looks like an MLP size string")
+    if not isinstance(name, str) or not name or name in MODELS or ":" in name or name[0].isdigit():
+        raise ValueError(f"model name {name!r} is empty, taken, or looks like an MLP size string or module:function")
     if spec.inputs not in INPUT_LAYOUTS:
         raise ValueError(f"unknown input layout {spec.inputs!r}; known: {', '.join(INPUT_LAYOUTS)}")
     MODELS[name] = spec

@@ -47,8 +47,9 @@ class Config:
     test_size: int | None = _f(None, "evaluate on the first N test examples only (default: all)")
     normalize: str = _f("none", "channel: subtract each channel's mean and divide by its std (training split's "
                                 "statistics), e.g. CIFAR-10's usual normalisation; none: leave pixels in [0, 1]")
-    augment: str = _f("none", "training-split augmentation of image batches: crop-flip (random 32x32 crop of the "
-                              "image zero-padded by 4, and a horizontal flip half the time) or none")
+    augment: str = _f("none", "training-split augmentation of image batches: crop-flip (a random crop of the "
+                              "image's size from the image zero-padded by 4, flipped left-right half the time; "
+                              "seeded by seed and epoch) or none")
     # model
     architecture: str = _f("784-256-256-10", "the model (also --model / model = ...): layer sizes, e.g. 784-800-10 "
                                              "or 784-240x7-10 (ends must fit the dataset), a named model (lenet5, "
