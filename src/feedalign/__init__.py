@@ -5,7 +5,7 @@
     loss = criterion(model(x), y); loss.backward(); optimizer.step()
 """
 from . import data, diagnostics
-from .convert import convert, feedback_matrices, learning_rule, rule_of
+from .convert import convert, describe, feedback_matrices, learning_rule, rule_of
 from .diagnostics import alignment
 from .models import lenet5, mlp, nokland_conv, parse_sizes
 from .rules import exact_gradients, get_rule, register, rules
@@ -14,6 +14,6 @@ from .training import compare, resume, train
 
 __version__ = "0.1.0"
 
-__all__ = ["alignment", "compare", "convert", "data", "diagnostics", "exact_gradients", "feedback_matrices", "get_rule",
-           "learning_rule", "lenet5", "lstm_classifier", "mlp", "nokland_conv", "parse_sizes", "register", "resume",
-           "rule_of", "rules", "train", "vit_tiny"]
+__all__ = ["alignment", "compare", "convert", "data", "describe", "diagnostics", "exact_gradients", "feedback_matrices",
+           "get_rule", "learning_rule", "lenet5", "lstm_classifier", "mlp", "nokland_conv", "parse_sizes", "register",
+           "resume", "rule_of", "rules", "train", "vit_tiny"]

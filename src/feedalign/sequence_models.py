@@ -107,3 +107,14 @@ def lstm_classifier(input_size: int = 28, num_classes: int = 10, hidden_size: in
     """An LSTM classifier; the default reads MNIST row by row (28 steps of 28 pixels). For
     MNIST-1D as a sequence (40 steps of 1 value) pass ``input_size=1``."""
     return SequenceClassifier(input_size, hidden_size, num_classes, num_layers)
+
+
+def _describe_position_embedding() -> None:
+    """The ViT's own parameter, the position embedding, is added to the tokens: the error reaches it unchanged
+    (through no weight), so `feedalign.describe` counts it as local, not as backprop."""
+    from .convert import HANDLERS, ModuleHandler
+    HANDLERS[VisionTransformer] = ModuleHandler("local", "position embedding added to the tokens: the error reaches "
+                                                         "it unchanged, through no weight")
+
+
+_describe_position_embedding()

@@ -31,15 +31,16 @@ def add_config_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] =
         if f.name in exclude:
             continue
         flag = "--" + f.name.replace("_", "-")
+        flags = (flag, "--model") if f.name == "architecture" else (flag,)
         hint = hints[f.name]
         kinds = [k for k in typing.get_args(hint) if k is not type(None)] or [hint]
         help_text = f"{f.metadata['help']} (default: {f.default})"
         if kinds[0] is bool:
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+            group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                help=help_text)
         else:
             kind = _optional(kinds[0]) if len(typing.get_args(hint)) > 1 else kinds[0]
-            group.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS, metavar=f.name.upper(),
+            group.add_argument(*flags, dest=f.name, type=kind, default=argparse.SUPPRESS, metavar=f.name.upper(),
                                help=help_text)
     parser.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
                         help="progress on stderr: a bar on a terminal, one line per epoch otherwise (default: auto)")

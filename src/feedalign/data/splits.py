@@ -28,6 +28,7 @@ class DataSplits:
     test_y: torch.Tensor
     num_classes: int | None
     input_shape: tuple
+    pad_value: torch.Tensor | None = None  # (C,): a black pixel's value after per-channel normalisation
 
     @property
     def input_size(self) -> int:

@@ -43,9 +43,10 @@ def resolve_device(name: str) -> torch.device:
 def load_data(config: Config):
     """The dataset's :class:`feedalign.data.DataSplits` (or a DatasetError saying why not)."""
     from ..data import load  # lazily: the data layer is optional for importing this module
-    from ..models import NAMED_ARCHITECTURES
+    from ..data.augment import normalize_channels
+    from ..models import INPUT_LAYOUTS, input_layout
     kwargs = {"data_dir": config.data_dir, "seed": config.seed, "standardize": config.standardize,
-              "flatten": config.architecture not in NAMED_ARCHITECTURES}  # the named networks are convolutional
+              "flatten": False}  # the model's input layout decides the shape, below
     if config.validation_size is not None:
         kwargs["validation_size"] = config.validation_size
     data = load(config.dataset, **kwargs)
@@ -53,18 +54,34 @@ def load_data(config: Config):
         data.train_x, data.train_y = data.train_x[:config.train_size], data.train_y[:config.train_size]
     if config.test_size is not None:
         data.test_x, data.test_y = data.test_x[:config.test_size], data.test_y[:config.test_size]
+    if config.normalize == "channel" or config.augment != "none":
+        if data.train_x.dim() != 4:
+            setting = "normalize = 'channel'" if config.normalize == "channel" else f"augment = {config.augment!r}"
+            raise ConfigError(f"{setting} needs images (C, H, W); {data.name}'s inputs have shape "
+                              f"{tuple(data.input_shape)}")
+    if config.normalize == "channel":
+        data = normalize_channels(data)
+    layout = INPUT_LAYOUTS[input_layout(config.architecture)]
+    data.train_x, data.val_x, data.test_x = (layout(t).contiguous() for t in (data.train_x, data.val_x, data.test_x))
     return data
 
 
 def check_fit(config: Config, data) -> str:
     """Check architecture and loss against the dataset; return the resolved loss name."""
-    from ..models import NAMED_ARCHITECTURES, parse_sizes
-    if config.architecture in NAMED_ARCHITECTURES:
-        if data.task != "classification" or len(data.input_shape) != 3:
+    from ..models import MODELS, is_user_model, parse_sizes
+    if config.architecture in MODELS or is_user_model(config.architecture):
+        needs = MODELS[config.architecture].needs if config.architecture in MODELS else ""
+        if needs == "image classification" and (data.task != "classification" or len(data.input_shape) != 3):
             raise ConfigError(f"architecture {config.architecture!r} classifies images; {data.name} is not an image "
                              "classification dataset")
+        if config.augment != "none" and data.train_x.dim() != 4:
+            raise ConfigError(f"augment = {config.augment!r} needs a model fed images (N, C, H, W); "
+                              f"{config.architecture!r} is not")
         sizes = [data.input_size, data.output_size]
     else:
+        if config.augment != "none":
+            raise ConfigError(f"augment = {config.augment!r} crops images; the MLP {config.architecture!r} reads flat "
+                              "vectors: use an image model (e.g. --model resnet20) or augment = 'none'")
         sizes = parse_sizes(config.architecture)
     if sizes[0] != data.input_size or sizes[-1] != data.output_size:
         raise ConfigError(
@@ -92,11 +109,18 @@ def build_model(config: Config, device: torch.device) -> nn.Module:
     with torch.random.fork_rng(devices=[]):  # the default init draws from the global generator; leave it be
         torch.manual_seed(seeds["forward"])
         model = build_architecture(config.architecture, config.activation, shape, classes)
+    if config.init == "xavier":  # Glorot uniform weights, zero biases, every Linear and Conv2d (BioTorch's "xavier")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seeds["forward"])
+            for layer in (m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))):
+                nn.init.xavier_uniform_(layer.weight)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
     generator = torch.Generator().manual_seed(seeds["forward"])
     for layer in (m for m in model.modules() if isinstance(m, nn.Linear)):
         w = config.init_scale if config.init_scale is not None else 1.0 / math.sqrt(layer.in_features)
         for p in (layer.weight, layer.bias):
-            if p is None or config.init == "default":
+            if p is None or config.init in ("default", "xavier"):
                 continue
             with torch.no_grad():
                 if config.init == "zero":
@@ -155,6 +179,9 @@ def make_schedule(config: Config, optimizer: torch.optim.Optimizer):
     """Stepped once per epoch."""
     if config.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
+    if config.schedule == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=config.schedule_milestones(),
+                                                    gamma=config.gamma)
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)

@@ -19,8 +19,10 @@ from ..errors import ConfigError, ConfigTypeError, first_line
 CHOICES = {
     "loss": ("auto", "cross_entropy", "mse", "bce"),
     "optimizer": ("sgd", "adam", "rmsprop"),
-    "schedule": ("constant", "step", "cosine"),
-    "init": ("default", "uniform", "gaussian", "zero"),
+    "schedule": ("constant", "step", "multistep", "cosine"),
+    "init": ("default", "uniform", "gaussian", "zero", "xavier"),
+    "normalize": ("none", "channel"),
+    "augment": ("none", "crop-flip"),
     "feedback_init": ("uniform", "gaussian"),
     "frozen": ("none", "first", "hidden"),
     "weight_decay_mode": ("l2", "constant"),
@@ -43,11 +45,19 @@ class Config:
     standardize: bool = _f(False, "standardize features with training-split statistics")
     train_size: int | None = _f(None, "train on the first N examples of the training split only (default: all)")
     test_size: int | None = _f(None, "evaluate on the first N test examples only (default: all)")
+    normalize: str = _f("none", "channel: subtract each channel's mean and divide by its std (training split's "
+                                "statistics), e.g. CIFAR-10's usual normalisation; none: leave pixels in [0, 1]")
+    augment: str = _f("none", "training-split augmentation of image batches: crop-flip (a random crop of the "
+                              "image's size from the image zero-padded by 4, flipped left-right half the time; "
+                              "seeded by seed and epoch) or none")
     # model
-    architecture: str = _f("784-256-256-10", "layer sizes, e.g. 784-800-10 or 784-240x7-10 (ends must fit the "
-                                             "dataset), or a named network: lenet5, nokland-conv")
+    architecture: str = _f("784-256-256-10", "the model (also --model / model = ...): layer sizes, e.g. 784-800-10 "
+                                             "or 784-240x7-10 (ends must fit the dataset), a named model (lenet5, "
+                                             "nokland-conv, resnet20, resnet32, resnet56), or module:function")
     activation: str = _f("tanh", "hidden activation: tanh, relu, sigmoid, ...")
-    init: str = _f("default", "forward weight init: default (PyTorch), uniform U[-w,w], gaussian N(0,w^2), zero")
+    init: str = _f("default", "forward weight init: default (PyTorch), uniform U[-w,w], gaussian N(0,w^2), zero "
+                              "(Linear layers), or xavier (Glorot uniform weights, zero biases, every Linear and Conv2d, as "
+                              "BioTorch)")
     init_scale: float | None = _f(None, "w of the uniform/gaussian init (default 1/sqrt(fan_in)); biases follow")
     frozen: str = _f("none", "layers that keep their initial weights: none, first (the first layer) or hidden "
                              "(every layer but the output: 'shallow learning')")
@@ -64,9 +74,10 @@ class Config:
     weight_decay: float = _f(0.0, "weight decay coefficient (see weight_decay_mode)")
     weight_decay_mode: str = _f("l2", "l2: the optimizer's L2 penalty; constant: subtract weight_decay from every "
                                       "weight and bias after each step (w - lr*g - decay, the review's randombp code)")
-    schedule: str = _f("constant", "learning-rate schedule over epochs: constant, step or cosine")
+    schedule: str = _f("constant", "learning-rate schedule over epochs: constant, step, multistep or cosine")
     step_size: int = _f(10, "step schedule: epochs between decays")
-    gamma: float = _f(0.1, "step schedule: decay factor")
+    milestones: str = _f("", "multistep schedule: epochs after which lr is multiplied by gamma, e.g. '100,150,200'")
+    gamma: float = _f(0.1, "step and multistep schedules: decay factor")
     batch_size: int = _f(64, "minibatch size")
     epochs: int = _f(3, "passes over the training set")
     seed: int = _f(0, "seeds forward init, feedback matrices and data order (independent streams)")
@@ -97,6 +108,13 @@ class Config:
         """A Config from a flat mapping; an unknown key is an error naming it and the valid ones."""
         if not isinstance(values, dict):
             raise ConfigTypeError(f"{source}: expected a table of settings (key = value), got {type(values).__name__}")
+        if "model" in values:  # `model = "resnet20"`: another name for architecture
+            values = dict(values)
+            model = values.pop("model")
+            if "architecture" in values and values["architecture"] != model:
+                raise ConfigError(f"{source}: model {model!r} and architecture {values['architecture']!r} name "
+                                  "the same setting; give one")
+            values["architecture"] = model
         unknown = [k for k in values if k not in cls.keys()]
         if unknown:
             raise ConfigError(f"{source}: unknown setting {unknown[0]!r}; valid settings: {', '.join(cls.keys())}")
@@ -124,6 +142,13 @@ class Config:
                   "# Settings left out are None (their default).\n")
         return header + tomli_w.dumps(values)
 
+    def schedule_milestones(self) -> list[int]:
+        """The epochs of ``milestones`` (validated; a multistep schedule needs at least one)."""
+        epochs = _milestones(self.milestones)
+        if self.schedule == "multistep" and not epochs:
+            raise ConfigError("schedule = 'multistep' needs milestones, e.g. milestones = '100,150,200'")
+        return epochs
+
     # -- validation --------------------------------------------------------------------
     def validate(self) -> None:
         """Raise ConfigError (ConfigTypeError for a wrong type) naming the first bad field and what it expects."""
@@ -135,14 +160,14 @@ class Config:
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
-        from ..models import ACTIVATIONS, NAMED_ARCHITECTURES, parse_sizes
+        from ..models import ACTIVATIONS, check_architecture
         from ..rules import rules
         if self.rule not in rules():
             raise ConfigError(f"rule must be one of {', '.join(rules())}; got {self.rule!r}")
         if self.activation.lower() not in ACTIVATIONS:
             raise ConfigError(f"activation must be one of {', '.join(sorted(ACTIVATIONS))}; got {self.activation!r}")
-        if self.architecture not in NAMED_ARCHITECTURES:
-            parse_sizes(self.architecture)
+        check_architecture(self.architecture)
+        self.schedule_milestones()
         if not _DEVICE.match(self.device):
             raise ConfigError(f"device must be cpu, cuda, cuda:N or auto; got {self.device!r}")
         if not self.dataset.strip():
@@ -172,6 +197,15 @@ class Config:
             raise ConfigError(f"collapse_drop must be in (0, 1]; got {self.collapse_drop!r}")
         if self.name is not None and (not self.name.strip() or "/" in self.name or self.name in (".", "..")):
             raise ConfigError(f"name must be a plain directory name (no '/'); got {self.name!r}")
+
+
+def _milestones(text: str) -> list[int]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not all(p.isdigit() and int(p) > 0 for p in parts) or any(b <= a for a, b in zip(map(int, parts),
+                                                                                     map(int, parts[1:]))):
+        raise ConfigError(f"milestones must be increasing positive epochs separated by commas, e.g. '100,150,200'; "
+                          f"got {text!r}")
+    return [int(p) for p in parts]
 
 
 def _type_name(hint) -> str:

@@ -394,8 +394,11 @@ def _train_epoch(run: Run, epoch: int, x, y, classification: bool, callbacks, ba
     on_step = [m for m in (getattr(cb, "on_step", None) for cb in callbacks) if m is not None]
     bar_update = bar.update if bar.mode == "bar" else None
     loss_fn = run.loss_fn
+    augment = _augmentation(run, epoch)
     t0 = time.perf_counter()
     for xb, yb in batches(x, y, config.batch_size, shuffle=True, generator=_epoch_generator(config, epoch)):
+        if augment is not None:
+            xb = augment(xb)
         if forward_context is None:
             out = model(xb)
         else:
@@ -424,6 +427,17 @@ def _train_epoch(run: Run, epoch: int, x, y, classification: bool, callbacks, ba
             bar_update()
     return _Trained(loss=total / seen, accuracy=correct / seen if classification else None, lr=lr,
                     seconds=time.perf_counter() - t0)
+
+
+def _augmentation(run: Run, epoch: int):
+    """``config.augment`` as a function of a training batch (None: no augmentation); its randomness is stream 2 of
+    the epoch's seed, so a resumed epoch sees the same crops and flips."""
+    if run.config.augment == "none":
+        return None
+    from ..data.augment import random_crop_flip
+    generator = _epoch_generator(run.config, epoch, stream=2)
+    pad_value = getattr(run.data, "pad_value", None)
+    return lambda xb: random_crop_flip(xb, padding=4, generator=generator, pad_value=pad_value)
 
 
 def _rule_hooks(run: Run, epoch: int):
