@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import feedalign
+import feedalign.data
 from feedalign.cli import main
 from feedalign.convert import BackpropFallbackWarning, describe
 from feedalign.data.augment import normalize_channels, random_crop_flip
@@ -242,6 +243,21 @@ def test_train_resnet20_on_cifar_format_files_from_the_cli(cifar, capsys):
     strip = [[{k: v for k, v in json.loads(r).items() if "seconds" not in k} for r in rs] for rs in rows]
     assert strip[0] == strip[1] and len(strip[0]) == 2  # the seed fixes crops and flips: same numbers again
     assert 'architecture = "resnet20"' in (runs / "a" / "config.toml").read_text()
+
+
+@pytest.mark.parametrize("model, dataset, rule", [("vit-tiny", "mnist", "fa"), ("vit-tiny", "mnist", "dfa"),
+                                                  ("lstm", "mnist", "usf"), ("lstm", "mnist1d", "dfa")])
+def test_transformer_and_lstm_from_the_cli(model, dataset, rule, tmp_path, capsys):
+    try:
+        feedalign.data.load(dataset, download=False)
+    except feedalign.data.DatasetError as err:
+        pytest.skip(str(err).splitlines()[0])
+    code = main(["train", "--model", model, "--dataset", dataset, "--rule", rule, "--epochs", "1", "--train-size",
+                 "256", "--validation-size", "64", "--test-size", "64", "--threads", "1", "--quiet",
+                 "--out-dir", str(tmp_path), "--name", "run"])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["best_epoch"] is not None and f'architecture = "{model}"' in (tmp_path / "run" / "config.toml").read_text()
 
 
 def test_user_model_and_bad_combinations_from_the_cli(cifar, tmp_path, monkeypatch, capsys):

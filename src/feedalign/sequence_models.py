@@ -118,3 +118,24 @@ def _describe_position_embedding() -> None:
 
 
 _describe_position_embedding()
+
+
+def _register_models() -> None:
+    """``--model vit-tiny`` (images) and ``--model lstm`` (images read row by row, or 1-D signals step by step)."""
+    from .models import ModelSpec, register_model
+
+    def build_vit(input_shape, num_classes, activation):
+        return vit_tiny(in_channels=input_shape[0], num_classes=num_classes, image_size=input_shape[1])
+
+    def build_lstm(input_shape, num_classes, activation):
+        # (C, H, W): H steps of C*W values; (L,): L steps of one value (MNIST-1D as a sequence)
+        steps_of = input_shape[0] * input_shape[2] if len(input_shape) == 3 else 1
+        return lstm_classifier(input_size=steps_of, num_classes=num_classes)
+
+    register_model("vit-tiny", ModelSpec(build_vit, "image", "a 2-block vision transformer (7x7 patches, dim 64, "
+                                                             "4 heads); dfa/drtp tap each block's output"))
+    register_model("lstm", ModelSpec(build_lstm, "native", "an LSTM (64 units) read at its last step: images row by "
+                                                          "row, 1-D signals value by value", needs=""))
+
+
+_register_models()
