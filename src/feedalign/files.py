@@ -19,7 +19,10 @@ def atomic_write(path: str | Path, content) -> None:
     file survives a crash. It is made 0644 (mkstemp makes 0600), as the data cache may be shared.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    except OSError as err:
+        raise _about(err, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             if callable(content):
@@ -30,8 +33,10 @@ def atomic_write(path: str | Path, content) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise _about(err, path) from err
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -41,6 +46,21 @@ def atomic_write(path: str | Path, content) -> None:
             os.close(dir_fd)
     except OSError:  # some filesystems do not fsync directories
         pass
+
+
+def _about(err: OSError, path: Path) -> OSError:
+    """``err`` naming ``path`` (not the temporary file, or nothing: a full disk fails in ``write``), so the
+    one-line message (:func:`feedalign.errors.os_error_line`) names the file the user asked for."""
+    if err.errno is None or err.filename == str(path):
+        return err
+    return type(err)(err.errno, err.strerror, str(path))
+
+
+def save_figure(fig, path: str | Path, **savefig_kwargs) -> None:
+    """``fig.savefig`` atomically (the format from the suffix): a failed save leaves the old figure or none."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, **savefig_kwargs))
 
 
 def json_safe(value):
