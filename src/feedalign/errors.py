@@ -57,9 +57,13 @@ def os_error_line(err: OSError) -> str | None:
     if path is None:
         return None
     if code in (errno.EACCES, errno.EPERM):
-        kind = "folder" if Path(path).is_dir() else "file"
-        return (f"{path}: permission denied; make the {kind} (and the folder it is in) readable and writable for you, "
-                f"e.g. chmod u+rwX, or choose another path")
+        target = Path(path)
+        if not target.exists():  # it was to be made: the folder it goes into is what needs the permission
+            target = next((p for p in target.parents if p.exists()), Path("."))
+            return (f"{path}: permission denied: cannot create it in folder {str(target)!r}; make that folder "
+                    f"writable for you (chmod u+rwx {target}) or choose another path")
+        mode = "rwx" if target.is_dir() else "rw"
+        return f"{path}: permission denied; give yourself access (chmod u+{mode} {target}) or choose another path"
     if code == errno.ENOTDIR:
         blocker = next((p for p in [Path(path), *Path(path).parents] if p.is_file()), None)
         if blocker is not None:

@@ -56,6 +56,21 @@ def _about(err: OSError, path: Path) -> OSError:
     return type(err)(err.errno, err.strerror, str(path))
 
 
+def check_writable(path: str | Path) -> Path:
+    """Raise the ``OSError`` that writing ``path`` would raise later (a folder in its place, a file where
+    its folder belongs, no permission), before a long computation whose result it is to hold."""
+    import errno
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    parent = next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+    return path
+
+
 def save_figure(fig, path: str | Path, **savefig_kwargs) -> None:
     """``fig.savefig`` atomically (the format from the suffix): a failed save leaves the old figure or none."""
     path = Path(path)

@@ -352,6 +352,9 @@ class _Loop:
         run_dir = self.run.run_dir
         if isinstance(err, KeyboardInterrupt):
             print(f"feedalign: interrupted; continue with `feedalign train --resume {run_dir}`", file=sys.stderr)
+        elif isinstance(err, OSError) and (run_dir / "checkpoints" / "latest.pt").exists():  # a full disk, say
+            print(f"feedalign: the run so far is kept; once the problem below is fixed, continue with "
+                  f"`feedalign train --resume {run_dir}`", file=sys.stderr)
         elif not (run_dir / "checkpoints" / "latest.pt").exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # leave no half-written run
 
