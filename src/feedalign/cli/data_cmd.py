@@ -27,6 +27,11 @@ def _list(args: argparse.Namespace) -> int:
 def _fetch(args: argparse.Namespace) -> int:
     from feedalign.data import fetch
 
+    if args.cache_dir:  # a cache that cannot be written is said now, not after a download
+        from pathlib import Path
+
+        from ..files import check_writable
+        check_writable(Path(args.cache_dir) / args.name)
     path = fetch(args.name, data_dir=args.data_dir, cache_dir=args.cache_dir, progress=True)
     print(f"{args.name}: generated on demand, nothing to fetch" if path is None else f"{args.name}: ready in {path}")
     return 0
