@@ -34,7 +34,8 @@ def test_unknown_key_is_named_and_valid_keys_listed():
     ("lr", "fast", "lr must be a number"),
     ("epochs", 1.5, "epochs must be an integer"),
     ("standardize", "yes", "standardize must be true/false"),
-    ("lr", -1.0, "lr must be >= 0"),
+    ("lr", -1.0, "lr must be > 0"),
+    ("lr", 0.0, "lr must be > 0"),
     ("batch_size", 0, "batch_size must be >= 1"),
     ("momentum", 1.0, r"momentum must be in \[0, 1\)"),
     ("optimizer", "lbfgs", "optimizer must be one of sgd, adam, rmsprop"),
@@ -72,7 +73,7 @@ def test_a_value_of_the_wrong_type_is_a_type_error(key, value):
 
 def test_a_bad_value_is_a_config_error_not_a_type_error():
     from feedalign.errors import ConfigError
-    with pytest.raises(ConfigError, match="lr must be >= 0") as err:
+    with pytest.raises(ConfigError, match="lr must be > 0") as err:
         Config.from_dict({"lr": -1.0})
     assert not isinstance(err.value, TypeError)
 
@@ -151,8 +152,8 @@ def test_huge_learning_rate_diverges_and_keeps_last_good_checkpoint(small):
     assert not (result.run_dir / "checkpoints" / "latest.pt").exists()  # nothing good was ever saved
 
 
-def test_zero_learning_rate_refuses(small):
-    s = train(small.replace(lr=0.0, momentum=0.0), progress="none").summary
+def test_negligible_learning_rate_refuses(small):  # lr 0 itself is a ConfigError
+    s = train(small.replace(lr=1e-12, momentum=0.0), progress="none").summary
     assert s["outcome"] == "refused" and s["outcome_epoch"] == 2
 
 
@@ -179,7 +180,7 @@ def test_regression_task_trains_with_mse(tmp_path):
                     out_dir=str(tmp_path))
     s = train(config, progress="none").summary
     assert s["task"] == "regression" and s["loss"] == "mse" and s["outcome"] == "trained"
-    assert train(config.replace(lr=0.0), progress="none").summary["outcome"] == "refused"
+    assert train(config.replace(lr=1e-12), progress="none").summary["outcome"] == "refused"
 
 
 @pytest.mark.parametrize("rule", __import__("feedalign").rules())
@@ -281,15 +282,17 @@ def test_subsets_and_frozen_layers(small, rule):
 
 
 def test_constant_weight_decay_subtracts_the_coefficient_after_each_step():
-    """The review's code: w <- w - lr * g - decay, for every weight and bias (lr 0 leaves only the decay)."""
+    """The review's code: w <- w - lr * g - decay, for every weight and bias (g = 0 leaves only the decay)."""
     from feedalign.training.build import make_optimizer
-    config = Config(**{**SMALL, "lr": 0.0, "momentum": 0.0, "weight_decay": 0.01, "weight_decay_mode": "constant"})
+    config = Config(**{**SMALL, "lr": 0.05, "momentum": 0.0, "weight_decay": 0.01, "weight_decay_mode": "constant"})
     model = build_model(config, torch.device("cpu"))
     before = [p.detach().clone() for p in model.parameters()]
     optimizer = make_optimizer(config, model)
     for _ in range(3):
         optimizer.zero_grad()
         model(torch.rand(4, 40)).sum().backward()
+        for p in model.parameters():  # lr * g = 0 (lr itself must be > 0)
+            p.grad.zero_()
         optimizer.step()
     for p, b in zip(model.parameters(), before):
         torch.testing.assert_close(p.detach(), b - 0.03)

@@ -18,6 +18,7 @@ on CPU mostly show the allocator's caching. On CUDA the step's peak
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,8 +37,9 @@ RULES = ("bp", "fa", "dfa", "ifa")
 
 def parse_size(spec: str) -> tuple[str, int]:
     """``"784-240x7-10:64"`` gives the architecture and the batch size (default 64)."""
+    from feedalign.models import check_memory
     arch, _, batch = spec.partition(":")
-    feedalign.parse_sizes(arch)
+    check_memory(arch)  # parses it, and refuses a network that cannot fit before anything is allocated
     if batch and not (batch.isdigit() and int(batch) > 0):
         raise ConfigError(f"batch size in {spec!r} must be a positive integer")
     return arch, int(batch or 64)
@@ -284,6 +286,10 @@ def run(sizes, rules, *, device="auto", rounds=7, min_round_s=0.3, epoch=True, g
     if clock_name not in CLOCKS or (clock_name == "cpu" and device.type == "cuda"):
         raise ConfigError(f"clock must be 'wall' or (on the CPU) 'cpu'; got {clock_name!r}")
     clock = CLOCKS[clock_name]
+    if not (isinstance(rounds, int) and rounds >= 1):
+        raise ConfigError(f"rounds must be an integer of at least 1, got {rounds!r}")
+    if not (isinstance(min_round_s, (int, float)) and math.isfinite(min_round_s) and min_round_s > 0):
+        raise ConfigError(f"round seconds must be a positive number of seconds, got {min_round_s!r}")
     if threads is not None:
         if threads < 1:
             raise ConfigError(f"threads must be at least 1, got {threads}")

@@ -21,7 +21,10 @@ def atomic_write(path: str | Path, content) -> None:
     may be shared (a Ray cluster's nodes, colleagues).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    except OSError as err:
+        raise _about(err, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             if callable(content):
@@ -32,8 +35,10 @@ def atomic_write(path: str | Path, content) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise _about(err, path) from err
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -57,6 +62,38 @@ def new_file_mode() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return 0o666 & ~mask
+
+
+def _about(err: OSError, path: Path) -> OSError:
+    """``err`` naming ``path`` (not the temporary file, or nothing: a full disk fails in ``write``), so the
+    one-line message (:func:`feedalign.errors.os_error_line`) names the file the user asked for."""
+    if err.errno is None or err.filename == str(path):
+        return err
+    return type(err)(err.errno, err.strerror, str(path))
+
+
+def check_writable(path: str | Path) -> Path:
+    """Raise the ``OSError`` that writing ``path`` would raise later (a folder in its place, a file where
+    its folder belongs, no permission), before a long computation whose result it is to hold."""
+    import errno
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    parent = next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
+    if os.statvfs(parent).f_flag & os.ST_RDONLY:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+    return path
+
+
+def save_figure(fig, path: str | Path, **savefig_kwargs) -> None:
+    """``fig.savefig`` atomically (the format from the suffix): a failed save leaves the old figure or none."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, **savefig_kwargs))
 
 
 def json_safe(value):

@@ -5,8 +5,9 @@ Each subcommand lives in its own module of this package and exposes
 taking the parsed ``argparse.Namespace`` and returning an exit status.
 
 Bad input never produces a traceback: a :class:`feedalign.errors.FeedalignError`
-(:class:`UsageError` for the command line itself) or an ``OSError`` about a path
-becomes one line on stderr and exit status 2. Anything else is a bug and keeps its
+(:class:`UsageError` for the command line itself) or an ``OSError`` about a path, a
+full disk or a read-only one (:func:`feedalign.errors.os_error_line`: the path and the
+fix) becomes one line on stderr and exit status 2. Anything else is a bug and keeps its
 traceback.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import argparse
 import importlib
 import sys
 
-from ..errors import FeedalignError, first_line
+from ..errors import FeedalignError, first_line, os_error_line
 
 # Subcommand modules, in the order `feedalign --help` lists them.
 COMMANDS = ("train", "compare", "data", "reproduce", "sweep", "plot", "bench")
@@ -51,9 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     except FeedalignError as err:
         return _error(first_line(err))
     except OSError as err:
-        if err.filename is None:  # not about a path the user gave: a bug until shown otherwise
+        line = os_error_line(err)
+        if line is None:  # not about a path the user gave, nor a full or read-only disk: a bug
             raise
-        return _error(f"{err.filename}: {err.strerror or first_line(err)}")
+        return _error(line)
     except KeyboardInterrupt:
         print("feedalign: interrupted", file=sys.stderr)
         return 130

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 import time
 
-from ..files import write_json
+from ..files import check_writable, write_json
 from . import UsageError
 
 
@@ -37,9 +37,13 @@ def main(args) -> int:
 
     if args.rounds < 1:
         raise UsageError("--rounds must be at least 1")
+    if not 0 < args.round_seconds < float("inf"):  # NaN fails too
+        raise UsageError(f"--round-seconds must be a positive number of seconds; got {args.round_seconds}")
     sizes, rounds, round_s, epoch, gemm = args.sizes, args.rounds, args.round_seconds, not args.no_epoch, 2048
     if args.smoke:
         sizes, rounds, round_s, epoch, gemm = list(SMOKE_SIZES), min(rounds, 2), 0.01, False, 256
+    if args.json:
+        check_writable(args.json)  # now, not after the bench has run
     start = time.perf_counter()
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731  progress off stdout
     result = run(sizes, args.rules, device=args.device, rounds=rounds, min_round_s=round_s, epoch=epoch,

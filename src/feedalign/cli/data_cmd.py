@@ -31,6 +31,11 @@ def _fetch(args: argparse.Namespace) -> int:
 
     if args.install and args.name.strip().lower().replace("_", "-") not in ("fashion-mnist", "fashionmnist"):
         raise UsageError(f"--install applies to fashion-mnist only (its Debian package); not to {args.name!r}")
+    if args.cache_dir:  # a cache that cannot be written is said now, not after a download
+        from pathlib import Path
+
+        from ..files import check_writable
+        check_writable(Path(args.cache_dir) / args.name)
     try:
         path = fetch(args.name, data_dir=args.data_dir, cache_dir=args.cache_dir, progress=True)
     except DatasetError:

@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         Path(args.runs[0]) / f"{args.kind}.png" if len(args.runs) == 1 else Path(f"{args.kind}.png"))
     if output.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise UsageError(f"--output {str(output)!r}: expected a .png, .pdf or .svg file name")
+    from ..files import check_writable
+    check_writable(output)  # before the (slow) loading of models and data
     if args.kind == "alignment":
         path = plots.plot_alignment(args.runs, output, metric=args.metric)
     elif args.kind == "hidden":

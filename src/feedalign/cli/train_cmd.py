@@ -82,12 +82,16 @@ def run(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def os_errors_as_usage():
-    """A directory that cannot be written (permissions, a full disk) is one line, not a traceback."""
+    """A directory that cannot be written (permissions, a full disk) is one line, not a traceback;
+    the same line :func:`feedalign.cli.main` gives any such ``OSError`` (anything else keeps its traceback)."""
+    from ..errors import os_error_line
     try:
         yield
     except OSError as err:
-        where = f"{err.filename}: " if err.filename else ""
-        raise UsageError(f"{where}{err.strerror or err}") from None
+        line = os_error_line(err)
+        if line is None:
+            raise
+        raise UsageError(line) from None
 
 
 def _run(args: argparse.Namespace) -> int:

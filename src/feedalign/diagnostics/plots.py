@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, RunDirError
+from ..files import save_figure
 from .callback import read_alignment
 
 ANGLE_LABELS = {
@@ -50,7 +51,7 @@ def _title(run_dir: Path, config=None) -> str:
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     _pyplot().close(fig)
     return path
 
@@ -113,16 +114,18 @@ def plot_curves(run_dirs, path, metric: str = "accuracy", split: str = "val") ->
 # -- hidden activations --------------------------------------------------------------------------
 def load_run(run_dir: str | Path, checkpoint: str = "best"):
     """``(config, model, data)`` of a run: its config, its model with the ``checkpoint`` weights, its dataset."""
-    from ..training import Config
     from ..training.build import build_model, load_data
-    from ..training.checkpoint import load_checkpoint
+    from ..training import integrity
     run_dir = check_run_dir(run_dir)
     path = run_dir / "checkpoints" / f"{checkpoint}.pt"
-    if not path.is_file():
+    if not path.exists():
         raise RunDirError(f"{str(run_dir)!r} has no checkpoints/{checkpoint}.pt (the run has not finished an epoch)")
-    config = Config.from_file(run_dir / "config.toml")
+    if integrity.load(run_dir) is None:
+        integrity.note_unverified(run_dir)
+    config = integrity.read_config(run_dir)  # verified as resume verifies it: the model must match the weights
+    state = integrity.read_checkpoint(run_dir, f"{checkpoint}.pt")
     model = build_model(config, torch.device("cpu"))
-    model.load_state_dict(load_checkpoint(path)["model"])
+    model.load_state_dict(state["model"])
     return config, model.eval(), load_data(config)
 
 

@@ -15,6 +15,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
+from ..files import save_figure
 from .results import OUTCOME_LETTERS, read_results
 
 MAX_CATEGORIES = 15
@@ -112,7 +113,7 @@ def plot_sweep(source, *, pairs=None) -> list[Path]:
             ax.set_title(f"{rule}: best validation accuracy\n{outcome_legend(rrows)}", fontsize=8)
             fig.tight_layout()
             path = out / f"heatmap-{rule}-{x}-{y or 'only'}.png"
-            fig.savefig(path, dpi=100)
+            save_figure(fig, path, dpi=100)
             plt.close(fig)
             written.append(path)
     path = _best_curves(rows, swept, rules, out, plt)
@@ -159,6 +160,6 @@ def _best_curves(rows, swept, rules, out: Path, plt) -> Path | None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     path = out / "best-curves.png"
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path

@@ -46,7 +46,7 @@ DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 TOP_KEYS = ("name", "out_dir", "seed", "samples", "backend", "threads_per_run", "workers", "retries", "plot",
             "base", "grid", "random")
 # Config fields that say where or how fast a run goes, not what it computes: left out of the run's hash.
-NOT_HASHED = ("out_dir", "name", "threads", "data_dir")
+NOT_HASHED = ("out_dir", "name", "threads", "data_dir", "max_memory")
 
 
 def _config_cls():

@@ -8,6 +8,7 @@ what is saved.
 """
 from __future__ import annotations
 
+import io
 import random
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import RunDirError
-from ..files import atomic_write
+from . import integrity
 
 FORMAT = 1
 
@@ -49,14 +50,21 @@ def save_checkpoint(path: str | Path, *, epoch: int, step: int, model, optimizer
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
         "metrics": metrics, "rng": rng_states(), **(extra or {}),
     }
-    atomic_write(path, lambda f: torch.save(state, f))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    path = Path(path)
+    # RUN_DIR/checkpoints/NAME is recorded in RUN_DIR's integrity manifest (written atomically either way)
+    integrity.write_file(path.parent.parent, f"{path.parent.name}/{path.name}", buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise  # permissions, a folder in its place: the command line names the path and the fix
     except Exception as err:
-        raise RunDirError(f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}); it is not a feedalign checkpoint") from None
+        raise RunDirError(f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}); it is damaged or not a "
+                          "feedalign checkpoint; it was left as it is") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise RunDirError(f"checkpoint {str(path)!r} is not a feedalign checkpoint of format {FORMAT}")
     return state

@@ -88,6 +88,8 @@ class Config:
     threads: int = _f(1, "torch CPU threads; 0 leaves the process's setting (torch's default: all cores)")
     out_dir: str = _f("runs", "directory the run directory goes into")
     name: str | None = _f(None, "run directory name (default: <timestamp>-<rule>-<dataset>)")
+    max_memory: float | None = _f(None, "refuse a network whose training needs more than this many GB (weights, "
+                                        "gradients, feedback; default: the memory available when it is built)")
     # diagnostics (feedalign.diagnostics): alignment with backprop logged to RUN_DIR/alignment.jsonl
     alignment_every: int = _f(200, "steps between alignment measurements on 256 validation examples (0: off)")
     # outcome labels
@@ -160,7 +162,7 @@ class Config:
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
-        from ..models import ACTIVATIONS, check_architecture
+        from ..models import ACTIVATIONS, check_architecture, check_memory, input_layout
         from ..rules import rules
         if self.rule not in rules():
             raise ConfigError(f"rule must be one of {', '.join(rules())}; got {self.rule!r}")
@@ -168,11 +170,15 @@ class Config:
             raise ConfigError(f"activation must be one of {', '.join(sorted(ACTIVATIONS))}; got {self.activation!r}")
         check_architecture(self.architecture)
         self.schedule_milestones()
+        if self.max_memory is not None:
+            _at_least("max_memory", self.max_memory, 0.0, strict=True)
+        if input_layout(self.architecture) == "flat":  # an MLP size string: its memory is known before building it
+            check_memory(self.architecture, self.max_memory)
         if not _DEVICE.match(self.device):
             raise ConfigError(f"device must be cpu, cuda, cuda:N or auto; got {self.device!r}")
         if not self.dataset.strip():
             raise ConfigError("dataset must be a dataset name, e.g. 'mnist'; got an empty string")
-        _at_least("lr", self.lr, 0.0)
+        _at_least("lr", self.lr, 0.0, strict=True)  # lr 0 trains nothing; it is never what was meant
         _at_least("weight_decay", self.weight_decay, 0.0)
         _at_least("gamma", self.gamma, 0.0, strict=True)
         _at_least("batch_size", self.batch_size, 1)
@@ -242,7 +248,9 @@ def read_mapping(path: str | Path, *, what: str) -> dict:
     """A TOML (``.toml``) or YAML (``.yaml``/``.yml``) file as a dict, or a one-line ConfigError
     that starts with ``what`` and the path (config files and sweep specs share this)."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise ConfigError(f"{what} {str(path)!r} is a folder; give the file itself")
+    if not path.exists():
         raise ConfigError(f"{what} {str(path)!r} does not exist")
     suffix = path.suffix.lower()
     if suffix not in (".toml", ".yaml", ".yml"):

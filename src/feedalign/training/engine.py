@@ -28,7 +28,8 @@ from ..files import atomic_write, jsonl_line, read_jsonl, write_json, write_json
 from . import records
 from .build import (build_model, check_fit, derived_seeds, load_data, make_loss, make_optimizer, make_schedule,
                     resolve_device)
-from .checkpoint import load_checkpoint, save_checkpoint, set_rng_states
+from . import integrity
+from .checkpoint import save_checkpoint, set_rng_states
 from .config import Config
 from .outcome import label_outcome
 
@@ -129,16 +130,26 @@ def resume(run_dir: str | Path, callbacks=(), *, progress: str = "auto") -> RunR
     if not run_dir.is_dir() or not (run_dir / "config.toml").is_file():
         raise RunDirError(f"{str(run_dir)!r} is not a run directory (expected a directory with config.toml, "
                           "as `feedalign train` makes)")
-    config = Config.from_file(run_dir / "config.toml")
+    config = integrity.read_config(run_dir)  # refuses a config.toml edited since the run started
+    # Both checkpoints are checked before anything is written: a damaged best.pt is evidence, not to be overwritten.
+    for name in ("best.pt", "latest.pt"):
+        if (run_dir / "checkpoints" / name).exists():
+            integrity.verify(run_dir, f"checkpoints/{name}", fix=_DAMAGED_FIX)
     bar = _Progress(progress, config)
     run = _prepare(config)
     run.run_dir = run_dir
     latest = run_dir / "checkpoints" / "latest.pt"
-    state = load_checkpoint(latest) if latest.exists() else None
+    state = integrity.read_checkpoint(run_dir, "latest.pt", fix=_DAMAGED_FIX) if latest.exists() else None
+    if integrity.load(run_dir) is None:
+        integrity.adopt(run_dir, config.replace(name=None).to_dict())
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     if (run_dir / "summary.json").exists():
         return _finished_result(run, state)
     return _run(run, start=state, callbacks=callbacks, bar=bar)
+
+
+_DAMAGED_FIX = ("; it was left as it is: restore it from a copy, or move it out of checkpoints/ to resume without it "
+                "(without latest.pt the run restarts from epoch 0)")
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, *, classification: bool,
@@ -200,7 +211,10 @@ def _create_run_dir(run_dir: Path, config: Config) -> None:
         run_dir.mkdir(parents=True)
         (run_dir / "checkpoints").mkdir()
         # Without its name: `feedalign train --config RUN_DIR/config.toml` then repeats the run in a new directory.
-        atomic_write(run_dir / "config.toml", config.replace(name=None).to_toml())
+        settings = config.replace(name=None)
+        text = settings.to_toml()
+        atomic_write(run_dir / "config.toml", text)
+        integrity.start(run_dir, text, settings.to_dict())
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
@@ -338,6 +352,9 @@ class _Loop:
         run_dir = self.run.run_dir
         if isinstance(err, KeyboardInterrupt):
             print(f"feedalign: interrupted; continue with `feedalign train --resume {run_dir}`", file=sys.stderr)
+        elif isinstance(err, OSError) and (run_dir / "checkpoints" / "latest.pt").exists():  # a full disk, say
+            print(f"feedalign: the run so far is kept; once the problem below is fixed, continue with "
+                  f"`feedalign train --resume {run_dir}`", file=sys.stderr)
         elif not (run_dir / "checkpoints" / "latest.pt").exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # leave no half-written run
 

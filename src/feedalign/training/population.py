@@ -58,11 +58,14 @@ def population_key(config: Config) -> tuple:
 
 def unsupported(config: Config) -> str | None:
     """Why ``config`` cannot train in a population, or None when it can."""
-    from ..models import NAMED_ARCHITECTURES
+    from ..models import input_layout
     if config.rule not in SUPPORTED_RULES:
         return f"rule {config.rule!r} (population training supports {', '.join(SUPPORTED_RULES)})"
-    if config.architecture in NAMED_ARCHITECTURES:
+    if input_layout(config.architecture) != "flat":
         return f"architecture {config.architecture!r} is not an MLP"
+    for name, value, needed in (("augment", config.augment, "none"), ("normalize", config.normalize, "none")):
+        if value != needed:
+            return f"{name} {value!r} (population training needs {needed!r})"
     for name, value, needed in (("optimizer", config.optimizer, "sgd"), ("schedule", config.schedule, "constant"),
                                 ("frozen", config.frozen, "none"), ("weight_decay_mode", config.weight_decay_mode, "l2")):
         if value != needed:

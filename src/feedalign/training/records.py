@@ -17,7 +17,7 @@ import io
 import math
 from pathlib import Path
 
-from ..files import atomic_write, write_jsonl
+from ..files import atomic_write, save_figure, write_jsonl
 
 
 def write_metrics(run_dir: Path, rows: list[dict]) -> None:
@@ -55,7 +55,7 @@ def finish_epoch_plot(fig, ax, path: Path, ylabel: str, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
