@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import feedalign
+from feedalign import energy
 from feedalign.rules import drtp, wm
 from feedalign.rules import trainable_layers
 
@@ -41,6 +42,10 @@ class Contract:
     # the FA-type reference's B written independently of the rule's code, from W and the
     # layer's stored state (then the rule's default feedback scale is used); None: feedback_matrices()
     reference_feedback: Callable[[nn.Module], list[np.ndarray]] | None = None
+    # convert returns a model of the rule's own that settles to equilibrium (eqprop, chl): its forward
+    # pass is not the MLP's, its exact gradient is the energy model's (both tested in test_energy.py,
+    # with the float64 NumPy references), it keeps the MLP's parameters under other names
+    own_model: bool = False
 
 
 def _usf_feedback(model):
@@ -76,6 +81,9 @@ CONTRACTS = {
     "kp": Contract(trained_feedback=True, fast_path=True),
     "wm": Contract(after_step=lambda model: wm.mirror(model, 1), fast_path=True),
     "drtp": Contract(reference="drtp", needs_hidden=True, target_context=drtp.target),
+    "eqprop": Contract(reference=None, conv=False, has_feedback=False, seeded=False, own_model=True),
+    "chl": Contract(reference=None, conv=False, has_feedback=False, seeded=False, own_model=True,
+                    target_context=energy.target),
 }
 
 

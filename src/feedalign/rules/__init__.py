@@ -11,5 +11,6 @@ from . import sign_symmetry  # noqa: F401  (usf, brsf, frsf)
 from . import kp  # noqa: F401
 from . import wm  # noqa: F401
 from . import drtp  # noqa: F401
+from . import eqprop, chl  # noqa: F401  (energy networks)
 
 __all__ = ["FeedbackRole", "LearningRule", "exact_gradients", "get_rule", "register", "rules", "trainable_layers"]
