@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import feedalign
+import feedalign.data
 from feedalign.energy import EnergyNetwork, correlations, relax, target
 
 
@@ -214,3 +215,31 @@ def test_alignment_update_angle_is_small_for_small_beta():
         chl_table = feedalign.alignment(chl, x, d, loss)
     assert all(np.isfinite(row.update_angle) for row in chl_table)
     assert max(r.update_angle for r in chl_table) > max(r.update_angle for r in table)
+
+
+@pytest.mark.slow
+def test_reproduce_eqprop_quick(tmp_path):
+    """`feedalign reproduce eqprop --quick`: EP trains well above chance on MNIST (3000 examples, 3 epochs)."""
+    try:
+        feedalign.data.load("mnist", download=False)
+    except feedalign.data.DatasetError as err:
+        pytest.skip(str(err).splitlines()[0])
+    from feedalign.experiments import run_experiment
+    r = run_experiment("eqprop", quick=True, out=tmp_path, seeds=1, log=lambda *a: None)
+    claims = {c["key"]: c for c in r["claims"]}
+    assert claims["ep_1"]["reproduced"], claims["ep_1"]
+    assert claims["chl_1"]["mean"] < 60, claims["chl_1"]
+
+
+def test_compare_runs_eqprop_beside_bp_and_fa(tmp_path, capsys):
+    """`feedalign compare --rules bp,fa,eqprop` on a tiny MNIST subset prints the table."""
+    try:
+        feedalign.data.load("mnist", download=False)
+    except feedalign.data.DatasetError as err:
+        pytest.skip(str(err).splitlines()[0])
+    from feedalign.cli import main
+    code = main(["compare", "--rules", "bp,fa,eqprop", "--architecture", "784-32-10", "--epochs", "1",
+                 "--train-size", "300", "--test-size", "200", "--validation-size", "100", "--alignment-every", "5",
+                 "--progress", "none", "--out-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0 and "eqprop" in out and "fa" in out
