@@ -30,7 +30,7 @@ def flat(tensors):
     return torch.cat([t.flatten() for t in tensors])
 
 
-def true_gradient(net, x, d, steps=2000):
+def true_gradient(net, x, d, steps=800):
     """dJ/dtheta, J = mean 1/2 |y^0 - d|^2, by autograd through a long free relaxation (converged in float64)."""
     params = net._params()
     y = relax(x, net.zero_states(x), *net._split(params), steps, net.epsilon)[-1]
@@ -41,14 +41,14 @@ def test_ep_update_tends_to_the_gradient_at_the_free_fixed_point():
     """Scellier & Bengio 2017, Theorem 1: -(1/beta) d/dtheta [F(s^beta) - F(s^0)] -> dJ/dtheta as beta -> 0,
     with the paper's nudge beta (y - d) and with ours (the output error at the free fixed point)."""
     net, x, d = tiny()
-    free = net.settle(x, 2000)
+    free = net.settle(x, 800)
     assert all(((s > 0) & (s < 1)).any() for s in free)  # a smooth point: units inside (0, 1) in every layer
     true = true_gradient(net, x, d)
     n = len(x)
     params = [p.detach() for p in net._params()]
     paper, ours = [], []
     for beta in (1e-1, 1e-2, 1e-3, 1e-4):
-        nudged = relax(x, free, *net._split(params), 2000, net.epsilon, cost=(beta, d))
+        nudged = relax(x, free, *net._split(params), 800, net.epsilon, cost=(beta, d))
         estimate = flat([g for (a, c), (b, e) in zip(correlations(x, nudged), correlations(x, free))
                          for g in (-(a - b) / (beta * n), -(c - e) / (beta * n))])
         paper.append(float((estimate - true).norm() / true.norm()))
@@ -72,7 +72,7 @@ def test_exact_gradients_give_the_implicit_gradient():
 # --- float64 NumPy references ------------------------------------------------------------------
 
 def numpy_relax(x, states, weights, biases, steps, eps, nudge=None, clamp=None):
-    """The paper's discretised dynamics, one layer at a time, written from Eq. 1 and 4 alone."""
+    """The paper's discretised dynamics, one layer at a time, written from the energy and ds/dt = -dF/ds alone."""
     rho = lambda v: np.clip(v, 0.0, 1.0)  # noqa: E731
     states = [s.copy() for s in states]
     for _ in range(steps):
@@ -243,3 +243,8 @@ def test_compare_runs_eqprop_beside_bp_and_fa(tmp_path, capsys):
                  "--progress", "none", "--out-dir", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0 and "eqprop" in out and "fa" in out
+
+
+def test_a_layer_with_parameters_that_would_not_take_part_is_refused():
+    with pytest.raises(ValueError, match="LayerNorm has parameters"):
+        feedalign.convert(nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2)), "chl")

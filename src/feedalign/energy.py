@@ -6,14 +6,14 @@ Hebbian learning (Movellan 1991; Xie & Seung 2003).
 Layers ``s_0 = x -> s_1 -> ... -> s_L = y`` with symmetric connections between adjacent layers:
 ``W_k`` (the ``weight`` of ``layers[k]``, shape (width_{k+1}, width_k)) couples ``s_k`` and
 ``s_{k+1}`` both ways; ``b_{k+1}`` (its ``bias``) is the bias of ``s_{k+1}``. The paper's
-Hopfield-like energy (Eq. 1) and total energy (Eq. 2), batched over rows:
+Hopfield-like energy, cost and total energy (Section 2; equation numbers not checked here), batched over rows:
 
     E(s) = 1/2 sum_{k>=1} |s_k|^2 - sum_k rho(s_{k+1}) . W_k rho(s_k) - sum_{k>=1} b_k . rho(s_k)
-    F(s) = E(s) + beta C(y),        C = 1/2 |y - d|^2 (Eq. 3)
+    F(s) = E(s) + beta C(y),        C = 1/2 |y - d|^2
 
 with ``rho`` the hard sigmoid ``clip(., 0, 1)`` and the input clamped (``s_0 = x``; inputs
 are meant to lie in [0, 1], as MNIST pixels do: rho clips the rest). The states follow the
-gradient dynamics ``ds/dt = -dF/ds`` (Eq. 4), discretised as in the authors' code
+gradient dynamics ``ds/dt = -dF/ds``, discretised as in the authors' code
 (bscellier/Towards-a-Biologically-Plausible-Backprop, model.py): one step is
 
     s_k <- clip(s_k + epsilon * (rho'(s_k) (W_{k-1} rho(s_{k-1}) + W_k^T rho(s_{k+1}) + b_k) - s_k), 0, 1)
@@ -58,8 +58,8 @@ def relax(x: torch.Tensor, states: list[torch.Tensor], weights, biases, steps: i
 
     ``nudge``: (N, width_L), the output force ``beta dC/dy`` (held fixed through the phase);
     ``clamp_output``: (N, width_L), the output held at this value (CHL's clamped phase);
-    ``cost``: ``(beta, d)``, the paper's own nudge ``beta (y - d)`` at the current output (Eq. 4 with
-    C = 1/2 |y - d|^2), for checking the linearised nudge against it.
+    ``cost``: ``(beta, d)``, the paper's own nudge ``beta (y - d)`` at the current output (the dynamics
+    of F with C = 1/2 |y - d|^2), for checking the linearised nudge against it.
     Differentiable in ``weights``/``biases`` (autograd may run through it); returns new tensors.
     """
     input_drive = hard_sigmoid(x) @ weights[0].t()  # the input is clamped: its drive is the same every step
@@ -102,13 +102,13 @@ class _Equilibrium(torch.autograd.Function):
 
     Backward, given ``e = dL/dy`` (N, width_L), returns as the gradient of every ``W_k, b_k``:
 
-    - ``"eqprop"`` (Scellier & Bengio 2017, Eq. 10 with Theorem 1): the weakly clamped phase
+    - ``"eqprop"`` (Scellier & Bengio 2017, Section 3, Theorem 1): the weakly clamped phase
       runs ``n_clamped`` steps from the free state with the output force ``beta N e`` (the
       linearisation at the free fixed point of the cost, whose per-example gradient is
       ``N e`` for a batch-mean loss), and the gradient is
       ``-(1 / (beta N)) [rho(s_{k+1}^beta)^T rho(s_k^beta) - rho(s_{k+1}^0)^T rho(s_k^0)]``
       (biases likewise), which tends to ``dL/dW`` at the free fixed point as beta -> 0;
-    - ``"chl"`` (Movellan 1991, Eq. 9; Xie & Seung 2003): the output is clamped to the target
+    - ``"chl"`` (Movellan 1991; Xie & Seung 2003): the output is clamped to the target
       ``d`` and the hidden layers relax ``n_clamped`` steps from the free state; the gradient is
       ``-(1/N) [rho(s^clamped) rho(s^clamped)^T - rho(s^0) rho(s^0)^T]``. The target is the one
       given with :func:`target` at forward time, or recovered from ``e`` for a mean-reduced
@@ -264,7 +264,7 @@ class EnergyNetwork(nn.Module):
                          self.epsilon)
 
     def energy(self, x: torch.Tensor, states: list[torch.Tensor]) -> torch.Tensor:
-        """E(s) per example, (N,) (Eq. 1)."""
+        """E(s) per example, (N,)."""
         e = sum(0.5 * (s * s).sum(1) for s in states)
         for (w_term, b_term) in [(rho_out.mul(rho_in @ layer.weight.t()).sum(1),
                                   0 if layer.bias is None else (rho_out * layer.bias).sum(1))
@@ -318,11 +318,14 @@ def from_mlp(model: nn.Module, phase: str) -> EnergyNetwork:
     """An :class:`EnergyNetwork` on ``model``'s ``nn.Linear`` layers (the same modules: its parameters
     stay the model's), with :func:`paper_settings` for its depth. The model's activations are not
     used: the energy's rho is the hard sigmoid."""
-    modules = [m for m in model.modules() if len(list(m.children())) == 0]
-    layers = [m for m in modules if isinstance(m, nn.Linear)]
-    others = [type(m).__name__ for m in modules if isinstance(m, nn.Conv2d) or
-              (m.__class__.__module__.startswith("torch.nn.modules.") and "conv" in m.__class__.__module__)]
-    if others:
-        raise ValueError(f"{phase} builds an energy network from an MLP's nn.Linear layers; found {others[0]} "
-                         "(convolutional networks are not supported)")
+    layers = []
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            layers.append(m)
+        elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            raise ValueError(f"{phase} builds an energy network from an MLP's nn.Linear layers; found {type(m).__name__} "
+                             "(convolutional networks are not supported)")
+        elif any(True for _ in m.parameters(recurse=False)):
+            raise ValueError(f"{phase} builds an energy network from an MLP's nn.Linear layers; {type(m).__name__} has "
+                             "parameters that would not take part in it")
     return EnergyNetwork(layers, phase=phase, **paper_settings(len(layers) - 1))

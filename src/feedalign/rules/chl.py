@@ -4,7 +4,7 @@ Hopfield model"; Xie & Seung 2003, Neural Comput. 15:441, with symmetric feedbac
 The energy network of :mod:`feedalign.energy` (as for ``eqprop``, see :mod:`.eqprop`) with a
 *fully* clamped second phase: the output state is held at the target d and the hidden layers
 relax from the free fixed point to ``s^+``; the update is the difference of the two phases'
-correlations (Movellan's Eq. 9):
+correlations (Movellan 1991):
 
     dL/dW_k ~ -(1/N) [rho(s_{k+1}^+) rho(s_k^+)^T - rho(s_{k+1}^0) rho(s_k^0)^T]
 

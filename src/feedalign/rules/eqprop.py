@@ -7,7 +7,7 @@ phase (relaxation to the fixed point ``s^0``, the prediction is the output state
 ``loss.backward()`` runs the weakly clamped phase from ``s^0`` with the output nudged by
 ``beta dL/dy`` and deposits the contrastive update
 
-    dL/dW_k ~ -(1/beta) [rho(s_{k+1}^beta) rho(s_k^beta)^T - rho(s_{k+1}^0) rho(s_k^0)^T]   (Eq. 10)
+    dL/dW_k ~ -(1/beta) [rho(s_{k+1}^beta) rho(s_k^beta)^T - rho(s_{k+1}^0) rho(s_k^0)^T]
 
 into ``W_k.grad`` (biases likewise), so ``loss.backward(); optimizer.step()`` trains it. As
 beta -> 0 this tends to the gradient of the loss at the free fixed point (Theorem 1).
