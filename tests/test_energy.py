@@ -79,7 +79,7 @@ def numpy_relax(x, states, weights, biases, steps, eps, nudge=None, clamp=None):
         layers = [x] + states
         new = []
         for k in range(1, len(layers)):
-            drive = rho(layers[k - 1]) @ weights[k - 1].T + biases[k - 1]
+            drive = (layers[0] if k == 1 else rho(layers[k - 1])) @ weights[k - 1].T + biases[k - 1]  # x enters as is
             if k + 1 < len(layers):
                 drive += rho(layers[k + 1]) @ weights[k]
             grad_e = layers[k] - ((layers[k] >= 0) & (layers[k] <= 1)) * drive  # dE/ds_k
@@ -95,7 +95,8 @@ def numpy_relax(x, states, weights, biases, steps, eps, nudge=None, clamp=None):
 def numpy_update(x, second, first, scale):
     rho = lambda v: np.clip(v, 0.0, 1.0)  # noqa: E731
     a, b = [x] + second, [x] + first
-    return [(scale * (rho(a[k + 1]).T @ rho(a[k]) - rho(b[k + 1]).T @ rho(b[k])),
+    r = lambda layers, k: layers[0] if k == 0 else rho(layers[k])  # noqa: E731  (x enters as is)
+    return [(scale * (rho(a[k + 1]).T @ r(a, k) - rho(b[k + 1]).T @ r(b, k)),
              scale * (rho(a[k + 1]).sum(0) - rho(b[k + 1]).sum(0))) for k in range(len(second))]
 
 
@@ -105,7 +106,7 @@ def test_update_matches_float64_numpy_reference(rule, loss):
     torch.manual_seed(1)
     model = feedalign.convert(feedalign.mlp("6-8-7-4").double(), rule)
     model.n_free, model.n_clamped, model.beta = 30, 5, 0.7
-    x = torch.rand(9, 6, dtype=torch.float64)
+    x = torch.rand(9, 6, dtype=torch.float64) * 2 - 0.5  # inputs outside [0, 1] too: they enter unclipped
     labels = torch.randint(0, 4, (9,))
     d = F.one_hot(labels, 4).double()
     with target(model, labels):

@@ -11,8 +11,9 @@ Hopfield-like energy, cost and total energy (Section 2; equation numbers not che
     E(s) = 1/2 sum_{k>=1} |s_k|^2 - sum_k rho(s_{k+1}) . W_k rho(s_k) - sum_{k>=1} b_k . rho(s_k)
     F(s) = E(s) + beta C(y),        C = 1/2 |y - d|^2
 
-with ``rho`` the hard sigmoid ``clip(., 0, 1)`` and the input clamped (``s_0 = x``; inputs
-are meant to lie in [0, 1], as MNIST pixels do: rho clips the rest). The states follow the
+with ``rho`` the hard sigmoid ``clip(., 0, 1)`` and the input clamped (``s_0 = x``). The input
+enters as ``x`` itself where the paper writes ``rho(x)``: the same for inputs in [0, 1] (MNIST
+pixels, the paper's case), and standardized inputs are not cut at 0. The states follow the
 gradient dynamics ``ds/dt = -dF/ds``, discretised as in the authors' code
 (bscellier/Towards-a-Biologically-Plausible-Backprop, model.py): one step is
 
@@ -62,7 +63,7 @@ def relax(x: torch.Tensor, states: list[torch.Tensor], weights, biases, steps: i
     of F with C = 1/2 |y - d|^2), for checking the linearised nudge against it.
     Differentiable in ``weights``/``biases`` (autograd may run through it); returns new tensors.
     """
-    input_drive = hard_sigmoid(x) @ weights[0].t()  # the input is clamped: its drive is the same every step
+    input_drive = x @ weights[0].t()  # the input is clamped: its drive is the same every step
     if biases[0] is not None:
         input_drive = input_drive + biases[0]
     top = len(states) - 1
@@ -92,8 +93,9 @@ def relax(x: torch.Tensor, states: list[torch.Tensor], weights, biases, steps: i
 
 
 def correlations(x: torch.Tensor, states: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``(-dE/dW_k, -dE/db_{k+1})`` summed over the batch: ``(rho(s_{k+1})^T rho(s_k), sum rho(s_{k+1}))``."""
-    rhos = [hard_sigmoid(x)] + [hard_sigmoid(s) for s in states]
+    """``(-dE/dW_k, -dE/db_{k+1})`` summed over the batch: ``(rho(s_{k+1})^T rho(s_k), sum rho(s_{k+1}))``
+    (``rho(s_0) = x``)."""
+    rhos = [x] + [hard_sigmoid(s) for s in states]
     return [(rhos[k + 1].t() @ rhos[k], rhos[k + 1].sum(0)) for k in range(len(states))]
 
 
@@ -268,7 +270,7 @@ class EnergyNetwork(nn.Module):
         e = sum(0.5 * (s * s).sum(1) for s in states)
         for (w_term, b_term) in [(rho_out.mul(rho_in @ layer.weight.t()).sum(1),
                                   0 if layer.bias is None else (rho_out * layer.bias).sum(1))
-                                 for layer, rho_in, rho_out in zip(self.layers, [hard_sigmoid(x)] + [hard_sigmoid(s) for s in states[:-1]],
+                                 for layer, rho_in, rho_out in zip(self.layers, [x] + [hard_sigmoid(s) for s in states[:-1]],
                                                                    [hard_sigmoid(s) for s in states])]:
             e = e - w_term - b_term
         return e
