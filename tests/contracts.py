@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import feedalign
+from feedalign import energy
 from feedalign.rules import drtp, wm
 from feedalign.rules import trainable_layers
 
@@ -41,6 +42,10 @@ class Contract:
     # the FA-type reference's B written independently of the rule's code, from W and the
     # layer's stored state (then the rule's default feedback scale is used); None: feedback_matrices()
     reference_feedback: Callable[[nn.Module], list[np.ndarray]] | None = None
+    # convert returns a model of the rule's own that settles to equilibrium (eqprop, chl): its forward
+    # pass is not the MLP's, its exact gradient is the energy model's (both tested in test_energy.py,
+    # with the float64 NumPy references), it keeps the MLP's parameters under other names
+    own_model: bool = False
 
 
 def _usf_feedback(model):
@@ -79,6 +84,9 @@ CONTRACTS = {
     # dtp's float64 reference (weights and inverses, with its noise) is its own, in test_dtp.py
     "dtp": Contract(reference=None, conv=False, needs_hidden=True, trained_feedback=True,
                     counters=("dtp_noise_draws",)),
+    "eqprop": Contract(reference=None, conv=False, has_feedback=False, seeded=False, own_model=True),
+    "chl": Contract(reference=None, conv=False, has_feedback=False, seeded=False, own_model=True,
+                    target_context=energy.target),
 }
 
 

@@ -13,6 +13,8 @@ from feedalign.diagnostics import AlignmentTable, alignment, angle
 from feedalign.diagnostics.angles import mean_row_angle
 from feedalign.rules import trainable_layers
 
+from contracts import contract
+
 RULES = feedalign.rules()
 COLUMNS = ("signal_angle", "signal_angle_mean", "update_angle", "weight_angle", "norm_ratio")
 
@@ -51,6 +53,8 @@ def test_bp_every_angle_is_zero():
 
 @pytest.mark.parametrize("rule", RULES)
 def test_output_layer_signal_and_update_are_exact(rule):
+    if contract(rule).own_model:
+        pytest.skip(f"{rule}: an energy network has no feedforward output layer (its alignment: test_energy.py)")
     table = alignment(model_for(rule), *batch(), F.cross_entropy)
     last = table[-1]
     assert last.signal_angle == pytest.approx(0.0, abs=1e-6)
@@ -70,6 +74,9 @@ def test_every_registered_rule_gets_a_table(rule, loss):
     loss_fn = F.cross_entropy if loss == "cross_entropy" else lambda out, t: F.mse_loss(out, F.one_hot(t, 3).double())
     table = alignment(model, x, y, loss_fn)
     assert table.rule == rule and len(table) == 3
+    if contract(rule).own_model:  # no feedforward signal to compare (update angles: test_energy.py); NaNs say why
+        assert all(math.isnan(row.signal_angle) and row.reason for row in table)
+        return
     assert all(math.isfinite(row.signal_angle) and math.isfinite(row.update_angle) for row in table)
     assert table[-1].signal_angle == pytest.approx(0.0, abs=1e-6)
 

@@ -93,7 +93,8 @@ def test_conversion_keeps_forward_and_original(rule, net):
     net_, x, y = build(net, small=True)
     before = copy.deepcopy(net_.state_dict())
     model = feedalign.convert(net_, rule)
-    torch.testing.assert_close(model(x), net_(x))
+    if not contract(rule).own_model:  # an energy network settles: its forward is its own (test_energy.py)
+        torch.testing.assert_close(model(x), net_(x))
     forward(model, rule, x, y).sum().backward()
     assert all(p.grad is None for p in net_.parameters()), "convert must copy unless inplace=True"
     for key, value in before.items():
@@ -108,7 +109,8 @@ def test_inplace_conversion_keeps_the_parameters(rule, net):
     model = feedalign.convert(net_, rule, inplace=True)
     kept = {id(p) for p in model.parameters()}
     assert all(id(p) in kept for p in params), "an optimizer built before convert must keep working"
-    torch.testing.assert_close(model(x), expected)
+    if not contract(rule).own_model:
+        torch.testing.assert_close(model(x), expected)
 
 
 def test_conversion_errors(rule):
@@ -135,6 +137,10 @@ def test_a_single_layer(rule):
         return
     model = feedalign.convert(net, rule)
     x, y = torch.randn(4, 3), torch.randint(0, 2, (4,))
+    if contract(rule).own_model:  # one symmetric connection; its update is tested in test_energy.py
+        forward(model, rule, x, y).sum().backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+        return
     torch.testing.assert_close(model(x), net(x))
     F.cross_entropy(model(x), y).backward()
     net_copy = copy.deepcopy(net)
@@ -223,6 +229,8 @@ def test_fast_and_general_paths_agree(rule):
 
 
 def test_exact_gradients_gives_backprop(rule, net):
+    if contract(rule).own_model:  # declared in contracts.py, reported by -ra
+        pytest.skip(f"{rule}: exact gradients are the energy model's own (test_energy.py), not the MLP's")
     torch.manual_seed(0)
     net_, x, y = build(net)
     net_, x = net_.double(), x.double()
@@ -381,6 +389,9 @@ def test_optimizer_touches_only_what_it_should(rule, optimizer):
     params = {id(p) for p in model.parameters()}
     if c.trained_feedback:
         assert all(id(b) in params for b in feedalign.feedback_matrices(model))
+    elif c.own_model:  # the MLP's parameters under the energy network's names
+        assert [p.shape for p in model.parameters()] == [p.shape for p in net.parameters()]
+        assert not any("feedback" in name for name in names)
     else:
         assert names == {name for name, _ in net.named_parameters()}
         assert not any("feedback" in name for name in names)

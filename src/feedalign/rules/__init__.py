@@ -12,5 +12,6 @@ from . import kp  # noqa: F401
 from . import wm  # noqa: F401
 from . import drtp  # noqa: F401
 from . import dtp  # noqa: F401
+from . import eqprop, chl  # noqa: F401  (energy networks)
 
 __all__ = ["FeedbackRole", "LearningRule", "exact_gradients", "get_rule", "register", "rules", "trainable_layers"]
