@@ -19,7 +19,7 @@ import reference_sequence as ref
 
 FA_TYPE = ["bp", "fa", "usf", "brsf", "frsf", "kp", "wm"]
 DIRECT = ["dfa", "drtp"]
-UNSUPPORTED = ["ifa", "dtp"]  # dtp: layer-wise inverses need an nn.Sequential of nn.Linear
+UNSUPPORTED = ["ifa", "dtp", "eqprop", "chl"]  # dtp: inverses of an nn.Sequential; eqprop/chl: energy MLPs
 
 
 def test_every_rule_is_covered_here():
@@ -434,6 +434,9 @@ def test_unsupported_pairs_and_bad_taps_give_clear_errors():
             feedalign.convert(build(), "ifa")
         with pytest.raises(ValueError, match="dtp needs an nn.Sequential of nn.Linear layers"):
             feedalign.convert(build(), "dtp")
+        for rule in ("eqprop", "chl"):
+            with pytest.raises(ValueError, match=f"{rule} builds an energy network from an MLP's nn.Linear layers"):
+                feedalign.convert(build(), rule)
     with pytest.raises(ValueError, match="taps"):  # no builder defaults: dfa must be told where to cut
         feedalign.convert(AttentionNet(), "dfa")
     with pytest.raises(ValueError, match="takes no taps"):

@@ -330,4 +330,8 @@ def from_mlp(model: nn.Module, phase: str) -> EnergyNetwork:
         elif any(True for _ in m.parameters(recurse=False)):
             raise ValueError(f"{phase} builds an energy network from an MLP's nn.Linear layers; {type(m).__name__} has "
                              "parameters that would not take part in it")
+    from .sequence import has_sequence_modules
+    if has_sequence_modules(model):
+        raise ValueError(f"{phase} builds an energy network from an MLP's nn.Linear layers; attention and recurrent "
+                         "modules are not supported")
     return EnergyNetwork(layers, phase=phase, **paper_settings(len(layers) - 1))
