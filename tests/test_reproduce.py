@@ -150,6 +150,13 @@ def test_nokland_mnist_quick(out, mnist):
 
 
 @pytest.mark.slow
+def test_launay_transformer_quick(out, mnist):
+    r = run_experiment("launay-transformer", quick=True, out=out, seeds=1, log=lambda *a: None)
+    assert claims(r)["dfa_trains"]["values"][0] < 85  # above chance (90%) even at the quick size
+    assert_reproduced(r, "bp_ahead")
+
+
+@pytest.mark.slow
 def test_all_writes_docs_from_results(out, tmp_path):
     run_all(quick=True, out=out, seeds=1, docs=tmp_path / "docs", only=["toy1d", "linear"], log=lambda *a: None)
     page = (tmp_path / "docs" / "reproduction.md").read_text()
