@@ -93,6 +93,11 @@ class TrainingExperiment(Experiment):
         """How many of the experiment's seeds ``label`` runs (all by default; fewer for costly extras)."""
         return config["seeds"]
 
+    def check_data(self, config: dict) -> None:
+        """Fetch (or find) the dataset once, with this experiment's validation size, before any worker starts
+        (so that workers never race to download it); DataUnavailable (one line) if it cannot be had."""
+        _check_data(config["data"]["name"], config["data"].get("n_val"))
+
     def run_configs(self, config: dict, folder: Path) -> list[tuple[str, int, Config]]:
         """Every run of this experiment: ``(label, seed, Config)``, its run directory named by the Config."""
         runs_dir = Path(folder)
@@ -113,7 +118,7 @@ class TrainingExperiment(Experiment):
         for old in Path(folder).glob("runs-*"):  # runs of other code or settings: never reused
             if old != runs_dir and old.is_dir():
                 shutil.rmtree(old, ignore_errors=True)
-        _check_data(config["data"]["name"])
+        self.check_data(config)
         planned = self.run_configs(config, runs_dir)
         jobs, failed = [], []
         for label, seed, run_config in planned:
@@ -184,11 +189,10 @@ class TrainingExperiment(Experiment):
                 "Test error is read at the epoch of best validation accuracy.")
 
 
-def _check_data(name: str) -> None:
-    """Fetch (or find) the dataset once here, so that workers never race to download it."""
+def _check_data(name: str, validation_size: int | None = None) -> None:
     from ..data import DatasetError, load
     try:
-        load(name)
+        load(name, validation_size=validation_size)
     except DatasetError as err:
         raise DataUnavailable(f"cannot load {name!r}: {first_line(err)} (run `feedalign data fetch {name}`)") from None
 

@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
-import shutil
-from pathlib import Path
 
-from ._training import RunsFailed, TrainingExperiment, run_history
+from ._training import TrainingExperiment
 from .base import Claim, DataUnavailable, register
 
 # Benchmarks.md, CIFAR 10 table, column "ResNet-20" (SGD): top-1 test error %.
@@ -67,42 +65,9 @@ class BiotorchCifar(TrainingExperiment):
                        "batch_size": config["batch_size"], "milestones": config["milestones"]}
                 for rule in (*PAPER, *EXTRA)}
 
-    def execute(self, config, folder, *, key, workers, log):
-        """:meth:`TrainingExperiment.execute`, but checking for CIFAR-10 without downloading it and with this
-        experiment's validation size (the shared check loads with the dataset's default 10000 held out, which a
-        small slice of CIFAR-format files, as the tests write, cannot give)."""
-        from ..sweeps.local import run_local
-        from ..sweeps.spec import config_hash
+    def check_data(self, config):
+        """CIFAR-10 must be on disk, never downloaded by a reproduction (see :func:`_require_cifar`)."""
         _require_cifar(config["data"]["name"], config["data"]["n_val"])
-        runs_dir = Path(folder) / f"runs-{key}"
-        for old in Path(folder).glob("runs-*"):  # runs of other code or settings: never reused
-            if old != runs_dir and old.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
-        jobs, failed = [], []
-        for label, seed, run_config in self.run_configs(config, runs_dir):
-            jobs.append({"key": run_config.name, "hash": config_hash(run_config), "config": run_config.to_dict(),
-                         "run_dir": str(runs_dir / run_config.name), "label": label, "seed": seed})
-        todo = [j for j in jobs if not (Path(j["run_dir"]) / "summary.json").is_file()]
-        if len(todo) < len(jobs):
-            log(f"  {len(jobs) - len(todo)} of {len(jobs)} runs already finished in {runs_dir}")
-
-        def on_done(job, summary, status, seconds, attempts, error):
-            if status != "done":
-                failed.append(f"{job['label']} seed {job['seed']}: {status} ({error})")
-                log(f"  {job['label']} seed {job['seed']}: {status}: {error}")
-                return
-            log(f"  {job['label']} seed {job['seed']}: test error {100 * summary['test_error_at_best']:.2f}% "
-                f"(best epoch {summary['best_epoch']}), {seconds:.0f} s")
-
-        if todo:
-            log(f"  {len(todo)} runs on {min(workers, len(todo))} worker process(es); logs in {runs_dir / 'logs'}")
-            run_local(todo, workers=workers, threads=1, retries=1, sweep_dir=runs_dir, on_done=on_done, log=log)
-        if failed:
-            raise RunsFailed(f"{self.name}: {len(failed)} run(s) failed: {'; '.join(failed)}")
-        results = [dict() for _ in range(config["seeds"])]
-        for job in jobs:
-            results[job["seed"]][job["label"]] = run_history(Path(job["run_dir"]))
-        return results
 
     def deviations(self, config):
         d = config["data"]
