@@ -16,6 +16,7 @@ None of the three is a dependency of feedalign: install the extra you use
 """
 from __future__ import annotations
 
+import abc
 import importlib.util
 import math
 from pathlib import Path
@@ -28,7 +29,7 @@ BACKENDS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "w
 ANGLES = ("signal_angle", "signal_angle_per_example", "update_angle", "weight_angle", "norm_ratio")
 
 
-class MetricsLogger:
+class MetricsLogger(abc.ABC):
     """Base of the loggers: collects each epoch's values and hands them to :meth:`write`.
 
     Subclasses implement ``open(run)``, ``write(values: dict[str, float], step: int)`` and ``close()``.
@@ -71,8 +72,9 @@ class MetricsLogger:
 
     def open(self, run) -> None: ...
 
+    @abc.abstractmethod
     def write(self, values: dict, step: int) -> None:
-        raise NotImplementedError
+        """Send ``values`` (name -> number) at optimizer step ``step`` to the backend."""
 
     def flush(self) -> None: ...
 
