@@ -20,3 +20,13 @@ def sample_rule():
     finally:
         del base._REGISTRY[sample.NAME]  # the registry has no public unregister
         assert sample.NAME not in feedalign.rules()
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """Skips the test when MNIST is not fetched here (`make data` fetches it)."""
+    import feedalign.data
+    try:
+        feedalign.data.load("mnist", download=False)
+    except feedalign.data.DatasetError as err:
+        pytest.skip(str(err).splitlines()[0])

@@ -24,14 +24,6 @@ def out(tmp_path_factory):
     return tmp_path_factory.mktemp("reproduce")
 
 
-@pytest.fixture(scope="module")
-def mnist():
-    try:
-        feedalign.data.load("mnist", download=False)
-    except feedalign.data.DatasetError as err:
-        pytest.skip(str(err).splitlines()[0])
-
-
 def claims(results):
     return {c["key"]: c for c in results["claims"]}
 

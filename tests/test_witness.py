@@ -5,7 +5,6 @@ import json
 
 import pytest
 
-import feedalign.data
 from feedalign.cli import main
 from feedalign.experiments import base, run_experiment
 from feedalign.experiments.summary import collect, publish_report, verify_published
@@ -83,14 +82,6 @@ def test_verify_carries_a_result_over_to_new_code_only_when_its_witness_replays(
                         lambda name, quick, seeds=None: {**original(name, quick, seeds), "steps": -1})
     assert verify_published(docs, ["toy1d"], **quiet)["toy1d"] == \
         "stale: the experiment's settings changed (steps); rerun it"
-
-
-@pytest.fixture(scope="module")
-def mnist():
-    try:
-        feedalign.data.load("mnist", download=False)
-    except feedalign.data.DatasetError as err:
-        pytest.skip(str(err).splitlines()[0])
 
 
 @pytest.mark.slow
