@@ -199,7 +199,8 @@ def convert(model: nn.Module, rule: str, *, seed: int = 0, feedback_init: str = 
             containers included). Forward order is taken to be registration order.
         rule: ``"bp"``, ``"fa"``, ``"dfa"``, ``"ifa"``, ...
         seed: seeds the fixed random feedback matrices; the same seed gives the same B.
-        feedback_init: ``"uniform"`` (U[-s, s]) or ``"gaussian"`` (N(0, s^2)).
+        feedback_init: ``"uniform"`` (U[-s, s]), ``"gaussian"`` (N(0, s^2)) or ``"orthogonal"`` (s times
+            orthonormal rows or columns; s defaults to 1).
         feedback_scale: s; ``None`` takes the rule's documented default.
         inplace: rewire ``model`` itself instead of a deep copy (parameters are then
             shared, so an optimizer built on ``model`` keeps working; not those of an
@@ -226,8 +227,8 @@ def convert(model: nn.Module, rule: str, *, seed: int = 0, feedback_init: str = 
         raise TypeError(f"strict must be True or False, got {type(strict).__name__} {strict!r}")
     if hasattr(model, RULE_ATTRIBUTE):
         raise ValueError(f"model was already converted with rule {getattr(model, RULE_ATTRIBUTE)!r}")
-    if feedback_init not in ("uniform", "gaussian"):
-        raise ValueError(f"unknown feedback_init {feedback_init!r}; expected 'uniform' or 'gaussian'")
+    if feedback_init not in ("uniform", "gaussian", "orthogonal"):
+        raise ValueError(f"unknown feedback_init {feedback_init!r}; expected 'uniform', 'gaussian' or 'orthogonal'")
     if feedback_scale is not None and not (math.isfinite(feedback_scale) and feedback_scale >= 0):
         raise ValueError(f"feedback_scale must be a finite non-negative number or None, got {feedback_scale!r}")
     if not trainable_layers(model) and not has_sequence_modules(model):

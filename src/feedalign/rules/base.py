@@ -41,6 +41,32 @@ def get_rule(name: str) -> "LearningRule":
     return _REGISTRY[name]()
 
 
+def parse_options(rule: str, text: str) -> dict[str, float]:
+    """``"name=value,name=value"`` -> ``{name: float}`` for rule ``rule``'s :attr:`LearningRule.options`;
+    ``""`` -> ``{}``. A ValueError names the bad part and the rule's options."""
+    known = get_rule(rule).options
+    valid = f"rule {rule!r} takes {', '.join(sorted(known))}" if known else f"rule {rule!r} takes no options"
+    out: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, sep, value = (s.strip() for s in part.partition("="))
+        if not sep or not name:
+            raise ValueError(f"rule option {part!r} is not name=value; {valid}")
+        if name not in known:
+            raise ValueError(f"unknown rule option {name!r}; {valid}")
+        if name in out:
+            raise ValueError(f"rule option {name!r} is given twice")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"rule option {name} must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ValueError(f"rule option {name} must be a finite number, got {value!r}")
+        out[name] = number
+    return out
+
+
 @dataclass(frozen=True)
 class FeedbackRole:
     """What one trainable layer's feedback matrix stands in for (for diagnostics).
@@ -80,11 +106,23 @@ class LearningRule(abc.ABC):
     name: ClassVar[str] = ""
     # whether convert(..., taps=[...]) applies: rules that project the error to named block outputs
     takes_taps: ClassVar[bool] = False
+    # the rule's own settings beyond feedback_init/feedback_scale: name -> what it is (and its default);
+    # set on a converted model by configure, numbers only (see parse_options)
+    options: ClassVar[dict[str, str]] = {}
 
     @abc.abstractmethod
     def convert(self, model: nn.Module, *, generator: torch.Generator, feedback_init: str,
                 feedback_scale: float | None) -> nn.Module:
         """Rewire ``model`` in place and return it (a new root if the root itself is replaced)."""
+
+    def configure(self, model: nn.Module, **options: float) -> None:
+        """Apply the rule's :attr:`options` (already checked by :func:`parse_options`) to a converted model.
+        Default: the rule has none."""
+
+    def parameter_groups(self, model: nn.Module, lr: float, **options: float) -> list[dict]:
+        """Optimizer parameter groups for ``model`` at learning rate ``lr``: one group of every parameter that
+        needs a gradient, unless the rule trains some at their own rate (dtp's inverses)."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
 
     def feedback_matrices(self, model: nn.Module) -> list[torch.Tensor]:
         """The rule's feedback matrices, forward order (see :func:`feedalign.feedback_matrices`)."""
@@ -142,16 +180,20 @@ def sample_feedback(shape: tuple[int, ...], *, fan: int, init: str, scale: float
 
     ``uniform``: U[-s, s]; ``gaussian``: N(0, s^2). The default s is ``1/sqrt(fan)``,
     the scale of Nøkland's code (anokland/dfa-torch, ``Linear.lua`` and
-    ``ErrorFeedback.lua``). Drawn in float32 on the CPU from ``generator`` so that
+    ``ErrorFeedback.lua``). ``orthogonal``: s times a random matrix with orthonormal rows
+    or columns (``nn.init.orthogonal_``; default s = 1), as Lee et al.'s DTP code starts its inverses. Drawn in float32 on the CPU from ``generator`` so that
     a seed gives the same matrix on every device and dtype, then moved to ``like``.
     """
+    if init == "orthogonal":
+        values = torch.nn.init.orthogonal_(torch.empty(shape), generator=generator) * (1.0 if scale is None else scale)
+        return values.to(device=like.device, dtype=like.dtype)
     s = 1.0 / math.sqrt(fan) if scale is None else float(scale)
     if init == "uniform":
         values = torch.empty(shape).uniform_(-1.0, 1.0, generator=generator) * s
     elif init == "gaussian":
         values = torch.empty(shape).normal_(0.0, 1.0, generator=generator) * s
     else:
-        raise ValueError(f"unknown feedback_init {init!r}; expected 'uniform' or 'gaussian'")
+        raise ValueError(f"unknown feedback_init {init!r}; expected 'uniform', 'gaussian' or 'orthogonal'")
     return values.to(device=like.device, dtype=like.dtype)
 
 

@@ -258,6 +258,17 @@ class DifferenceTargetPropagation(LearningRule):
     ``target_step = 0.5``, ``noise = 0.1`` are set with :func:`configure`."""
 
     name = "dtp"
+    options = {"target_step": "eta_hat, the first target's step on the per-example loss (default 0.5)",
+               "noise": "sigma of the inverses' corruption noise (default 0.1)",
+               "inverse_lr": "learning rate of the inverses V_i, c_i (default: the forward layers' lr)"}
+
+    def configure(self, model, **options):
+        configure(model, target_step=options.get("target_step"), noise=options.get("noise"))
+
+    def parameter_groups(self, model, lr, **options):
+        if "inverse_lr" not in options:
+            return super().parameter_groups(model, lr)
+        return parameter_groups(model, lr, options["inverse_lr"])
 
     def convert(self, model, *, generator, feedback_init, feedback_scale):
         if any(isinstance(m, nn.Conv2d) for m in model.modules()):

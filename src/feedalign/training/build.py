@@ -13,7 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..rules import get_rule
 from .config import Config
+from .optimizers import GravesRMSprop
 
 
 def derived_seeds(seed: int) -> dict[str, int]:
@@ -116,11 +118,18 @@ def build_model(config: Config, device: torch.device) -> nn.Module:
                 nn.init.xavier_uniform_(layer.weight)
                 if layer.bias is not None:
                     nn.init.zeros_(layer.bias)
+    if config.init == "orthogonal":  # Lee et al.'s DTP code (rand_ortho): orthonormal rows or columns, zero biases
+        generator = torch.Generator().manual_seed(seeds["forward"])
+        for layer in (m for m in model.modules() if isinstance(m, nn.Linear)):
+            with torch.no_grad():
+                layer.weight.copy_(nn.init.orthogonal_(torch.empty(layer.weight.shape), generator=generator))
+                if layer.bias is not None:
+                    layer.bias.zero_()
     generator = torch.Generator().manual_seed(seeds["forward"])
     for layer in (m for m in model.modules() if isinstance(m, nn.Linear)):
         w = config.init_scale if config.init_scale is not None else 1.0 / math.sqrt(layer.in_features)
         for p in (layer.weight, layer.bias):
-            if p is None or config.init in ("default", "xavier"):
+            if p is None or config.init in ("default", "xavier", "orthogonal"):
                 continue
             with torch.no_grad():
                 if config.init == "zero":
@@ -134,6 +143,10 @@ def build_model(config: Config, device: torch.device) -> nn.Module:
                         feedback_scale=config.feedback_scale, inplace=True)
     except ValueError as err:  # the rule refuses this network (e.g. dfa without a hidden layer): a setting to change
         raise ConfigError(f"rule {config.rule!r} cannot train architecture {config.architecture!r}: {err}") from err
+    try:
+        get_rule(config.rule).configure(model, **config.parsed_rule_options())
+    except ValueError as err:  # a value out of the rule's range (dtp: target_step <= 0)
+        raise ConfigError(f"rule_options: {err}") from None
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     frozen = {"none": [], "first": linears[:1], "hidden": linears[:-1]}[config.frozen]
     for layer in frozen:  # make_optimizer leaves out what needs no gradient
@@ -154,15 +167,24 @@ def make_loss(name: str, num_classes: int | None):
 
 
 def make_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    # the rule says which parameters train at which rate (dtp's inverses may have their own); none that is frozen
+    try:
+        groups = get_rule(config.rule).parameter_groups(model, config.lr, **config.parsed_rule_options())
+    except ValueError as err:  # dtp: inverse_lr < 0
+        raise ConfigError(f"rule_options: {err}") from None
+    groups = [{**group, "params": [p for p in group["params"] if p.requires_grad]} for group in groups]
+    groups = [group for group in groups if group["params"]]
+    params = [p for group in groups for p in group["params"]]
     l2 = config.weight_decay if config.weight_decay_mode == "l2" else 0.0
     if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
                                     weight_decay=l2)
     elif config.optimizer == "adam":
-        optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=l2)
+        optimizer = torch.optim.Adam(groups, lr=config.lr, weight_decay=l2)
+    elif config.optimizer == "rmsprop-graves":
+        optimizer = GravesRMSprop(groups, lr=config.lr, momentum=config.momentum, weight_decay=l2)
     else:
-        optimizer = torch.optim.RMSprop(params, lr=config.lr, momentum=config.momentum, weight_decay=l2)
+        optimizer = torch.optim.RMSprop(groups, lr=config.lr, momentum=config.momentum, weight_decay=l2)
     if config.weight_decay_mode == "constant" and config.weight_decay > 0:
         decay = config.weight_decay
 

@@ -18,12 +18,12 @@ from ..errors import ConfigError, ConfigTypeError, first_line
 # Choices of the string-valued settings; checked by Config.validate().
 CHOICES = {
     "loss": ("auto", "cross_entropy", "mse", "bce"),
-    "optimizer": ("sgd", "adam", "rmsprop"),
+    "optimizer": ("sgd", "adam", "rmsprop", "rmsprop-graves"),
     "schedule": ("constant", "step", "multistep", "cosine"),
-    "init": ("default", "uniform", "gaussian", "zero", "xavier"),
+    "init": ("default", "uniform", "gaussian", "zero", "xavier", "orthogonal"),
     "normalize": ("none", "channel"),
     "augment": ("none", "crop-flip"),
-    "feedback_init": ("uniform", "gaussian"),
+    "feedback_init": ("uniform", "gaussian", "orthogonal"),
     "frozen": ("none", "first", "hidden"),
     "weight_decay_mode": ("l2", "constant"),
 }
@@ -63,11 +63,14 @@ class Config:
                              "(every layer but the output: 'shallow learning')")
     # learning rule
     rule: str = _f("bp", "learning rule: bp, fa, dfa, ifa, ...")
-    feedback_init: str = _f("uniform", "feedback matrices: uniform or gaussian")
+    feedback_init: str = _f("uniform", "feedback matrices: uniform, gaussian or orthogonal")
     feedback_scale: float | None = _f(None, "scale of the feedback matrices (default: the rule's)")
+    rule_options: str = _f("", "the rule's own settings as name=value,... (dtp: target_step, noise, inverse_lr; "
+                               "e.g. target_step=0.003,noise=0.36,inverse_lr=0.005)")
     # objective and optimization
     loss: str = _f("auto", "cross_entropy, mse, bce (sigmoid + one-hot); auto: cross_entropy, or mse for regression")
-    optimizer: str = _f("sgd", "sgd, adam or rmsprop")
+    optimizer: str = _f("sgd", "sgd, adam, rmsprop (torch's) or rmsprop-graves (Graves 2013's centred RMSprop, "
+                               "decay 0.95, 1e-3 inside the root: Lee et al.'s DTP code)")
     lr: float = _f(0.05, "learning rate")
     momentum: float = _f(0.9, "SGD momentum (0 for plain SGD) / RMSprop momentum")
     nesterov: bool = _f(False, "Nesterov momentum (SGD with momentum > 0)")
@@ -152,6 +155,14 @@ class Config:
         return epochs
 
     # -- validation --------------------------------------------------------------------
+    def parsed_rule_options(self) -> dict[str, float]:
+        """``rule_options`` as ``{name: value}``, checked against the rule's options (ConfigError otherwise)."""
+        from ..rules import parse_options
+        try:
+            return parse_options(self.rule, self.rule_options)
+        except ValueError as err:
+            raise ConfigError(f"rule_options: {err}") from None
+
     def validate(self) -> None:
         """Raise ConfigError (ConfigTypeError for a wrong type) naming the first bad field and what it expects."""
         hints = typing.get_type_hints(type(self))
@@ -166,6 +177,7 @@ class Config:
         from ..rules import rules
         if self.rule not in rules():
             raise ConfigError(f"rule must be one of {', '.join(rules())}; got {self.rule!r}")
+        self.parsed_rule_options()
         if self.activation.lower() not in ACTIVATIONS:
             raise ConfigError(f"activation must be one of {', '.join(sorted(ACTIVATIONS))}; got {self.activation!r}")
         check_architecture(self.architecture)
