@@ -247,3 +247,70 @@ def test_train_cli_logs_dtp_alignment_and_it_improves(tmp_path, capsys):
     assert all(r["update_angle"] < 1e-3 for r in top)
     summary = json.loads((tmp_path / "dtp" / "summary.json").read_text())
     assert summary["final_test_error"] < 0.8, summary  # 10 classes: chance is 0.9 (3 epochs: about 0.72)
+
+
+# -- rule options through the engine (Config.rule_options) -------------------------------------------------------
+
+def _tiny_config(tmp_path, **fields):
+    from feedalign.training.config import Config
+    values = dict(rule="dtp", dataset="mnist1d", architecture="40-16-16-16-10", epochs=1, batch_size=32,
+                  train_size=256, validation_size=128, test_size=128, alignment_every=0, threads=1,
+                  out_dir=str(tmp_path))
+    return Config(**{**values, **fields})
+
+
+def test_rule_options_reach_the_model_and_the_optimizer(tmp_path):
+    from feedalign.training.build import build_model, make_optimizer
+    config = _tiny_config(tmp_path, lr=0.02, rule_options="target_step=0.003, noise=0.36,inverse_lr=0.005")
+    model = build_model(config, torch.device("cpu"))
+    cut = model._feedalign_cut
+    assert (cut.target_step, cut.noise) == (0.003, 0.36)
+    groups = make_optimizer(config, model).param_groups
+    inverses = {id(p) for p in dtp.inverse_parameters(model)}
+    assert [g["lr"] for g in groups] == [0.02, 0.005]
+    assert {id(p) for p in groups[1]["params"]} == inverses and not inverses & {id(p) for p in groups[0]["params"]}
+    # without inverse_lr: one group at lr, inverses included
+    model = build_model(_tiny_config(tmp_path, lr=0.02), torch.device("cpu"))
+    (group,) = make_optimizer(_tiny_config(tmp_path, lr=0.02), model).param_groups
+    assert len(group["params"]) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("rule, options, message", [
+    ("dtp", "noise", "is not name=value"),
+    ("dtp", "sigma=0.1", "unknown rule option 'sigma'; rule 'dtp' takes inverse_lr, noise, target_step"),
+    ("dtp", "noise=a lot", "must be a number"),
+    ("dtp", "noise=nan", "finite"),
+    ("dtp", "noise=0.1,noise=0.2", "given twice"),
+    ("fa", "noise=0.1", "rule 'fa' takes no options"),
+])
+def test_bad_rule_options_are_one_line_config_errors(tmp_path, rule, options, message):
+    from feedalign.errors import ConfigError
+    with pytest.raises(ConfigError, match=message) as info:
+        _tiny_config(tmp_path, rule=rule, rule_options=options)
+    assert "\n" not in str(info.value) and str(info.value).startswith("rule_options: ")
+
+
+@pytest.mark.parametrize("options, message", [("target_step=0", "target_step must be a finite positive"),
+                                              ("noise=-1", "noise must be a finite non-negative"),
+                                              ("inverse_lr=-0.1", "inverse_lr must be a finite non-negative")])
+def test_rule_options_out_of_range_stop_the_cli_with_exit_2(tmp_path, capsys, options, message):
+    from feedalign.cli import main
+    code = main(["train", "--rule", "dtp", "--dataset", "mnist1d", "--architecture", "40-16-16-10",
+                 "--train-size", "64", "--epochs", "1", "--rule-options", options, "--quiet",
+                 "--out-dir", str(tmp_path), "--name", "bad"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_orthogonal_init_of_forward_weights_and_inverses(tmp_path):
+    from feedalign.training.build import build_model
+    model = build_model(_tiny_config(tmp_path, init="orthogonal", feedback_init="orthogonal"), torch.device("cpu"))
+    for layer in trainable_layers(model):
+        w = layer.weight.detach().double()
+        small = min(w.shape)
+        gram = w @ w.T if w.shape[0] == small else w.T @ w  # orthonormal rows or columns, whichever are fewer
+        assert torch.allclose(gram, torch.eye(small, dtype=torch.float64), atol=1e-5)
+        assert torch.count_nonzero(layer.bias) == 0
+    for v in dtp.inverse_parameters(model)[::2]:
+        assert torch.allclose(v.detach().double() @ v.detach().double().T, torch.eye(v.shape[0], dtype=torch.float64),
+                              atol=1e-5)

@@ -149,6 +149,12 @@ def test_launay_transformer_quick(out, mnist):
 
 
 @pytest.mark.slow
+def test_dtp_quick(out, mnist):
+    r = run_experiment("dtp", quick=True, out=out, seeds=1, log=lambda *a: None)
+    assert_reproduced(r, "dtp_test", "dtp_gap")  # DTP trains well above chance, near BP
+
+
+@pytest.mark.slow
 def test_all_writes_docs_from_results(out, tmp_path):
     run_all(quick=True, out=out, seeds=1, docs=tmp_path / "docs", only=["toy1d", "linear"], log=lambda *a: None)
     page = (tmp_path / "docs" / "reproduction.md").read_text()
