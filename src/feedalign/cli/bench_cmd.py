@@ -28,6 +28,11 @@ def register(subparsers) -> None:
                         help="wall clock, or process CPU time (robust on a shared machine with --threads 1)")
     parser.add_argument("--no-epoch", action="store_true", help="skip the MNIST epoch column")
     parser.add_argument("--smoke", action="store_true", help="tiny networks, a few seconds: checks the bench runs")
+    parser.add_argument("--to-accuracy", type=float, metavar="A",
+                        help="instead of step times: the training time each rule (tuned setting) needs to reach "
+                             "test accuracy A on MNIST 784-800-800-10, e.g. 0.97")
+    parser.add_argument("--max-epochs", type=int, default=10,
+                        help="with --to-accuracy: give up on a rule after this many epochs (default: %(default)s)")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON")
     parser.set_defaults(func=main)
 
@@ -46,8 +51,30 @@ def main(args) -> int:
         check_writable(args.json)  # now, not after the bench has run
     start = time.perf_counter()
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731  progress off stdout
+    if args.to_accuracy is not None:
+        return _to_accuracy(args, start, log)
     result = run(sizes, args.rules, device=args.device, rounds=rounds, min_round_s=round_s, epoch=epoch,
                  gemm_size=gemm, threads=args.threads, clock_name=args.clock, log=log)
+    result["command_seconds"] = time.perf_counter() - start
+    print(result["table"])
+    print(f"\n(bench ran {result['command_seconds']:.0f} s)")
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+def _to_accuracy(args, start, log) -> int:
+    import torch
+
+    from feedalign.bench_accuracy import time_to_accuracy
+    if args.device == "cuda":
+        raise UsageError("--to-accuracy runs on the CPU only")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads must be at least 1; got {args.threads}")
+        torch.set_num_threads(args.threads)
+    rules = list(dict.fromkeys(["bp", *args.rules]))  # BP first: the ratios are to it
+    result = time_to_accuracy(args.to_accuracy, rules, max_epochs=args.max_epochs, log=log)
     result["command_seconds"] = time.perf_counter() - start
     print(result["table"])
     print(f"\n(bench ran {result['command_seconds']:.0f} s)")
