@@ -202,6 +202,12 @@ def test_forward_init_and_feedback_use_independent_seeds():
     assert all((p == 0).all() for p in zero.parameters())
     uniform = build_model(Config(architecture="40-16-10", init="uniform", init_scale=0.01), torch.device("cpu"))
     assert all(p.abs().max() <= 0.01 for p in uniform.parameters())
+    # Nøkland's FA: the first layer keeps U[-1/sqrt(fan_in), 1/sqrt(fan_in)] (weights and biases), the rest start at 0
+    first = build_model(Config(architecture="40-16-16-10", rule="fa", init="zero-except-first"), torch.device("cpu"))
+    layers = [m for m in first if isinstance(m, torch.nn.Linear)]
+    for p in (layers[0].weight, layers[0].bias):
+        assert 0 < p.abs().max() <= 1 / 40 ** 0.5 and torch.count_nonzero(p) == p.numel()
+    assert all((p == 0).all() for layer in layers[1:] for p in (layer.weight, layer.bias))
 
 
 @pytest.mark.parametrize("rule", __import__("feedalign").rules())

@@ -126,15 +126,15 @@ def build_model(config: Config, device: torch.device) -> nn.Module:
                 if layer.bias is not None:
                     layer.bias.zero_()
     generator = torch.Generator().manual_seed(seeds["forward"])
-    for layer in (m for m in model.modules() if isinstance(m, nn.Linear)):
+    for k, layer in enumerate(m for m in model.modules() if isinstance(m, nn.Linear)):
         w = config.init_scale if config.init_scale is not None else 1.0 / math.sqrt(layer.in_features)
         for p in (layer.weight, layer.bias):
             if p is None or config.init in ("default", "xavier", "orthogonal"):
                 continue
             with torch.no_grad():
-                if config.init == "zero":
+                if config.init == "zero" or (config.init == "zero-except-first" and k > 0):
                     p.zero_()
-                elif config.init == "uniform":  # Nøkland's code: weights and biases alike
+                elif config.init in ("uniform", "zero-except-first"):  # Nøkland's code: weights and biases alike
                     p.copy_(torch.empty(p.shape).uniform_(-w, w, generator=generator))
                 else:
                     p.copy_(torch.empty(p.shape).normal_(0.0, w, generator=generator))

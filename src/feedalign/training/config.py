@@ -20,7 +20,7 @@ CHOICES = {
     "loss": ("auto", "cross_entropy", "mse", "bce"),
     "optimizer": ("sgd", "adam", "rmsprop", "rmsprop-graves"),
     "schedule": ("constant", "step", "multistep", "cosine"),
-    "init": ("default", "uniform", "gaussian", "zero", "xavier", "orthogonal"),
+    "init": ("default", "uniform", "gaussian", "zero", "zero-except-first", "xavier", "orthogonal"),
     "normalize": ("none", "channel"),
     "augment": ("none", "crop-flip"),
     "feedback_init": ("uniform", "gaussian", "orthogonal"),
