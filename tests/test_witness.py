@@ -46,6 +46,8 @@ def test_verify_carries_a_result_over_to_new_code_only_when_its_witness_replays(
     assert verify_published(docs, ["toy1d"], **quiet) == {"toy1d": "current"}
 
     monkeypatch.setattr(base, "package_hash", lambda root=None: "new-code")  # any edit of any module
+    toy = type(base.get_experiment("toy1d"))
+    monkeypatch.setattr(toy, "deviations", lambda self, config: ["a note written since"])
     assert [current for name, _, current in collect(out, True, 1, docs / "reports") if name == "toy1d"] == [False]
     # regenerating the page never copies the stale local result (under runs/) over the published one
     published = docs / "reports" / "toy1d" / "results.json"
@@ -58,6 +60,7 @@ def test_verify_carries_a_result_over_to_new_code_only_when_its_witness_replays(
     assert verified["key"] == base.result_key(base.get_experiment("toy1d"), base.experiment_config("toy1d", True, 1))
     assert verified["produced_by"] == made["package_hash"] and verified["package_hash"] == "new-code"
     assert verified["claims"] == made["claims"] and verified["runs"] == made["runs"]  # the numbers are untouched
+    assert verified["deviations"] == ["a note written since"]  # the current code's account of the settings
     report = (docs / "reports" / "toy1d" / "report.md").read_text()
     assert f"Produced by the code with source hash {made['package_hash']}" in report
     assert "](../../figures/toy1d-trajectories.png)" in report

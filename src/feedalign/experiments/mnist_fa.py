@@ -22,6 +22,14 @@ from ._training import TrainingExperiment
 from .base import Claim, register
 
 PAPER = {"BP": 2.4, "FA": 2.1, "shallow": 7.2}
+# Why shallow misses 7.2%: measured with `feedalign train --rule bp --frozen hidden --architecture 784-1000-10
+# --activation sigmoid --optimizer sgd --lr 0.1 --momentum 0.9 --batch-size 64 --epochs 20 --schedule cosine
+# --init uniform --init-scale W --validation-size 10000` (seed 0, 2026-11-29).
+SHALLOW_SEARCH = ("Shallow learning's error is set by the scale w of the fixed random hidden weights, which the paper "
+                  "does not give (it tuned w by hand for BP). Searched (seed 0, settings above, U[-w, w] weights and "
+                  "biases): w = 0.1: 7.65%, w = 0.3: 5.06%, w = 1.0: 5.08%, against 8.60% at PyTorch's default "
+                  "w = 1/sqrt(784) = 0.036 used here. The paper's 7.2% lies inside that range; we keep the default "
+                  "rather than choose w to match the paper's number.")
 
 
 @register
@@ -54,7 +62,8 @@ class MnistFA(TrainingExperiment):
                 "lr 1e-3 and stops when BP starts to overfit; feedback B ~ U[-{0}, {0}] (the paper's b is not "
                 "given; our search: the default 1/sqrt(fan) leaves FA underfitting at 6 %).".format(
                     config["feedback_scale"]),
-                "Shallow = the same network with only the output layer trained (hidden layer fixed at its random init)."]
+                "Shallow = the same network with only the output layer trained (hidden layer fixed at its random init).",
+                SHALLOW_SEARCH]
 
     def summarize(self, config, runs, out):
         err = {k: self.final(runs, k) for k in ("BP", "FA", "shallow")}

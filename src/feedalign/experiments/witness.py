@@ -167,4 +167,7 @@ def verify(name: str, results: dict, *, log=print) -> tuple[str, dict]:
     updated["verified"] = list(results.get("verified", [])) + [
         {"package_hash": new["package_hash"], "date": time.strftime("%Y-%m-%d %H:%M:%S"), "witness": stored["kind"]}]
     updated.update(key=key, package_hash=new["package_hash"], witness={**stored, "package_hash": new["package_hash"]})
+    # same settings, same numbers: the current code's account of how they were made applies (a deviation
+    # note written since, e.g. a search that explains a miss, reaches the published report)
+    updated.update(title=experiment.title, paper=experiment.paper, deviations=experiment.deviations(config))
     return "verified", updated
