@@ -60,10 +60,10 @@ SEARCH_NOTE = ("Learning rates searched (one seed, 20 epochs, cosine; test error
                "epochs at 1e-4 are far gentler.")
 
 SETTINGS_NOTE = ("Nøkland's code settings (anokland/dfa-torch): tanh, sigmoid outputs + binary cross-entropy, "
-                 "batch 64, RMSprop without momentum; FA and DFA start from zero forward weights and biases (Nøkland's "
-                 "code keeps FA's first layer at its random init; we zero it too: on 7x240 that made no difference in nokland-mnist's "
-                 "search), BP and "
-                 "IFA from U[-1/sqrt(n), 1/sqrt(n)] (IFA sends the signal to layers above the first through their "
+                 "batch 64, RMSprop without momentum; FA and DFA start from zero forward weights and biases "
+                 "(Nøkland's code keeps FA's first layer at its random init; we zero it too: on 7x240 that made no "
+                 "difference in nokland-mnist's search), BP and IFA from U[-1/sqrt(n), 1/sqrt(n)] (IFA sends the "
+                 "signal to layers above the first through their "
                  "forward weights, so from zero weights those layers never learn). Changed: a searched learning rate "
                  "(1e-3 to 3e-4) with a cosine schedule over 20 epochs instead of a constant 1e-4 for 300 epochs, to "
                  "reach training error near zero in far fewer epochs.")
