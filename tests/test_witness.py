@@ -11,6 +11,13 @@ from feedalign.experiments.summary import collect, publish_report, verify_publis
 from feedalign.experiments.witness import TOLERANCE, compute_witness, first_difference
 
 
+def test_settings_compare_as_results_json_holds_them():
+    from feedalign.experiments.witness import settings_changed
+    config = {"epochs": {1: 25}, "lr": 0.5, "size": "full"}
+    assert settings_changed(config, json.loads(json.dumps(config))) == []
+    assert settings_changed(config, {"epochs": {"1": 60}, "lr": 0.5}) == ["epochs", "size"]
+
+
 def test_first_difference_names_the_first_disagreement():
     stored = {"values": [{"state": {"w": [1.0, 2.0]}, "test_accuracy": 0.5, "label": "FA"}]}
     assert first_difference(stored, json.loads(json.dumps(stored))) is None

@@ -22,6 +22,8 @@ training (a schedule's tail, a rule's late phase) must change the config or be r
 """
 from __future__ import annotations
 
+import json
+
 import math
 import tempfile
 import time
@@ -139,6 +141,13 @@ def first_difference(stored, new, path: str = "") -> str | None:
     return None if stored == new else f"{path}: {stored!r} -> {new!r}"
 
 
+def settings_changed(config: dict, stored: dict) -> list[str]:
+    """The keys where an experiment's resolved ``config`` differs from the one a results.json ``stored``,
+    compared as JSON holds them (a dict keyed by depth, ``{1: 25}``, comes back as ``{"1": 25}``)."""
+    config = json.loads(json.dumps(config, default=str))
+    return sorted(k for k in set(config) | set(stored) if config.get(k) != stored.get(k))
+
+
 def verify(name: str, results: dict, *, log=print) -> tuple[str, dict]:
     """Check the published ``results`` of ``name`` (full size, or quick) against the code as it is now.
 
@@ -151,8 +160,8 @@ def verify(name: str, results: dict, *, log=print) -> tuple[str, dict]:
     key = base.result_key(experiment, config)
     if results.get("key") == key:
         return "current", results
-    if config != results["config"]:
-        changed = sorted(k for k in set(config) | set(results["config"]) if config.get(k) != results["config"].get(k))
+    changed = settings_changed(config, results["config"])
+    if changed:
         return f"stale: the experiment's settings changed ({', '.join(changed)}); rerun it", results
     stored = results.get("witness")
     if not stored:
