@@ -4,7 +4,7 @@ TUNED table): every rule x optimizer x learning rate on MNIST 784-800-800-10 tan
     python benchmarks/tune_to_accuracy.py [--target 0.97] [--rules bp fa dfa ifa] [--threads 1]
 
 Prints each run's training time to the target (or "not reached" with the best accuracy) and the fastest
-setting per rule. Slow: 4 settings x 4 rules x up to --max-epochs epochs each.
+setting per rule. Slow: 5 settings x 4 rules x up to --max-epochs epochs each.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 from feedalign.bench_accuracy import time_to_accuracy
 
 GRID = [{"optimizer": "sgd", "lr": lr, "momentum": 0.9} for lr in (0.03, 0.1)] + \
-       [{"optimizer": "adam", "lr": lr, "momentum": 0.9} for lr in (3e-4, 1e-3)]
+       [{"optimizer": "adam", "lr": lr, "momentum": 0.9} for lr in (3e-4, 1e-3, 3e-3)]
 
 
 def main():
@@ -23,7 +23,7 @@ def main():
     parser.add_argument("--target", type=float, default=0.97)
     parser.add_argument("--rules", nargs="+", default=["bp", "fa", "dfa", "ifa"])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--max-epochs", type=int, default=4)
+    parser.add_argument("--max-epochs", type=int, default=10)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for rule in args.rules:
