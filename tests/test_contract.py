@@ -210,10 +210,11 @@ def test_gradients_match_float64_reference(rule, case):
             np.testing.assert_allclose(layer.bias.grad.numpy(), gb, rtol=1e-6, atol=1e-10, err_msg=f"{rule} b{l + 1}")
 
 
-def test_fast_and_general_paths_agree(rule):
+@pytest.mark.parametrize("sizes", ["5-6x3-3", "5-6-3"])  # one hidden layer: the lean node where the rule allows
+def test_fast_and_general_paths_agree(rule, sizes):
     """Rules with a fused path for feedalign.mlp stacks take it and give the general path's gradients."""
     torch.manual_seed(0)
-    fast = feedalign.convert(feedalign.mlp("5-6x3-3").double(), rule, seed=2)
+    fast = feedalign.convert(feedalign.mlp(sizes).double(), rule, seed=2)
     general = copy.deepcopy(fast)
     general.fast_path = False
     x, y = torch.randn(7, 5, dtype=torch.float64), torch.randint(0, 3, (7,))

@@ -55,7 +55,8 @@ def check_against_reference(model, rule, x, target, activation, loss, bias=True,
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("batch", [1, 7])
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
-@pytest.mark.parametrize("sizes", ["5-7-6-4-3", "5-6x3-3"])  # hidden widths unequal / equal (stacked)
+# hidden widths unequal / equal (stacked) / one hidden layer (the lean node, fast._OneHiddenFunction)
+@pytest.mark.parametrize("sizes", ["5-7-6-4-3", "5-6x3-3", "5-7-3"])
 def test_gradients_match_reference(rule, activation, bias, batch, loss, sizes, fast):
     torch.manual_seed(batch + 10 * bias)
     net = feedalign.mlp(sizes, activation=activation, bias=bias).double()

@@ -75,6 +75,12 @@ class DirectSignals(fast.StackedSignals):
         """The (N, out) signal every B_k projects. DFA: ``e``."""
         return error
 
+    def one_hidden(self, inputs):
+        return True  # delta_1 = (e B_1) * f'(a_1); a rule with another source (drtp) says False
+
+    def one_hidden_matrix(self, plan, inputs):
+        return inputs[0]
+
     def signals(self, step, error, inputs):
         feedback = inputs[0]
         signal = self.source(step, error, inputs)

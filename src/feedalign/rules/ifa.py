@@ -59,6 +59,12 @@ class _IndirectSignals(fast.StackedSignals):
                              f"got {plan.linears[-1].out_features}")
         return [feedback]
 
+    def one_hidden(self, inputs):
+        return True  # one hidden layer: delta_1 = (e B_1) * f'(a_1), as DFA
+
+    def one_hidden_matrix(self, plan, inputs):
+        return inputs[0]
+
     def signals(self, step, error, inputs):
         (feedback,) = inputs
         deltas, outs = step.empty()

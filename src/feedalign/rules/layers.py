@@ -208,6 +208,12 @@ class LayerwiseSignals(fast.StackedSignals):
             signal = outs[l]
         return deltas
 
+    def one_hidden(self, inputs):
+        return not inputs  # a trained feedback (kp) needs its gradient: the general runner
+
+    def one_hidden_matrix(self, plan, inputs):
+        return plan.linears[1].backward_weight()
+
     def input_matrix(self, step, inputs):
         return step.plan.linears[0].backward_weight()
 
