@@ -89,6 +89,10 @@ def test_cli_population_flags_are_checked(tmp_path, capsys):
         assert main(["sweep", str(path), *flags]) == 2
         err = capsys.readouterr().err
         assert err.startswith("feedalign: error: ") and err.count("\n") == 1 and message in err, err
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    assert "to run: 2 runs as 1 population(s) of 2, 0 run(s) alone" in capsys.readouterr().out
+    assert main(["sweep", str(path), "--dry-run", "--population", "off"]) == 0
+    assert "to run:" not in capsys.readouterr().out
     assert not (tmp_path / "out").exists()
 
 

@@ -143,6 +143,18 @@ def run(args) -> int:
         print(f"sweep {spec.name}: {len(points)} runs into {spec.sweep_dir} ({spec.backend} backend)")
         for p in points:
             print(f"  {p.key}  " + " ".join(f"{k}={v!r}" for k, v in p.params.items()))
+        if spec.backend == "local":
+            from feedalign.sweeps.local import default_workers
+            from feedalign.sweeps.runner import _finished, plan_jobs
+            runs_dir = spec.sweep_dir.resolve() / "runs"
+            todo = [p for p in points if _finished(runs_dir / p.key, p.hash) is None]
+            jobs = plan_jobs(todo, runs_dir, population=spec.population,
+                             population_size=spec.population_size,
+                             workers=args.workers or spec.workers or default_workers(spec.threads_per_run))
+            sizes = [len(job["members"]) for job in jobs if "members" in job]
+            if sizes:
+                print(f"to run: {sum(sizes)} runs as {len(sizes)} population(s) of {', '.join(map(str, sizes))}, "
+                      f"{len(jobs) - len(sizes)} run(s) alone")
         return 0
     result = run_sweep(spec, backend=spec.backend, address=args.address, workers=args.workers, plot=not args.no_plot)
     counts: dict[str, int] = {}

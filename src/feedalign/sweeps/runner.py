@@ -115,7 +115,8 @@ def plan_jobs(points: list, runs_dir: Path, *, population: str = "auto", populat
         chunks.remove(largest)
         chunks.extend(_split(largest, 2))
     chunks.sort(key=len, reverse=True)  # the longest jobs first
-    singles.sort(key=points.index)
+    order = {p.key: i for i, p in enumerate(points)}
+    singles.sort(key=lambda p: order[p.key])
     jobs = [population_job([training_job(p.config, runs_dir / p.key, key=p.key) for p in chunk]) for chunk in chunks]
     return jobs + [training_job(p.config, runs_dir / p.key, key=p.key) for p in singles]
 

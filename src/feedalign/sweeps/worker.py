@@ -88,7 +88,7 @@ def run_population_job(job: dict) -> list[dict]:
         return [run_job({**fresh[0], "threads": threads})]
     configs = [_config(member, threads) for member in fresh]
     data: dict = {}
-    for config in configs:  # members differ in seed at most in what the data depends on
+    for config in configs:  # of the fields members may differ in, the data depends on the seed alone
         if config.seed not in data:
             data[config.seed] = load_data(config)
     print(f"feedalign sweep worker: {job['key']}: training {len(configs)} runs as one population", file=sys.stderr)
