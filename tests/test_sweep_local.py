@@ -15,6 +15,7 @@ SPEC = """
 name = "resume"
 out_dir = "{out}"
 workers = 1
+population = "off"  # single runs, killed and resumed one by one (tests/test_sweep_population.py: populations)
 [base]
 dataset = "mnist1d"
 architecture = "40-8-10"

@@ -10,12 +10,19 @@ same spec skips finished runs.
 Every run's settings, including that its architecture fits its dataset, are checked
 before the first run starts.
 
+With the local backend, runs that differ only in seed, lr, init_scale, feedback_scale
+or weight_decay (rules bp, fa, dfa; SGD, constant schedule, an MLP) train up to
+population_size (default 8) at a time as one batched model in one worker, each with
+its ordinary run directory; --population off (or population = "off" in the spec)
+trains every run alone, for bitwise-reproducible numbers.
+
 examples:
   feedalign sweep --example sensitivity-init-lr      # copy a shipped spec to ./sensitivity-init-lr.toml
   feedalign sweep sensitivity-init-lr.toml
   feedalign sweep sensitivity-init-lr.toml --set epochs=1 --set dataset=mnist1d --set architecture=40-200-100-10
   feedalign sweep spec.toml --backend ray --address ray://head-node:10001
   feedalign sweep spec.toml --plot-only
+  feedalign sweep spec.toml --population off          # every run alone, no batched populations
 """
 from __future__ import annotations
 
@@ -40,6 +47,11 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="runs at once (local default: CPUs // threads_per_run; ray default: as the cluster fits)")
     p.add_argument("--threads-per-run", type=int, default=None, help="torch threads (and Ray CPUs) per run (default 1)")
+    p.add_argument("--population", choices=("auto", "off"), default=None,
+                   help="auto: train runs that can share one batched model as populations (local backend); "
+                        "off: every run alone (default: the spec's population, auto)")
+    p.add_argument("--population-size", type=int, default=None, metavar="N",
+                   help="at most N runs per population (default: the spec's population_size, 8)")
     p.add_argument("--out-dir", default=None, help="directory the sweep directory goes into (default: the spec's out_dir)")
     p.add_argument("--name", default=None, help="sweep directory name (default: the spec's name or file stem)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -107,11 +119,13 @@ def run(args) -> int:
     from feedalign.sweeps.spec import BACKENDS
     if args.backend is not None and args.backend not in BACKENDS:
         raise UsageError(f"unknown backend {args.backend!r}; expected one of {', '.join(BACKENDS)}")
-    for flag, value in (("--workers", args.workers), ("--threads-per-run", args.threads_per_run)):
-        if value is not None and value < 1:
-            raise UsageError(f"{flag} must be at least 1; got {value}")
+    for flag, value, least in (("--workers", args.workers, 1), ("--threads-per-run", args.threads_per_run, 1),
+                               ("--population-size", args.population_size, 2)):
+        if value is not None and value < least:
+            raise UsageError(f"{flag} must be at least {least}; got {value}")
     spec = load_spec(args.spec, overrides=parse_set(args.set), out_dir=args.out_dir, name=args.name,
-                     threads_per_run=args.threads_per_run, backend=args.backend)
+                     threads_per_run=args.threads_per_run, backend=args.backend, population=args.population,
+                     population_size=args.population_size)
     if args.address and spec.backend != "ray":
         raise UsageError("--address is for the ray backend; add --backend ray")
     if args.plot_only:
@@ -129,6 +143,18 @@ def run(args) -> int:
         print(f"sweep {spec.name}: {len(points)} runs into {spec.sweep_dir} ({spec.backend} backend)")
         for p in points:
             print(f"  {p.key}  " + " ".join(f"{k}={v!r}" for k, v in p.params.items()))
+        if spec.backend == "local":
+            from feedalign.sweeps.local import default_workers
+            from feedalign.sweeps.runner import _finished, plan_jobs
+            runs_dir = spec.sweep_dir.resolve() / "runs"
+            todo = [p for p in points if _finished(runs_dir / p.key, p.hash) is None]
+            jobs = plan_jobs(todo, runs_dir, population=spec.population,
+                             population_size=spec.population_size,
+                             workers=args.workers or spec.workers or default_workers(spec.threads_per_run))
+            sizes = [len(job["members"]) for job in jobs if "members" in job]
+            if sizes:
+                print(f"to run: {sum(sizes)} runs as {len(sizes)} population(s) of {', '.join(map(str, sizes))}, "
+                      f"{len(jobs) - len(sizes)} run(s) alone")
         return 0
     result = run_sweep(spec, backend=spec.backend, address=args.address, workers=args.workers, plot=not args.no_plot)
     counts: dict[str, int] = {}

@@ -8,6 +8,9 @@ summary and validation curve back, so the results table is built on the driver
 even when the run directories stay on the nodes' disks. A failed trial is retried
 ``retries`` times (``FailureConfig``) and then recorded as ``crashed``; it never
 stops the sweep.
+
+Every trial trains ONE run: the Ray backend does not group runs into populations
+(``population = "auto"`` applies to the local backend only; see :mod:`feedalign.sweeps.runner`).
 """
 from __future__ import annotations
 

@@ -4,7 +4,9 @@ One row per run: its key and run directory, every swept parameter, then
 ``best_val_accuracy``, ``best_epoch``, ``test_error`` (at the best validation
 epoch), ``final_test_error``, ``outcome`` (trained, refused, collapsed, diverged;
 or ``crashed``/``invalid`` when the run never finished), ``outcome_epoch``,
-``seconds`` (wall time of the run), ``attempts`` and ``status``. results.json
+``seconds`` (wall time of the run; for a run trained in a population, its 1/N share of the
+population's), ``attempts``, ``status`` and ``population`` (the population job that trained the
+run, empty for a run trained alone; see :mod:`feedalign.sweeps.runner`). results.json
 also keeps each run's full config and its validation curve (for the figures).
 """
 from __future__ import annotations
@@ -19,7 +21,7 @@ from ..files import atomic_write, read_jsonl, write_json
 
 OUTCOME_LETTERS = {"trained": "T", "refused": "R", "collapsed": "C", "diverged": "D", "crashed": "X", "invalid": "I"}
 RESULT_COLUMNS = ("best_val_accuracy", "best_epoch", "test_error", "final_test_error", "outcome", "outcome_epoch",
-                  "seconds", "attempts", "status")
+                  "seconds", "attempts", "status", "population")
 
 
 def val_curve(run_dir: Path) -> list:
@@ -34,14 +36,14 @@ def val_curve(run_dir: Path) -> list:
 
 
 def make_row(point, run_dir: Path, summary: dict | None, *, status: str, seconds: float | None, attempts: int,
-             error: str | None = None, curve: list | None = None) -> dict:
+             error: str | None = None, curve: list | None = None, population: str | None = None) -> dict:
     summary = summary or {}
     outcome = summary.get("outcome") if status == "done" else status
     row = {"key": point.key, "hash": point.hash, "run_dir": str(run_dir), **point.params,
            "best_val_accuracy": summary.get("best_val_accuracy"), "best_epoch": summary.get("best_epoch"),
            "test_error": summary.get("test_error_at_best"), "final_test_error": summary.get("final_test_error"),
            "outcome": outcome, "outcome_epoch": summary.get("outcome_epoch"),
-           "seconds": seconds, "attempts": attempts, "status": status}
+           "seconds": seconds, "attempts": attempts, "status": status, "population": population}
     if error:
         row["error"] = error
     row["config"] = {k: v for k, v in point.config.to_dict().items() if k not in ("out_dir", "name", "threads")}

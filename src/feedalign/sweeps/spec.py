@@ -9,6 +9,8 @@ A spec file::
     backend = "local"           # or "ray"
     threads_per_run = 1         # torch threads of each run; the local pool has cpu_count // this workers
     plot = [["init_scale", "lr"]]   # heatmap axes (default: every pair of swept parameters)
+    population = "auto"         # or "off": every run trains alone (see below)
+    population_size = 8         # at most this many runs in one population
 
     [base]                      # fixed settings: any field of feedalign.training.Config
     dataset = "mnist1d"
@@ -24,6 +26,14 @@ A spec file::
     init_scale = { uniform = [0.0, 1.0] }
     batch_size = { choice = [32, 64] }
     seed = { randint = [0, 1000] }
+
+With ``population = "auto"`` (the default) and the local backend, runs that differ only in
+``seed``, ``lr``, ``init_scale``, ``feedback_scale`` and ``weight_decay``, of a rule and settings
+that :mod:`feedalign.training.population` supports (bp, fa, dfa; SGD with a constant schedule;
+an MLP), train up to ``population_size`` at a time as one batched model in one worker: each
+still gets its ordinary run directory, with numbers equal to its separate run's to float
+tolerance, not bitwise. ``population = "off"`` trains every run alone (bitwise reproducible).
+See :mod:`feedalign.sweeps.runner`.
 
 Everything is checked when the spec is read, before any run starts: unknown keys
 or fields, empty grids, values a :class:`Config` would refuse. Errors are
@@ -42,9 +52,10 @@ from pathlib import Path
 from ..errors import ConfigError, ConfigTypeError
 
 BACKENDS = ("local", "ray")
+POPULATION_MODES = ("auto", "off")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 TOP_KEYS = ("name", "out_dir", "seed", "samples", "backend", "threads_per_run", "workers", "retries", "plot",
-            "base", "grid", "random")
+            "population", "population_size", "base", "grid", "random")
 # Config fields that say where or how fast a run goes, not what it computes: left out of the run's hash.
 NOT_HASHED = ("out_dir", "name", "threads", "data_dir", "max_memory")
 
@@ -87,6 +98,8 @@ class SweepSpec:
     workers: int | None = None
     retries: int = 1
     plot: list = field(default_factory=list)
+    population: str = "auto"
+    population_size: int = 8
     source: str = "spec"
 
     @property
@@ -255,6 +268,9 @@ def spec_from_dict(values: dict, *, source: str = "spec") -> SweepSpec:
     threads = get("threads_per_run", int, 1, lambda v: v >= 1, "an integer >= 1")
     workers = get("workers", int, None, lambda v: v >= 1, "an integer >= 1")
     retries = get("retries", int, 1, lambda v: v >= 0, "an integer >= 0")
+    population = get("population", str, "auto", lambda v: v in POPULATION_MODES,
+                     f"one of {', '.join(POPULATION_MODES)}")
+    population_size = get("population_size", int, 8, lambda v: v >= 2, "an integer >= 2")
     base = get("base", dict, {}, None, "a table of config fields ([base])")
     grid = get("grid", dict, {}, None, "a table of field = [values] ([grid])")
     rand = get("random", dict, {}, None, "a table of field = {distribution = [args]} ([random])")
@@ -292,7 +308,7 @@ def spec_from_dict(values: dict, *, source: str = "spec") -> SweepSpec:
 
     spec = SweepSpec(name=name, out_dir=out_dir, base=base, grid=grid, random=rand, samples=samples, seed=seed,
                      backend=backend, threads_per_run=threads, workers=workers, retries=retries, plot=plot,
-                     source=source)
+                     population=population, population_size=population_size, source=source)
     if not spec.points():
         raise ConfigError(f"{source}: the sweep has no runs")
     return spec

@@ -10,6 +10,12 @@ count. The run directory is an ordinary one (``feedalign.training.train``); a ru
 directory left by a killed worker (config.toml but no summary.json) is continued
 with ``feedalign.training.resume`` from its last checkpoint.
 
+A population job (:func:`feedalign.sweeps.local.population_job`) names several such runs
+(``members``): the worker trains those that have no run directory yet as one population
+(:func:`feedalign.training.population.train_population`, each member's data loaded for its
+own seed, since the validation split depends on it) and leaves the rest, finished or partly
+trained, to the sweep, which sees which members have a summary.json.
+
 ``invalid`` is an error in the run's settings or data (:class:`feedalign.errors.FeedalignError`:
 the same on every try, not retried); ``error`` any other exception (retried like a worker that died).
 """
@@ -36,6 +42,15 @@ def pin_threads(threads: int) -> None:
         pass
 
 
+def _config(job: dict, threads: int):
+    """The run job's Config, writing into its run directory with ``threads`` threads."""
+    from ..training.config import Config
+    run_dir = Path(job["run_dir"])
+    values = dict(job["config"])
+    values.update(out_dir=str(run_dir.parent), name=run_dir.name, threads=threads)
+    return Config.from_dict(values, source="sweep job")
+
+
 def run_job(job: dict) -> dict:
     """Train (or finish) one run; return its summary.json as a dict."""
     from ..training.config import Config
@@ -44,9 +59,7 @@ def run_job(job: dict) -> dict:
 
     pin_threads(int(job.get("threads") or 1))
     run_dir = Path(job["run_dir"])
-    values = dict(job["config"])
-    values.update(out_dir=str(run_dir.parent), name=run_dir.name, threads=int(job.get("threads") or 1))
-    config = Config.from_dict(values, source="sweep job")
+    config = _config(job, int(job.get("threads") or 1))
     if (run_dir / "summary.json").is_file():
         return json.loads((run_dir / "summary.json").read_text())
     if run_dir.exists():
@@ -60,6 +73,27 @@ def run_job(job: dict) -> dict:
             return resume(run_dir, progress="lines").summary
         shutil.rmtree(run_dir)  # not a run of this config, or too broken to read: start over
     return train(config, progress="lines").summary
+
+
+def run_population_job(job: dict) -> list[dict]:
+    """Train the members of population job ``job`` that have no run directory yet as one population
+    (one alone trains as a single run); return the summaries of the members trained."""
+    from ..training.build import load_data
+    from ..training.population import train_population
+
+    threads = int(job.get("threads") or 1)
+    pin_threads(threads)
+    fresh = [member for member in job["members"] if not Path(member["run_dir"]).exists()]
+    if len(fresh) == 1:
+        return [run_job({**fresh[0], "threads": threads})]
+    configs = [_config(member, threads) for member in fresh]
+    data: dict = {}
+    for config in configs:  # of the fields members may differ in, the data depends on the seed alone
+        if config.seed not in data:
+            data[config.seed] = load_data(config)
+    print(f"feedalign sweep worker: {job['key']}: training {len(configs)} runs as one population", file=sys.stderr)
+    results = train_population(configs, [data[c.seed] for c in configs], progress="lines") if configs else []
+    return [result.summary for result in results]
 
 
 def serve(threads: int) -> int:
@@ -76,9 +110,14 @@ def serve(threads: int) -> int:
         os.dup2(log.fileno(), 2)
         status, error = "done", None
         try:
-            summary = run_job(job)
-            print(f"feedalign sweep worker: {job['key']} {summary.get('outcome')} "
-                  f"best val acc {summary.get('best_val_accuracy')}", file=sys.stderr)
+            if "members" in job:
+                for summary in run_population_job(job):
+                    print(f"feedalign sweep worker: {job['key']}: {Path(summary['run_dir']).name} "
+                          f"{summary.get('outcome')} best val acc {summary.get('best_val_accuracy')}", file=sys.stderr)
+            else:
+                summary = run_job(job)
+                print(f"feedalign sweep worker: {job['key']} {summary.get('outcome')} "
+                      f"best val acc {summary.get('best_val_accuracy')}", file=sys.stderr)
         except FeedalignError as err:  # settings or data (dataset, architecture fit, ...): the same every time
             status, error = "invalid", first_line(err)
             print(f"feedalign sweep worker: invalid run: {error}", file=sys.stderr)
