@@ -42,7 +42,7 @@ class DifferenceTargetPropagationMNIST(TrainingExperiment):
     title = "Difference target propagation on MNIST: 7x240 tanh, DTP vs BP"
     paper = "Lee, Zhang, Fischer & Bengio 2015 (ECML/PKDD, arXiv 1412.7525), MNIST 7x240 tanh; code donghyunlee/dtp"
     order = 95
-    full_runtime = "not run yet; estimated from short timings: DTP about 15 min, BP about 7 min per seed (100 epochs)"
+    full_runtime = "about 60 min (BP and DTP, 3 seeds, 100 epochs, 2 workers)"
     default_seeds = {"quick": 1, "full": 3}
 
     def config(self, quick):
