@@ -44,7 +44,7 @@ class _UniformSign:
     feedback_scale: float
 
     def backward_weight(self) -> torch.Tensor:
-        return torch.sign(self.weight.detach()) * self.feedback_scale
+        return torch.sign(self.weight.detach()).mul_(self.feedback_scale)  # in place: one W-sized pass less
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", feedback=sign(W)*{self.feedback_scale:.3g}"
