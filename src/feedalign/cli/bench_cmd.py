@@ -52,9 +52,10 @@ def main(args) -> int:
     start = time.perf_counter()
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731  progress off stdout
     if args.to_accuracy is not None:
-        return _to_accuracy(args, start, log)
-    result = run(sizes, args.rules, device=args.device, rounds=rounds, min_round_s=round_s, epoch=epoch,
-                 gemm_size=gemm, threads=args.threads, clock_name=args.clock, log=log)
+        result = _to_accuracy(args, log)
+    else:
+        result = run(sizes, args.rules, device=args.device, rounds=rounds, min_round_s=round_s, epoch=epoch,
+                     gemm_size=gemm, threads=args.threads, clock_name=args.clock, log=log)
     result["command_seconds"] = time.perf_counter() - start
     print(result["table"])
     print(f"\n(bench ran {result['command_seconds']:.0f} s)")
@@ -63,7 +64,7 @@ def main(args) -> int:
     return 0
 
 
-def _to_accuracy(args, start, log) -> int:
+def _to_accuracy(args, log) -> dict:
     import torch
 
     from feedalign.bench_accuracy import time_to_accuracy
@@ -74,10 +75,4 @@ def _to_accuracy(args, start, log) -> int:
             raise UsageError(f"--threads must be at least 1; got {args.threads}")
         torch.set_num_threads(args.threads)
     rules = list(dict.fromkeys(["bp", *args.rules]))  # BP first: the ratios are to it
-    result = time_to_accuracy(args.to_accuracy, rules, max_epochs=args.max_epochs, log=log)
-    result["command_seconds"] = time.perf_counter() - start
-    print(result["table"])
-    print(f"\n(bench ran {result['command_seconds']:.0f} s)")
-    if args.json:
-        write_json(args.json, result)
-    return 0
+    return time_to_accuracy(args.to_accuracy, rules, max_epochs=args.max_epochs, log=log)

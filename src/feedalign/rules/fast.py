@@ -83,9 +83,10 @@ class StackedSignals(abc.ABC):
         no output read); the stack then runs as the lean :class:`_OneHiddenFunction`. Default: False."""
         return False
 
-    def one_hidden_matrix(self, plan: "Plan", inputs: list[torch.Tensor]) -> torch.Tensor:
-        """``M`` (out, width) of :meth:`one_hidden`, asked for at backward time."""
-        raise NotImplementedError(f"{type(self).__name__} has no one-hidden-layer matrix")
+    def one_hidden_matrix(self, plan: "Plan", inputs: list[torch.Tensor]) -> torch.Tensor | None:
+        """``M`` (out, width) of :meth:`one_hidden`, asked for at backward time (None where
+        :meth:`one_hidden` is False: never asked)."""
+        return None
 
     def input_matrix(self, step: "Backward", inputs: list[torch.Tensor]) -> torch.Tensor:
         """The (width_1, in) matrix that carries ``delta_1`` to the stack's input; asked for only when
