@@ -196,11 +196,12 @@ def run_local(jobs: list[dict], *, workers: int, threads: int, retries: int, swe
                     continue
                 w.job = None
                 answer = json.loads(line)
-                summary = _summary(job) if "members" not in job and answer["status"] == "done" else None
                 if "members" in job:
                     why = None if answer["status"] == "done" else (answer.get("error") or "population failed")
                     population_ended(job, attempt, seconds, log_file, why)
-                elif summary is not None:
+                    continue
+                summary = _summary(job) if answer["status"] == "done" else None
+                if summary is not None:
                     on_done(job, summary, "done", seconds, attempt, None)
                 elif answer["status"] == "invalid":
                     on_done(job, None, "invalid", seconds, attempt, answer.get("error"))

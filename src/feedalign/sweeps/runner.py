@@ -39,7 +39,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..files import atomic_write
 from .results import make_row, read_results, write_results
-from .spec import SweepSpec, check_fit, config_hash
+from .spec import POPULATION_MODES, SweepSpec, check_fit, config_hash
 
 
 @dataclass
@@ -91,8 +91,7 @@ def plan_jobs(points: list, runs_dir: Path, *, population: str = "auto", populat
     """
     from ..training.population import population_key, unsupported
     from .local import population_job, training_job
-    if population not in ("auto", "off"):
-        raise ConfigError(f"population must be auto or off; got {population!r}")
+    _check_population(population)
     if not isinstance(population_size, int) or isinstance(population_size, bool) or population_size < 2:
         raise ConfigError(f"population_size must be an integer >= 2; got {population_size!r}")
     groups: dict[tuple, list] = {}
@@ -121,6 +120,11 @@ def plan_jobs(points: list, runs_dir: Path, *, population: str = "auto", populat
     return jobs + [training_job(p.config, runs_dir / p.key, key=p.key) for p in singles]
 
 
+def _check_population(population) -> None:
+    if population not in POPULATION_MODES:
+        raise ConfigError(f"population must be {' or '.join(POPULATION_MODES)}; got {population!r}")
+
+
 def _split(items: list, parts: int) -> list[list]:
     """``items`` in ``parts`` consecutive slices whose lengths differ by at most one."""
     size, extra = divmod(len(items), parts)
@@ -143,8 +147,7 @@ def run_sweep(spec: SweepSpec, *, backend: str | None = None, address: str | Non
     if backend not in ("local", "ray"):
         raise ConfigError(f"unknown backend {backend!r}; expected local or ray")
     population = spec.population if population is None else population
-    if population not in ("auto", "off"):
-        raise ConfigError(f"population must be auto or off; got {population!r}")
+    _check_population(population)
     if backend == "ray":
         from .ray_backend import import_ray
         import_ray()  # fail before any run starts

@@ -118,18 +118,17 @@ def build_model(config: Config, device: torch.device) -> nn.Module:
                 nn.init.xavier_uniform_(layer.weight)
                 if layer.bias is not None:
                     nn.init.zeros_(layer.bias)
-    if config.init == "orthogonal":  # Lee et al.'s DTP code (rand_ortho): orthonormal rows or columns, zero biases
-        generator = torch.Generator().manual_seed(seeds["forward"])
-        for layer in (m for m in model.modules() if isinstance(m, nn.Linear)):
+    generator = torch.Generator().manual_seed(seeds["forward"])
+    for k, layer in enumerate(m for m in model.modules() if isinstance(m, nn.Linear)):
+        if config.init == "orthogonal":  # Lee et al.'s DTP code (rand_ortho): orthonormal rows or columns, zero biases
             with torch.no_grad():
                 layer.weight.copy_(nn.init.orthogonal_(torch.empty(layer.weight.shape), generator=generator))
                 if layer.bias is not None:
                     layer.bias.zero_()
-    generator = torch.Generator().manual_seed(seeds["forward"])
-    for k, layer in enumerate(m for m in model.modules() if isinstance(m, nn.Linear)):
+            continue
         w = config.init_scale if config.init_scale is not None else 1.0 / math.sqrt(layer.in_features)
         for p in (layer.weight, layer.bias):
-            if p is None or config.init in ("default", "xavier", "orthogonal"):
+            if p is None or config.init in ("default", "xavier"):
                 continue
             with torch.no_grad():
                 if config.init == "zero" or (config.init == "zero-except-first" and k > 0):
