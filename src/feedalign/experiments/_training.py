@@ -183,6 +183,9 @@ class TrainingExperiment(Experiment):
 
     def data_deviation(self, config) -> str:
         d = config["data"]
+        if d.get("n_val") == 0:  # the paper's protocol: every training image trains, the final network is tested
+            return (f"Data: {d['name']}, {d.get('n_train') or 'all 60000'} training examples, no validation split, "
+                    f"{d.get('n_test') or 10000} test. Test error is that of the network after the last epoch.")
         return (f"Data: {d['name']}, {d.get('n_train') or 'all 50000'} training examples, "
                 f"{d.get('n_val') or 10000} validation, {d.get('n_test') or 10000} test "
                 "(validation examples are held out of MNIST's 60000 training images, chosen by the seed). "

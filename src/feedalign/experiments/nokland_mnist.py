@@ -1,9 +1,10 @@
 """Nøkland 2016, Table 1: MNIST test error of tanh networks trained with BP, FA and DFA (IFA as an extra row).
 
 Settings: see :mod:`feedalign.experiments.nokland` (Nøkland's code, with RMSprop at 1e-3 and a
-cosine schedule over 20 epochs instead of 1e-4 for 300 epochs). The paper trains on the
-60000 training images and reports the test error of the final network; we hold out 10000
-for validation and read the test error at the epoch of best validation accuracy.
+cosine schedule over 20 epochs instead of 1e-4 for 300 epochs). As the paper (and its code,
+``Data.lua`` without ``-validate``), we train on all 60000 training images and report the test
+error of the final network. FA on 7x240 gets 40 epochs: after 20 its training error is still
+about 1 %, and the paper trains every network until the training error is near zero.
 
 The Table 1 values below could not be checked against the paper here (its text is not
 reachable from this machine; ``shared/notes/paper-settings.md`` records them as quoted from
@@ -29,6 +30,7 @@ PAPER = {"7x240": {"bp": 2.16, "fa": 2.20, "dfa": 2.32},
          "4x800": {"bp": 1.92, "fa": 1.70, "dfa": 1.83}}
 RULES = ("bp", "fa", "dfa", "ifa")
 MAIN_NETS = ("7x240", "2x800")  # every seed; the other networks and IFA run the first seed only
+FINAL = "final_test_error"  # the paper's number: no validation split, so no model selection
 
 
 @register
@@ -37,7 +39,8 @@ class NoklandMnist(TrainingExperiment):
     title = "Table 1: tanh networks 1-4x800 and 7x240 on MNIST with BP, FA, DFA (IFA extra)"
     paper = "Nøkland 2016 (arXiv 1609.01596), Table 1 (MNIST test error)"
     order = 80
-    full_runtime = "about 75 min (7x240 and 2x800: 3 seeds; 1x800, 3x800, 4x800 and IFA: 1 seed; 20 epochs; 2 workers)"
+    full_runtime = ("about 70 min on 2 workers (7x240 and 2x800: 3 seeds; 1x800, 3x800, 4x800 and IFA: 1 seed; "
+                    "20 epochs, FA on 7x240 40; 60000 training images)")
     default_seeds = {"quick": 1, "full": 3}
 
     def config(self, quick):
@@ -45,15 +48,18 @@ class NoklandMnist(TrainingExperiment):
                 "4x800": "784-800x4-10"}
         if quick:
             nets = {"1x100": "784-100-10", "2x100": "784-100x2-10"}
-        return {"data": {"name": "mnist", "n_train": 2000 if quick else None, "n_val": 1000 if quick else None,
+        return {"data": {"name": "mnist", "n_train": 2000 if quick else None, "n_val": 0,
                          "n_test": 1000 if quick else None},
-                "nets": nets, "epochs": 3 if quick else 20,
+                "nets": nets, "epochs": 3 if quick else 20, "epochs_for": {} if quick else {"7x240 FA": 40},
                 "lr": {net: {rule: 3e-3 for rule in RULES} for net in nets} if quick else
                 {net: learning_rates(len(parse_sizes(arch)) - 2) for net, arch in nets.items()}}
 
     def learners(self, config):
-        return {f"{net} {rule.upper()}": learner(rule, arch, config["epochs"], lr=config["lr"][net][rule])
-                for net, arch in config["nets"].items() for rule in RULES}
+        def epochs(label):
+            return config["epochs_for"].get(label, config["epochs"])
+        return {label: learner(rule, arch, epochs(label), lr=config["lr"][net][rule])
+                for net, arch in config["nets"].items() for rule in RULES
+                for label in [f"{net} {rule.upper()}"]}
 
     def seeds_for(self, label, config):
         net, rule = label.split()
@@ -61,7 +67,8 @@ class NoklandMnist(TrainingExperiment):
 
     def deviations(self, config):
         return [SETTINGS_NOTE, self.data_deviation(config),
-                f"{config['epochs']} epochs (cosine schedule) per network and rule, learning rates "
+                f"{config['epochs']} epochs (cosine schedule) per network and rule"
+                + "".join(f", {label} {n}" for label, n in config["epochs_for"].items()) + ", learning rates "
                 f"{json.dumps(config['lr'])}; 7x240 and 2x800 with every seed, the other networks and IFA with the "
                 "first seed only (2 CPU cores).", SEARCH_NOTE,
                 "Table 1's values are unverified here (the paper's text could not be reached); the paper's Table 1 "
@@ -70,7 +77,7 @@ class NoklandMnist(TrainingExperiment):
     def summarize(self, config, runs, out):
         claims = []
         for net in config["nets"]:
-            errs = {rule: self.final(runs, f"{net} {rule.upper()}") for rule in RULES}
+            errs = {rule: self.final(runs, f"{net} {rule.upper()}", FINAL) for rule in RULES}
             for rule in RULES:
                 paper = PAPER.get(net, {}).get(rule)
                 mean = float(np.mean(errs[rule]))
@@ -95,8 +102,8 @@ class NoklandMnist(TrainingExperiment):
         fig, ax = plt.subplots(figsize=(9, 4.4))
         width = 0.2
         for i, rule in enumerate(RULES):
-            means = [np.mean(self.final(runs, f"{n} {rule.upper()}")) for n in nets]
-            stds = [np.std(self.final(runs, f"{n} {rule.upper()}")) for n in nets]  # 0 for single-seed cells
+            means = [np.mean(self.final(runs, f"{n} {rule.upper()}", FINAL)) for n in nets]
+            stds = [np.std(self.final(runs, f"{n} {rule.upper()}", FINAL)) for n in nets]  # 0 for single-seed cells
             ax.bar(np.arange(len(nets)) + (i - 1.5) * width, means, width, yerr=stds, label=f"{rule.upper()} (ours)")
             paper = [PAPER.get(n, {}).get(rule) for n in nets]
             if any(p is not None for p in paper):
