@@ -45,6 +45,8 @@ def test_unknown_key_is_named_and_valid_keys_listed():
     ("threads", -1, "threads must be >= 0"),
     ("nesterov", True, "nesterov needs optimizer = 'sgd' and momentum > 0"),
     ("collapse_drop", 0.0, r"collapse_drop must be in \(0, 1\]"),
+    ("stop_train_error", 1.0, r"stop_train_error must be in \[0, 1\)"),
+    ("stop_train_error", -0.1, r"stop_train_error must be in \[0, 1\)"),
     ("train_size", 0, "train_size must be >= 1"),
     ("test_size", 0, "test_size must be >= 1"),
     ("frozen", "output", "frozen must be one of none, first, hidden"),
@@ -150,6 +152,20 @@ def test_huge_learning_rate_diverges_and_keeps_last_good_checkpoint(small):
     s = result.summary
     assert s["outcome"] == "diverged" and s["outcome_epoch"] == 1 and s["epochs_completed"] == 0
     assert not (result.run_dir / "checkpoints" / "latest.pt").exists()  # nothing good was ever saved
+
+
+def test_stop_train_error_stops_at_noklands_running_mean(small):
+    """m = 0.75 m + 0.25 err per epoch from m = 1 (anokland/dfa-torch Main.lua), computed here by hand."""
+    full = train(small.replace(epochs=4, name="full"), progress="none")
+    errors = [1 - r["train_accuracy"] for r in full.metrics[1:]]
+    running = [1.0]
+    for err in errors:
+        running.append(0.75 * running[-1] + 0.25 * err)
+    assert running[1] > running[2] > running[3]  # so the threshold below is first reached after epoch 2
+    stopped = train(small.replace(epochs=4, stop_train_error=running[2], name="stopped"), progress="none")
+    assert stopped.summary["epochs_completed"] == 2 and stopped.summary["outcome"] == "trained"
+    assert [r["train_accuracy"] for r in stopped.metrics] == [r["train_accuracy"] for r in full.metrics[:3]]
+    assert resume(stopped.run_dir, progress="none").summary == stopped.summary
 
 
 def test_negligible_learning_rate_refuses(small):  # lr 0 itself is a ConfigError

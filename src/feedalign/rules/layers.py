@@ -83,6 +83,11 @@ class FeedbackLayer(abc.ABC):
         it must not change the layer's state (brsf counts its draws there)."""
         return self.backward_weight()
 
+    def scaled_backward_weight(self) -> tuple[torch.Tensor, float]:
+        """``(M, s)`` with ``B = s M``, in place of :meth:`backward_weight` on the fused path, which folds
+        ``s`` into its matmul (the GEMM's alpha) instead of a pass over ``B``. Default ``(B, 1.0)``."""
+        return self.backward_weight(), 1.0
+
     def trained_feedback(self) -> torch.Tensor | None:
         """A feedback tensor that should receive the weight's gradient (Kolen-Pollack), else None."""
         return None
@@ -203,8 +208,12 @@ class LayerwiseSignals(fast.StackedSignals):
         deltas, outs = step.empty()
         signal = error
         for l in range(len(outs) - 1, -1, -1):
-            feedback = step.plan.linears[l + 1].backward_weight()
-            step.times_derivative(l, torch.mm(signal, feedback, out=outs[l]), outs[l])
+            feedback, scale = step.plan.linears[l + 1].scaled_backward_weight()
+            if scale == 1.0:
+                torch.mm(signal, feedback, out=outs[l])
+            else:  # beta=0: outs[l] is only written, never read
+                torch.addmm(outs[l], signal, feedback, beta=0, alpha=scale, out=outs[l])
+            step.times_derivative(l, outs[l], outs[l])
             signal = outs[l]
         return deltas
 

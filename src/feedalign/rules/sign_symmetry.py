@@ -46,6 +46,9 @@ class _UniformSign:
     def backward_weight(self) -> torch.Tensor:
         return torch.sign(self.weight.detach()).mul_(self.feedback_scale)  # in place: one W-sized pass less
 
+    def scaled_backward_weight(self) -> tuple[torch.Tensor, float]:
+        return torch.sign(self.weight.detach()), self.feedback_scale  # s goes into the fused path's GEMM
+
     def extra_repr(self) -> str:
         return super().extra_repr() + f", feedback=sign(W)*{self.feedback_scale:.3g}"
 

@@ -83,6 +83,9 @@ class Config:
     gamma: float = _f(0.1, "step and multistep schedules: decay factor")
     batch_size: int = _f(64, "minibatch size")
     epochs: int = _f(3, "passes over the training set")
+    stop_train_error: float | None = _f(None, "stop before `epochs` once the running mean of the training error "
+                                              "(m = 0.75 m + 0.25 * this epoch's, from m = 1: Nøkland's dfa-torch "
+                                              "rule, which uses 0.0001) is at or below this fraction (default: never)")
     seed: int = _f(0, "seeds forward init, feedback matrices and data order (independent streams)")
     # where and how
     device: str = _f("cpu", "cpu, cuda, cuda:N or auto")
@@ -201,6 +204,8 @@ class Config:
         for name in ("train_size", "test_size"):
             if getattr(self, name) is not None:
                 _at_least(name, getattr(self, name), 1)
+        if self.stop_train_error is not None and not 0.0 <= self.stop_train_error < 1.0:
+            raise ConfigError(f"stop_train_error must be in [0, 1); got {self.stop_train_error!r}")
         for name in ("validation_size", "init_scale", "feedback_scale"):
             if getattr(self, name) is not None:
                 _at_least(name, getattr(self, name), 0)

@@ -36,6 +36,18 @@ from .outcome import label_outcome
 EVAL_BATCH = 2048  # evaluation batch size: memory only, results do not depend on it beyond float rounding
 
 
+def _training_error_reached(metrics: list[dict], threshold: float | None) -> bool:
+    """Nøkland's stopping rule (anokland/dfa-torch, Main.lua): ``m = 0.75 m + 0.25 err`` after every epoch,
+    from ``m = 1``, with ``err`` the epoch's training error; stop once ``m <= threshold``."""
+    if threshold is None:
+        return False
+    running = 1.0
+    for row in metrics:
+        if row.get("train_accuracy") is not None:
+            running = 0.75 * running + 0.25 * (1.0 - row["train_accuracy"])
+    return running <= threshold
+
+
 class Callback:
     """Hooks into :func:`train`; subclass and override what you need (or pass any object
     with some of these methods: missing ones are skipped).
@@ -298,8 +310,13 @@ class _Loop:
         return metrics, first_epoch
 
     def train_epochs(self, metrics: list[dict], first_epoch: int) -> int | None:
-        """Train up to ``config.epochs``, appending to ``metrics``; the epoch it diverged at, or None."""
+        """Train up to ``config.epochs`` (or until ``stop_train_error``), appending to ``metrics``; the epoch it
+        diverged at, or None."""
         for epoch in range(first_epoch, self.run.config.epochs + 1):
+            if _training_error_reached(metrics, self.run.config.stop_train_error):
+                self.bar.line(f"epoch {epoch - 1}: running mean training error at or below "
+                              f"{self.run.config.stop_train_error}; stopping")
+                break
             row = self.epoch(epoch)
             if row is None:
                 return epoch
