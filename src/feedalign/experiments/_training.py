@@ -124,7 +124,11 @@ class TrainingExperiment(Experiment):
         for label, seed, run_config in planned:
             run_dir = runs_dir / run_config.name
             jobs.append(training_job(run_config, run_dir, label=label, seed=seed))
-        todo = [j for j in jobs if not (Path(j["run_dir"]) / "summary.json").is_file()]
+        # the longest runs (most epochs) first, so that no long run starts last and leaves one worker busy alone
+        epochs = {run_dir: run_config.epochs for _, _, run_config in planned
+                  for run_dir in [str(runs_dir / run_config.name)]}
+        todo = sorted((j for j in jobs if not (Path(j["run_dir"]) / "summary.json").is_file()),
+                      key=lambda j: -epochs[str(j["run_dir"])])
         started = sum((Path(j["run_dir"]) / "config.toml").is_file() for j in todo)
         if len(todo) < len(jobs) or started:
             log(f"  {len(jobs) - len(todo)} of {len(jobs)} runs already finished in {runs_dir}; "
@@ -137,7 +141,8 @@ class TrainingExperiment(Experiment):
                 log(f"  {job['label']} seed {job['seed']}: {status}: {error}")
                 return
             log(f"  {job['label']} seed {job['seed']}: test error {100 * summary['test_error_at_best']:.2f}% "
-                f"(best epoch {summary['best_epoch']}), {seconds:.0f} s [{time.perf_counter() - t0:.0f} s]")
+                f"(best epoch {summary['best_epoch']}), final {100 * summary['final_test_error']:.2f}%, "
+                f"{summary['epochs_completed']} epochs, {seconds:.0f} s [{time.perf_counter() - t0:.0f} s]")
 
         if todo:
             log(f"  {len(todo)} runs on {min(workers, len(todo))} worker process(es); logs in {runs_dir / 'logs'}")

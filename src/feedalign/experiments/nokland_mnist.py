@@ -3,8 +3,8 @@
 Settings: see :mod:`feedalign.experiments.nokland` (Nøkland's code, with RMSprop at 1e-3 and a
 cosine schedule over 20 epochs instead of 1e-4 for 300 epochs). As the paper (and its code,
 ``Data.lua`` without ``-validate``), we train on all 60000 training images and report the test
-error of the final network. FA on 7x240 gets 40 epochs: after 20 its training error is still
-about 1 %, and the paper trains every network until the training error is near zero.
+error of the final network. FA on 7x240 trains with the paper's own schedule (:data:`PAPER_SCHEDULE`):
+with our 20 (or 40, or 60) cosine epochs it stayed at 2.6-2.8 %, 0.4-0.6 points above Table 1.
 
 The Table 1 values below could not be checked against the paper here (its text is not
 reachable from this machine; ``shared/notes/paper-settings.md`` records them as quoted from
@@ -31,6 +31,11 @@ PAPER = {"7x240": {"bp": 2.16, "fa": 2.20, "dfa": 2.32},
 RULES = ("bp", "fa", "dfa", "ifa")
 MAIN_NETS = ("7x240", "2x800")  # every seed; the other networks and IFA run the first seed only
 FINAL = "final_test_error"  # the paper's number: no validation split, so no model selection
+# Nøkland's own schedule (anokland/dfa-torch Main.lua defaults, mlp.lua's FA init): RMSprop at a constant 1e-4
+# for up to 300 epochs (his loop runs 299), stopping early once the running mean of the training error is at
+# most 1e-4; FA's first layer keeps its random init, the others start at zero.
+PAPER_SCHEDULE = {"schedule": "constant", "lr": 1e-4, "epochs": 299, "stop_train_error": 1e-4,
+                  "init": "zero-except-first"}
 
 
 @register
@@ -39,8 +44,9 @@ class NoklandMnist(TrainingExperiment):
     title = "Table 1: tanh networks 1-4x800 and 7x240 on MNIST with BP, FA, DFA (IFA extra)"
     paper = "Nøkland 2016 (arXiv 1609.01596), Table 1 (MNIST test error)"
     order = 80
-    full_runtime = ("about 70 min on 2 workers (7x240 and 2x800: 3 seeds; 1x800, 3x800, 4x800 and IFA: 1 seed; "
-                    "20 epochs, FA on 7x240 40; 60000 training images)")
+    full_runtime = ("about 110 min on 2 workers (7x240 and 2x800: 3 seeds; 1x800, 3x800, 4x800 and IFA: 1 seed; "
+                    "20 epochs, FA on 7x240 up to 299 at the paper's schedule, about 40 min per seed; 60000 "
+                    "training images)")
     default_seeds = {"quick": 1, "full": 3}
 
     def config(self, quick):
@@ -50,14 +56,14 @@ class NoklandMnist(TrainingExperiment):
             nets = {"1x100": "784-100-10", "2x100": "784-100x2-10"}
         return {"data": {"name": "mnist", "n_train": 2000 if quick else None, "n_val": 0,
                          "n_test": 1000 if quick else None},
-                "nets": nets, "epochs": 3 if quick else 20, "epochs_for": {} if quick else {"7x240 FA": 40},
+                "nets": nets, "epochs": 3 if quick else 20,
+                "overrides": {} if quick else {"7x240 FA": PAPER_SCHEDULE},
                 "lr": {net: {rule: 3e-3 for rule in RULES} for net in nets} if quick else
                 {net: learning_rates(len(parse_sizes(arch)) - 2) for net, arch in nets.items()}}
 
     def learners(self, config):
-        def epochs(label):
-            return config["epochs_for"].get(label, config["epochs"])
-        return {label: learner(rule, arch, epochs(label), lr=config["lr"][net][rule])
+        return {label: {**learner(rule, arch, config["epochs"], lr=config["lr"][net][rule]),
+                        **config["overrides"].get(label, {})}
                 for net, arch in config["nets"].items() for rule in RULES
                 for label in [f"{net} {rule.upper()}"]}
 
@@ -68,7 +74,8 @@ class NoklandMnist(TrainingExperiment):
     def deviations(self, config):
         return [SETTINGS_NOTE, self.data_deviation(config),
                 f"{config['epochs']} epochs (cosine schedule) per network and rule"
-                + "".join(f", {label} {n}" for label, n in config["epochs_for"].items()) + ", learning rates "
+                + "".join(f", {label} with {json.dumps(fields)}" for label, fields in config["overrides"].items())
+                + ", learning rates "
                 f"{json.dumps(config['lr'])}; 7x240 and 2x800 with every seed, the other networks and IFA with the "
                 "first seed only (2 CPU cores).", SEARCH_NOTE,
                 "Table 1's values are unverified here (the paper's text could not be reached); the paper's Table 1 "
