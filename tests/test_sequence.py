@@ -513,6 +513,30 @@ def test_taps_on_a_residual_network_project_the_error_to_each_block_output():
     torch.testing.assert_close(model[2].conv2.weight.grad, block.conv2.weight.grad)
 
 
+def test_a_pooled_classifier_can_share_one_feedback_matrix_over_positions():
+    """``feedalign_share_positions``: output (N, C), tap (N, T, D): B is (C, D) and every token gets ``e B``
+    (the mean over tokens sends each the same true error); checked with autograd on the block alone."""
+    torch.manual_seed(9)
+    net = AttentionNet().double()
+    net.feedalign_share_positions = True
+    model = feedalign.convert(net, "dfa", taps=["block"], seed=3)
+    x, labels = torch.randn(2, 5, 3, dtype=torch.float64), torch.tensor([0, 2])
+    (feedback,) = feedalign.feedback_matrices(run_forward_once(model, x))
+    assert tuple(feedback.shape) == (3, 4)
+    output = model(x)
+    F.cross_entropy(output, labels).backward()
+    error = (torch.softmax(output.detach(), -1) - F.one_hot(labels, 3)) / len(labels)
+    reference = swap_sequence_modules(copy.deepcopy(net))
+    signal = (error @ feedback).unsqueeze(1).expand(2, 5, 4)
+    reference.block(reference.embed(x), key_mask(x)).backward(signal)
+    for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        torch.testing.assert_close(getattr(model.block.attn, name).weight.grad,
+                                   getattr(reference.block.attn, name).weight.grad)
+    torch.testing.assert_close(model.embed.weight.grad, reference.embed.weight.grad)
+    unshared = feedalign.convert(AttentionNet().double(), "dfa", taps=["block"], seed=3)
+    assert tuple(feedalign.feedback_matrices(run_forward_once(unshared, x))[0].shape) == (3, 20)
+
+
 class TokenNet(nn.Module):
     """Per-token outputs (N, T, 3), as a language model: embed -> attention block -> head."""
 

@@ -25,7 +25,9 @@ class VisionTransformer(nn.Module):
 
     Input (N, C, H, W) with H = W = ``image_size`` a multiple of ``patch``, or flattened
     (N, C*H*W); output (N, num_classes).
-    ``feedalign_taps``: every block and the final norm.
+    ``feedalign_taps``: every block and the final norm; ``feedalign_share_positions``: dfa and drtp
+    send every token of a tap the same ``e B_k`` (B_k of shape (classes, dim)), as the mean over
+    tokens sends every token the same true error (see :class:`feedalign.rules._cut.TapCut`).
     """
 
     def __init__(self, image_size: int = 28, patch: int = 7, in_channels: int = 1, num_classes: int = 10,
@@ -48,6 +50,7 @@ class VisionTransformer(nn.Module):
         self.head = nn.Linear(dim, num_classes)
         nn.init.normal_(self.position, std=0.02)
         self.feedalign_taps = [f"blocks.{k}" for k in range(depth)] + ["norm"]
+        self.feedalign_share_positions = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         side, channels = self.image_size, self.embed.in_features // self.patch ** 2

@@ -40,12 +40,15 @@ class LaunayTransformer(TrainingExperiment):
         return [self.data_deviation(config),
                 "The paper's transformers are WikiText-103 language models; here a 2-block vision transformer on "
                 f"MNIST (feedalign.vit_tiny), Adam lr {config['lr']}, batch {config['batch_size']}, cosine schedule, "
-                f"{config['epochs']} epochs. DFA's taps are the outputs of the two transformer blocks (the model's "
-                "default); the patch embedding, position embedding and the blocks' insides learn from the projected "
-                "error by local backprop, the head from the true error.",
-                "Learning rate searched on the quick size (4000 examples, 3 epochs, one seed): DFA with Adam at "
-                "3e-4, 1e-3, 3e-3 and 1e-2 reached 89.0, 80.4, 71.5 and 72.9% test error, BP at 1e-3 and 3e-3 26.9 "
-                "and 21.0%; both use 3e-3."]
+                f"{config['epochs']} epochs. DFA's taps are the outputs of the two transformer blocks and the final "
+                "norm (the model's default), each with one B (10 x 64) shared by all 16 tokens, as Launay et al. "
+                "share B over positions; the patch embedding, position embedding and the blocks' insides learn from "
+                "the projected error by local backprop, the head from the true error.",
+                "Settings searched (12000 training images, 2 epochs, Adam, one seed; test error on 2000 test "
+                "images): DFA with one B per token (T*D = 1024 values per tap) 77.6% at 3e-3 and 61.6% at 1e-3, no "
+                "better than training the head alone on the random transformer (59.0%); with B shared over tokens "
+                "39.4% at 3e-3 and 46.0% at 1e-3 (taps at the two blocks only: 45.2%); BP 15.9% at 3e-3. Both use "
+                "3e-3."]
 
     def summarize(self, config, runs, out):
         bp, dfa = self.final(runs, "BP"), self.final(runs, "DFA")

@@ -141,13 +141,24 @@ class TapCut(HiddenCut):
     (N, C) sees a block output (N, T, D) as one vector of T*D per example. The sizes are
     learnt on the first forward pass, with or without grad.
 
+    ``share_positions`` (a model's ``feedalign_share_positions``, set by builders whose
+    output reads every position alike, such as the mean over tokens of
+    :class:`feedalign.VisionTransformer`): a classifier's tap output (N, *positions, D)
+    gets one B_k (out, D) and every position the same ``e B_k``, as the true error
+    reaching each token through a mean is the same for all of them. A random B per
+    position sends each token a different direction the pooled readout cannot align with
+    (vit-tiny on 12000 MNIST images, 2 epochs of Adam at 3e-3: 77.6 % test error with one B
+    per token, 39.4 % shared; the head alone on the random transformer: 59.0 %).
+
     A tap whose output is a tuple (a recurrent layer's ``(output, state)``) records its
     first tensor and detaches every tensor in it.
     """
 
-    def __init__(self, root: nn.Module, taps: list[tuple[str, nn.Module]], linears: list[nn.Module], attach):
+    def __init__(self, root: nn.Module, taps: list[tuple[str, nn.Module]], linears: list[nn.Module], attach,
+                 share_positions: bool = False):
         if not taps:
             raise ValueError("taps must name at least one module")
+        self.share_positions = share_positions
         self.linears = linears
         self.taps = taps
         self.sizes = [None] * len(taps)
@@ -202,7 +213,7 @@ class TapCut(HiddenCut):
                 raise ValueError(
                     f"tap {self.taps[k][0]!r} gives shape {tuple(shape)} but the output is {tuple(output.shape)}: "
                     f"its leading dimensions must be the output's {tuple(lead)} (batch first) to project the error")
-            size = shape[len(lead):].numel()
+            size = shape[-1] if self.share_positions else shape[len(lead):].numel()
             if self.sizes[k] is None:
                 self.sizes[k] = size
             elif self.sizes[k] != size:
@@ -213,6 +224,15 @@ class TapCut(HiddenCut):
         if not any(h is not None and h.requires_grad for h in hidden):
             return None
         return self.attach(root, output, hidden, None)
+
+
+def spread(signal: torch.Tensor, shape: torch.Size, n_lead: int) -> torch.Tensor:
+    """A projected signal (prod(lead), width) as the gradient of a hidden output of ``shape`` whose first
+    ``n_lead`` dimensions are the network output's leading ones: reshaped when ``width`` covers every value
+    per example, else (positions shared, :class:`TapCut`) the same vector at every position."""
+    if signal.numel() == shape.numel():
+        return signal.reshape(shape)
+    return signal.reshape(*shape[:n_lead], *([1] * (len(shape) - n_lead - 1)), shape[-1]).expand(shape)
 
 
 def _first_tensor(output):

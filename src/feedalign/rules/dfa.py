@@ -23,7 +23,8 @@ Residual, attention and recurrent models (``taps``): Launay, Poli, Boniface & Kr
 Architectures", NeurIPS, Sec. 3) project the error to the output of each block, not
 into the internals of a residual stream, and backpropagate it inside the block.
 ``convert(model, "dfa", taps=["blocks.0", "blocks.1"])`` names those outputs; each tap
-output ``h_k`` receives ``e B_k`` (:class:`~feedalign.rules._cut.TapCut`). A tapped
+output ``h_k`` receives ``e B_k`` (:class:`~feedalign.rules._cut.TapCut`), with one B_k for
+all positions (tokens) when the model sets ``feedalign_share_positions = True``. A tapped
 ``feedalign.sequence.LSTM``/``GRU`` is cut at every layer's output, and each layer's
 recurrence is cut, so every time step's hidden state ``h_t`` receives ``e B_{k,t}``
 (recurrent DFA; see :class:`~feedalign.sequence.RecurrentLayer`). A model with
@@ -37,7 +38,7 @@ from torch import nn
 
 from . import fast
 from ..sequence import LSTM, GRU, RecurrentLayer, has_sequence_modules
-from ._cut import HiddenCut, TapCut, find_cut
+from ._cut import HiddenCut, TapCut, find_cut, spread
 from .base import FeedbackRole, LearningRule, forward_flops, register, sample_feedback, trainable_layers
 
 
@@ -47,7 +48,7 @@ class _DirectFeedback(torch.autograd.Function):
     @staticmethod
     def forward(ctx, output, feedback, widths, *hidden):
         ctx.save_for_backward(feedback)
-        ctx.widths = widths
+        ctx.widths, ctx.n_lead = widths, output.dim() - 1
         ctx.hidden_shapes = [h.shape for h in hidden]
         return output.view_as(output)
 
@@ -55,7 +56,7 @@ class _DirectFeedback(torch.autograd.Function):
     def backward(ctx, error):
         (feedback,) = ctx.saved_tensors
         signals = error.reshape(-1, error.shape[-1]).mm(feedback).split(ctx.widths, dim=1)
-        return (error, None, None, *(s.reshape(shape) for s, shape in zip(signals, ctx.hidden_shapes)))
+        return (error, None, None, *(spread(s, shape, ctx.n_lead) for s, shape in zip(signals, ctx.hidden_shapes)))
 
 
 class DirectSignals(fast.StackedSignals):
@@ -166,7 +167,8 @@ def install_direct_feedback(model, layers, attach, *, generator, feedback_init, 
     if not isinstance(layers[-1], nn.Linear):
         raise ValueError(f"the last trainable layer must be nn.Linear (the output), got {type(layers[-1]).__name__}")
     if taps is not None:
-        cut = TapCut(model, expand_taps(model, taps), layers, attach)
+        cut = TapCut(model, expand_taps(model, taps), layers, attach,
+                     share_positions=bool(getattr(model, "feedalign_share_positions", False)))
     elif has_sequence_modules(model):
         raise ValueError("dfa/drtp on a model with attention or recurrent modules need the cut points: "
                          "convert(model, rule, taps=[...]) with the names of the blocks whose outputs receive "

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fast
-from ._cut import find_cut
+from ._cut import find_cut, spread
 from .base import register, trainable_layers
 from .dfa import DirectRule, DirectSignals, install_direct_feedback, materialize_feedback
 
@@ -63,7 +63,7 @@ class _DirectTargetProjection(torch.autograd.Function):
     def forward(ctx, output, feedback, widths, target, *hidden):
         ctx.save_for_backward(feedback, output.detach() if target is None else target)
         ctx.recover = target is None
-        ctx.widths = widths
+        ctx.widths, ctx.n_lead = widths, output.dim() - 1
         ctx.hidden_shapes = [h.shape for h in hidden]
         return output.view_as(output)
 
@@ -72,7 +72,8 @@ class _DirectTargetProjection(torch.autograd.Function):
         feedback, saved = ctx.saved_tensors
         t = recover_target(saved, error) if ctx.recover else saved.to(error.dtype)
         signals = (t / t.shape[0]).mm(feedback).split(ctx.widths, dim=1)
-        return (error, None, None, None, *(s.reshape(shape) for s, shape in zip(signals, ctx.hidden_shapes)))
+        return (error, None, None, None,
+                *(spread(s, shape, ctx.n_lead) for s, shape in zip(signals, ctx.hidden_shapes)))
 
 
 def _one_hot(target: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
