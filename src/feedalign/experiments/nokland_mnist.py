@@ -44,8 +44,8 @@ class NoklandMnist(TrainingExperiment):
     title = "Table 1: tanh networks 1-4x800 and 7x240 on MNIST with BP, FA, DFA (IFA extra)"
     paper = "Nøkland 2016 (arXiv 1609.01596), Table 1 (MNIST test error)"
     order = 80
-    full_runtime = ("about 110 min on 2 workers (7x240 and 2x800: 3 seeds; 1x800, 3x800, 4x800 and IFA: 1 seed; "
-                    "20 epochs, FA on 7x240 up to 299 at the paper's schedule, about 40 min per seed; 60000 "
+    full_runtime = ("about 70 min on 2 workers (7x240 and 2x800: 3 seeds; 1x800, 3x800, 4x800 and IFA: 1 seed; "
+                    "20 epochs, FA on 7x240 up to 299 at the paper's schedule, 143-154 in practice; 60000 "
                     "training images)")
     default_seeds = {"quick": 1, "full": 3}
 
