@@ -119,16 +119,13 @@ class TrainingExperiment(Experiment):
             if old != runs_dir and old.is_dir():
                 shutil.rmtree(old, ignore_errors=True)
         self.check_data(config)
-        planned = self.run_configs(config, runs_dir)
+        # the longest runs (most epochs) first, so that no long run starts last and leaves one worker busy alone
+        planned = sorted(self.run_configs(config, runs_dir), key=lambda run: -run[2].epochs)
         jobs, failed = [], []
         for label, seed, run_config in planned:
             run_dir = runs_dir / run_config.name
             jobs.append(training_job(run_config, run_dir, label=label, seed=seed))
-        # the longest runs (most epochs) first, so that no long run starts last and leaves one worker busy alone
-        epochs = {run_dir: run_config.epochs for _, _, run_config in planned
-                  for run_dir in [str(runs_dir / run_config.name)]}
-        todo = sorted((j for j in jobs if not (Path(j["run_dir"]) / "summary.json").is_file()),
-                      key=lambda j: -epochs[str(j["run_dir"])])
+        todo = [j for j in jobs if not (Path(j["run_dir"]) / "summary.json").is_file()]
         started = sum((Path(j["run_dir"]) / "config.toml").is_file() for j in todo)
         if len(todo) < len(jobs) or started:
             log(f"  {len(jobs) - len(todo)} of {len(jobs)} runs already finished in {runs_dir}; "

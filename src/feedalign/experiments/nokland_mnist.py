@@ -62,10 +62,13 @@ class NoklandMnist(TrainingExperiment):
                 {net: learning_rates(len(parse_sizes(arch)) - 2) for net, arch in nets.items()}}
 
     def learners(self, config):
-        return {label: {**learner(rule, arch, config["epochs"], lr=config["lr"][net][rule]),
-                        **config["overrides"].get(label, {})}
-                for net, arch in config["nets"].items() for rule in RULES
-                for label in [f"{net} {rule.upper()}"]}
+        learners = {}
+        for net, arch in config["nets"].items():
+            for rule in RULES:
+                label = f"{net} {rule.upper()}"
+                learners[label] = {**learner(rule, arch, config["epochs"], lr=config["lr"][net][rule]),
+                                   **config["overrides"].get(label, {})}
+        return learners
 
     def seeds_for(self, label, config):
         net, rule = label.split()
