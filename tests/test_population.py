@@ -84,6 +84,7 @@ def test_refusals_are_clear(tmp_path):
     assert unsupported(base.replace(rule="usf")) is not None
     assert unsupported(base.replace(optimizer="adam")) is not None
     assert unsupported(base.replace(schedule="cosine")) is not None
+    assert "stop_train_error" in unsupported(base.replace(stop_train_error=0.01))
     assert unsupported(base) is None
     with pytest.raises(ValueError, match="differ"):
         train_population([base, base.replace(architecture="40-10")], progress="none")

@@ -43,11 +43,12 @@ class _UniformSign:
 
     feedback_scale: float
 
-    def backward_weight(self) -> torch.Tensor:
-        return torch.sign(self.weight.detach()).mul_(self.feedback_scale)  # in place: one W-sized pass less
-
     def scaled_backward_weight(self) -> tuple[torch.Tensor, float]:
         return torch.sign(self.weight.detach()), self.feedback_scale  # s goes into the fused path's GEMM
+
+    def backward_weight(self) -> torch.Tensor:
+        sign, scale = self.scaled_backward_weight()
+        return sign.mul_(scale)  # in place: one W-sized pass less
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", feedback=sign(W)*{self.feedback_scale:.3g}"

@@ -72,6 +72,8 @@ def unsupported(config: Config) -> str | None:
             return f"{name} {value!r} (population training needs {needed!r})"
     if config.loss not in ("auto", "cross_entropy"):
         return f"loss {config.loss!r} (population training needs cross_entropy)"
+    if config.stop_train_error is not None:  # members would train every epoch, unlike their separate runs
+        return "stop_train_error (population members train every epoch)"
     return None
 
 
