@@ -79,6 +79,31 @@ def test_population_sgd_is_torch_sgd_per_member():
         torch.testing.assert_close(params[0][i], p)
 
 
+@pytest.mark.parametrize("rule", ["bp", "fa", "dfa"])
+@pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.9, True)])
+def test_the_step_by_hand_is_autograd_and_population_sgd(rule, momentum, nesterov):
+    """Float64: layer_outputs + signals + step_linear (training's step, no autograd) against the
+    autograd graph of forward(), cross-entropy and PopulationSGD.step, for three steps."""
+    torch.manual_seed(0)
+    members = [feedalign.convert(feedalign.mlp("6-5-4-3", activation=act), rule).double()
+               for act in ("tanh", "tanh")]
+    by_hand, reference = PopulationMLP(members), PopulationMLP(members)
+    lr, decay = torch.tensor([0.1, 0.3], dtype=torch.float64), torch.tensor([0.0, 0.05], dtype=torch.float64)
+    sgd_hand = PopulationSGD(by_hand.parameters(), lr, momentum=momentum, nesterov=nesterov, weight_decay=decay)
+    sgd_ref = PopulationSGD(reference.parameters(), lr, momentum=momentum, nesterov=nesterov, weight_decay=decay)
+    for _ in range(3):
+        x, y = torch.randn(2, 7, 6, dtype=torch.float64), torch.randint(0, 3, (2, 7))
+        out = reference(x)
+        sgd_ref.zero_grad()
+        torch.nn.functional.cross_entropy(out.reshape(14, 3), y.reshape(-1), reduction="none").view(2, 7).mean(1).sum().backward()
+        sgd_ref.step()
+        outputs = by_hand.layer_outputs(x)
+        error = (outputs[-1].softmax(2) - torch.nn.functional.one_hot(y, 3)) / 7
+        sgd_hand.step_linear(by_hand.linear_steps(outputs, by_hand.signals(outputs, error)))
+    for a, b in zip(by_hand.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_refusals_are_clear(tmp_path):
     base = Config(**SMALL, out_dir=str(tmp_path))
     assert unsupported(base.replace(rule="usf")) is not None

@@ -122,10 +122,7 @@ class Backward:
 
     def times_derivative(self, l: int, grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """``out = grad * f'(a_l)`` (``grad`` may be ``out``), with the kernel autograd would use."""
-        activation = self.activations[l]
-        if activation is None:
-            return out if grad is out else out.copy_(grad)
-        return _BACKWARDS[type(activation)](grad, self.hidden[l], activation, out)
+        return times_derivative(self.activations[l], grad, self.hidden[l], out)
 
     def times_derivatives(self, deltas) -> None:
         """``delta_l *= f'(a_l)`` in place for every hidden layer; one op when stacked with one activation kind."""
@@ -316,6 +313,20 @@ class _OneHiddenFunction(torch.autograd.Function):
         return (None, None, delta.t().mm(input) if needs[2] else None, delta.sum(0) if needs[3] else None,
                 error.t().mm(hidden) if needs[4] else None, error.sum(0) if needs[5] else None,
                 *([None] * ctx.inputs))
+
+
+def times_derivative(activation, grad: torch.Tensor, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out = grad * f'(a)`` given the activation's output ``h = f(a)`` (``grad`` may be ``out``);
+    ``activation`` None is the identity. The kernel autograd itself runs for the module."""
+    if activation is None:
+        return out if grad is out else out.copy_(grad)
+    return _BACKWARDS[type(activation)](grad, h, activation, out)
+
+
+def activate_(activation, a: torch.Tensor) -> torch.Tensor:
+    """``f(a)`` in place (``activation`` None: ``a`` as it is); the kinds :func:`plan_for` admits."""
+    kernel = _forward_kernel(activation)
+    return a if kernel is None else kernel(a)
 
 
 def _forward_kernel(activation):

@@ -19,6 +19,13 @@ gradient of its own run: the slices never mix. The learning rules, batched:
 The optimizer is :class:`PopulationSGD`: ``torch.optim.SGD``'s update (momentum, Nesterov,
 L2 weight decay) with a per-member learning rate and weight decay as (N,) tensors.
 
+:meth:`PopulationMLP.forward` is an ordinary autograd module (the rules as custom Functions).
+Training takes the step by hand instead, since on a CPU the population's tensors outgrow the
+cache and every pass over them counts: :meth:`PopulationMLP.layer_outputs`, the loss's
+``dL/dy``, :meth:`PopulationMLP.signals` and :meth:`PopulationSGD.step_linear`, whose weight
+gradient GEMM adds straight into the momentum buffer. No autograd graph, ``.grad`` or optimizer
+temporaries: a step of 8 members of 784-100-10 takes 2.7 ms instead of 4.6 ms (1 thread).
+
 :func:`train_population` is ``feedalign.train`` for several configs at once: every member
 gets an ordinary run directory (config.toml, metrics.jsonl, summary.json, checkpoints with
 its own model and ``torch.optim.SGD`` state, alignment.jsonl at the config's interval), built
@@ -39,7 +46,6 @@ import time
 import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..convert import rule_of
@@ -182,6 +188,46 @@ class PopulationMLP(nn.Module):
         return h
 
     @torch.no_grad()
+    def layer_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``[x, h_1, ..., h_L]``: the input (N, B, in) and every layer's output (N, B, width_l),
+        ``h_L = y``, without autograd (what :meth:`signals` and :meth:`PopulationSGD.step_linear` read)."""
+        outputs = [x]
+        for l, weight in enumerate(self.weights):
+            bias = self._bias(l)
+            a = (torch.bmm(outputs[-1], weight.mT) if bias is None
+                 else torch.baddbmm(bias.unsqueeze(1), outputs[-1], weight.mT))
+            outputs.append(fast.activate_(self.activations[l] if l < len(self.weights) - 1 else None, a))
+        return outputs
+
+    @torch.no_grad()
+    def signals(self, outputs: list[torch.Tensor], error: torch.Tensor) -> list[torch.Tensor]:
+        """``delta_l`` (N, B, width_l), the signal each layer's pre-activation gets from the rule, for
+        every layer; ``delta_L = error = dL/dy``. ``outputs`` from :meth:`layer_outputs`; D_l = f'(a_l):
+
+        - bp: ``delta_l = (delta_{l+1} W_{l+1}) * D_l``;
+        - fa: ``delta_l = (delta_{l+1} B_{l+1}) * D_l`` (Lillicrap et al. 2016);
+        - dfa: ``delta_l = (e B_l) * D_l`` (Nøkland 2016, eq. 3), ``e B`` for all hidden layers in one bmm.
+
+        The same signals the autograd graph of :meth:`forward` sends (tests check it in float64).
+        """
+        last = len(self.weights) - 1
+        deltas = [None] * last + [error]
+        if self.rule == "dfa":
+            grads = error.bmm(self.feedback).split(self.widths, dim=2)
+            for l in range(last):
+                deltas[l] = fast.times_derivative(self.activations[l], grads[l], outputs[l + 1], grads[l])
+            return deltas
+        for l in reversed(range(last)):
+            matrix = self.weights[l + 1] if self.rule == "bp" else getattr(self, f"feedback_{l + 1}")
+            grad = deltas[l + 1].bmm(matrix)
+            deltas[l] = fast.times_derivative(self.activations[l], grad, outputs[l + 1], grad)
+        return deltas
+
+    def linear_steps(self, outputs: list[torch.Tensor], deltas: list[torch.Tensor]) -> list[tuple]:
+        """``(weight, bias, delta_l, h_{l-1})`` per layer, what :meth:`PopulationSGD.step_linear` takes."""
+        return [(weight, self._bias(l), deltas[l], outputs[l]) for l, weight in enumerate(self.weights)]
+
+    @torch.no_grad()
     def copy_to(self, members: list[nn.Module], indices=None) -> None:
         """Member i's weights and biases := slice i (for every i, or those in ``indices``)."""
         for i, member in enumerate(members):
@@ -212,6 +258,7 @@ class PopulationSGD:
         self.lr, self.momentum, self.nesterov = lr, float(momentum), nesterov
         self.weight_decay = weight_decay if weight_decay is not None and bool((weight_decay != 0).any()) else None
         self.buffers: list[torch.Tensor | None] = [None] * len(self.params)
+        self._index = {id(p): k for k, p in enumerate(self.params)}
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -219,21 +266,45 @@ class PopulationSGD:
 
     @torch.no_grad()
     def step(self) -> None:
+        """One step from every parameter's ``.grad``."""
         for k, p in enumerate(self.params):
-            if p.grad is None:
-                continue
-            shape = (-1,) + (1,) * (p.dim() - 1)
-            g = p.grad
-            if self.weight_decay is not None:
-                g = g.add(p * self.weight_decay.view(shape))
-            if self.momentum:
-                buf = self.buffers[k]
-                if buf is None:
-                    buf = self.buffers[k] = g.clone()
-                else:
-                    buf.mul_(self.momentum).add_(g)
-                g = g.add(buf, alpha=self.momentum) if self.nesterov else buf
-            p.sub_(g * self.lr.view(shape))
+            if p.grad is not None:
+                self._update(k, p, p.grad)
+
+    @torch.no_grad()
+    def step_linear(self, layers) -> None:
+        """One step of stacked linear layers from their signals, no ``.grad`` formed: for each
+        ``(weight, bias, delta, input)`` (delta (N, B, out), input (N, B, in)) the gradients are
+        ``delta^T input`` (N, out, in) and ``sum_B delta`` (N, out). With momentum (not Nesterov),
+        after the first step the weight-gradient GEMM accumulates straight into the momentum
+        buffer, ``buf = momentum buf + delta^T input``: the update is two passes over W, not five.
+        """
+        for weight, bias, delta, input in layers:
+            k = self._index[id(weight)]
+            buf = self.buffers[k]
+            if buf is not None and not self.nesterov:  # momentum > 0 (else no buffer is ever made)
+                buf.baddbmm_(delta.mT, input, beta=self.momentum)
+                if self.weight_decay is not None:
+                    buf.addcmul_(weight, self.weight_decay.view(-1, 1, 1))
+                weight.addcmul_(buf, self.lr.view(-1, 1, 1), value=-1)
+            else:
+                self._update(k, weight, torch.bmm(delta.mT, input))
+            if bias is not None:
+                self._update(self._index[id(bias)], bias, delta.sum(1))
+
+    def _update(self, k: int, p: torch.Tensor, grad: torch.Tensor) -> None:
+        shape = (-1,) + (1,) * (p.dim() - 1)
+        g = grad
+        if self.weight_decay is not None:
+            g = g.addcmul(p, self.weight_decay.view(shape))
+        if self.momentum:
+            buf = self.buffers[k]
+            if buf is None:
+                buf = self.buffers[k] = g.clone()
+            else:
+                buf.mul_(self.momentum).add_(g)
+            g = g.add(buf, alpha=self.momentum) if self.nesterov else buf
+        p.addcmul_(g, self.lr.view(shape), value=-1)
 
 
 def train_population(configs: list[Config], datasets: list | None = None, *, progress: str = "auto",
@@ -348,6 +419,8 @@ def _train_epoch(runs, loops, population, optimizer, epoch, alive, bar) -> list:
     probes = [(i, methods) for i, methods in probes if methods]
     every = min([cb.every for i, _ in probes for cb in loops[i].callbacks if getattr(cb, "every", 0)] or [0])
     lr0 = [run.optimizer.param_groups[0]["lr"] for run in runs]
+    batches: dict[int, tuple] = {}
+    minus_one = torch.full((1, 1, 1), -1.0, dtype=population.weights[0].dtype, device=device)
     bar.start_epoch(epoch, math.ceil(n / batch))
     t0 = time.perf_counter()
     seen = 0
@@ -357,12 +430,20 @@ def _train_epoch(runs, loops, population, optimizer, epoch, alive, bar) -> list:
         if shared:
             xb = xs[0].index_select(0, idx.reshape(-1)).view(size, b, *xs[0].shape[1:])
             yb = ys[0].index_select(0, idx.reshape(-1)).view(size, b, *ys[0].shape[1:])
-        else:
-            xb = torch.stack([x.index_select(0, i) for x, i in zip(xs, idx)])
-            yb = torch.stack([y.index_select(0, i) for y, i in zip(ys, idx)])
-        out = population(xb)
-        losses = F.cross_entropy(out.reshape(size * b, -1), yb.reshape(-1), reduction="none").view(size, b).mean(1)
-        finite = torch.isfinite(losses.detach())
+        else:  # straight into one (N, B, ...) batch, no stack
+            if b not in batches:
+                batches[b] = (xs[0].new_empty((size, b, *xs[0].shape[1:])), ys[0].new_empty((size, b, *ys[0].shape[1:])))
+            xb, yb = batches[b]
+            for k, (x, y, i) in enumerate(zip(xs, ys, idx)):
+                torch.index_select(x, 0, i, out=xb[k])
+                torch.index_select(y, 0, i, out=yb[k])
+        # the step by hand, no autograd: forward, each member's mean cross-entropy and dL/dy, the
+        # rule's signals, SGD (tests check it against autograd and against separate runs)
+        outputs = population.layer_outputs(xb)
+        out = outputs[-1]
+        log_p = out.log_softmax(2)
+        losses = -log_p.gather(2, yb.unsqueeze(2)).squeeze(2).mean(1)
+        finite = torch.isfinite(losses)
         bad = live & ~finite
         if bool(bad.any()):
             population.copy_to([run.model for run in runs], bad.nonzero().flatten().tolist())  # weights before the step
@@ -372,12 +453,12 @@ def _train_epoch(runs, loops, population, optimizer, epoch, alive, bar) -> list:
                 optimizer.lr[i] = 0.0
                 bar.line(f"{runs[i].config.rule} seed {runs[i].config.seed} epoch {epoch} step {runs[i].step + 1}: "
                          f"loss is {float(losses[i])}; stopping (diverged), the last good checkpoint stays")
-        optimizer.zero_grad()
-        torch.where(live, losses, torch.zeros_like(losses)).sum().backward()
-        optimizer.step()
-        with torch.no_grad():
-            total += torch.where(live, losses.detach().double(), 0.0) * b
-            correct += ((out.detach().argmax(2) == yb).sum(1)) * live
+        error = log_p.exp_().scatter_add_(2, yb.unsqueeze(2), minus_one.expand(size, b, 1)).div_(b)  # softmax - onehot
+        if not bool(live.all()):
+            error = torch.where(live.view(-1, 1, 1), error, 0.0)  # a stopped member's NaN stays out of its slice
+        optimizer.step_linear(population.linear_steps(outputs, population.signals(outputs, error)))
+        total += torch.where(live, losses.double(), 0.0) * b
+        correct += ((out.argmax(2) == yb).sum(1)) * live
         seen += b
         stepped = [i for i in alive if i not in stopped]
         for i in stepped:
