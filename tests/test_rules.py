@@ -66,6 +66,23 @@ def test_gradients_match_reference(rule, activation, bias, batch, loss, sizes, f
     check_against_reference(model, rule, x, target, activation, loss, bias, fast=fast)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("rule", [r for r in RULES if contract(r).fast_path])
+def test_stacked_weight_gradients_by_mm_and_by_bmm(rule, threads):
+    """The fused path takes the hidden-to-hidden weight gradients in one bmm with more than one thread
+    and layer by layer with one: both match the float64 reference."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(threads)
+        net = feedalign.mlp("5-6x4-3", activation="tanh").double()
+        model = feedalign.convert(net, rule, seed=3, feedback_scale=0.8 if rule != "bp" else None)
+        x, target = torch.randn(7, 5, dtype=torch.float64), torch.randint(0, 3, (7,))
+        check_against_reference(model, rule, x, target, "tanh", "cross_entropy", fast=True)
+    finally:
+        torch.set_num_threads(before)
+
+
 class Nested(nn.Module):
     """Nested containers and functional activations, as users write them."""
 

@@ -258,12 +258,15 @@ class _StackFunction(torch.autograd.Function):
         grad_weights[-1] = error.t().mm(hs[-1])
         grad_weights[0] = delta_list[0].t().mm(input)
         if k > 1:
-            if plan.stacked and input.is_cuda:  # the K - 1 hidden-to-hidden layers in one bmm
+            # The K - 1 hidden-to-hidden layers in one bmm, on a GPU and with more than one CPU
+            # thread: there the threads split the layers, where each small mm alone parallelises
+            # badly (2 threads, 784-240x100-10:64, medians of 9 interleaved blocks: DFA 0.75 ->
+            # 0.69x BP, and 784-240x7-10: FA 1.00 -> 0.95x). With one thread it is no faster
+            # (98 layers of 240: 9.3 ms against 8.9), and autograd then copies each slice to make
+            # it a .grad of its own (1.5 ms): it never keeps a view of shared storage.
+            if plan.stacked and (input.is_cuda or torch.get_num_threads() > 1):
                 grad_weights[1:k] = deltas[1:].transpose(1, 2).bmm(stack[:-1]).unbind(0)
             else:
-                # On the CPU one bmm is no faster than K - 1 mm's (1 thread, 98 layers of
-                # 240: 9.3 ms against 8.9), and autograd then copies each slice again to
-                # make it a .grad of its own (1.5 ms): it never keeps a view of shared storage.
                 for l in range(1, k):
                     grad_weights[l] = delta_list[l].t().mm(hs[l - 1])
         grad_biases = [None] * n_layers
