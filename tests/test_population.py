@@ -4,17 +4,19 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import feedalign
 from feedalign.training import Config, resume, train
-from feedalign.training.population import (PopulationMLP, PopulationSGD, population_key, train_population,
-                                           unsupported)
+from feedalign.rules import trainable_layers
+from feedalign.training.population import (SUPPORTED_RULES, PopulationMLP, PopulationSGD, population_key,
+                                           train_population, unsupported)
 
 SMALL = dict(dataset="mnist1d", architecture="40-24-16-10", epochs=2, batch_size=64, threads=1, train_size=640, test_size=300,
              alignment_every=7)
 
 
-@pytest.mark.parametrize("rule", ["bp", "fa", "dfa"])
+@pytest.mark.parametrize("rule", SUPPORTED_RULES)
 def test_members_match_their_separate_runs(tmp_path, rule):
     """Different seeds (init, feedback, data order, validation split), learning rates and init scales."""
     base = Config(**SMALL, rule=rule, momentum=0.9, init="uniform", out_dir=str(tmp_path / "pop"))
@@ -79,42 +81,48 @@ def test_population_sgd_is_torch_sgd_per_member():
         torch.testing.assert_close(params[0][i], p)
 
 
-@pytest.mark.parametrize("rule", ["bp", "fa", "dfa"])
+@pytest.mark.parametrize("rule", SUPPORTED_RULES)
 @pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.9, True)])
-def test_the_step_by_hand_is_autograd_and_population_sgd(rule, momentum, nesterov):
-    """Float64: layer_outputs + signals + step_linear (training's step, no autograd) against the
-    autograd graph of forward(), cross-entropy and PopulationSGD.step, for three steps."""
+def test_the_step_by_hand_is_each_members_own_step(rule, momentum, nesterov):
+    """Float64: layer_outputs + signals + step_linear (training's step, no autograd) against each
+    member's own converted model, cross-entropy, autograd and torch.optim.SGD, for three steps.
+    The members differ in seed, feedback scale, learning rate and weight decay."""
     torch.manual_seed(0)
-    members = [feedalign.convert(feedalign.mlp("6-5-4-3", activation=act), rule).double()
-               for act in ("tanh", "tanh")]
-    by_hand, reference = PopulationMLP(members), PopulationMLP(members)
+    members = [feedalign.convert(feedalign.mlp("6-5-4-3", activation="tanh").double(), rule, seed=seed,
+                                 feedback_scale=scale if rule != "bp" else None)
+               for seed, scale in ((1, None), (2, 0.5))]
+    population = PopulationMLP(members)
     lr, decay = torch.tensor([0.1, 0.3], dtype=torch.float64), torch.tensor([0.0, 0.05], dtype=torch.float64)
-    sgd_hand = PopulationSGD(by_hand.parameters(), lr, momentum=momentum, nesterov=nesterov, weight_decay=decay)
-    sgd_ref = PopulationSGD(reference.parameters(), lr, momentum=momentum, nesterov=nesterov, weight_decay=decay)
+    sgd = PopulationSGD(population.parameters(), lr, momentum=momentum, nesterov=nesterov, weight_decay=decay)
+    optimizers = [torch.optim.SGD(m.parameters(), lr=float(lr[i]), momentum=momentum, nesterov=nesterov,
+                                  weight_decay=float(decay[i])) for i, m in enumerate(members)]
     for _ in range(3):
         x, y = torch.randn(2, 7, 6, dtype=torch.float64), torch.randint(0, 3, (2, 7))
-        out = reference(x)
-        sgd_ref.zero_grad()
-        torch.nn.functional.cross_entropy(out.reshape(14, 3), y.reshape(-1), reduction="none").view(2, 7).mean(1).sum().backward()
-        sgd_ref.step()
-        outputs = by_hand.layer_outputs(x)
-        error = (outputs[-1].softmax(2) - torch.nn.functional.one_hot(y, 3)) / 7
-        sgd_hand.step_linear(by_hand.linear_steps(outputs, by_hand.signals(outputs, error)))
-    for a, b in zip(by_hand.parameters(), reference.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        for i, (member, optimizer) in enumerate(zip(members, optimizers)):
+            optimizer.zero_grad()
+            F.cross_entropy(member(x[i]), y[i]).backward()
+            optimizer.step()
+        outputs = population.layer_outputs(x)
+        error = (outputs[-1].softmax(2) - F.one_hot(y, 3)) / 7
+        sgd.step_linear(population.linear_steps(outputs, population.signals(outputs, error)))
+    for i, member in enumerate(members):
+        for l, layer in enumerate(trainable_layers(member)):
+            torch.testing.assert_close(population.weights[l][i], layer.weight, rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(population.biases[l][i], layer.bias, rtol=1e-10, atol=1e-12)
 
 
 def test_refusals_are_clear(tmp_path):
     base = Config(**SMALL, out_dir=str(tmp_path))
-    assert unsupported(base.replace(rule="usf")) is not None
+    assert "brsf" in unsupported(base.replace(rule="brsf"))
+    assert unsupported(base.replace(rule="kp")) is not None
     assert unsupported(base.replace(optimizer="adam")) is not None
     assert unsupported(base.replace(schedule="cosine")) is not None
     assert "stop_train_error" in unsupported(base.replace(stop_train_error=0.01))
     assert unsupported(base) is None
     with pytest.raises(ValueError, match="differ"):
         train_population([base, base.replace(architecture="40-10")], progress="none")
-    with pytest.raises(ValueError, match="usf"):
-        train_population([base.replace(rule="usf")], progress="none")
+    with pytest.raises(ValueError, match="brsf"):
+        train_population([base.replace(rule="brsf")], progress="none")
     with pytest.raises(ValueError, match="architecture"):
         PopulationMLP([feedalign.mlp("4-3-2"), feedalign.mlp("4-5-2")])
     assert not list(tmp_path.iterdir())

@@ -8,23 +8,28 @@ member at once, each member reading its own batch from its own data order:
     x (N, B, in)  ->  a_l = h_{l-1} W_l^T + b_l  (batched, b_l (N, 1, out))  ->  y (N, B, out)
 
 The loss is the sum of the members' mean losses, so member i's gradient is exactly the
-gradient of its own run: the slices never mix. The learning rules, batched:
+gradient of its own run: the slices never mix. A step is taken by hand, without autograd:
+:meth:`PopulationMLP.layer_outputs` (the forward, keeping every h_l), each member's
+``dL/dy = (softmax(y) - onehot) / B``, the rule's signals ``delta_l`` for every layer
+(:meth:`PopulationMLP.signals`), then ``dW_l = delta_l^T h_{l-1}`` inside
+:meth:`PopulationSGD.step_linear`. The rules, batched (B of shape (N, out, in) per member):
 
-- ``bp``: plain autograd through ``baddbmm``;
-- ``fa``: ``delta_in = delta_out B`` with each member's fixed B (N, out, in), ``dW = delta^T h``
-  (Lillicrap et al. 2016; the general path is :mod:`feedalign.rules.fa`);
-- ``dfa``: every hidden ``h_k`` is cut from the layer above and receives ``e B_k`` from the
-  output error, B of shape (N, out_features, sum of widths) (Nøkland 2016; :mod:`feedalign.rules.dfa`).
+- ``bp``: ``delta_l = (delta_{l+1} W_{l+1}) * f'(a_l)``;
+- ``fa``, ``usf``, ``frsf``: ``delta_{l+1} B_{l+1}`` in place of ``delta_{l+1} W_{l+1}``, B each
+  member's fixed B (fa) or ``s sign(W)`` / ``|M| sign(W)`` from the current W (Lillicrap et al.
+  2016; Liao, Leibo & Poggio 2016; the general paths are :mod:`feedalign.rules.fa` and
+  :mod:`feedalign.rules.sign_symmetry`);
+- ``dfa``: every hidden layer gets ``e B_k`` from the output error, B of shape
+  (N, out_features, sum of widths) (Nøkland 2016; :mod:`feedalign.rules.dfa`);
+- ``ifa``: the first hidden layer gets ``e B_1``, each higher one the signal below sent forward
+  through ``W_l^T`` (Nøkland 2016, Fig. 1d; :mod:`feedalign.rules.ifa`).
 
 The optimizer is :class:`PopulationSGD`: ``torch.optim.SGD``'s update (momentum, Nesterov,
-L2 weight decay) with a per-member learning rate and weight decay as (N,) tensors.
-
-:meth:`PopulationMLP.forward` is an ordinary autograd module (the rules as custom Functions).
-Training takes the step by hand instead, since on a CPU the population's tensors outgrow the
-cache and every pass over them counts: :meth:`PopulationMLP.layer_outputs`, the loss's
-``dL/dy``, :meth:`PopulationMLP.signals` and :meth:`PopulationSGD.step_linear`, whose weight
-gradient GEMM adds straight into the momentum buffer. No autograd graph, ``.grad`` or optimizer
-temporaries: a step of 8 members of 784-100-10 takes 2.7 ms instead of 4.6 ms (1 thread).
+L2 weight decay) with a per-member learning rate and weight decay as (N,) tensors; its
+weight-gradient GEMM adds straight into the momentum buffer. By hand because on a CPU the
+population's tensors outgrow the cache and every pass over them counts: with autograd,
+``.grad`` and the optimizer's temporaries, a step of 8 members of 784-100-10 took 4.6 ms; by
+hand it takes 2.7 ms (1 thread).
 
 :func:`train_population` is ``feedalign.train`` for several configs at once: every member
 gets an ordinary run directory (config.toml, metrics.jsonl, summary.json, checkpoints with
@@ -52,7 +57,8 @@ from ..convert import rule_of
 from ..rules import fast, trainable_layers
 from .config import Config
 
-SUPPORTED_RULES = ("bp", "fa", "dfa")
+SUPPORTED_RULES = ("bp", "fa", "usf", "frsf", "dfa", "ifa")
+LAYERWISE = ("fa", "usf", "frsf")  # delta_l = (delta_{l+1} B_{l+1}) * D_l, B_l of W_l's shape
 # fields in which members of one population may differ
 VARYING = {"seed": 0, "lr": 1.0, "init_scale": None, "feedback_scale": None, "weight_decay": 0.0, "name": None}
 
@@ -83,47 +89,13 @@ def unsupported(config: Config) -> str | None:
     return None
 
 
-class _BatchedFeedbackLinear(torch.autograd.Function):
-    """``a = h W^T + b`` for every member; backward sends ``delta B`` (not ``delta W``) to ``h``."""
-
-    @staticmethod
-    def forward(ctx, h, weight, bias, feedback):
-        ctx.save_for_backward(h, feedback)
-        ctx.has_bias = bias is not None
-        wt = weight.transpose(1, 2)
-        return torch.bmm(h, wt) if bias is None else torch.baddbmm(bias.unsqueeze(1), h, wt)
-
-    @staticmethod
-    def backward(ctx, delta):
-        h, feedback = ctx.saved_tensors
-        grad_h = delta.bmm(feedback) if ctx.needs_input_grad[0] else None
-        grad_w = delta.transpose(1, 2).bmm(h)
-        grad_b = delta.sum(1) if ctx.has_bias else None
-        return grad_h, grad_w, grad_b, None
-
-
-class _BatchedDirectFeedback(torch.autograd.Function):
-    """Identity on ``y`` (N, B, out); backward sends ``e`` to ``y`` and ``e B_k`` to each hidden ``h_k``."""
-
-    @staticmethod
-    def forward(ctx, output, feedback, widths, *hidden):
-        ctx.save_for_backward(feedback)
-        ctx.widths = widths
-        return output.view_as(output)
-
-    @staticmethod
-    def backward(ctx, error):
-        (feedback,) = ctx.saved_tensors
-        signals = error.bmm(feedback).split(ctx.widths, dim=2)
-        return (error, None, None, *signals)
-
-
 class PopulationMLP(nn.Module):
     """N converted ``feedalign.mlp`` models of one architecture and rule as one batched model.
 
     Parameters ``weights[l]`` (N, out, in) and ``biases[l]`` (N, out), copies of the members'
-    at construction; fixed feedback as buffers (fa: ``feedback_l`` (N, out, in); dfa: ``feedback``
-    (N, out_features, sum of hidden widths)). :meth:`copy_to` writes the weights back into
+    at construction; the rule's fixed tensors as buffers (fa: ``feedback_l`` (N, out, in); usf, frsf:
+    ``magnitude_l`` (N, out, in), s or |M|; dfa: ``feedback`` (N, out_features, sum of hidden widths);
+    ifa: ``feedback`` (N, out_features, width_1)). :meth:`copy_to` writes the weights back into
     member models. Input (N, B, in), output (N, B, out).
     """
 
@@ -152,10 +124,15 @@ class PopulationMLP(nn.Module):
             self.biases = nn.ParameterList(
                 [nn.Parameter(torch.stack([ls[l].bias.detach() for ls in layers])) for l in range(n_layers)
                  if self.has_bias[l]])
-            if self.rule == "fa":
-                for l in range(n_layers):
+            for l in range(1, n_layers):  # layer l's B carries delta_l down to h_{l-1}
+                if self.rule == "fa":
                     self.register_buffer(f"feedback_{l}", torch.stack([ls[l].feedback for ls in layers]))
-            elif self.rule == "dfa":
+                elif self.rule == "usf":  # B = s sign(W)
+                    self.register_buffer(f"magnitude_{l}", torch.stack(
+                        [torch.full_like(ls[l].weight, ls[l].feedback_scale) for ls in layers]).detach())
+                elif self.rule == "frsf":  # B = |M| sign(W)
+                    self.register_buffer(f"magnitude_{l}", torch.stack([ls[l].feedback_magnitude for ls in layers]))
+            if self.rule in ("dfa", "ifa"):  # dfa: (N, out, sum of hidden widths); ifa: (N, out, width_1)
                 self.register_buffer("feedback", torch.stack([m.feedback for m in members]))
                 self.widths = [ls.out_features for ls in layers[0][:-1]]
 
@@ -168,24 +145,16 @@ class PopulationMLP(nn.Module):
         return self.biases[sum(self.has_bias[:l])] if self.has_bias[l] else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, hidden = x, []
-        last = len(self.weights) - 1
-        for l, weight in enumerate(self.weights):
-            bias = self._bias(l)
-            if self.rule == "dfa" and l > 0:
-                hidden.append(h)
-                h = h.detach()  # the cut: h_l learns from e B_l only
-            if self.rule == "fa":
-                a = _BatchedFeedbackLinear.apply(h, weight, bias, getattr(self, f"feedback_{l}"))
-            elif bias is None:
-                a = torch.bmm(h, weight.transpose(1, 2))
-            else:
-                a = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
-            activation = self.activations[l] if l < last else None
-            h = a if activation is None else activation(a)
-        if self.rule == "dfa" and torch.is_grad_enabled():
-            h = _BatchedDirectFeedback.apply(h, self.feedback, self.widths, *hidden)
-        return h
+        """``y`` (N, B, out) for ``x`` (N, B, in), without autograd: training takes its step by hand."""
+        return self.layer_outputs(x)[-1]
+
+    @torch.no_grad()
+    def feedback_matrix(self, l: int) -> torch.Tensor:
+        """``B_l`` (N, out, in), through which layer l >= 1 sends its signal down, as the rule has it
+        now: fa's fixed B; usf's ``s sign(W_l)``; frsf's ``|M| sign(W_l)`` (:mod:`feedalign.rules.sign_symmetry`)."""
+        if self.rule == "fa":
+            return getattr(self, f"feedback_{l}")
+        return torch.sign(self.weights[l]).mul_(getattr(self, f"magnitude_{l}"))
 
     @torch.no_grad()
     def layer_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -205,10 +174,12 @@ class PopulationMLP(nn.Module):
         every layer; ``delta_L = error = dL/dy``. ``outputs`` from :meth:`layer_outputs`; D_l = f'(a_l):
 
         - bp: ``delta_l = (delta_{l+1} W_{l+1}) * D_l``;
-        - fa: ``delta_l = (delta_{l+1} B_{l+1}) * D_l`` (Lillicrap et al. 2016);
-        - dfa: ``delta_l = (e B_l) * D_l`` (Nøkland 2016, eq. 3), ``e B`` for all hidden layers in one bmm.
+        - fa, usf, frsf: ``delta_l = (delta_{l+1} B_{l+1}) * D_l`` (Lillicrap et al. 2016; Liao et
+          al. 2016), B from :meth:`feedback_matrix`;
+        - dfa: ``delta_l = (e B_l) * D_l`` (Nøkland 2016, eq. 3), ``e B`` for all hidden layers in one bmm;
+        - ifa: ``delta_1 = (e B_1) * D_1``, then ``delta_l = (delta_{l-1} W_l^T) * D_l`` (Nøkland 2016, Fig. 1d).
 
-        The same signals the autograd graph of :meth:`forward` sends (tests check it in float64).
+        Each member's signals are those of its own converted model (tests check it in float64).
         """
         last = len(self.weights) - 1
         deltas = [None] * last + [error]
@@ -217,8 +188,13 @@ class PopulationMLP(nn.Module):
             for l in range(last):
                 deltas[l] = fast.times_derivative(self.activations[l], grads[l], outputs[l + 1], grads[l])
             return deltas
+        if self.rule == "ifa":
+            for l in range(last):
+                grad = error.bmm(self.feedback) if l == 0 else deltas[l - 1].bmm(self.weights[l].mT)
+                deltas[l] = fast.times_derivative(self.activations[l], grad, outputs[l + 1], grad)
+            return deltas
         for l in reversed(range(last)):
-            matrix = self.weights[l + 1] if self.rule == "bp" else getattr(self, f"feedback_{l + 1}")
+            matrix = self.weights[l + 1] if self.rule == "bp" else self.feedback_matrix(l + 1)
             grad = deltas[l + 1].bmm(matrix)
             deltas[l] = fast.times_derivative(self.activations[l], grad, outputs[l + 1], grad)
         return deltas
