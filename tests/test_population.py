@@ -44,6 +44,21 @@ def test_members_match_their_separate_runs(tmp_path, rule):
         assert probes == alone_probes
 
 
+def test_the_fa_family_mixes_in_one_population(tmp_path):
+    """fa, usf and frsf runs share a population (and a population_key); each member matches its separate run."""
+    base = Config(**{**SMALL, "epochs": 1}, momentum=0.9, lr=0.05, out_dir=str(tmp_path / "pop"))
+    configs = [base.replace(rule=rule, seed=seed, name=rule) for seed, rule in enumerate(("fa", "usf", "frsf"))]
+    assert len({population_key(c) for c in configs}) == 1
+    assert population_key(base.replace(rule="fa")) != population_key(base.replace(rule="dfa"))
+    for config, member in zip(configs, train_population(configs, progress="none")):
+        alone = train(config.replace(out_dir=str(tmp_path / "alone")), progress="none")
+        assert feedalign.rule_of(member.model) == config.rule
+        for a, b in zip(member.model.parameters(), alone.model.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="mix only"):
+        PopulationMLP([feedalign.convert(feedalign.mlp("4-3-2"), rule) for rule in ("fa", "dfa")])
+
+
 def test_a_member_run_resumes_as_a_separate_run(tmp_path):
     """The checkpoint holds the member's model and torch SGD state: resuming it for a third epoch
     matches a separate 3-epoch run."""
@@ -81,23 +96,27 @@ def test_population_sgd_is_torch_sgd_per_member():
         torch.testing.assert_close(params[0][i], p)
 
 
-@pytest.mark.parametrize("rule", SUPPORTED_RULES)
+@pytest.mark.parametrize("rules", [(rule, rule) for rule in SUPPORTED_RULES] + [("fa", "usf", "frsf"), ("usf", "fa")],
+                         ids=lambda rules: "+".join(rules))
 @pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.9, True)])
-def test_the_step_by_hand_is_each_members_own_step(rule, momentum, nesterov):
+def test_the_step_by_hand_is_each_members_own_step(rules, momentum, nesterov):
     """Float64: layer_outputs + signals + step_linear (training's step, no autograd) against each
     member's own converted model, cross-entropy, autograd and torch.optim.SGD, for three steps.
-    The members differ in seed, feedback scale, learning rate and weight decay."""
+    The members differ in seed, feedback scale, learning rate and weight decay (and in the rule,
+    within the FA family)."""
     torch.manual_seed(0)
+    n = len(rules)
     members = [feedalign.convert(feedalign.mlp("6-5-4-3", activation="tanh").double(), rule, seed=seed,
                                  feedback_scale=scale if rule != "bp" else None)
-               for seed, scale in ((1, None), (2, 0.5))]
+               for rule, (seed, scale) in zip(rules, ((1, None), (2, 0.5), (3, 0.2)))]
     population = PopulationMLP(members)
-    lr, decay = torch.tensor([0.1, 0.3], dtype=torch.float64), torch.tensor([0.0, 0.05], dtype=torch.float64)
+    lr = torch.tensor([0.1, 0.3, 0.2][:n], dtype=torch.float64)
+    decay = torch.tensor([0.0, 0.05, 0.01][:n], dtype=torch.float64)
     sgd = PopulationSGD(population.parameters(), lr, momentum=momentum, nesterov=nesterov, weight_decay=decay)
     optimizers = [torch.optim.SGD(m.parameters(), lr=float(lr[i]), momentum=momentum, nesterov=nesterov,
                                   weight_decay=float(decay[i])) for i, m in enumerate(members)]
     for _ in range(3):
-        x, y = torch.randn(2, 7, 6, dtype=torch.float64), torch.randint(0, 3, (2, 7))
+        x, y = torch.randn(n, 7, 6, dtype=torch.float64), torch.randint(0, 3, (n, 7))
         for i, (member, optimizer) in enumerate(zip(members, optimizers)):
             optimizer.zero_grad()
             F.cross_entropy(member(x[i]), y[i]).backward()

@@ -36,7 +36,7 @@ gets an ordinary run directory (config.toml, metrics.jsonl, summary.json, checkp
 its own model and ``torch.optim.SGD`` state, alignment.jsonl at the config's interval), built
 by the engine's own code, so each can be resumed, plotted and compared like any run.
 Members may differ in ``seed`` (init, feedback, data order, validation split), ``lr``,
-``init_scale``, ``feedback_scale``, ``weight_decay`` and ``name``; :func:`population_key`
+``init_scale``, ``feedback_scale``, ``weight_decay``, ``name`` and, among fa, usf and frsf, ``rule``; :func:`population_key`
 says which configs can share a population and :func:`unsupported` why one cannot.
 
 Each member's trajectory equals its separate run to float tolerance, not bitwise: batched
@@ -64,8 +64,12 @@ VARYING = {"seed": 0, "lr": 1.0, "init_scale": None, "feedback_scale": None, "we
 
 
 def population_key(config: Config) -> tuple:
-    """Configs with equal keys can train as one population (when :func:`unsupported` allows)."""
-    return tuple(sorted(config.replace(**VARYING).to_dict().items(), key=lambda kv: kv[0]))
+    """Configs with equal keys can train as one population (when :func:`unsupported` allows): they
+    differ only in the fields of ``VARYING`` and, within the FA family (``LAYERWISE``), in the rule."""
+    fields = config.replace(**VARYING).to_dict()
+    if fields["rule"] in LAYERWISE:
+        fields["rule"] = "|".join(LAYERWISE)
+    return tuple(sorted(fields.items(), key=lambda kv: kv[0]))
 
 
 def unsupported(config: Config) -> str | None:
@@ -90,11 +94,12 @@ def unsupported(config: Config) -> str | None:
 
 
 class PopulationMLP(nn.Module):
-    """N converted ``feedalign.mlp`` models of one architecture and rule as one batched model.
+    """N converted ``feedalign.mlp`` models of one architecture and rule (or of fa, usf and frsf mixed) as
+    one batched model.
 
     Parameters ``weights[l]`` (N, out, in) and ``biases[l]`` (N, out), copies of the members'
-    at construction; the rule's fixed tensors as buffers (fa: ``feedback_l`` (N, out, in); usf, frsf:
-    ``magnitude_l`` (N, out, in), s or |M|; dfa: ``feedback`` (N, out_features, sum of hidden widths);
+    at construction; the rule's fixed tensors as buffers (fa, usf, frsf: ``feedback_l`` and
+    ``magnitude_l`` (N, out, in), B = feedback + magnitude * sign(W), see :meth:`feedback_matrix`; dfa: ``feedback`` (N, out_features, sum of hidden widths);
     ifa: ``feedback`` (N, out_features, width_1)). :meth:`copy_to` writes the weights back into
     member models. Input (N, B, in), output (N, B, out).
     """
@@ -103,10 +108,12 @@ class PopulationMLP(nn.Module):
         super().__init__()
         if not members:
             raise ValueError("a population needs at least one member")
-        rules = {rule_of(m) for m in members}
-        if len(rules) != 1 or next(iter(rules)) not in SUPPORTED_RULES:
-            raise ValueError(f"a population's members share one rule of {SUPPORTED_RULES}; got {sorted(map(str, rules))}")
-        self.rule = rules.pop()
+        rules = [rule_of(m) for m in members]
+        if not (len(set(rules)) == 1 and rules[0] in SUPPORTED_RULES or set(rules) <= set(LAYERWISE)):
+            raise ValueError(f"a population's members share one rule of {SUPPORTED_RULES}, or mix only "
+                             f"{', '.join(LAYERWISE)}; got {sorted(set(map(str, rules)))}")
+        self.rules = rules
+        self.rule = rules[0] if len(set(rules)) == 1 else "|".join(LAYERWISE)  # a mixed FA-family population
         layers = [trainable_layers(m) for m in members]
         activations = [_activations(m, ls) for m, ls in zip(members, layers)]
         if any(a is None for a in activations):
@@ -124,14 +131,20 @@ class PopulationMLP(nn.Module):
             self.biases = nn.ParameterList(
                 [nn.Parameter(torch.stack([ls[l].bias.detach() for ls in layers])) for l in range(n_layers)
                  if self.has_bias[l]])
-            for l in range(1, n_layers):  # layer l's B carries delta_l down to h_{l-1}
-                if self.rule == "fa":
-                    self.register_buffer(f"feedback_{l}", torch.stack([ls[l].feedback for ls in layers]))
-                elif self.rule == "usf":  # B = s sign(W)
-                    self.register_buffer(f"magnitude_{l}", torch.stack(
-                        [torch.full_like(ls[l].weight, ls[l].feedback_scale) for ls in layers]).detach())
-                elif self.rule == "frsf":  # B = |M| sign(W)
-                    self.register_buffer(f"magnitude_{l}", torch.stack([ls[l].feedback_magnitude for ls in layers]))
+            # FA family: member i's B_l = F_i + A_i sign(W_l), layer l's B carrying delta_l down to
+            # h_{l-1}. fa: F = its fixed B, A = 0; usf: F = 0, A = s; frsf: F = 0, A = |M|. A buffer
+            # only where some member needs it, so a population of one rule pays only its own passes.
+            self.layerwise = set(rules) <= set(LAYERWISE)
+            for l in range(1, n_layers) if self.layerwise else ():
+                fixed = [ls[l].feedback if rule == "fa" else torch.zeros_like(ls[l].weight)
+                         for rule, ls in zip(rules, layers)]
+                magnitude = [torch.full_like(ls[l].weight, ls[l].feedback_scale) if rule == "usf"
+                             else ls[l].feedback_magnitude if rule == "frsf" else torch.zeros_like(ls[l].weight)
+                             for rule, ls in zip(rules, layers)]
+                if "fa" in rules:
+                    self.register_buffer(f"feedback_{l}", torch.stack(fixed).detach())
+                if set(rules) - {"fa"}:
+                    self.register_buffer(f"magnitude_{l}", torch.stack(magnitude).detach())
             if self.rule in ("dfa", "ifa"):  # dfa: (N, out, sum of hidden widths); ifa: (N, out, width_1)
                 self.register_buffer("feedback", torch.stack([m.feedback for m in members]))
                 self.widths = [ls.out_features for ls in layers[0][:-1]]
@@ -151,10 +164,13 @@ class PopulationMLP(nn.Module):
     @torch.no_grad()
     def feedback_matrix(self, l: int) -> torch.Tensor:
         """``B_l`` (N, out, in), through which layer l >= 1 sends its signal down, as the rule has it
-        now: fa's fixed B; usf's ``s sign(W_l)``; frsf's ``|M| sign(W_l)`` (:mod:`feedalign.rules.sign_symmetry`)."""
-        if self.rule == "fa":
-            return getattr(self, f"feedback_{l}")
-        return torch.sign(self.weights[l]).mul_(getattr(self, f"magnitude_{l}"))
+        now, member by member: fa's fixed B; usf's ``s sign(W_l)``; frsf's ``|M| sign(W_l)``
+        (:mod:`feedalign.rules.sign_symmetry`)."""
+        fixed, magnitude = getattr(self, f"feedback_{l}", None), getattr(self, f"magnitude_{l}", None)
+        if magnitude is None:
+            return fixed
+        signed = torch.sign(self.weights[l]).mul_(magnitude)
+        return signed if fixed is None else signed.add_(fixed)
 
     @torch.no_grad()
     def layer_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -194,7 +210,7 @@ class PopulationMLP(nn.Module):
                 deltas[l] = fast.times_derivative(self.activations[l], grad, outputs[l + 1], grad)
             return deltas
         for l in reversed(range(last)):
-            matrix = self.weights[l + 1] if self.rule == "bp" else self.feedback_matrix(l + 1)
+            matrix = self.feedback_matrix(l + 1) if self.layerwise else self.weights[l + 1]
             grad = deltas[l + 1].bmm(matrix)
             deltas[l] = fast.times_derivative(self.activations[l], grad, outputs[l + 1], grad)
         return deltas
@@ -295,7 +311,7 @@ def train_population(configs: list[Config], datasets: list | None = None, *, pro
     if len(keys) != 1:
         raise ValueError("train_population: the configs differ in more than seed, lr, init_scale, feedback_scale, "
                          "weight_decay and name")
-    reason = unsupported(configs[0])
+    reason = next((r for r in map(unsupported, configs) if r is not None), None)
     if reason is not None:
         raise ValueError(f"train_population: {reason}")
     datasets = list(datasets) if datasets is not None else [None] * len(configs)
