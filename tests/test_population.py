@@ -59,10 +59,11 @@ def test_the_fa_family_mixes_in_one_population(tmp_path):
         PopulationMLP([feedalign.convert(feedalign.mlp("4-3-2"), rule) for rule in ("fa", "dfa")])
 
 
-def test_a_member_run_resumes_as_a_separate_run(tmp_path):
-    """The checkpoint holds the member's model and torch SGD state: resuming it for a third epoch
-    matches a separate 3-epoch run."""
-    config = Config(**SMALL, rule="fa", momentum=0.9, lr=0.05, out_dir=str(tmp_path / "pop"))
+@pytest.mark.parametrize("rule", ["fa", "kp"])
+def test_a_member_run_resumes_as_a_separate_run(tmp_path, rule):
+    """The checkpoint holds the member's model and torch SGD state (kp: B's too): resuming it for a
+    third epoch matches a separate 3-epoch run."""
+    config = Config(**SMALL, rule=rule, momentum=0.9, lr=0.05, weight_decay=1e-3, out_dir=str(tmp_path / "pop"))
     members = train_population([config.replace(seed=s, name=f"s{s}") for s in (0, 1)], progress="none")
     run_dir = members[1].run_dir
     text = (run_dir / "config.toml").read_text().replace("epochs = 2", "epochs = 3")
@@ -128,12 +129,14 @@ def test_the_step_by_hand_is_each_members_own_step(rules, momentum, nesterov):
         for l, layer in enumerate(trainable_layers(member)):
             torch.testing.assert_close(population.weights[l][i], layer.weight, rtol=1e-10, atol=1e-12)
             torch.testing.assert_close(population.biases[l][i], layer.bias, rtol=1e-10, atol=1e-12)
+            if rules[i] == "kp":  # B trained with W's gradient
+                torch.testing.assert_close(population.feedbacks[l][i], layer.feedback, rtol=1e-10, atol=1e-12)
 
 
 def test_refusals_are_clear(tmp_path):
     base = Config(**SMALL, out_dir=str(tmp_path))
     assert "brsf" in unsupported(base.replace(rule="brsf"))
-    assert unsupported(base.replace(rule="kp")) is not None
+    assert unsupported(base.replace(rule="wm")) is not None
     assert unsupported(base.replace(optimizer="adam")) is not None
     assert unsupported(base.replace(schedule="cosine")) is not None
     assert "stop_train_error" in unsupported(base.replace(stop_train_error=0.01))

@@ -19,6 +19,8 @@ gradient of its own run: the slices never mix. A step is taken by hand, without 
   member's fixed B (fa) or ``s sign(W)`` / ``|M| sign(W)`` from the current W (Lillicrap et al.
   2016; Liao, Leibo & Poggio 2016; the general paths are :mod:`feedalign.rules.fa` and
   :mod:`feedalign.rules.sign_symmetry`);
+- ``kp``: as fa, with each member's B a stacked parameter that gets W's gradient and its own
+  SGD state (Akrout et al. 2019; :mod:`feedalign.rules.kp`);
 - ``dfa``: every hidden layer gets ``e B_k`` from the output error, B of shape
   (N, out_features, sum of widths) (Nøkland 2016; :mod:`feedalign.rules.dfa`);
 - ``ifa``: the first hidden layer gets ``e B_1``, each higher one the signal below sent forward
@@ -57,7 +59,7 @@ from ..convert import rule_of
 from ..rules import fast, trainable_layers
 from .config import Config
 
-SUPPORTED_RULES = ("bp", "fa", "usf", "frsf", "dfa", "ifa")
+SUPPORTED_RULES = ("bp", "fa", "usf", "frsf", "kp", "dfa", "ifa")
 LAYERWISE = ("fa", "usf", "frsf")  # delta_l = (delta_{l+1} B_{l+1}) * D_l, B_l of W_l's shape
 # fields in which members of one population may differ
 VARYING = {"seed": 0, "lr": 1.0, "init_scale": None, "feedback_scale": None, "weight_decay": 0.0, "name": None}
@@ -134,8 +136,11 @@ class PopulationMLP(nn.Module):
             # FA family: member i's B_l = F_i + A_i sign(W_l), layer l's B carrying delta_l down to
             # h_{l-1}. fa: F = its fixed B, A = 0; usf: F = 0, A = s; frsf: F = 0, A = |M|. A buffer
             # only where some member needs it, so a population of one rule pays only its own passes.
-            self.layerwise = set(rules) <= set(LAYERWISE)
-            for l in range(1, n_layers) if self.layerwise else ():
+            self.layerwise = set(rules) <= set(LAYERWISE) or self.rule == "kp"
+            if self.rule == "kp":  # B is trained like W, with W's gradient (Kolen-Pollack)
+                self.feedbacks = nn.ParameterList(
+                    [nn.Parameter(torch.stack([ls[l].feedback.detach() for ls in layers])) for l in range(n_layers)])
+            for l in range(1, n_layers) if self.layerwise and self.rule != "kp" else ():
                 fixed = [ls[l].feedback if rule == "fa" else torch.zeros_like(ls[l].weight)
                          for rule, ls in zip(rules, layers)]
                 magnitude = [torch.full_like(ls[l].weight, ls[l].feedback_scale) if rule == "usf"
@@ -165,7 +170,9 @@ class PopulationMLP(nn.Module):
     def feedback_matrix(self, l: int) -> torch.Tensor:
         """``B_l`` (N, out, in), through which layer l >= 1 sends its signal down, as the rule has it
         now, member by member: fa's fixed B; usf's ``s sign(W_l)``; frsf's ``|M| sign(W_l)``
-        (:mod:`feedalign.rules.sign_symmetry`)."""
+        (:mod:`feedalign.rules.sign_symmetry`); kp's trained B (:mod:`feedalign.rules.kp`)."""
+        if self.rule == "kp":
+            return self.feedbacks[l].detach()
         fixed, magnitude = getattr(self, f"feedback_{l}", None), getattr(self, f"magnitude_{l}", None)
         if magnitude is None:
             return fixed
@@ -216,12 +223,15 @@ class PopulationMLP(nn.Module):
         return deltas
 
     def linear_steps(self, outputs: list[torch.Tensor], deltas: list[torch.Tensor]) -> list[tuple]:
-        """``(weight, bias, delta_l, h_{l-1})`` per layer, what :meth:`PopulationSGD.step_linear` takes."""
-        return [(weight, self._bias(l), deltas[l], outputs[l]) for l, weight in enumerate(self.weights)]
+        """``(weights, bias, delta_l, h_{l-1})`` per layer, what :meth:`PopulationSGD.step_linear` takes;
+        ``weights`` is ``(W_l,)``, or ``(W_l, B_l)`` for kp, whose B gets W's gradient."""
+        kp = self.rule == "kp"
+        return [((weight, self.feedbacks[l]) if kp else (weight,), self._bias(l), deltas[l], outputs[l])
+                for l, weight in enumerate(self.weights)]
 
     @torch.no_grad()
     def copy_to(self, members: list[nn.Module], indices=None) -> None:
-        """Member i's weights and biases := slice i (for every i, or those in ``indices``)."""
+        """Member i's weights, biases (and kp's B) := slice i (for every i, or those in ``indices``)."""
         for i, member in enumerate(members):
             if indices is not None and i not in indices:
                 continue
@@ -229,6 +239,8 @@ class PopulationMLP(nn.Module):
                 layer.weight.copy_(self.weights[l][i])
                 if self.has_bias[l]:
                     layer.bias.copy_(self._bias(l)[i])
+                if self.rule == "kp":
+                    layer.feedback.copy_(self.feedbacks[l][i])
 
 
 def _activations(model, layers):
@@ -266,21 +278,25 @@ class PopulationSGD:
     @torch.no_grad()
     def step_linear(self, layers) -> None:
         """One step of stacked linear layers from their signals, no ``.grad`` formed: for each
-        ``(weight, bias, delta, input)`` (delta (N, B, out), input (N, B, in)) the gradients are
-        ``delta^T input`` (N, out, in) and ``sum_B delta`` (N, out). With momentum (not Nesterov),
-        after the first step the weight-gradient GEMM accumulates straight into the momentum
-        buffer, ``buf = momentum buf + delta^T input``: the update is two passes over W, not five.
+        ``(weights, bias, delta, input)`` (delta (N, B, out), input (N, B, in)) every tensor in
+        ``weights`` gets the gradient ``delta^T input`` (N, out, in), and ``bias`` gets ``sum_B delta``
+        (N, out). With momentum (not Nesterov), after the first step a lone weight's GEMM
+        accumulates straight into its momentum buffer, ``buf = momentum buf + delta^T input``:
+        the update is two passes over W, not five.
         """
-        for weight, bias, delta, input in layers:
-            k = self._index[id(weight)]
+        for weights, bias, delta, input in layers:
+            k = self._index[id(weights[0])]
             buf = self.buffers[k]
-            if buf is not None and not self.nesterov:  # momentum > 0 (else no buffer is ever made)
+            if len(weights) == 1 and buf is not None and not self.nesterov:  # momentum > 0 (else no buffer)
+                weight = weights[0]
                 buf.baddbmm_(delta.mT, input, beta=self.momentum)
                 if self.weight_decay is not None:
                     buf.addcmul_(weight, self.weight_decay.view(-1, 1, 1))
                 weight.addcmul_(buf, self.lr.view(-1, 1, 1), value=-1)
             else:
-                self._update(k, weight, torch.bmm(delta.mT, input))
+                grad = torch.bmm(delta.mT, input)  # _update never writes into it: shared safely
+                for weight in weights:
+                    self._update(self._index[id(weight)], weight, grad)
             if bias is not None:
                 self._update(self._index[id(bias)], bias, delta.sum(1))
 
@@ -478,8 +494,10 @@ def _copy_momentum(optimizer: PopulationSGD, population: PopulationMLP, runs) ->
     for i, run in enumerate(runs):
         layers = trainable_layers(run.model)
         for l, layer in enumerate(layers):
-            for member_param, pop_param in ((layer.weight, population.weights[l]),
-                                            (layer.bias, population._bias(l))):
+            pairs = [(layer.weight, population.weights[l]), (layer.bias, population._bias(l))]
+            if population.rule == "kp":
+                pairs.append((layer.feedback, population.feedbacks[l]))
+            for member_param, pop_param in pairs:
                 if member_param is None or pop_param is None or stacked.get(id(pop_param)) is None:
                     continue
                 run.optimizer.state[member_param]["momentum_buffer"] = stacked[id(pop_param)][i].clone()
