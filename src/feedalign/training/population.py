@@ -84,7 +84,7 @@ def unsupported(config: Config) -> str | None:
     for name, value, needed in (("augment", config.augment, "none"), ("normalize", config.normalize, "none")):
         if value != needed:
             return f"{name} {value!r} (population training needs {needed!r})"
-    for name, value, needed in (("optimizer", config.optimizer, "sgd"), ("schedule", config.schedule, "constant"),
+    for name, value, needed in (("optimizer", config.optimizer, "sgd"),
                                 ("frozen", config.frozen, "none"), ("weight_decay_mode", config.weight_decay_mode, "l2")):
         if value != needed:
             return f"{name} {value!r} (population training needs {needed!r})"
@@ -371,6 +371,8 @@ def _train(runs, loops, bar) -> list:
             break
         for i in alive:
             runs[i].epoch = epoch
+            # each member's own schedule (stepped after every epoch, below) sets its lr for this epoch
+            optimizer.lr[i] = runs[i].optimizer.param_groups[0]["lr"]
         trained = _train_epoch(runs, loops, population, optimizer, epoch, alive, bar)
         population.copy_to([run.model for run in runs], [i for i in alive if trained[i] is not None])
         _copy_momentum(optimizer, population, runs)
@@ -380,7 +382,7 @@ def _train(runs, loops, bar) -> list:
                 diverged[i] = epoch
                 optimizer.lr[i] = 0.0
                 continue
-            with warnings.catch_warnings():  # the member's own optimizer never steps; its schedule is constant
+            with warnings.catch_warnings():  # the member's own optimizer never steps: its schedule sets the lr
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
                 run.schedule.step()
             row = loop.evaluate(epoch, trained[i])
