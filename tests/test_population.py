@@ -9,8 +9,10 @@ import torch.nn.functional as F
 import feedalign
 from feedalign.training import Config, resume, train
 from feedalign.rules import trainable_layers
+from feedalign.training.optimizers import GravesRMSprop
 from feedalign.training.population import (SUPPORTED_RULES, PopulationMLP, PopulationSGD, population_key,
                                            train_population, unsupported)
+from feedalign.training.population_optim import PopulationAdam, PopulationGravesRMSprop, PopulationRMSprop
 
 SMALL = dict(dataset="mnist1d", architecture="40-24-16-10", epochs=2, batch_size=64, threads=1, train_size=640, test_size=300,
              alignment_every=7)
@@ -59,25 +61,31 @@ def test_the_fa_family_mixes_in_one_population(tmp_path):
         PopulationMLP([feedalign.convert(feedalign.mlp("4-3-2"), rule) for rule in ("fa", "dfa")])
 
 
-@pytest.mark.parametrize("schedule", [dict(schedule="step", step_size=1, gamma=0.5), dict(schedule="cosine")])
-def test_each_member_follows_its_schedule(tmp_path, schedule):
-    """Members with different learning rates under a step or cosine schedule: each epoch's lr and the
-    final parameters are those of the separate runs."""
-    base = Config(**SMALL, rule="dfa", momentum=0.9, **schedule, out_dir=str(tmp_path / "pop"))
-    configs = [base.replace(seed=0, lr=0.1, name="a"), base.replace(seed=1, lr=0.02, name="b")]
+@pytest.mark.parametrize("settings", [dict(schedule="step", step_size=1, gamma=0.5), dict(schedule="cosine"),
+                                      dict(optimizer="adam", schedule="step", step_size=1, gamma=0.5),
+                                      dict(optimizer="rmsprop", schedule="cosine", momentum=0.5)],
+                         ids=["sgd-step", "sgd-cosine", "adam-step", "rmsprop-cosine"])
+def test_each_member_follows_its_optimizer_and_schedule(tmp_path, settings):
+    """Members with different learning rates under SGD, Adam or RMSprop and a step or cosine schedule:
+    each epoch's lr and the final parameters are those of the separate runs."""
+    settings = {"momentum": 0.9, **settings}
+    scale = 0.01 if settings.get("optimizer") in ("adam", "rmsprop") else 1.0
+    base = Config(**SMALL, rule="dfa", **settings, out_dir=str(tmp_path / "pop"))
+    configs = [base.replace(seed=0, lr=0.1 * scale, name="a"), base.replace(seed=1, lr=0.02 * scale, name="b")]
     for config, member in zip(configs, train_population(configs, progress="none")):
         alone = train(config.replace(out_dir=str(tmp_path / "alone")), progress="none")
         assert [r["lr"] for r in member.metrics[1:]] == [r["lr"] for r in alone.metrics[1:]]
-        assert member.metrics[2]["lr"] < member.metrics[1]["lr"] == config.lr
+        assert member.metrics[2]["lr"] < member.metrics[1]["lr"] == pytest.approx(config.lr)
         for a, b in zip(member.model.parameters(), alone.model.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("rule", ["fa", "kp"])
-def test_a_member_run_resumes_as_a_separate_run(tmp_path, rule):
+@pytest.mark.parametrize("rule,optimizer", [("fa", "sgd"), ("kp", "sgd"), ("fa", "adam")])
+def test_a_member_run_resumes_as_a_separate_run(tmp_path, rule, optimizer):
     """The checkpoint holds the member's model and torch SGD state (kp: B's too): resuming it for a
     third epoch matches a separate 3-epoch run."""
-    config = Config(**SMALL, rule=rule, momentum=0.9, lr=0.05, weight_decay=1e-3, out_dir=str(tmp_path / "pop"))
+    config = Config(**SMALL, rule=rule, optimizer=optimizer, momentum=0.9, lr=0.05 if optimizer == "sgd" else 1e-3,
+                    weight_decay=1e-3, out_dir=str(tmp_path / "pop"))
     members = train_population([config.replace(seed=s, name=f"s{s}") for s in (0, 1)], progress="none")
     run_dir = members[1].run_dir
     text = (run_dir / "config.toml").read_text().replace("epochs = 2", "epochs = 3")
@@ -92,23 +100,42 @@ def test_a_member_run_resumes_as_a_separate_run(tmp_path, rule):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_population_sgd_is_torch_sgd_per_member():
+OPTIMIZERS = {  # population optimizer, its per-member counterpart, keyword arguments of both
+    "sgd-nesterov": (PopulationSGD, torch.optim.SGD, dict(momentum=0.9, nesterov=True)),
+    "adam": (PopulationAdam, torch.optim.Adam, {}),
+    "rmsprop": (PopulationRMSprop, torch.optim.RMSprop, dict(momentum=0.5)),
+    "rmsprop-plain": (PopulationRMSprop, torch.optim.RMSprop, {}),
+    "rmsprop-graves": (PopulationGravesRMSprop, GravesRMSprop, dict(momentum=0.9)),
+}
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_population_optimizers_are_their_counterparts_per_member(name):
+    """Float64, four steps from .grad: each member's slice follows its own torch (or feedalign)
+    optimizer with its own lr and weight decay, and member_state is that optimizer's state."""
+    population_class, member_class, kwargs = OPTIMIZERS[name]
     torch.manual_seed(0)
-    params = [torch.randn(3, 4, 5, requires_grad=True)]
-    lr, decay = torch.tensor([0.1, 0.2, 0.05]), torch.tensor([0.0, 0.01, 0.1])
-    population = PopulationSGD(params, lr, momentum=0.9, nesterov=True, weight_decay=decay)
+    params = [torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)]
+    lr = torch.tensor([0.1, 0.2, 0.05], dtype=torch.float64)
+    decay = torch.tensor([0.0, 0.01, 0.1], dtype=torch.float64)
+    population = population_class(params, lr, weight_decay=decay, **kwargs)
     members = [torch.nn.Parameter(params[0][i].detach().clone()) for i in range(3)]
-    optimizers = [torch.optim.SGD([p], lr=float(lr[i]), momentum=0.9, nesterov=True, weight_decay=float(decay[i]))
+    optimizers = [member_class([p], lr=float(lr[i]), weight_decay=float(decay[i]), **kwargs)
                   for i, p in enumerate(members)]
-    for _ in range(3):
-        grad = torch.randn(3, 4, 5)
+    for _ in range(4):
+        grad = torch.randn(3, 4, 5, dtype=torch.float64)
         params[0].grad = grad.clone()
         population.step()
         for i, (p, opt) in enumerate(zip(members, optimizers)):
             p.grad = grad[i].clone()
             opt.step()
-    for i, p in enumerate(members):
-        torch.testing.assert_close(params[0][i], p)
+    for i, (p, opt) in enumerate(zip(members, optimizers)):
+        torch.testing.assert_close(params[0][i], p, rtol=1e-12, atol=1e-14)
+        state = population.member_state(params[0], i)
+        assert set(state) == set(opt.state[p])
+        for key, value in state.items():
+            torch.testing.assert_close(value.double(), torch.as_tensor(opt.state[p][key]).double(), rtol=1e-12,
+                                       atol=1e-14)
 
 
 @pytest.mark.parametrize("rules", [(rule, rule) for rule in SUPPORTED_RULES] + [("fa", "usf", "frsf"), ("usf", "fa")],
@@ -151,7 +178,8 @@ def test_refusals_are_clear(tmp_path):
     base = Config(**SMALL, out_dir=str(tmp_path))
     assert "brsf" in unsupported(base.replace(rule="brsf"))
     assert unsupported(base.replace(rule="wm")) is not None
-    assert unsupported(base.replace(optimizer="adam")) is not None
+    assert unsupported(base.replace(optimizer="adam")) is None
+    assert "weight_decay_mode" in unsupported(base.replace(weight_decay=0.01, weight_decay_mode="constant"))
     assert unsupported(base.replace(schedule="cosine")) is None
     assert "stop_train_error" in unsupported(base.replace(stop_train_error=0.01))
     assert unsupported(base) is None

@@ -12,7 +12,7 @@ gradient of its own run: the slices never mix. A step is taken by hand, without 
 :meth:`PopulationMLP.layer_outputs` (the forward, keeping every h_l), each member's
 ``dL/dy = (softmax(y) - onehot) / B``, the rule's signals ``delta_l`` for every layer
 (:meth:`PopulationMLP.signals`), then ``dW_l = delta_l^T h_{l-1}`` inside
-:meth:`PopulationSGD.step_linear`. The rules, batched (B of shape (N, out, in) per member):
+:meth:`PopulationOptimizer.step_linear`. The rules, batched (B of shape (N, out, in) per member):
 
 - ``bp``: ``delta_l = (delta_{l+1} W_{l+1}) * f'(a_l)``;
 - ``fa``, ``usf``, ``frsf``: ``delta_{l+1} B_{l+1}`` in place of ``delta_{l+1} W_{l+1}``, B each
@@ -20,22 +20,23 @@ gradient of its own run: the slices never mix. A step is taken by hand, without 
   2016; Liao, Leibo & Poggio 2016; the general paths are :mod:`feedalign.rules.fa` and
   :mod:`feedalign.rules.sign_symmetry`);
 - ``kp``: as fa, with each member's B a stacked parameter that gets W's gradient and its own
-  SGD state (Akrout et al. 2019; :mod:`feedalign.rules.kp`);
+  optimizer state (Akrout et al. 2019; :mod:`feedalign.rules.kp`);
 - ``dfa``: every hidden layer gets ``e B_k`` from the output error, B of shape
   (N, out_features, sum of widths) (Nøkland 2016; :mod:`feedalign.rules.dfa`);
 - ``ifa``: the first hidden layer gets ``e B_1``, each higher one the signal below sent forward
   through ``W_l^T`` (Nøkland 2016, Fig. 1d; :mod:`feedalign.rules.ifa`).
 
-The optimizer is :class:`PopulationSGD`: ``torch.optim.SGD``'s update (momentum, Nesterov,
-L2 weight decay) with a per-member learning rate and weight decay as (N,) tensors; its
-weight-gradient GEMM adds straight into the momentum buffer. By hand because on a CPU the
-population's tensors outgrow the cache and every pass over them counts: with autograd,
-``.grad`` and the optimizer's temporaries, a step of 8 members of 784-100-10 took 4.6 ms; by
+The optimizers are in :mod:`feedalign.training.population_optim`: SGD (momentum, Nesterov),
+Adam, RMSprop and Graves' RMSprop, each torch's (or feedalign's) update with a per-member
+learning rate and L2 weight decay as (N,) tensors; SGD's weight-gradient GEMM adds straight
+into the momentum buffer. By hand because on a CPU the population's tensors outgrow the
+cache and every pass over them counts: with autograd, ``.grad`` and the optimizer's
+temporaries, a step of 8 members of 784-100-10 (SGD with momentum) took 4.6 ms; by
 hand it takes 2.7 ms (1 thread).
 
 :func:`train_population` is ``feedalign.train`` for several configs at once: every member
 gets an ordinary run directory (config.toml, metrics.jsonl, summary.json, checkpoints with
-its own model and ``torch.optim.SGD`` state, alignment.jsonl at the config's interval), built
+its own model and optimizer state, alignment.jsonl at the config's interval), built
 by the engine's own code, so each can be resumed, plotted and compared like any run.
 Members may differ in ``seed`` (init, feedback, data order, validation split), ``lr``,
 ``init_scale``, ``feedback_scale``, ``weight_decay``, ``name`` and, among fa, usf and frsf, ``rule``; :func:`population_key`
@@ -58,6 +59,7 @@ from torch import nn
 from ..convert import rule_of
 from ..rules import fast, trainable_layers
 from .config import Config
+from .population_optim import PopulationOptimizer, PopulationSGD, make_population_optimizer  # noqa: F401 (re-exported)
 
 SUPPORTED_RULES = ("bp", "fa", "usf", "frsf", "kp", "dfa", "ifa")
 LAYERWISE = ("fa", "usf", "frsf")  # delta_l = (delta_{l+1} B_{l+1}) * D_l, B_l of W_l's shape
@@ -84,8 +86,7 @@ def unsupported(config: Config) -> str | None:
     for name, value, needed in (("augment", config.augment, "none"), ("normalize", config.normalize, "none")):
         if value != needed:
             return f"{name} {value!r} (population training needs {needed!r})"
-    for name, value, needed in (("optimizer", config.optimizer, "sgd"),
-                                ("frozen", config.frozen, "none"), ("weight_decay_mode", config.weight_decay_mode, "l2")):
+    for name, value, needed in (("frozen", config.frozen, "none"), ("weight_decay_mode", config.weight_decay_mode, "l2")):
         if value != needed:
             return f"{name} {value!r} (population training needs {needed!r})"
     if config.loss not in ("auto", "cross_entropy"):
@@ -182,7 +183,7 @@ class PopulationMLP(nn.Module):
     @torch.no_grad()
     def layer_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``[x, h_1, ..., h_L]``: the input (N, B, in) and every layer's output (N, B, width_l),
-        ``h_L = y``, without autograd (what :meth:`signals` and :meth:`PopulationSGD.step_linear` read)."""
+        ``h_L = y``, without autograd (what :meth:`signals` and :meth:`PopulationOptimizer.step_linear` read)."""
         outputs = [x]
         for l, weight in enumerate(self.weights):
             bias = self._bias(l)
@@ -223,7 +224,7 @@ class PopulationMLP(nn.Module):
         return deltas
 
     def linear_steps(self, outputs: list[torch.Tensor], deltas: list[torch.Tensor]) -> list[tuple]:
-        """``(weights, bias, delta_l, h_{l-1})`` per layer, what :meth:`PopulationSGD.step_linear` takes;
+        """``(weights, bias, delta_l, h_{l-1})`` per layer, what :meth:`PopulationOptimizer.step_linear` takes;
         ``weights`` is ``(W_l,)``, or ``(W_l, B_l)`` for kp, whose B gets W's gradient."""
         kp = self.rule == "kp"
         return [((weight, self.feedbacks[l]) if kp else (weight,), self._bias(l), deltas[l], outputs[l])
@@ -247,72 +248,6 @@ def _activations(model, layers):
     """The activation after each layer of a plain MLP (None for none), or None if ``model`` is not one."""
     plan = model.__dict__.get("_feedalign_plan")  # converted to the fused path: the plan knows
     return plan.activations if plan is not None and plan.linears == layers else fast.plan_for(model, layers)
-
-
-class PopulationSGD:
-    """``torch.optim.SGD`` (dampening 0) with per-member ``lr`` and ``weight_decay`` (N,) over stacked parameters:
-
-    ``g = grad + wd_i p``; ``buf = g`` (first step) else ``momentum buf + g``; ``g = g + momentum buf``
-    (Nesterov) else ``buf``; ``p -= lr_i g``. ``lr_i = 0`` freezes member i (a diverged run).
-    """
-
-    def __init__(self, params, lr: torch.Tensor, *, momentum: float = 0.0, nesterov: bool = False,
-                 weight_decay: torch.Tensor | None = None):
-        self.params = list(params)
-        self.lr, self.momentum, self.nesterov = lr, float(momentum), nesterov
-        self.weight_decay = weight_decay if weight_decay is not None and bool((weight_decay != 0).any()) else None
-        self.buffers: list[torch.Tensor | None] = [None] * len(self.params)
-        self._index = {id(p): k for k, p in enumerate(self.params)}
-
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        """One step from every parameter's ``.grad``."""
-        for k, p in enumerate(self.params):
-            if p.grad is not None:
-                self._update(k, p, p.grad)
-
-    @torch.no_grad()
-    def step_linear(self, layers) -> None:
-        """One step of stacked linear layers from their signals, no ``.grad`` formed: for each
-        ``(weights, bias, delta, input)`` (delta (N, B, out), input (N, B, in)) every tensor in
-        ``weights`` gets the gradient ``delta^T input`` (N, out, in), and ``bias`` gets ``sum_B delta``
-        (N, out). With momentum (not Nesterov), after the first step a lone weight's GEMM
-        accumulates straight into its momentum buffer, ``buf = momentum buf + delta^T input``:
-        the update is two passes over W, not five.
-        """
-        for weights, bias, delta, input in layers:
-            k = self._index[id(weights[0])]
-            buf = self.buffers[k]
-            if len(weights) == 1 and buf is not None and not self.nesterov:  # momentum > 0 (else no buffer)
-                weight = weights[0]
-                buf.baddbmm_(delta.mT, input, beta=self.momentum)
-                if self.weight_decay is not None:
-                    buf.addcmul_(weight, self.weight_decay.view(-1, 1, 1))
-                weight.addcmul_(buf, self.lr.view(-1, 1, 1), value=-1)
-            else:
-                grad = torch.bmm(delta.mT, input)  # _update never writes into it: shared safely
-                for weight in weights:
-                    self._update(self._index[id(weight)], weight, grad)
-            if bias is not None:
-                self._update(self._index[id(bias)], bias, delta.sum(1))
-
-    def _update(self, k: int, p: torch.Tensor, grad: torch.Tensor) -> None:
-        shape = (-1,) + (1,) * (p.dim() - 1)
-        g = grad
-        if self.weight_decay is not None:
-            g = g.addcmul(p, self.weight_decay.view(shape))
-        if self.momentum:
-            buf = self.buffers[k]
-            if buf is None:
-                buf = self.buffers[k] = g.clone()
-            else:
-                buf.mul_(self.momentum).add_(g)
-            g = g.add(buf, alpha=self.momentum) if self.nesterov else buf
-        p.addcmul_(g, self.lr.view(shape), value=-1)
 
 
 def train_population(configs: list[Config], datasets: list | None = None, *, progress: str = "auto",
@@ -363,8 +298,7 @@ def _train(runs, loops, bar) -> list:
     population = PopulationMLP([run.model for run in runs]).to(device)
     lr = torch.tensor([run.config.lr for run in runs], dtype=population.weights[0].dtype, device=device)
     decay = torch.tensor([run.config.weight_decay for run in runs], dtype=lr.dtype, device=device)
-    optimizer = PopulationSGD(population.parameters(), lr, momentum=config.momentum, nesterov=config.nesterov,
-                              weight_decay=decay)
+    optimizer = make_population_optimizer(config, population.parameters(), lr, decay)
     for epoch in range(1, config.epochs + 1):
         alive = [i for i, d in enumerate(diverged) if d is None]
         if not alive:
@@ -375,7 +309,7 @@ def _train(runs, loops, bar) -> list:
             optimizer.lr[i] = runs[i].optimizer.param_groups[0]["lr"]
         trained = _train_epoch(runs, loops, population, optimizer, epoch, alive, bar)
         population.copy_to([run.model for run in runs], [i for i in alive if trained[i] is not None])
-        _copy_momentum(optimizer, population, runs)
+        _copy_state(optimizer, population, runs)
         for i in alive:
             loop, run = loops[i], runs[i]
             if trained[i] is None:
@@ -448,7 +382,7 @@ def _train_epoch(runs, loops, population, optimizer, epoch, alive, bar) -> list:
                 torch.index_select(x, 0, i, out=xb[k])
                 torch.index_select(y, 0, i, out=yb[k])
         # the step by hand, no autograd: forward, each member's mean cross-entropy and dL/dy, the
-        # rule's signals, SGD (tests check it against autograd and against separate runs)
+        # rule's signals, the optimizer (tests check it against each member's own model and separate runs)
         outputs = population.layer_outputs(xb)
         out = outputs[-1]
         log_p = out.log_softmax(2)
@@ -487,19 +421,16 @@ def _train_epoch(runs, loops, population, optimizer, epoch, alive, bar) -> list:
             for i in range(size)]
 
 
-def _copy_momentum(optimizer: PopulationSGD, population: PopulationMLP, runs) -> None:
-    """Each member's ``torch.optim.SGD`` state := its slice of the population's momentum, so its
-    checkpoint resumes as a separate run."""
-    if not optimizer.momentum:
-        return
-    stacked = {id(p): buf for p, buf in zip(optimizer.params, optimizer.buffers)}
+def _copy_state(optimizer: PopulationOptimizer, population: PopulationMLP, runs) -> None:
+    """Each member's torch optimizer state := its slice of the population's, so its checkpoint
+    resumes as a separate run."""
     for i, run in enumerate(runs):
-        layers = trainable_layers(run.model)
-        for l, layer in enumerate(layers):
+        for l, layer in enumerate(trainable_layers(run.model)):
             pairs = [(layer.weight, population.weights[l]), (layer.bias, population._bias(l))]
             if population.rule == "kp":
                 pairs.append((layer.feedback, population.feedbacks[l]))
             for member_param, pop_param in pairs:
-                if member_param is None or pop_param is None or stacked.get(id(pop_param)) is None:
-                    continue
-                run.optimizer.state[member_param]["momentum_buffer"] = stacked[id(pop_param)][i].clone()
+                if member_param is not None and pop_param is not None:
+                    state = optimizer.member_state(pop_param, i)
+                    if state:
+                        run.optimizer.state[member_param] = state
