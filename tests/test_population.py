@@ -1,5 +1,6 @@
 """Population training (feedalign.training.population): N runs as one batched model, each member
 equal to its separate ``feedalign.train`` run to float tolerance, each with an ordinary run directory."""
+import copy
 import json
 
 import pytest
@@ -47,9 +48,10 @@ def test_members_match_their_separate_runs(tmp_path, rule):
 
 
 def test_the_fa_family_mixes_in_one_population(tmp_path):
-    """fa, usf and frsf runs share a population (and a population_key); each member matches its separate run."""
+    """fa, usf, frsf and brsf runs share a population (and a population_key); each member matches its
+    separate run, brsf's draw count included."""
     base = Config(**{**SMALL, "epochs": 1}, momentum=0.9, lr=0.05, out_dir=str(tmp_path / "pop"))
-    configs = [base.replace(rule=rule, seed=seed, name=rule) for seed, rule in enumerate(("fa", "usf", "frsf"))]
+    configs = [base.replace(rule=rule, seed=seed, name=rule) for seed, rule in enumerate(("fa", "usf", "frsf", "brsf"))]
     assert len({population_key(c) for c in configs}) == 1
     assert population_key(base.replace(rule="fa")) != population_key(base.replace(rule="dfa"))
     for config, member in zip(configs, train_population(configs, progress="none")):
@@ -57,6 +59,8 @@ def test_the_fa_family_mixes_in_one_population(tmp_path):
         assert feedalign.rule_of(member.model) == config.rule
         for a, b in zip(member.model.parameters(), alone.model.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        for (name, a), b in zip(member.model.named_buffers(), alone.model.buffers()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
     with pytest.raises(ValueError, match="mix only"):
         PopulationMLP([feedalign.convert(feedalign.mlp("4-3-2"), rule) for rule in ("fa", "dfa")])
 
@@ -138,7 +142,7 @@ def test_population_optimizers_are_their_counterparts_per_member(name):
                                        atol=1e-14)
 
 
-@pytest.mark.parametrize("rules", [(rule, rule) for rule in SUPPORTED_RULES] + [("fa", "usf", "frsf"), ("usf", "fa")],
+@pytest.mark.parametrize("rules", [(rule, rule) for rule in SUPPORTED_RULES] + [("fa", "usf", "frsf"), ("brsf", "fa")],
                          ids=lambda rules: "+".join(rules))
 @pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.9, True)])
 def test_the_step_by_hand_is_each_members_own_step(rules, momentum, nesterov):
@@ -151,7 +155,7 @@ def test_the_step_by_hand_is_each_members_own_step(rules, momentum, nesterov):
     members = [feedalign.convert(feedalign.mlp("6-5-4-3", activation="tanh").double(), rule, seed=seed,
                                  feedback_scale=scale if rule != "bp" else None)
                for rule, (seed, scale) in zip(rules, ((1, None), (2, 0.5), (3, 0.2)))]
-    population = PopulationMLP(members)
+    population = PopulationMLP([copy.deepcopy(m) for m in members])  # brsf: its own draw counters
     lr = torch.tensor([0.1, 0.3, 0.2][:n], dtype=torch.float64)
     decay = torch.tensor([0.0, 0.05, 0.01][:n], dtype=torch.float64)
     sgd = PopulationSGD(population.parameters(), lr, momentum=momentum, nesterov=nesterov, weight_decay=decay)
@@ -176,7 +180,7 @@ def test_the_step_by_hand_is_each_members_own_step(rules, momentum, nesterov):
 
 def test_refusals_are_clear(tmp_path):
     base = Config(**SMALL, out_dir=str(tmp_path))
-    assert "brsf" in unsupported(base.replace(rule="brsf"))
+    assert "wm" in unsupported(base.replace(rule="wm"))
     assert unsupported(base.replace(rule="wm")) is not None
     assert unsupported(base.replace(optimizer="adam")) is None
     assert "weight_decay_mode" in unsupported(base.replace(weight_decay=0.01, weight_decay_mode="constant"))
@@ -185,8 +189,8 @@ def test_refusals_are_clear(tmp_path):
     assert unsupported(base) is None
     with pytest.raises(ValueError, match="differ"):
         train_population([base, base.replace(architecture="40-10")], progress="none")
-    with pytest.raises(ValueError, match="brsf"):
-        train_population([base.replace(rule="brsf")], progress="none")
+    with pytest.raises(ValueError, match="wm"):
+        train_population([base.replace(rule="wm")], progress="none")
     with pytest.raises(ValueError, match="architecture"):
         PopulationMLP([feedalign.mlp("4-3-2"), feedalign.mlp("4-5-2")])
     assert not list(tmp_path.iterdir())

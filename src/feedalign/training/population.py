@@ -15,8 +15,9 @@ gradient of its own run: the slices never mix. A step is taken by hand, without 
 :meth:`PopulationOptimizer.step_linear`. The rules, batched (B of shape (N, out, in) per member):
 
 - ``bp``: ``delta_l = (delta_{l+1} W_{l+1}) * f'(a_l)``;
-- ``fa``, ``usf``, ``frsf``: ``delta_{l+1} B_{l+1}`` in place of ``delta_{l+1} W_{l+1}``, B each
-  member's fixed B (fa) or ``s sign(W)`` / ``|M| sign(W)`` from the current W (Lillicrap et al.
+- ``fa``, ``usf``, ``frsf``, ``brsf`` (which may mix): ``delta_{l+1} B_{l+1}`` in place of
+  ``delta_{l+1} W_{l+1}``, B each member's fixed B (fa) or ``s sign(W)`` / ``|M| sign(W)`` /
+  ``|R| sign(W)`` (R redrawn every step) from the current W (Lillicrap et al.
   2016; Liao, Leibo & Poggio 2016; the general paths are :mod:`feedalign.rules.fa` and
   :mod:`feedalign.rules.sign_symmetry`);
 - ``kp``: as fa, with each member's B a stacked parameter that gets W's gradient and its own
@@ -39,7 +40,7 @@ gets an ordinary run directory (config.toml, metrics.jsonl, summary.json, checkp
 its own model and optimizer state, alignment.jsonl at the config's interval), built
 by the engine's own code, so each can be resumed, plotted and compared like any run.
 Members may differ in ``seed`` (init, feedback, data order, validation split), ``lr``,
-``init_scale``, ``feedback_scale``, ``weight_decay``, ``name`` and, among fa, usf and frsf, ``rule``; :func:`population_key`
+``init_scale``, ``feedback_scale``, ``weight_decay``, ``name`` and, among fa, usf, frsf and brsf, ``rule``; :func:`population_key`
 says which configs can share a population and :func:`unsupported` why one cannot.
 
 Each member's trajectory equals its separate run to float tolerance, not bitwise: batched
@@ -61,8 +62,8 @@ from ..rules import fast, trainable_layers
 from .config import Config
 from .population_optim import PopulationOptimizer, PopulationSGD, make_population_optimizer  # noqa: F401 (re-exported)
 
-SUPPORTED_RULES = ("bp", "fa", "usf", "frsf", "kp", "dfa", "ifa")
-LAYERWISE = ("fa", "usf", "frsf")  # delta_l = (delta_{l+1} B_{l+1}) * D_l, B_l of W_l's shape
+SUPPORTED_RULES = ("bp", "fa", "usf", "frsf", "brsf", "kp", "dfa", "ifa")
+LAYERWISE = ("fa", "usf", "frsf", "brsf")  # delta_l = (delta_{l+1} B_{l+1}) * D_l, B_l of W_l's shape
 # fields in which members of one population may differ
 VARYING = {"seed": 0, "lr": 1.0, "init_scale": None, "feedback_scale": None, "weight_decay": 0.0, "name": None}
 
@@ -135,8 +136,13 @@ class PopulationMLP(nn.Module):
                 [nn.Parameter(torch.stack([ls[l].bias.detach() for ls in layers])) for l in range(n_layers)
                  if self.has_bias[l]])
             # FA family: member i's B_l = F_i + A_i sign(W_l), layer l's B carrying delta_l down to
-            # h_{l-1}. fa: F = its fixed B, A = 0; usf: F = 0, A = s; frsf: F = 0, A = |M|. A buffer
-            # only where some member needs it, so a population of one rule pays only its own passes.
+            # h_{l-1}. fa: F = its fixed B, A = 0; usf: F = 0, A = s; frsf: F = 0, A = |M|; brsf:
+            # F = 0, A = |R| redrawn every step from the member layer's own sequence (so its draw
+            # count, a buffer of the member, stays the separate run's). A buffer only where some
+            # member needs it, so a population of one rule pays only its own passes.
+            self.stopped: set[int] = set()  # members that stopped (diverged): brsf draws no more for them
+            self._redrawn = {l: [(i, ls[l]) for i, (rule, ls) in enumerate(zip(rules, layers)) if rule == "brsf"]
+                             for l in range(1, n_layers)}  # plain lists: the member layers stay unregistered
             self.layerwise = set(rules) <= set(LAYERWISE) or self.rule == "kp"
             if self.rule == "kp":  # B is trained like W, with W's gradient (Kolen-Pollack)
                 self.feedbacks = nn.ParameterList(
@@ -146,7 +152,7 @@ class PopulationMLP(nn.Module):
                          for rule, ls in zip(rules, layers)]
                 magnitude = [torch.full_like(ls[l].weight, ls[l].feedback_scale) if rule == "usf"
                              else ls[l].feedback_magnitude if rule == "frsf" else torch.zeros_like(ls[l].weight)
-                             for rule, ls in zip(rules, layers)]
+                             for rule, ls in zip(rules, layers)]  # brsf: drawn at every step
                 if "fa" in rules:
                     self.register_buffer(f"feedback_{l}", torch.stack(fixed).detach())
                 if set(rules) - {"fa"}:
@@ -170,8 +176,9 @@ class PopulationMLP(nn.Module):
     @torch.no_grad()
     def feedback_matrix(self, l: int) -> torch.Tensor:
         """``B_l`` (N, out, in), through which layer l >= 1 sends its signal down, as the rule has it
-        now, member by member: fa's fixed B; usf's ``s sign(W_l)``; frsf's ``|M| sign(W_l)``
-        (:mod:`feedalign.rules.sign_symmetry`); kp's trained B (:mod:`feedalign.rules.kp`)."""
+        now, member by member: fa's fixed B; usf's ``s sign(W_l)``; frsf's ``|M| sign(W_l)``; brsf's
+        ``|R| sign(W_l)`` with the R of the last draw (:meth:`signals` draws the next at each step;
+        :mod:`feedalign.rules.sign_symmetry`); kp's trained B (:mod:`feedalign.rules.kp`)."""
         if self.rule == "kp":
             return self.feedbacks[l].detach()
         fixed, magnitude = getattr(self, f"feedback_{l}", None), getattr(self, f"magnitude_{l}", None)
@@ -218,10 +225,22 @@ class PopulationMLP(nn.Module):
                 deltas[l] = fast.times_derivative(self.activations[l], grad, outputs[l + 1], grad)
             return deltas
         for l in reversed(range(last)):
+            if self.layerwise and self._redrawn.get(l + 1):
+                self._draw(l + 1)
             matrix = self.feedback_matrix(l + 1) if self.layerwise else self.weights[l + 1]
             grad = deltas[l + 1].bmm(matrix)
             deltas[l] = fast.times_derivative(self.activations[l], grad, outputs[l + 1], grad)
         return deltas
+
+    @torch.no_grad()
+    def _draw(self, l: int) -> None:
+        """brsf members' |R| for layer l: the next draw of each member layer's own sequence, counted
+        there as its backward pass would (stopped members draw no more)."""
+        magnitude = getattr(self, f"magnitude_{l}")
+        for i, layer in self._redrawn[l]:
+            if i not in self.stopped:
+                magnitude[i] = layer.magnitude()
+                layer.feedback_draws += 1
 
     def linear_steps(self, outputs: list[torch.Tensor], deltas: list[torch.Tensor]) -> list[tuple]:
         """``(weights, bias, delta_l, h_{l-1})`` per layer, what :meth:`PopulationOptimizer.step_linear` takes;
@@ -325,6 +344,7 @@ def _train(runs, loops, bar) -> list:
                 bar.line(f"epoch {epoch}: evaluation loss is NaN/Inf; stopping (diverged)")
                 diverged[i] = epoch
                 optimizer.lr[i] = 0.0
+                population.stopped.add(i)
                 continue
             bar.line(engine._epoch_line(row, run.config))
             metrics[i].append(row)
@@ -395,6 +415,7 @@ def _train_epoch(runs, loops, population, optimizer, epoch, alive, bar) -> list:
                 stopped[i] = True
                 live[i] = False
                 optimizer.lr[i] = 0.0
+                population.stopped.add(i)
                 bar.line(f"{runs[i].config.rule} seed {runs[i].config.seed} epoch {epoch} step {runs[i].step + 1}: "
                          f"loss is {float(losses[i])}; stopping (diverged), the last good checkpoint stays")
         error = log_p.exp_().scatter_add_(2, yb.unsqueeze(2), minus_one.expand(size, b, 1)).div_(b)  # softmax - onehot
