@@ -201,17 +201,17 @@ def test_compare_in_worker_processes_gives_the_same_numbers(tmp_path, capsys):
 
 
 def test_compare_trains_seeds_as_a_population_by_default(tmp_path, capsys):
-    """The seeds of bp and dfa train as populations (feedalign.training.population), drtp separately;
+    """The seeds of bp and dfa train as populations (feedalign.training.population), wm separately;
     the numbers equal separate runs' to float tolerance and every run directory is an ordinary one."""
     args = ["compare", "--dataset", "mnist1d", "--architecture", "40-32-10", "--epochs", "1", "--threads", "1",
-            "--rules", "dfa,drtp", "--seeds", "2", "--train-size", "1280", "--out-dir", str(tmp_path), "--quiet"]
+            "--rules", "dfa,wm", "--seeds", "2", "--train-size", "1280", "--out-dir", str(tmp_path), "--quiet"]
     for name, extra in (("pop", []), ("off", ["--population", "off"])):
         code, _, err = run_cli(args + ["--name", name] + extra, capsys)
         assert code == 0, err
     pop, off = (json.loads((tmp_path / n / "compare.json").read_text()) for n in ("pop", "off"))
     for a, b in zip(pop["rows"], off["rows"]):
         assert a["test_errors"] == pytest.approx(b["test_errors"], abs=2e-3)
-    for run in ("dfa-seed0", "dfa-seed1", "drtp-seed1"):
+    for run in ("dfa-seed0", "dfa-seed1", "wm-seed1"):
         assert (tmp_path / "pop" / run / "checkpoints" / "latest.pt").is_file()
         assert json.loads((tmp_path / "pop" / run / "summary.json").read_text())["steps"] == 20
     code, _, err = run_cli(args + ["--name", "bad", "--population", "maybe"], capsys)

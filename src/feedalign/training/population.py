@@ -23,7 +23,8 @@ gradient of its own run: the slices never mix. A step is taken by hand, without 
 - ``kp``: as fa, with each member's B a stacked parameter that gets W's gradient and its own
   optimizer state (Akrout et al. 2019; :mod:`feedalign.rules.kp`);
 - ``dfa``: every hidden layer gets ``e B_k`` from the output error, B of shape
-  (N, out_features, sum of widths) (Nøkland 2016; :mod:`feedalign.rules.dfa`);
+  (N, out_features, sum of widths) (Nøkland 2016; :mod:`feedalign.rules.dfa`); ``drtp`` the
+  same with the target ``t / N`` in place of ``e`` (Frenkel et al. 2021; :mod:`feedalign.rules.drtp`);
 - ``ifa``: the first hidden layer gets ``e B_1``, each higher one the signal below sent forward
   through ``W_l^T`` (Nøkland 2016, Fig. 1d; :mod:`feedalign.rules.ifa`).
 
@@ -40,8 +41,9 @@ gets an ordinary run directory (config.toml, metrics.jsonl, summary.json, checkp
 its own model and optimizer state, alignment.jsonl at the config's interval), built
 by the engine's own code, so each can be resumed, plotted and compared like any run.
 Members may differ in ``seed`` (init, feedback, data order, validation split), ``lr``,
-``init_scale``, ``feedback_scale``, ``weight_decay``, ``name`` and, among fa, usf, frsf and brsf, ``rule``; :func:`population_key`
-says which configs can share a population and :func:`unsupported` why one cannot.
+``init_scale``, ``feedback_scale``, ``weight_decay``, ``name`` and, among fa, usf, frsf and brsf,
+``rule``; :func:`population_key` says which configs can share a population and
+:func:`unsupported` why one cannot.
 
 Each member's trajectory equals its separate run to float tolerance, not bitwise: batched
 matmuls sum in another order than ``mm`` (tests/test_population.py checks it against
@@ -62,7 +64,7 @@ from ..rules import fast, trainable_layers
 from .config import Config
 from .population_optim import PopulationOptimizer, PopulationSGD, make_population_optimizer  # noqa: F401 (re-exported)
 
-SUPPORTED_RULES = ("bp", "fa", "usf", "frsf", "brsf", "kp", "dfa", "ifa")
+SUPPORTED_RULES = ("bp", "fa", "usf", "frsf", "brsf", "kp", "dfa", "drtp", "ifa")
 LAYERWISE = ("fa", "usf", "frsf", "brsf")  # delta_l = (delta_{l+1} B_{l+1}) * D_l, B_l of W_l's shape
 # fields in which members of one population may differ
 VARYING = {"seed": 0, "lr": 1.0, "init_scale": None, "feedback_scale": None, "weight_decay": 0.0, "name": None}
@@ -87,7 +89,8 @@ def unsupported(config: Config) -> str | None:
     for name, value, needed in (("augment", config.augment, "none"), ("normalize", config.normalize, "none")):
         if value != needed:
             return f"{name} {value!r} (population training needs {needed!r})"
-    for name, value, needed in (("frozen", config.frozen, "none"), ("weight_decay_mode", config.weight_decay_mode, "l2")):
+    for name, value, needed in (("frozen", config.frozen, "none"),
+                                ("weight_decay_mode", config.weight_decay_mode, "l2")):
         if value != needed:
             return f"{name} {value!r} (population training needs {needed!r})"
     if config.loss not in ("auto", "cross_entropy"):
@@ -98,14 +101,15 @@ def unsupported(config: Config) -> str | None:
 
 
 class PopulationMLP(nn.Module):
-    """N converted ``feedalign.mlp`` models of one architecture and rule (or of fa, usf and frsf mixed) as
-    one batched model.
+    """N converted ``feedalign.mlp`` models of one architecture and rule (or of the FA family's rules
+    mixed) as one batched model.
 
-    Parameters ``weights[l]`` (N, out, in) and ``biases[l]`` (N, out), copies of the members'
-    at construction; the rule's fixed tensors as buffers (fa, usf, frsf: ``feedback_l`` and
-    ``magnitude_l`` (N, out, in), B = feedback + magnitude * sign(W), see :meth:`feedback_matrix`; dfa: ``feedback`` (N, out_features, sum of hidden widths);
-    ifa: ``feedback`` (N, out_features, width_1)). :meth:`copy_to` writes the weights back into
-    member models. Input (N, B, in), output (N, B, out).
+    Parameters ``weights[l]`` (N, out, in) and ``biases[l]`` (N, out), copies of the members' at
+    construction (kp: its trained B as ``feedbacks[l]`` too); the rule's fixed tensors as buffers:
+    fa, usf, frsf, brsf: ``feedback_l`` and ``magnitude_l`` (N, out, in), B = feedback + magnitude
+    * sign(W) (:meth:`feedback_matrix`); dfa, drtp: ``feedback`` (N, out_features, sum of hidden
+    widths); ifa: ``feedback`` (N, out_features, width_1). :meth:`copy_to` writes the weights back
+    into member models. Input (N, B, in), output (N, B, out).
     """
 
     def __init__(self, members: list[nn.Module]):
@@ -157,7 +161,7 @@ class PopulationMLP(nn.Module):
                     self.register_buffer(f"feedback_{l}", torch.stack(fixed).detach())
                 if set(rules) - {"fa"}:
                     self.register_buffer(f"magnitude_{l}", torch.stack(magnitude).detach())
-            if self.rule in ("dfa", "ifa"):  # dfa: (N, out, sum of hidden widths); ifa: (N, out, width_1)
+            if self.rule in ("dfa", "drtp", "ifa"):  # dfa, drtp: (N, out, sum of hidden widths); ifa: (N, out, width_1)
                 self.register_buffer("feedback", torch.stack([m.feedback for m in members]))
                 self.widths = [ls.out_features for ls in layers[0][:-1]]
 
@@ -208,14 +212,19 @@ class PopulationMLP(nn.Module):
         - fa, usf, frsf: ``delta_l = (delta_{l+1} B_{l+1}) * D_l`` (Lillicrap et al. 2016; Liao et
           al. 2016), B from :meth:`feedback_matrix`;
         - dfa: ``delta_l = (e B_l) * D_l`` (Nøkland 2016, eq. 3), ``e B`` for all hidden layers in one bmm;
+        - drtp: as dfa with the target ``t / N`` in place of ``e`` (Frenkel et al. 2021, Eq. 4);
         - ifa: ``delta_1 = (e B_1) * D_1``, then ``delta_l = (delta_{l-1} W_l^T) * D_l`` (Nøkland 2016, Fig. 1d).
 
         Each member's signals are those of its own converted model (tests check it in float64).
         """
         last = len(self.weights) - 1
         deltas = [None] * last + [error]
-        if self.rule == "dfa":
-            grads = error.bmm(self.feedback).split(self.widths, dim=2)
+        if self.rule in ("dfa", "drtp"):
+            source = error
+            if self.rule == "drtp":  # the target t / N, recovered from e = (softmax(y) - t) / N as drtp does
+                n = error.shape[1]
+                source = (outputs[-1].softmax(2) - error * n) / n
+            grads = source.bmm(self.feedback).split(self.widths, dim=2)
             for l in range(last):
                 deltas[l] = fast.times_derivative(self.activations[l], grads[l], outputs[l + 1], grads[l])
             return deltas
