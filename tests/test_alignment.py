@@ -51,6 +51,18 @@ def test_bp_every_angle_is_zero():
         assert row.reason == ""
 
 
+@pytest.mark.parametrize("rule,passes", [("bp", 1), ("fa", 2), ("dfa", 2)])
+def test_a_model_that_learns_by_backprop_is_measured_in_one_pass(rule, passes):
+    """bp's own update is the true gradient: one forward/backward pass gives both; a rule takes two."""
+    model = model_for(rule) if rule != "bp" else feedalign.mlp("6-7-5-3", activation="tanh").double()
+    calls = []
+    model[0].register_forward_hook(lambda *_: calls.append(1))  # the fused path would skip the layer as a module
+    table = alignment(model, *batch(), F.cross_entropy)
+    assert len(calls) == passes
+    if rule == "bp":
+        assert all(row.signal_angle == row.update_angle == 0.0 for row in table if not math.isnan(row.signal_angle))
+
+
 @pytest.mark.parametrize("rule", RULES)
 def test_output_layer_signal_and_update_are_exact(rule):
     if contract(rule).own_model:

@@ -31,6 +31,7 @@ from torch import nn
 
 from ..convert import learning_rule, rule_of
 from ..rules import exact_gradients, trainable_layers
+from ..rules.base import learns_by_backprop
 from .angles import angle, mean_row_angle
 
 
@@ -103,8 +104,8 @@ def alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         y: the targets ``loss_fn`` takes with the model output, e.g. (N,) labels.
         loss_fn: ``loss_fn(model(x), y)`` -> scalar loss, e.g. ``F.cross_entropy``.
 
-    Runs two forward/backward passes (the rule's, then backprop's) and leaves no
-    trace: parameters, buffers, every ``.grad`` (restored as the same tensors) and
+    Runs two forward/backward passes (the rule's, then backprop's; one for a model that
+    learns by backprop, whose own update is the true gradient) and leaves no trace: parameters, buffers, every ``.grad`` (restored as the same tensors) and
     the torch RNG states (CPU and CUDA) are as before. Both passes start from the
     same RNG state, so dropout draws the same mask in each. The model's train/eval
     mode is used as it is. The rule's forward pass runs in its
@@ -119,9 +120,12 @@ def alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         with torch.enable_grad():
             loss, rule_signals, rule_updates = _pass(model, layers, x, y, loss_fn,
                                                      learning_rule(model).forward_context(model, y))
-            restore_rng()  # same dropout mask in the backprop pass
-            with exact_gradients(model):
-                _, true_signals, true_updates = _pass(model, layers, x, y, loss_fn, contextlib.nullcontext())
+            if learns_by_backprop(model):  # the same pass again would give the same tensors
+                true_signals, true_updates = rule_signals, rule_updates
+            else:
+                restore_rng()  # same dropout mask in the backprop pass
+                with exact_gradients(model):
+                    _, true_signals, true_updates = _pass(model, layers, x, y, loss_fn, contextlib.nullcontext())
     weight_rows = _weight_alignment(model, layers)
     rows = []
     for k, layer in enumerate(layers):

@@ -197,6 +197,13 @@ def sample_feedback(shape: tuple[int, ...], *, fan: int, init: str, scale: float
     return values.to(device=like.device, dtype=like.dtype)
 
 
+def learns_by_backprop(model: nn.Module) -> bool:
+    """Whether ``model``'s gradients are backprop's already: nothing in it that
+    :func:`exact_gradients` would switch (no rule's layer, cut or energy phase)."""
+    return getattr(model, "_feedalign_cut", None) is None and not any(hasattr(m, "exact_gradient")
+                                                                      for m in model.modules())
+
+
 @contextlib.contextmanager
 def exact_gradients(model: nn.Module):
     """Within this block ``model`` computes true backprop gradients, whatever its rule.
