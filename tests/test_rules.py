@@ -213,6 +213,11 @@ def test_rules_registry_lists_core_rules():
     assert {"bp", "fa", "dfa", "ifa"} <= set(feedalign.rules())
 
 
+class _Doubled(nn.Module):
+    def forward(self, weight):
+        return 2 * weight
+
+
 @pytest.mark.parametrize("rule", [r for r in feedalign.rules() if contract(r).fast_path])
 def test_fast_path_taken_for_mlp_only(rule):
     x = torch.randn(4, 5)
@@ -231,6 +236,12 @@ def test_fast_path_taken_for_mlp_only(rule):
     assert not uses_fast_path(nested(x))
     gelu = feedalign.convert(feedalign.mlp("5-6-6-3", activation="gelu"), rule)
     assert not uses_fast_path(gelu(x))
+    # a parametrized weight is computed, not stored in _parameters: the general path computes it
+    torch.nn.utils.parametrize.register_parametrization(trainable_layers(model)[0], "weight", _Doubled())
+    out = model(x)
+    assert not uses_fast_path(out)
+    F.cross_entropy(out, torch.tensor([0, 1, 2, 0])).backward()
+    assert trainable_layers(model)[0].parametrizations.weight.original.grad is not None
 
 
 @pytest.mark.parametrize("rule", [r for r in feedalign.rules() if contract(r).fast_path])
