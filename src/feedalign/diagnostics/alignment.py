@@ -105,8 +105,9 @@ def alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         loss_fn: ``loss_fn(model(x), y)`` -> scalar loss, e.g. ``F.cross_entropy``.
 
     Runs two forward/backward passes (the rule's, then backprop's; one for a model that
-    learns by backprop, whose own update is the true gradient) and leaves no trace: parameters, buffers, every ``.grad`` (restored as the same tensors) and
-    the torch RNG states (CPU and CUDA) are as before. Both passes start from the
+    learns by backprop, whose own update is the true gradient) and leaves no trace:
+    parameters, buffers, every ``.grad`` (restored as the same tensors) and the torch RNG
+    states (CPU and CUDA) are as before. Both passes start from the
     same RNG state, so dropout draws the same mask in each. The model's train/eval
     mode is used as it is. The rule's forward pass runs in its
     :meth:`~feedalign.rules.LearningRule.forward_context` with ``y``, as in training

@@ -161,7 +161,7 @@ class PopulationMLP(nn.Module):
                     self.register_buffer(f"feedback_{l}", torch.stack(fixed).detach())
                 if set(rules) - {"fa"}:
                     self.register_buffer(f"magnitude_{l}", torch.stack(magnitude).detach())
-            if self.rule in ("dfa", "drtp", "ifa"):  # dfa, drtp: (N, out, sum of hidden widths); ifa: (N, out, width_1)
+            if self.rule in ("dfa", "drtp", "ifa"):  # (N, out, sum of hidden widths); ifa: (N, out, width_1)
                 self.register_buffer("feedback", torch.stack([m.feedback for m in members]))
                 self.widths = [ls.out_features for ls in layers[0][:-1]]
 
@@ -194,7 +194,8 @@ class PopulationMLP(nn.Module):
     @torch.no_grad()
     def layer_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``[x, h_1, ..., h_L]``: the input (N, B, in) and every layer's output (N, B, width_l),
-        ``h_L = y``, without autograd (what :meth:`signals` and :meth:`PopulationOptimizer.step_linear` read)."""
+        ``h_L = y``, without autograd (what :meth:`signals` and
+        :meth:`PopulationOptimizer.step_linear` read)."""
         outputs = [x]
         for l, weight in enumerate(self.weights):
             bias = self._bias(l)
@@ -209,11 +210,12 @@ class PopulationMLP(nn.Module):
         every layer; ``delta_L = error = dL/dy``. ``outputs`` from :meth:`layer_outputs`; D_l = f'(a_l):
 
         - bp: ``delta_l = (delta_{l+1} W_{l+1}) * D_l``;
-        - fa, usf, frsf: ``delta_l = (delta_{l+1} B_{l+1}) * D_l`` (Lillicrap et al. 2016; Liao et
-          al. 2016), B from :meth:`feedback_matrix`;
+        - fa, usf, frsf, brsf, kp: ``delta_l = (delta_{l+1} B_{l+1}) * D_l`` (Lillicrap et al. 2016;
+          Liao et al. 2016; Akrout et al. 2019), B from :meth:`feedback_matrix`;
         - dfa: ``delta_l = (e B_l) * D_l`` (Nøkland 2016, eq. 3), ``e B`` for all hidden layers in one bmm;
         - drtp: as dfa with the target ``t / N`` in place of ``e`` (Frenkel et al. 2021, Eq. 4);
-        - ifa: ``delta_1 = (e B_1) * D_1``, then ``delta_l = (delta_{l-1} W_l^T) * D_l`` (Nøkland 2016, Fig. 1d).
+        - ifa: ``delta_1 = (e B_1) * D_1``, then ``delta_l = (delta_{l-1} W_l^T) * D_l`` (Nøkland 2016,
+          Fig. 1d).
 
         Each member's signals are those of its own converted model (tests check it in float64).
         """
@@ -405,7 +407,8 @@ def _train_epoch(runs, loops, population, optimizer, epoch, alive, bar) -> list:
             yb = ys[0].index_select(0, idx.reshape(-1)).view(size, b, *ys[0].shape[1:])
         else:  # straight into one (N, B, ...) batch, no stack
             if b not in batches:
-                batches[b] = (xs[0].new_empty((size, b, *xs[0].shape[1:])), ys[0].new_empty((size, b, *ys[0].shape[1:])))
+                batches[b] = (xs[0].new_empty((size, b, *xs[0].shape[1:])),
+                              ys[0].new_empty((size, b, *ys[0].shape[1:])))
             xb, yb = batches[b]
             for k, (x, y, i) in enumerate(zip(xs, ys, idx)):
                 torch.index_select(x, 0, i, out=xb[k])

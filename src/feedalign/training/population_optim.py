@@ -149,7 +149,8 @@ class PopulationAdam(PopulationOptimizer):
 
 class PopulationRMSprop(PopulationOptimizer):
     """``torch.optim.RMSprop`` (alpha 0.99, eps 1e-8, not centred): ``v = alpha v + (1 - alpha) g^2``;
-    ``buf = momentum buf + g / (sqrt(v) + eps)``, ``p -= lr_i buf`` (without momentum ``p -= lr_i g / (sqrt(v) + eps)``)."""
+    ``buf = momentum buf + g / (sqrt(v) + eps)``, ``p -= lr_i buf`` (without momentum
+    ``p -= lr_i g / (sqrt(v) + eps)``)."""
 
     def __init__(self, params, lr, *, momentum: float = 0.0, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay=None):
