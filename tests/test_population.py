@@ -84,6 +84,21 @@ def test_each_member_follows_its_optimizer_and_schedule(tmp_path, settings):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_a_diverging_member_stops_as_its_separate_run_and_the_others_go_on(tmp_path):
+    """lr 1e38 overflows the first step: that member stops where its separate run stops, with the
+    same outcome and rows; the other member trains on and matches its separate run."""
+    base = Config(**SMALL, rule="fa", momentum=0.9, out_dir=str(tmp_path / "pop"))
+    configs = [base.replace(seed=0, lr=0.05, name="ok"), base.replace(seed=1, lr=1e38, name="bad")]
+    for config, member in zip(configs, train_population(configs, progress="none")):
+        alone = train(config.replace(out_dir=str(tmp_path / "alone")), progress="none")
+        assert member.summary["outcome"] == alone.summary["outcome"]
+        assert member.summary["steps"] == alone.summary["steps"] and len(member.metrics) == len(alone.metrics)
+        if config.name == "ok":  # the other's weights are ~1e31: float tolerance there means nothing
+            for a, b in zip(member.model.parameters(), alone.model.parameters()):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert member.summary["outcome"] == "diverged" and member.summary["steps"] == 1
+
+
 @pytest.mark.parametrize("rule,optimizer", [("fa", "sgd"), ("kp", "sgd"), ("fa", "adam")])
 def test_a_member_run_resumes_as_a_separate_run(tmp_path, rule, optimizer):
     """The checkpoint holds the member's model and torch SGD state (kp: B's too): resuming it for a
