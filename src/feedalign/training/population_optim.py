@@ -13,10 +13,12 @@ forming ``.grad``: ``grad W = delta^T h`` (one bmm for all members), ``grad b = 
 """
 from __future__ import annotations
 
+import abc
+
 import torch
 
 
-class PopulationOptimizer:
+class PopulationOptimizer(abc.ABC):
     """Per-member ``lr`` and ``weight_decay`` (N,) over stacked ``params``; a subclass gives
     :meth:`_update` (one parameter's step from its gradient) and :meth:`member_state`."""
 
@@ -57,11 +59,13 @@ class PopulationOptimizer:
         state = self.state[self._index[id(p)]]
         return self._member_state(state, i) if state else {}
 
+    @abc.abstractmethod
     def _member_state(self, state: dict, i: int) -> dict:
-        raise NotImplementedError
+        """Member i's slice of a (non-empty) parameter state, in the counterpart optimizer's format."""
 
+    @abc.abstractmethod
     def _update(self, k: int, p: torch.Tensor, grad: torch.Tensor) -> None:
-        raise NotImplementedError
+        """One step of stacked parameter ``p`` (index k) from its gradient ``grad``, which it must not write."""
 
     def _per_member(self, values: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """(N,) values shaped to broadcast over ``p`` (N, ...)."""
@@ -80,11 +84,6 @@ class PopulationSGD(PopulationOptimizer):
                  weight_decay: torch.Tensor | None = None):
         super().__init__(params, lr, weight_decay=weight_decay)
         self.momentum, self.nesterov = float(momentum), nesterov
-
-    @property
-    def buffers(self) -> list[torch.Tensor | None]:
-        """Each parameter's momentum buffer (None before its first step or without momentum)."""
-        return [state.get("momentum_buffer") for state in self.state]
 
     @torch.no_grad()
     def step_linear(self, layers) -> None:
