@@ -120,7 +120,6 @@ class PopulationMLP(nn.Module):
         if not (len(set(rules)) == 1 and rules[0] in SUPPORTED_RULES or set(rules) <= set(LAYERWISE)):
             raise ValueError(f"a population's members share one rule of {SUPPORTED_RULES}, or mix only "
                              f"{', '.join(LAYERWISE)}; got {sorted(set(map(str, rules)))}")
-        self.rules = rules
         self.rule = rules[0] if len(set(rules)) == 1 else "|".join(LAYERWISE)  # a mixed FA-family population
         layers = [trainable_layers(m) for m in members]
         activations = [_activations(m, ls) for m, ls in zip(members, layers)]
@@ -147,11 +146,12 @@ class PopulationMLP(nn.Module):
             self.stopped: set[int] = set()  # members that stopped (diverged): brsf draws no more for them
             self._redrawn = {l: [(i, ls[l]) for i, (rule, ls) in enumerate(zip(rules, layers)) if rule == "brsf"]
                              for l in range(1, n_layers)}  # plain lists: the member layers stay unregistered
-            self.layerwise = set(rules) <= set(LAYERWISE) or self.rule == "kp"
+            family = set(rules) <= set(LAYERWISE)
+            self.layerwise = family or self.rule == "kp"  # signals through feedback_matrix
             if self.rule == "kp":  # B is trained like W, with W's gradient (Kolen-Pollack)
                 self.feedbacks = nn.ParameterList(
                     [nn.Parameter(torch.stack([ls[l].feedback.detach() for ls in layers])) for l in range(n_layers)])
-            for l in range(1, n_layers) if self.layerwise and self.rule != "kp" else ():
+            for l in range(1, n_layers) if family else ():
                 fixed = [ls[l].feedback if rule == "fa" else torch.zeros_like(ls[l].weight)
                          for rule, ls in zip(rules, layers)]
                 magnitude = [torch.full_like(ls[l].weight, ls[l].feedback_scale) if rule == "usf"
@@ -342,9 +342,8 @@ def _train(runs, loops, bar) -> list:
         _copy_state(optimizer, population, runs)
         for i in alive:
             loop, run = loops[i], runs[i]
-            if trained[i] is None:
+            if trained[i] is None:  # _train_epoch stopped it
                 diverged[i] = epoch
-                optimizer.lr[i] = 0.0
                 continue
             with warnings.catch_warnings():  # the member's own optimizer never steps: its schedule sets the lr
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
@@ -354,8 +353,7 @@ def _train(runs, loops, bar) -> list:
             if not all(math.isfinite(row[k]) for k in ("val_loss", "test_loss") if row.get(k) is not None):
                 bar.line(f"epoch {epoch}: evaluation loss is NaN/Inf; stopping (diverged)")
                 diverged[i] = epoch
-                optimizer.lr[i] = 0.0
-                population.stopped.add(i)
+                _stop(i, population, optimizer)
                 continue
             bar.line(engine._epoch_line(row, run.config))
             metrics[i].append(row)
@@ -426,8 +424,7 @@ def _train_epoch(runs, loops, population, optimizer, epoch, alive, bar) -> list:
             for i in bad.nonzero().flatten().tolist():
                 stopped[i] = True
                 live[i] = False
-                optimizer.lr[i] = 0.0
-                population.stopped.add(i)
+                _stop(i, population, optimizer)
                 bar.line(f"{runs[i].config.rule} seed {runs[i].config.seed} epoch {epoch} step {runs[i].step + 1}: "
                          f"loss is {float(losses[i])}; stopping (diverged), the last good checkpoint stays")
         error = log_p.exp_().scatter_add_(2, yb.unsqueeze(2), minus_one.expand(size, b, 1)).div_(b)  # softmax - onehot
@@ -452,6 +449,12 @@ def _train_epoch(runs, loops, population, optimizer, epoch, alive, bar) -> list:
     return [None if (i not in alive or i in stopped) else
             engine._Trained(loss=total[i] / seen, accuracy=correct[i] / seen, lr=lr0[i], seconds=seconds)
             for i in range(size)]
+
+
+def _stop(i: int, population: PopulationMLP, optimizer: PopulationOptimizer) -> None:
+    """Member i diverged: its lr is 0 from now on and it draws no more feedback (brsf)."""
+    optimizer.lr[i] = 0.0
+    population.stopped.add(i)
 
 
 def _copy_state(optimizer: PopulationOptimizer, population: PopulationMLP, runs) -> None:
