@@ -33,6 +33,8 @@ def test_members_match_their_separate_runs(tmp_path, rule):
         alone = train(config.replace(out_dir=str(tmp_path / "alone")), progress="none")
         for a, b in zip(member.model.parameters(), alone.model.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        for (name, a), b in zip(member.model.named_buffers(), alone.model.buffers()):  # wm's mirrored B, say
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
         assert [r["epoch"] for r in member.metrics] == [0, 1, 2]
         for row, twin in zip(member.metrics, alone.metrics):
             for key in ("train_loss", "val_loss", "test_loss", "val_accuracy", "test_accuracy"):
@@ -84,25 +86,27 @@ def test_each_member_follows_its_optimizer_and_schedule(tmp_path, settings):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_a_diverging_member_stops_as_its_separate_run_and_the_others_go_on(tmp_path):
+@pytest.mark.parametrize("rule", ["fa", "wm"])
+def test_a_diverging_member_stops_as_its_separate_run_and_the_others_go_on(tmp_path, rule):
     """lr 1e38 overflows the first step: that member stops where its separate run stops, with the
-    same outcome and rows; the other member trains on and matches its separate run."""
-    base = Config(**SMALL, rule="fa", momentum=0.9, out_dir=str(tmp_path / "pop"))
+    same outcome and rows; the other member trains on (wm: and mirrors) and matches its separate run."""
+    base = Config(**SMALL, rule=rule, momentum=0.9, out_dir=str(tmp_path / "pop"))
     configs = [base.replace(seed=0, lr=0.05, name="ok"), base.replace(seed=1, lr=1e38, name="bad")]
     for config, member in zip(configs, train_population(configs, progress="none")):
         alone = train(config.replace(out_dir=str(tmp_path / "alone")), progress="none")
         assert member.summary["outcome"] == alone.summary["outcome"]
         assert member.summary["steps"] == alone.summary["steps"] and len(member.metrics) == len(alone.metrics)
         if config.name == "ok":  # the other's weights are ~1e31: float tolerance there means nothing
-            for a, b in zip(member.model.parameters(), alone.model.parameters()):
+            for a, b in zip([*member.model.parameters(), *member.model.buffers()],
+                            [*alone.model.parameters(), *alone.model.buffers()]):
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert member.summary["outcome"] == "diverged" and member.summary["steps"] == 1
 
 
-@pytest.mark.parametrize("rule,optimizer", [("fa", "sgd"), ("kp", "sgd"), ("fa", "adam")])
+@pytest.mark.parametrize("rule,optimizer", [("fa", "sgd"), ("kp", "sgd"), ("wm", "sgd"), ("fa", "adam")])
 def test_a_member_run_resumes_as_a_separate_run(tmp_path, rule, optimizer):
-    """The checkpoint holds the member's model and torch SGD state (kp: B's too): resuming it for a
-    third epoch matches a separate 3-epoch run."""
+    """The checkpoint holds the member's model (wm: its mirrored B) and torch SGD state (kp: B's too):
+    resuming it for a third epoch matches a separate 3-epoch run."""
     config = Config(**SMALL, rule=rule, optimizer=optimizer, momentum=0.9, lr=0.05 if optimizer == "sgd" else 1e-3,
                     weight_decay=1e-3, out_dir=str(tmp_path / "pop"))
     members = train_population([config.replace(seed=s, name=f"s{s}") for s in (0, 1)], progress="none")
@@ -116,6 +120,8 @@ def test_a_member_run_resumes_as_a_separate_run(tmp_path, rule, optimizer):
     resumed = resume(run_dir, progress="none")
     alone = train(config.replace(seed=1, epochs=3, out_dir=str(tmp_path / "alone")), progress="none")
     for a, b in zip(resumed.model.parameters(), alone.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(resumed.model.buffers(), alone.model.buffers()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -195,8 +201,8 @@ def test_the_step_by_hand_is_each_members_own_step(rules, momentum, nesterov):
 
 def test_refusals_are_clear(tmp_path):
     base = Config(**SMALL, out_dir=str(tmp_path))
-    assert "wm" in unsupported(base.replace(rule="wm"))
-    assert unsupported(base.replace(rule="wm")) is not None
+    assert "dtp" in unsupported(base.replace(rule="dtp"))
+    assert unsupported(base.replace(rule="dtp")) is not None
     assert unsupported(base.replace(optimizer="adam")) is None
     assert "weight_decay_mode" in unsupported(base.replace(weight_decay=0.01, weight_decay_mode="constant"))
     assert unsupported(base.replace(schedule="cosine")) is None
@@ -204,8 +210,8 @@ def test_refusals_are_clear(tmp_path):
     assert unsupported(base) is None
     with pytest.raises(ValueError, match="differ"):
         train_population([base, base.replace(architecture="40-10")], progress="none")
-    with pytest.raises(ValueError, match="wm"):
-        train_population([base.replace(rule="wm")], progress="none")
+    with pytest.raises(ValueError, match="dtp"):
+        train_population([base.replace(rule="dtp")], progress="none")
     with pytest.raises(ValueError, match="architecture"):
         PopulationMLP([feedalign.mlp("4-3-2"), feedalign.mlp("4-5-2")])
     assert not list(tmp_path.iterdir())

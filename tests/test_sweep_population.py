@@ -45,13 +45,13 @@ def _keys(jobs):
 
 
 def test_plan_groups_shareable_runs_caps_and_balances(tmp_path):
-    points = _points(["dfa", "wm", "bp"], range(5), (0.05, 0.2))  # 10 runs per rule
+    points = _points(["dfa", "dtp", "bp"], range(5), (0.05, 0.2))  # 10 runs per rule
     jobs = plan_jobs(points, tmp_path, population_size=4, workers=2)
-    assert _sizes(jobs) == [4, 4, 3, 3, 3, 3] + [1] * 10  # dfa and bp: 10 = 4 + 3 + 3; wm alone
+    assert _sizes(jobs) == [4, 4, 3, 3, 3, 3] + [1] * 10  # dfa and bp: 10 = 4 + 3 + 3; dtp alone
     assert _keys(jobs) == sorted(p.key for p in points)  # every run once
     for job in jobs:
         rules = {m["config"]["rule"] for m in job.get("members", [job])}
-        assert len(rules) == 1 and (("members" in job) == (rules != {"wm"}))
+        assert len(rules) == 1 and (("members" in job) == (rules != {"dtp"}))
     # 8 dfa runs and 4 workers: the one population of 8 is halved until every worker has a job
     dfa = _points(["dfa"], range(4), (0.05, 0.2))
     assert _sizes(plan_jobs(dfa, tmp_path, workers=4)) == [2, 2, 2, 2]
@@ -108,17 +108,17 @@ def _summaries(sweep_dir: Path) -> dict:
 def test_population_sweep_matches_separate_runs_and_survives_a_killed_worker(tmp_path, capsys):
     out = tmp_path / "out"
     specs = {}
-    for name, rules in (("auto", '["dfa", "wm"]'), ("off", '["dfa", "wm"]'), ("killed", '["dfa"]')):
+    for name, rules in (("auto", '["dfa", "dtp"]'), ("off", '["dfa", "dtp"]'), ("killed", '["dfa"]')):
         specs[name] = tmp_path / f"{name}.toml"
         specs[name].write_text(SPEC.format(name=name, out=out, rules=rules))
 
-    # population auto (the default): the dfa seeds train as one population, wm's alone
+    # population auto (the default): the dfa seeds train as one population, dtp's alone
     assert main(["sweep", str(specs["auto"]), "--no-plot"]) == 0
     err = capsys.readouterr().err
     assert "2 run(s) train as 1 population(s) of 2; 2 run(s) train alone" in err, err
     auto = _rows(out / "auto")
     jobs = {r["rule"]: r["population"] for r in auto.values()}
-    assert jobs["wm"] is None and jobs["dfa"].startswith("population-dfa-")
+    assert jobs["dtp"] is None and jobs["dfa"].startswith("population-dfa-")
     assert [r["population"] for r in auto.values()].count(jobs["dfa"]) == 2
     assert all(r["status"] == "done" and r["attempts"] == 1 for r in auto.values())
     assert "training 2 runs as one population" in (out / "auto" / "logs" / f"{jobs['dfa']}.log").read_text()

@@ -45,7 +45,7 @@ def register(subparsers) -> None:
                              "numbers for any N (see --population for one worker)")
     parser.add_argument("--population", choices=("auto", "off"), default="auto",
                         help="auto (default): with one worker, the seeds of a rule train as one batched model "
-                             "(bp, fa, usf, frsf, brsf, kp, dfa, drtp, ifa on MLPs; numbers equal separate runs' "
+                             "(bp, fa, usf, frsf, brsf, kp, wm, dfa, drtp, ifa on MLPs; numbers equal separate runs' "
                              "to float tolerance); off: separate runs, bitwise reproducible")
     add_config_flags(parser, exclude=("rule",))
     parser.set_defaults(func=run)

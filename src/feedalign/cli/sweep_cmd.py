@@ -11,7 +11,7 @@ Every run's settings, including that its architecture fits its dataset, are chec
 before the first run starts.
 
 With the local backend, runs that differ only in seed, lr, init_scale, feedback_scale
-or weight_decay (rules bp, fa, usf, frsf, brsf, kp, dfa, drtp, ifa; an MLP) train up to
+or weight_decay (rules bp, fa, usf, frsf, brsf, kp, wm, dfa, drtp, ifa; an MLP) train up to
 population_size (default 8) at a time as one batched model in one worker, each with
 its ordinary run directory; --population off (or population = "off" in the spec)
 trains every run alone, for bitwise-reproducible numbers.

@@ -49,6 +49,10 @@ class WMConv2d(_Mirror, FeedbackConv2d):
     pass
 
 
+#: the mirror settings of :meth:`WeightMirror.after_step` (population training repeats them, batched)
+AFTER_STEP = dict(noise_std=1.0, lr=0.1, weight_decay=None, batch_size=64)
+
+
 @register
 class WeightMirror(LayerwiseRule):
     """``wm``: B starts as FA's (U[-1/sqrt(fan_in), 1/sqrt(fan_in)]) and learns in :func:`mirror`."""
@@ -61,9 +65,21 @@ class WeightMirror(LayerwiseRule):
                                                           feedback_scale=feedback_scale))
 
     def after_step(self, model, batch, step, *, generator=None):
-        """One mirror step (:func:`mirror`, default settings) after every learning step: Akrout et al.
-        alternate the two phases."""
-        mirror(model, steps=1, generator=generator)
+        """One mirror step (:func:`mirror`, :data:`AFTER_STEP`'s settings) after every learning step:
+        Akrout et al. alternate the two phases."""
+        mirror(model, steps=1, generator=generator, **AFTER_STEP)
+
+
+def mirror_update_(feedback: torch.Tensor, weight: torch.Tensor, noise: torch.Tensor, *, noise_std: float,
+                   lr: float, decay: float) -> torch.Tensor:
+    """One mirror step of Linear layers, in place: ``B <- (1 - decay) B + lr (x W^T)^T x / (n sigma^2)``.
+
+    ``noise`` x (..., n, in), already scaled by sigma; ``weight`` W and ``feedback`` B (..., out, in).
+    Leading dimensions batch independent layers (a population's members). Returns ``feedback``.
+    """
+    y = noise @ weight.mT
+    estimate = y.mT @ noise / (noise.shape[-2] * noise_std ** 2)
+    return feedback.mul_(1.0 - decay).add_(estimate, alpha=lr)
 
 
 @torch.no_grad()
@@ -92,9 +108,7 @@ def mirror(model: nn.Module, steps: int = 1, *, noise_std: float = 1.0, lr: floa
             weight = layer.weight.detach()
             if isinstance(layer, nn.Linear):
                 x = torch.randn(batch_size, layer.in_features, generator=generator) * noise_std
-                x = x.to(weight)
-                y = x @ weight.t()
-                estimate = y.t() @ x / (batch_size * noise_std ** 2)
+                mirror_update_(layer.feedback, weight, x.to(weight), noise_std=noise_std, lr=lr, decay=decay)
             else:
                 kh, kw = (d * (k - 1) + 1 for d, k in zip(layer.dilation, layer.kernel_size))
                 x = torch.randn(batch_size, layer.in_channels, kh + 3, kw + 3, generator=generator) * noise_std
@@ -103,5 +117,5 @@ def mirror(model: nn.Module, steps: int = 1, *, noise_std: float = 1.0, lr: floa
                 positions = y.shape[-2] * y.shape[-1]
                 estimate = torch.nn.grad.conv2d_weight(x, weight.shape, y, 1, 0, layer.dilation, layer.groups)
                 estimate /= batch_size * positions * noise_std ** 2
-            layer.feedback.mul_(1.0 - decay).add_(estimate, alpha=lr)
+                layer.feedback.mul_(1.0 - decay).add_(estimate, alpha=lr)
     return model

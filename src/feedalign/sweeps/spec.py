@@ -29,7 +29,7 @@ A spec file::
 
 With ``population = "auto"`` (the default) and the local backend, runs that differ only in
 ``seed``, ``lr``, ``init_scale``, ``feedback_scale`` and ``weight_decay``, of a rule and settings
-that :mod:`feedalign.training.population` supports (bp, fa, usf, frsf, brsf, kp, dfa, drtp, ifa;
+that :mod:`feedalign.training.population` supports (bp, fa, usf, frsf, brsf, kp, wm, dfa, drtp, ifa;
 an MLP), train up to ``population_size`` at a time as one batched model in one worker: each
 still gets its ordinary run directory, with numbers equal to its separate run's to float
 tolerance, not bitwise. ``population = "off"`` trains every run alone (bitwise reproducible).

@@ -22,6 +22,9 @@ gradient of its own run: the slices never mix. A step is taken by hand, without 
   :mod:`feedalign.rules.sign_symmetry`);
 - ``kp``: as fa, with each member's B a stacked parameter that gets W's gradient and its own
   optimizer state (Akrout et al. 2019; :mod:`feedalign.rules.kp`);
+- ``wm``: as fa, with each member's B a stacked buffer that a mirror step after every learning
+  step moves toward W, each member drawing its noise from its own generator, as its separate
+  run does (Akrout et al. 2019; :mod:`feedalign.rules.wm`);
 - ``dfa``: every hidden layer gets ``e B_k`` from the output error, B of shape
   (N, out_features, sum of widths) (Nøkland 2016; :mod:`feedalign.rules.dfa`); ``drtp`` the
   same with the target ``t / N`` in place of ``e`` (Frenkel et al. 2021; :mod:`feedalign.rules.drtp`);
@@ -60,11 +63,11 @@ import torch
 from torch import nn
 
 from ..convert import rule_of
-from ..rules import fast, trainable_layers
+from ..rules import fast, trainable_layers, wm
 from .config import Config
 from .population_optim import PopulationOptimizer, PopulationSGD, make_population_optimizer  # noqa: F401 (re-exported)
 
-SUPPORTED_RULES = ("bp", "fa", "usf", "frsf", "brsf", "kp", "dfa", "drtp", "ifa")
+SUPPORTED_RULES = ("bp", "fa", "usf", "frsf", "brsf", "kp", "wm", "dfa", "drtp", "ifa")
 LAYERWISE = ("fa", "usf", "frsf", "brsf")  # delta_l = (delta_{l+1} B_{l+1}) * D_l, B_l of W_l's shape
 # fields in which members of one population may differ
 VARYING = {"seed": 0, "lr": 1.0, "init_scale": None, "feedback_scale": None, "weight_decay": 0.0, "name": None}
@@ -105,9 +108,10 @@ class PopulationMLP(nn.Module):
     mixed) as one batched model.
 
     Parameters ``weights[l]`` (N, out, in) and ``biases[l]`` (N, out), copies of the members' at
-    construction (kp: its trained B as ``feedbacks[l]`` too); the rule's fixed tensors as buffers:
+    construction (kp: its trained B as ``feedbacks[l]`` too); the rule's other tensors as buffers:
     fa, usf, frsf, brsf: ``feedback_l`` and ``magnitude_l`` (N, out, in), B = feedback + magnitude
-    * sign(W) (:meth:`feedback_matrix`); dfa, drtp: ``feedback`` (N, out_features, sum of hidden
+    * sign(W) (:meth:`feedback_matrix`); wm: ``feedback_l`` for every layer, the first's too (its
+    mirror steps, :meth:`after_step`, change them all); dfa, drtp: ``feedback`` (N, out_features, sum of hidden
     widths); ifa: ``feedback`` (N, out_features, width_1). :meth:`copy_to` writes the weights back
     into member models. Input (N, B, in), output (N, B, out).
     """
@@ -147,7 +151,7 @@ class PopulationMLP(nn.Module):
             self._redrawn = {l: [(i, ls[l]) for i, (rule, ls) in enumerate(zip(rules, layers)) if rule == "brsf"]
                              for l in range(1, n_layers)}  # plain lists: the member layers stay unregistered
             family = set(rules) <= set(LAYERWISE)
-            self.layerwise = family or self.rule == "kp"  # signals through feedback_matrix
+            self.layerwise = family or self.rule in ("kp", "wm")  # signals through feedback_matrix
             if self.rule == "kp":  # B is trained like W, with W's gradient (Kolen-Pollack)
                 self.feedbacks = nn.ParameterList(
                     [nn.Parameter(torch.stack([ls[l].feedback.detach() for ls in layers])) for l in range(n_layers)])
@@ -161,6 +165,8 @@ class PopulationMLP(nn.Module):
                     self.register_buffer(f"feedback_{l}", torch.stack(fixed).detach())
                 if set(rules) - {"fa"}:
                     self.register_buffer(f"magnitude_{l}", torch.stack(magnitude).detach())
+            for l in range(n_layers) if self.rule == "wm" else ():
+                self.register_buffer(f"feedback_{l}", torch.stack([ls[l].feedback for ls in layers]).detach())
             if self.rule in ("dfa", "drtp", "ifa"):  # (N, out, sum of hidden widths); ifa: (N, out, width_1)
                 self.register_buffer("feedback", torch.stack([m.feedback for m in members]))
                 self.widths = [ls.out_features for ls in layers[0][:-1]]
@@ -182,7 +188,7 @@ class PopulationMLP(nn.Module):
         """``B_l`` (N, out, in), through which layer l >= 1 sends its signal down, as the rule has it
         now, member by member: fa's fixed B; usf's ``s sign(W_l)``; frsf's ``|M| sign(W_l)``; brsf's
         ``|R| sign(W_l)`` with the R of the last draw (:meth:`signals` draws the next at each step;
-        :mod:`feedalign.rules.sign_symmetry`); kp's trained B (:mod:`feedalign.rules.kp`)."""
+        :mod:`feedalign.rules.sign_symmetry`); kp's trained B (:mod:`feedalign.rules.kp`); wm's mirrored B."""
         if self.rule == "kp":
             return self.feedbacks[l].detach()
         fixed, magnitude = getattr(self, f"feedback_{l}", None), getattr(self, f"magnitude_{l}", None)
@@ -210,7 +216,7 @@ class PopulationMLP(nn.Module):
         every layer; ``delta_L = error = dL/dy``. ``outputs`` from :meth:`layer_outputs`; D_l = f'(a_l):
 
         - bp: ``delta_l = (delta_{l+1} W_{l+1}) * D_l``;
-        - fa, usf, frsf, brsf, kp: ``delta_l = (delta_{l+1} B_{l+1}) * D_l`` (Lillicrap et al. 2016;
+        - fa, usf, frsf, brsf, kp, wm: ``delta_l = (delta_{l+1} B_{l+1}) * D_l`` (Lillicrap et al. 2016;
           Liao et al. 2016; Akrout et al. 2019), B from :meth:`feedback_matrix`;
         - dfa: ``delta_l = (e B_l) * D_l`` (Nøkland 2016, eq. 3), ``e B`` for all hidden layers in one bmm;
         - drtp: as dfa with the target ``t / N`` in place of ``e`` (Frenkel et al. 2021, Eq. 4);
@@ -253,6 +259,24 @@ class PopulationMLP(nn.Module):
                 magnitude[i] = layer.magnitude()
                 layer.feedback_draws += 1
 
+    @torch.no_grad()
+    def after_step(self, generators: list[torch.Generator]) -> None:
+        """What the rule does after each learning step, every member at once: for wm, one mirror step
+        (:func:`feedalign.rules.wm.mirror` with ``WeightMirror.after_step``'s settings), member i drawing
+        its noise for each layer in turn from ``generators[i]`` (its separate run's stream). A stopped
+        member's slice mirrors on unread: its model keeps the B of its last good step. Other rules: nothing."""
+        if self.rule != "wm":
+            return
+        settings = wm.AFTER_STEP
+        std, lr, batch = settings["noise_std"], settings["lr"], settings["batch_size"]
+        decay = lr if settings["weight_decay"] is None else settings["weight_decay"]
+        for l, weight in enumerate(self.weights):
+            noise = torch.empty((self.size, batch, weight.shape[2]))
+            for i, generator in enumerate(generators):
+                torch.randn(batch, weight.shape[2], generator=generator, out=noise[i])
+            wm.mirror_update_(getattr(self, f"feedback_{l}"), weight, noise.mul_(std).to(weight), noise_std=std,
+                              lr=lr, decay=decay)
+
     def linear_steps(self, outputs: list[torch.Tensor], deltas: list[torch.Tensor]) -> list[tuple]:
         """``(weights, bias, delta_l, h_{l-1})`` per layer, what :meth:`PopulationOptimizer.step_linear` takes;
         ``weights`` is ``(W_l,)``, or ``(W_l, B_l)`` for kp, whose B gets W's gradient."""
@@ -272,6 +296,8 @@ class PopulationMLP(nn.Module):
                     layer.bias.copy_(self._bias(l)[i])
                 if self.rule == "kp":
                     layer.feedback.copy_(self.feedbacks[l][i])
+                elif self.rule == "wm":
+                    layer.feedback.copy_(getattr(self, f"feedback_{l}")[i])
 
 
 def _activations(model, layers):
@@ -377,6 +403,7 @@ def _train_epoch(runs, loops, population, optimizer, epoch, alive, bar) -> list:
     size, batch = len(runs), config.batch_size
     # the data order of each member's separate run (feedalign.data.batches draws it the same way)
     orders = torch.stack([torch.randperm(n, generator=engine._epoch_generator(run.config, epoch)) for run in runs])
+    step_generators = [engine._epoch_generator(run.config, epoch, stream=1) for run in runs]  # what _rule_hooks gives a rule
     xs = [loop.train_set[0] for loop in loops]
     ys = [loop.train_set[1] for loop in loops]
     shared = all(x is xs[0] for x in xs) and all(y is ys[0] for y in ys)
@@ -431,6 +458,7 @@ def _train_epoch(runs, loops, population, optimizer, epoch, alive, bar) -> list:
         if not bool(live.all()):
             error = torch.where(live.view(-1, 1, 1), error, 0.0)  # a stopped member's NaN stays out of its slice
         optimizer.step_linear(population.linear_steps(outputs, population.signals(outputs, error)))
+        population.after_step(step_generators)
         total += torch.where(live, losses.double(), 0.0) * b
         correct += ((out.argmax(2) == yb).sum(1)) * live
         seen += b
