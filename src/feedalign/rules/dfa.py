@@ -80,7 +80,7 @@ class DirectSignals(fast.StackedSignals):
         return True  # delta_1 = (e B_1) * f'(a_1); a rule with another source (drtp) says False
 
     def one_hidden_matrix(self, plan, inputs):
-        return inputs[0]
+        return inputs[0], 1.0
 
     def signals(self, step, error, inputs):
         feedback = inputs[0]
@@ -105,9 +105,10 @@ class DirectSignals(fast.StackedSignals):
 
 
 def _checked_feedback(root, out_features):
-    if out_features != root.feedback.shape[0]:
-        raise ValueError(f"DFA feedback expects outputs of size {root.feedback.shape[0]}, got {out_features}")
-    return root.feedback
+    feedback = root.feedback  # read once: Module's attribute fallback is a visible cost of a small step
+    if out_features != feedback.shape[0]:
+        raise ValueError(f"DFA feedback expects outputs of size {feedback.shape[0]}, got {out_features}")
+    return feedback
 
 
 def _attach(root, output, hidden, preactivations):

@@ -83,9 +83,10 @@ class StackedSignals(abc.ABC):
         no output read); the stack then runs as the lean :class:`_OneHiddenFunction`. Default: False."""
         return False
 
-    def one_hidden_matrix(self, plan: "Plan", inputs: list[torch.Tensor]) -> torch.Tensor | None:
-        """``M`` (out, width) of :meth:`one_hidden`, asked for at backward time (None where
-        :meth:`one_hidden` is False: never asked)."""
+    def one_hidden_matrix(self, plan: "Plan", inputs: list[torch.Tensor]) -> tuple[torch.Tensor, float] | None:
+        """``(M', s)`` with ``M = s M'`` (out, width) of :meth:`one_hidden`, asked for at backward time; ``s``
+        goes into the GEMM's alpha, as :meth:`~feedalign.rules.layers.FeedbackLayer.scaled_backward_weight`
+        (None where :meth:`one_hidden` is False: never asked)."""
         return None
 
     def input_matrix(self, step: "Backward", inputs: list[torch.Tensor]) -> torch.Tensor:
@@ -314,7 +315,9 @@ class _OneHiddenFunction(torch.autograd.Function):
         input, hidden, *inputs = ctx.saved_tensors
         if not error.is_contiguous():
             error = error.contiguous()
-        delta = error.mm(plan.signals.one_hidden_matrix(plan, inputs))
+        matrix, scale = plan.signals.one_hidden_matrix(plan, inputs)
+        # beta=0: hidden, of delta's shape, is only a placeholder input, never read
+        delta = error.mm(matrix) if scale == 1.0 else torch.addmm(hidden, error, matrix, beta=0, alpha=scale)
         _BACKWARDS[type(plan.activations[0])](delta, hidden, plan.activations[0], delta)
         needs = ctx.needs_input_grad  # (input, plan, w1, b1, w2, b2, *inputs)
         return (None, None, delta.t().mm(input) if needs[2] else None, delta.sum(0) if needs[3] else None,

@@ -63,7 +63,7 @@ class _IndirectSignals(fast.StackedSignals):
         return True  # one hidden layer: delta_1 = (e B_1) * f'(a_1), as DFA
 
     def one_hidden_matrix(self, plan, inputs):
-        return inputs[0]
+        return inputs[0], 1.0
 
     def signals(self, step, error, inputs):
         (feedback,) = inputs

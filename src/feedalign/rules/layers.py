@@ -221,7 +221,7 @@ class LayerwiseSignals(fast.StackedSignals):
         return not inputs  # a trained feedback (kp) needs its gradient: the general runner
 
     def one_hidden_matrix(self, plan, inputs):
-        return plan.linears[1].backward_weight()
+        return plan.linears[1].scaled_backward_weight()
 
     def input_matrix(self, step, inputs):
         return step.plan.linears[0].backward_weight()
