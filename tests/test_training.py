@@ -125,6 +125,20 @@ class Recorder(Callback):
         metrics["extra"] = epoch * 2
 
 
+@pytest.mark.parametrize("top,tight", [(0.9, False), (12345.0, False), (123456.0, True)])
+def test_epoch_plots_leave_room_for_their_tick_labels(tmp_path, top, tight):
+    """Fixed margins where the y tick labels fit them (no measuring draw); wider labels (a diverging
+    loss) get the measured layout, whose left margin is wider."""
+    from feedalign.training.records import _MARGINS, epoch_figure, finish_epoch_plot
+    fig, ax = epoch_figure(5, 3.5)
+    ax.plot([0, 1, 2], [top / 3, top / 2, top], label="validation")
+    finish_epoch_plot(fig, ax, tmp_path / "loss.png", "loss", "a title")
+    fixed = fig.subplotpars.left == pytest.approx(_MARGINS["left"] / 5)
+    assert fixed != tight and (tmp_path / "loss.png").stat().st_size > 0
+    if tight:
+        assert fig.subplotpars.left > _MARGINS["left"] / 5
+
+
 def test_train_writes_a_complete_run_directory(small):
     recorder = Recorder()
     result = train(small, [recorder], progress="none")

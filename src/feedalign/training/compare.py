@@ -165,12 +165,9 @@ def _pm(mean, std) -> str:
 
 def plot_compare(path: Path, runs: dict[str, list[RunResult]], title: str) -> None:
     """Validation accuracy (or loss, for regression) per epoch: each rule's mean over seeds with a ±std band."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = records.epoch_figure(6, 4)
     ylabel = "validation accuracy"
     for rule, results in runs.items():
         split = results[0].summary["selection_split"]
