@@ -362,12 +362,21 @@ class _ScaledRule(LayerwiseRule):
             layer, generator=generator, feedback_init=feedback_init, feedback_scale=feedback_scale))
 
 
+@pytest.fixture
+def scaled_rule():
+    """Registers _ScaledRule for one test; gone after it, so no later test sees it in the registry."""
+    from feedalign.rules import base
+    feedalign.register(_ScaledRule)
+    try:
+        yield _ScaledRule.name
+    finally:
+        del base._REGISTRY[_ScaledRule.name]  # the registry has no public unregister
+
+
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "general"])
-def test_a_new_fa_type_rule_is_one_class_per_part(fast):
+def test_a_new_fa_type_rule_is_one_class_per_part(fast, scaled_rule):
     """A mixin, its two layers and a LayerwiseRule give a rule with both paths, feedback matrices
     and a layout; it matches FA's float64 reference with its own B."""
-    if _ScaledRule.name not in feedalign.rules():
-        feedalign.register(_ScaledRule)
     torch.manual_seed(0)
     model = feedalign.convert(feedalign.mlp("5-6x3-3").double(), _ScaledRule.name, seed=1)
     x, target = torch.randn(7, 5, dtype=torch.float64), torch.randint(0, 3, (7,))
