@@ -70,15 +70,20 @@ class WeightMirror(LayerwiseRule):
         mirror(model, steps=1, generator=generator, **AFTER_STEP)
 
 
-def mirror_update_(feedback: torch.Tensor, weight: torch.Tensor, noise: torch.Tensor, *, noise_std: float,
-                   lr: float, decay: float) -> torch.Tensor:
-    """One mirror step of Linear layers, in place: ``B <- (1 - decay) B + lr (x W^T)^T x / (n sigma^2)``.
+def linear_estimate(weight: torch.Tensor, noise: torch.Tensor, noise_std: float) -> torch.Tensor:
+    """W's estimate from a Linear layer driven by noise: ``(x W^T)^T x / (n sigma^2)``, of W's shape.
 
-    ``noise`` x (..., n, in), already scaled by sigma; ``weight`` W and ``feedback`` B (..., out, in).
-    Leading dimensions batch independent layers (a population's members). Returns ``feedback``.
+    ``noise`` x (..., n, in), already scaled by sigma; ``weight`` W (..., out, in). Leading
+    dimensions batch independent layers (a population's members).
     """
     y = noise @ weight.mT
-    estimate = y.mT @ noise / (noise.shape[-2] * noise_std ** 2)
+    return y.mT @ noise / (noise.shape[-2] * noise_std ** 2)
+
+
+def mirror_update_(feedback: torch.Tensor, estimate: torch.Tensor, *, lr: float,
+                   weight_decay: float | None) -> torch.Tensor:
+    """``B <- (1 - decay) B + lr estimate`` in place, ``decay = weight_decay`` (None: ``lr``, so B tends to W)."""
+    decay = lr if weight_decay is None else float(weight_decay)
     return feedback.mul_(1.0 - decay).add_(estimate, alpha=lr)
 
 
@@ -102,13 +107,12 @@ def mirror(model: nn.Module, steps: int = 1, *, noise_std: float = 1.0, lr: floa
         raise ValueError("mirror() needs a model converted with rule 'wm'")
     if steps < 0 or noise_std <= 0 or batch_size <= 0:
         raise ValueError(f"need steps >= 0, noise_std > 0, batch_size > 0; got {steps}, {noise_std}, {batch_size}")
-    decay = lr if weight_decay is None else float(weight_decay)
     for _ in range(steps):
         for layer in layers:
             weight = layer.weight.detach()
             if isinstance(layer, nn.Linear):
                 x = torch.randn(batch_size, layer.in_features, generator=generator) * noise_std
-                mirror_update_(layer.feedback, weight, x.to(weight), noise_std=noise_std, lr=lr, decay=decay)
+                estimate = linear_estimate(weight, x.to(weight), noise_std)
             else:
                 kh, kw = (d * (k - 1) + 1 for d, k in zip(layer.dilation, layer.kernel_size))
                 x = torch.randn(batch_size, layer.in_channels, kh + 3, kw + 3, generator=generator) * noise_std
@@ -117,5 +121,5 @@ def mirror(model: nn.Module, steps: int = 1, *, noise_std: float = 1.0, lr: floa
                 positions = y.shape[-2] * y.shape[-1]
                 estimate = torch.nn.grad.conv2d_weight(x, weight.shape, y, 1, 0, layer.dilation, layer.groups)
                 estimate /= batch_size * positions * noise_std ** 2
-                layer.feedback.mul_(1.0 - decay).add_(estimate, alpha=lr)
+            mirror_update_(layer.feedback, estimate, lr=lr, weight_decay=weight_decay)
     return model

@@ -268,14 +268,14 @@ class PopulationMLP(nn.Module):
         if self.rule != "wm":
             return
         settings = wm.AFTER_STEP
-        std, lr, batch = settings["noise_std"], settings["lr"], settings["batch_size"]
-        decay = lr if settings["weight_decay"] is None else settings["weight_decay"]
+        std, batch = settings["noise_std"], settings["batch_size"]
         for l, weight in enumerate(self.weights):
             noise = torch.empty((self.size, batch, weight.shape[2]))
             for i, generator in enumerate(generators):
                 torch.randn(batch, weight.shape[2], generator=generator, out=noise[i])
-            wm.mirror_update_(getattr(self, f"feedback_{l}"), weight, noise.mul_(std).to(weight), noise_std=std,
-                              lr=lr, decay=decay)
+            estimate = wm.linear_estimate(weight, noise.mul_(std).to(weight), std)
+            wm.mirror_update_(getattr(self, f"feedback_{l}"), estimate, lr=settings["lr"],
+                              weight_decay=settings["weight_decay"])
 
     def linear_steps(self, outputs: list[torch.Tensor], deltas: list[torch.Tensor]) -> list[tuple]:
         """``(weights, bias, delta_l, h_{l-1})`` per layer, what :meth:`PopulationOptimizer.step_linear` takes;
