@@ -230,11 +230,12 @@ def test_readme_sweep_commands_match_the_cli():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("rule", ["fa", "dfa"])
-def test_converted_model_trains_under_torch_compile_as_without(rule):
+@pytest.mark.parametrize("sizes", ["12-10-8-3", "12-10-3"])  # one hidden layer: dynamo traces the Python node
+def test_converted_model_trains_under_torch_compile_as_without(rule, sizes, recwarn):
     """A few SGD steps through ``torch.compile(model)`` leave the weights an uncompiled twin reaches."""
     torch.manual_seed(0)
-    model = feedalign.convert(feedalign.mlp("12-10-8-3", activation="tanh"), rule, seed=0)
-    twin = feedalign.convert(feedalign.mlp("12-10-8-3", activation="tanh"), rule, seed=0)
+    model = feedalign.convert(feedalign.mlp(sizes, activation="tanh"), rule, seed=0)
+    twin = feedalign.convert(feedalign.mlp(sizes, activation="tanh"), rule, seed=0)
     twin.load_state_dict(model.state_dict())
     compiled = torch.compile(model)
     opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (model, twin)]
@@ -248,6 +249,7 @@ def test_converted_model_trains_under_torch_compile_as_without(rule):
     for (name, p), q in zip(model.named_parameters(), twin.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
     assert feedalign.feedback_matrices(model)  # still a converted model with its feedback
+    assert not [w for w in recwarn if "C/C++ Python extension" in str(w.message)]  # no graph break at the node
 
 
 # -- packaging ------------------------------------------------------------------------------------
@@ -270,11 +272,12 @@ def test_wheel_and_sdist_ship_py_typed_and_example_specs_and_the_wheel_runs(tmp_
     (sdist,) = dist.glob("*.tar.gz")
     names = zipfile.ZipFile(wheel).namelist()
     assert {"feedalign/py.typed", "feedalign/sweeps/examples/sensitivity-init-lr.toml",
-            "feedalign/sweeps/examples/sensitivity-dfa-wd.toml"} <= set(names)
+            "feedalign/sweeps/examples/sensitivity-dfa-wd.toml", "feedalign/rules/one_hidden.cpp"} <= set(names)
     import tarfile
     members = tarfile.open(sdist).getnames()
     assert any(m.endswith("src/feedalign/py.typed") for m in members)
     assert any(m.endswith("src/feedalign/sweeps/examples/sensitivity-init-lr.toml") for m in members)
+    assert any(m.endswith("src/feedalign/rules/one_hidden.cpp") for m in members)
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     assert "Requires-Dist: torch>=2.1\n" in metadata and "Typing :: Typed" in metadata
     assert "Provides-Extra: tensorboard" in metadata  # no Project-URL: the project has no public address yet

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 import feedalign
 from feedalign.errors import ConfigError
-from feedalign.rules.fast import uses_fast_path
+from feedalign.rules.fast import uses_compiled_node, uses_fast_path
 
 SIZES = ("784-240x7-10:64", "784-1000-1000-1000-10:128", "784-240x100-10:64")
 SMOKE_SIZES = ("20-16x3-5:8", "20-24-24-5:16")
@@ -145,6 +145,7 @@ class Row:
     saved_mib: float = 0.0
     cuda_peak_mib: float | None = None
     fast_path: bool = False
+    compiled_node: bool = False  # the fused path's compiled one-hidden-layer node (feedalign.rules.native)
     epoch_s: float | None = None
     epoch_ratio: float | None = None
     test_accuracy: float | None = None
@@ -163,7 +164,8 @@ def bench_size(spec: str, rules, device, *, rounds: int, min_round_s: float, cei
     rows = {rule: Row(size=spec, rule=rule) for rule in timed}
     for rule, (model, optimizer) in models.items():
         rows[rule].saved_mib = saved_bytes(model, x, y) / 2 ** 20
-        rows[rule].fast_path = uses_fast_path(model(x))
+        output = model(x)
+        rows[rule].fast_path, rows[rule].compiled_node = uses_fast_path(output), uses_compiled_node(output)
         model.zero_grad(set_to_none=True)
         peak = cuda_peak_bytes(model, optimizer, x, y, device)
         rows[rule].cuda_peak_mib = None if peak is None else peak / 2 ** 20
@@ -255,7 +257,7 @@ def table(rows: list[Row], ceiling: float, device: torch.device, notes: list[str
         acc = "-" if r.test_accuracy is None else f"{100 * r.test_accuracy:.1f}%"
         saved = f"{r.saved_mib:.1f}" + ("" if r.cuda_peak_mib is None else f" (peak {r.cuda_peak_mib:.1f})")
         lines.append(f"| {r.size} | {r.rule} | {r.step_ms:.2f} | {r.ratio:.2f} | {r.gflops:.1f} | "
-                     f"{100 * r.ceiling_fraction:.0f}% | {saved} | {'yes' if r.fast_path else 'no'} | "
+                     f"{100 * r.ceiling_fraction:.0f}% | {saved} | {'compiled' if r.compiled_node else 'yes' if r.fast_path else 'no'} | "
                      f"{epoch} | {epoch_ratio} | {acc} |")
     lines += ["", "x BP: median over interleaved rounds of (rule step / BP step in the same round).",
               "saved MiB: tensors autograd keeps from forward to backward (parameters excluded)"

@@ -41,6 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as _module
 
+from . import native
+
 _aten = torch.ops.aten
 
 # ``grad * f'(a)`` written with h = f(a), into ``out``: the fused kernels autograd itself
@@ -148,6 +150,7 @@ class Plan:
         widths = [layer.out_features for layer in linears[:-1]]
         self.stacked = len(set(widths)) == 1  # hidden outputs in one (K, N, w) tensor
         self.activate_ = [_forward_kernel(a) for a in activations]  # f in place, or None
+        self.activation_code = _activation_code(activations[0])  # the first activation, for the compiled node
         # The layers' hook dicts and their sizes now (DFA/IFA's own cut hooks included): a hook
         # added later means someone watches a layer, so it must run as a module. torch has no
         # public way to ask a module for its hooks.
@@ -191,6 +194,11 @@ class Plan:
         inputs = self.signals.inputs(self, input)
         if (len(weights) == 2 and input.dim() == 2 and not input.requires_grad and self.activations[0] is not None
                 and self.signals.one_hidden(inputs)):
+            # under torch.compile, the Python node: dynamo traces autograd Functions, not pybind calls
+            compiled = native.one_hidden() if self.root.native_node and not torch.compiler.is_compiling() else None
+            if compiled is not None:
+                return compiled.apply(input, weights[0], biases[0], weights[1], biases[1], inputs, self,
+                                      *self.activation_code)
             return _OneHiddenFunction.apply(input, self, weights[0], biases[0], weights[1], biases[1], *inputs)
         return _StackFunction.apply(input, self, len(self.linears), len(inputs), *weights, *biases, *inputs)
 
@@ -304,7 +312,8 @@ class _OneHiddenFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, plan, w1, b1, w2, b2, *inputs):
         hidden = torch.addmm(b1, input, w1.t()) if b1 is not None else input.mm(w1.t())
-        plan.activate_[0](hidden)
+        if plan.activate_[0] is not None:  # None: nn.Identity
+            plan.activate_[0](hidden)
         ctx.plan, ctx.inputs = plan, len(inputs)
         ctx.save_for_backward(input, hidden, *inputs)
         return F.linear(hidden, w2, b2)
@@ -339,6 +348,12 @@ def activate_(activation, a: torch.Tensor) -> torch.Tensor:
     return a if kernel is None else kernel(a)
 
 
+def _activation_code(activation) -> tuple[int, float]:
+    """``(code, negative_slope)`` of the compiled node's ``Activation`` enum (one_hidden.cpp)."""
+    codes = {nn.Tanh: 0, nn.Sigmoid: 1, nn.ReLU: 2, nn.LeakyReLU: 3, nn.Identity: 4, type(None): 4}
+    return codes[type(activation)], float(getattr(activation, "negative_slope", 0.0))
+
+
 def _forward_kernel(activation):
     """``f`` in place, or None for none."""
     kind = type(activation)
@@ -358,11 +373,14 @@ def _forward_kernel(activation):
 class FastSequential(nn.Sequential):
     """``nn.Sequential`` that trains through :class:`_StackFunction` when it can.
 
-    Set ``model.fast_path = False`` to force the general (per-layer autograd) path.
+    Set ``model.fast_path = False`` to force the general (per-layer autograd) path, and
+    ``model.native_node = False`` to run a one-hidden-layer stack through the Python node
+    (:class:`_OneHiddenFunction`) instead of the compiled one.
     """
 
     exact_gradient = False  # set by feedalign.exact_gradients(): the general path, plain backprop
     fast_path = True
+    native_node = True  # one hidden layer: the compiled node where it can be had (feedalign.rules.native)
 
     def __call__(self, *args, **kwargs):
         # Straight to the fused node when the root has only the hooks it was converted with (see
@@ -421,5 +439,11 @@ def install(model: nn.Module, linears: list[nn.Module], signals: StackedSignals)
 
 def uses_fast_path(output: torch.Tensor) -> bool:
     """Whether ``output`` came out of the fused path: its autograd node is the stack's (whose
-    context, the node itself for a custom Function, holds the plan)."""
-    return isinstance(getattr(output.grad_fn, "plan", None), Plan)
+    context, the node itself for a custom Function, holds the plan), or the compiled one."""
+    return isinstance(getattr(output.grad_fn, "plan", None), Plan) or uses_compiled_node(output)
+
+
+def uses_compiled_node(output: torch.Tensor) -> bool:
+    """Whether ``output`` came out of the compiled one-hidden-layer node (:mod:`feedalign.rules.native`)."""
+    module = native.loaded()
+    return module is not None and output.grad_fn is not None and output.grad_fn.name() == module.NODE_NAME

@@ -1,0 +1,97 @@
+"""The fused path's one-hidden-layer node compiled (``one_hidden.cpp``), built once per machine.
+
+On 784-100-10:64 a training step costs about half a millisecond on the CPU, and the Python autograd
+Function of :class:`~feedalign.rules.fast._OneHiddenFunction` about 25 us of it: enough for BP's own
+C++ graph to beat every rule there, although their arithmetic is the same (docs/speed.md). The
+compiled node runs the same ATen kernels in the same order (the same bits: tests/test_native.py) and
+calls into Python once a step, for the rule's feedback matrix.
+
+It is built with ``torch.utils.cpp_extension`` the first time a one-hidden-layer network trains on
+the fused path (about 30 s; needs a C++ compiler and Python's headers) into
+``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), in a folder keyed by the source and
+the torch and Python versions; later processes import it from there in milliseconds. Without a
+compiler, or where the build fails (a warning says why), the Python node runs: the same results, a
+little slower. ``FEEDALIGN_NATIVE=0`` turns it off; ``model.native_node = False`` for one model.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+from feedalign.errors import ConfigError, first_line
+
+NAME = "feedalign_one_hidden"
+SOURCE = Path(__file__).with_name("one_hidden.cpp")
+_LIBRARY_SUFFIX = ".pyd" if sys.platform == "win32" else ".so"  # what cpp_extension.load writes
+
+_log = logging.getLogger(__name__)
+# The loaded module; False once it is known to be unavailable in this process (off, no compiler, a
+# failed build: tried once, not at every step); None until first asked. A cache, as imports are.
+_module = None
+
+
+def enabled() -> bool:
+    """Whether ``FEEDALIGN_NATIVE`` (default 1) lets the compiled node run."""
+    value = os.environ.get("FEEDALIGN_NATIVE", "1").strip().lower()
+    if value in ("1", "on", "true", "yes"):
+        return True
+    if value in ("0", "off", "false", "no"):
+        return False
+    raise ConfigError(f"FEEDALIGN_NATIVE must be 1 or 0 (or on/off, true/false, yes/no); got {value!r}")
+
+
+def build_directory() -> Path:
+    """Where the module is built: one folder per source, torch and Python version."""
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
+    key = hashlib.sha256(SOURCE.read_bytes() + f"\n{torch.__version__}\n{sys.version}".encode()).hexdigest()[:16]
+    return root / f"{NAME}-{key}"
+
+
+def one_hidden():
+    """The compiled module (``apply(input, w1, b1, w2, b2, inputs, plan, activation, slope)``,
+    ``NODE_NAME``), built on first use; None where it is off or cannot be had."""
+    global _module
+    if _module is None:
+        _module = _load() or False
+    return _module or None
+
+
+def loaded():
+    """The compiled module if this process has loaded it, else None; never builds."""
+    return _module or None
+
+
+def _load():
+    if not enabled():
+        return None
+    directory = build_directory()
+    library = directory / f"{NAME}{_LIBRARY_SUFFIX}"
+    try:
+        # built, and no build under way (cpp_extension holds "lock" while it builds): import it directly,
+        # without cpp_extension's own checks (which import setuptools, a tenth of a second)
+        if library.exists() and not (directory / "lock").exists():
+            spec = importlib.util.spec_from_file_location(NAME, library)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+        if shutil.which(os.environ.get("CXX", "c++")) is None:
+            return None  # no compiler: the Python node, quietly
+        _log.warning("feedalign: building the compiled one-hidden-layer node, once (about 30 s); "
+                     "FEEDALIGN_NATIVE=0 skips it")
+        from torch.utils import cpp_extension
+
+        directory.mkdir(parents=True, exist_ok=True)
+        return cpp_extension.load(NAME, [str(SOURCE)], extra_cflags=["-O2"], build_directory=str(directory))
+    except Exception as err:  # a compiler without Python's headers, an old torch, a broken build folder
+        warnings.warn(f"feedalign: the compiled one-hidden-layer node is unavailable ({first_line(err)}); using the "
+                      f"Python node, which gives the same results a little slower (build folder: {directory})",
+                      RuntimeWarning, stacklevel=3)
+        return None

@@ -1,0 +1,202 @@
+"""The compiled one-hidden-layer node (feedalign.rules.native, one_hidden.cpp): the same bits as the Python
+node it replaces, for every rule, activation, bias and dtype; built once, imported after; off, missing
+compiler and failed builds fall back to the Python node."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import feedalign
+import feedalign.bench
+from feedalign.cli import main
+from feedalign.errors import ConfigError
+from feedalign.rules import native
+from feedalign.rules.fast import uses_fast_path
+
+# the rules whose one-hidden-layer stack is the lean node (FA-type with a fixed or derived B, direct rules);
+# kp (a trained B) and drtp (its source is the target) keep the general runner
+LEAN = ["fa", "usf", "frsf", "brsf", "wm", "dfa", "ifa"]
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """The compiled module; skips only where this machine has no C++ compiler (a failed build fails)."""
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        pytest.skip("no C++ compiler here: the Python node runs")
+    module = native.one_hidden()
+    assert module is not None, "a compiler is here, so the node must build (see the warning above)"
+    return module
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """native's per-process cache emptied and its build folder in tmp_path, for tests that load it anew."""
+    monkeypatch.setattr(native, "_module", None)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
+    return tmp_path
+
+
+def on_compiled_node(output, module):
+    return output.grad_fn is not None and output.grad_fn.name() == module.NODE_NAME
+
+
+def pair(rule, activation, bias, dtype, seed=0):
+    """Two equal converted 7-5-3 models: the compiled node's and the Python node's."""
+    models = []
+    for native_node in (True, False):
+        torch.manual_seed(seed)
+        model = feedalign.convert(feedalign.mlp("7-5-3", activation=activation, bias=bias).to(dtype), rule,
+                                  seed=3, feedback_scale=0.8)
+        model.native_node = native_node
+        models.append(model)
+    return models
+
+
+def train(model, steps, dtype, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    outputs = []
+    for _ in range(steps):
+        x = torch.randn(6, 7, generator=g, dtype=dtype)
+        y = torch.randint(0, 3, (6,), generator=g)
+        optimizer.zero_grad()
+        output = model(x)
+        F.cross_entropy(output, y).backward()
+        optimizer.step()
+        outputs.append(output.detach())
+    return outputs
+
+
+def assert_same_state(a, b):
+    for (name, x), (_, y) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(x, y), name
+        assert (x.grad is None) == (y.grad is None) and (x.grad is None or torch.equal(x.grad, y.grad)), name
+    for (name, x), (_, y) in zip(a.named_buffers(), b.named_buffers()):
+        assert torch.equal(x, y), name
+
+
+@pytest.mark.parametrize("rule", LEAN)
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu", "leaky_relu", "linear"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_same_bits_as_the_python_node(compiled, rule, activation, bias, dtype):
+    fast, slow = pair(rule, activation, bias, dtype)
+    x = torch.randn(2, 7, dtype=dtype)
+    assert on_compiled_node(fast(x), compiled) and uses_fast_path(fast(x))
+    assert not on_compiled_node(slow(x), compiled) and uses_fast_path(slow(x))
+    for step, (a, b) in enumerate(zip(train(fast, 4, dtype), train(slow, 4, dtype))):
+        assert torch.equal(a, b), f"output of step {step}"
+    assert_same_state(fast, slow)  # weights, last gradients, and buffers (brsf's draw count, wm's B)
+
+
+def test_the_lean_rules_take_it_and_the_others_do_not(compiled):
+    x = torch.randn(2, 7)
+    taken = [rule for rule in feedalign.rules() if rule not in ("bp", "dtp", "eqprop", "chl")
+             and on_compiled_node(feedalign.convert(feedalign.mlp("7-5-3"), rule)(x), compiled)]
+    assert taken == [rule for rule in feedalign.rules() if rule in LEAN]
+    deeper = feedalign.convert(feedalign.mlp("7-5-5-3"), "dfa")
+    assert not on_compiled_node(deeper(x), compiled) and uses_fast_path(deeper(x))
+    with torch.no_grad():
+        assert feedalign.convert(feedalign.mlp("7-5-3"), "dfa")(x).grad_fn is None
+
+
+@pytest.mark.parametrize("frozen", ["0.weight", "0.bias", "2.weight", "2.bias"])
+def test_frozen_parameters_get_no_gradient(compiled, frozen):
+    fast, slow = pair("dfa", "tanh", True, torch.float64)
+    for model in (fast, slow):
+        model.get_parameter(frozen).requires_grad_(False)
+    x, y = torch.randn(4, 7, dtype=torch.float64), torch.randint(0, 3, (4,))
+    for model in (fast, slow):
+        F.cross_entropy(model(x), y).backward()
+    assert fast.get_parameter(frozen).grad is None
+    assert_same_state(fast, slow)
+
+
+def test_non_contiguous_error_retained_graph_and_a_second_backward(compiled):
+    fast, slow = pair("usf", "tanh", True, torch.float64)
+    x, weights = torch.randn(4, 7, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    for model in (fast, slow):
+        loss = (model(x).t() * weights).sum()  # dL/dy = weights.t(): not contiguous
+        loss.backward(retain_graph=True)
+        loss.backward()  # accumulates
+    assert_same_state(fast, slow)
+
+
+def test_in_place_change_of_the_feedback_before_backward_is_refused(compiled):
+    """DFA's B is an input of the node, saved for backward: changing it in between raises, as in autograd."""
+    model = feedalign.convert(feedalign.mlp("7-5-3"), "dfa")
+    loss = model(torch.randn(2, 7)).sum()
+    with torch.no_grad():
+        model.feedback.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_turned_off_by_environment(fresh, monkeypatch):
+    monkeypatch.setenv("FEEDALIGN_NATIVE", "0")
+    assert native.one_hidden() is None
+    model = feedalign.convert(feedalign.mlp("7-5-3"), "fa")
+    output = model(torch.randn(2, 7))
+    assert uses_fast_path(output) and getattr(output.grad_fn, "plan", None) is not None  # the Python node
+    assert not (fresh / "extensions").exists()  # nothing built
+
+
+def test_bad_environment_value_is_a_config_error(fresh, monkeypatch):
+    monkeypatch.setenv("FEEDALIGN_NATIVE", "maybe")
+    with pytest.raises(ConfigError, match="FEEDALIGN_NATIVE must be 1 or 0.*'maybe'"):
+        native.one_hidden()
+
+
+def test_bad_environment_value_is_one_line_and_status_2_from_the_cli(fresh, monkeypatch, capsys):
+    monkeypatch.setenv("FEEDALIGN_NATIVE", "maybe")
+    code = main(["train", "--dataset", "mnist1d", "--architecture", "40-32-10", "--rule", "dfa", "--epochs", "1",
+                 "--threads", "1", "--quiet", "--out-dir", str(fresh / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and "FEEDALIGN_NATIVE must be 1 or 0" in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_no_compiler_falls_back_quietly(fresh, monkeypatch, recwarn):
+    monkeypatch.setenv("CXX", str(fresh / "no-such-compiler"))
+    assert native.one_hidden() is None
+    assert not [w for w in recwarn if "one-hidden" in str(w.message)]
+
+
+def test_failed_build_warns_once_and_the_python_node_trains(fresh, monkeypatch):
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        pytest.skip("no C++ compiler here")
+    broken = fresh / "one_hidden.cpp"
+    broken.write_text("#error this source is broken on purpose\n")
+    monkeypatch.setattr(native, "SOURCE", broken)
+    with pytest.warns(RuntimeWarning, match="compiled one-hidden-layer node is unavailable.*Python node"):
+        assert native.one_hidden() is None
+    fast, slow = pair("dfa", "tanh", True, torch.float64)  # both on the Python node now
+    outputs = [train(model, 2, torch.float64) for model in (fast, slow)]
+    assert all(torch.equal(a, b) for a, b in zip(*outputs))
+    assert native._module is False  # tried once, not at every step
+
+
+def test_a_built_node_is_imported_without_building(compiled):
+    """A later process finds the built library and imports it directly: no cpp_extension, no compiler."""
+    code = ("import sys, torch, feedalign; from feedalign.rules import native; "
+            "m = feedalign.convert(feedalign.mlp('7-5-3'), 'fa'); out = m(torch.randn(2, 7)); "
+            "print(out.grad_fn.name() == native.one_hidden().NODE_NAME, 'torch.utils.cpp_extension' in sys.modules)")
+    env = {**os.environ, "CXX": "/no/compiler", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "False"]
+
+
+def test_bench_says_which_rules_ran_on_it(compiled):
+    rows = feedalign.bench.bench_size("20-8-5:8", ["fa", "dfa", "kp"], torch.device("cpu"), rounds=1,
+                                      min_round_s=0.001, ceiling=1e9, log=lambda *args: None)
+    assert {r.rule: (r.fast_path, r.compiled_node) for r in rows} == {
+        "bp": (False, False), "fa": (True, True), "dfa": (True, True), "kp": (True, False)}
+    lines = feedalign.bench.table(rows, 1e9, torch.device("cpu"), [], 2048).splitlines()
+    assert [line.split("|")[8].strip() for line in lines if "| 20-8-5:8 |" in line] == ["no", "compiled", "compiled",
+                                                                                          "yes"]
