@@ -3,8 +3,10 @@ node it replaces, for every rule, activation, bias and dtype; built once, import
 compiler and failed builds fall back to the Python node."""
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -200,3 +202,29 @@ def test_bench_says_which_rules_ran_on_it(compiled):
     lines = feedalign.bench.table(rows, 1e9, torch.device("cpu"), [], 2048).splitlines()
     assert [line.split("|")[8].strip() for line in lines if "| 20-8-5:8 |" in line] == ["no", "compiled", "compiled",
                                                                                           "yes"]
+
+
+def test_a_killed_build_leaves_nothing_the_next_one_waits_on(fresh):
+    """A build killed midway (a real SIGKILL of the process and its compiler) does not block the next build,
+    as a lock file left in a shared build folder would (cpp_extension's own waits on it forever)."""
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        pytest.skip("no C++ compiler here")
+    source = fresh / "tiny.cpp"  # a small module: seconds to build, not the node's 30
+    source.write_text('#include <pybind11/pybind11.h>\n'
+                      'PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.attr("NODE_NAME") = "tiny"; }\n')
+    build = ("import sys; from pathlib import Path; from feedalign.rules import native; "
+             "native.SOURCE = Path(sys.argv[1]); print(native.one_hidden().NODE_NAME)")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    killed = subprocess.Popen([sys.executable, "-c", build, str(source)], env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list((fresh / "extensions").glob("*/build-*/*.ninja")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert killed.poll() is None, "the build ended before it could be killed"
+    time.sleep(0.3)  # the compiler running
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert not list((fresh / "extensions").glob("*/*.so"))
+    again = subprocess.run([sys.executable, "-c", build, str(source)], env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 0 and again.stdout.split() == ["tiny"], again.stderr

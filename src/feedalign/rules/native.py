@@ -15,12 +15,14 @@ little slower. ``FEEDALIGN_NATIVE=0`` turns it off; ``model.native_node = False`
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
 import os
 import shutil
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -75,23 +77,60 @@ def _load():
     directory = build_directory()
     library = directory / f"{NAME}{_LIBRARY_SUFFIX}"
     try:
-        # built, and no build under way (cpp_extension holds "lock" while it builds): import it directly,
-        # without cpp_extension's own checks (which import setuptools, a tenth of a second)
-        if library.exists() and not (directory / "lock").exists():
-            spec = importlib.util.spec_from_file_location(NAME, library)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            return module
+        if library.exists():  # it appears only by an atomic rename, so it is whole
+            return _import(library)
         if shutil.which(os.environ.get("CXX", "c++")) is None:
             return None  # no compiler: the Python node, quietly
-        _log.warning("feedalign: building the compiled one-hidden-layer node, once (about 30 s); "
-                     "FEEDALIGN_NATIVE=0 skips it")
-        from torch.utils import cpp_extension
-
-        directory.mkdir(parents=True, exist_ok=True)
-        return cpp_extension.load(NAME, [str(SOURCE)], extra_cflags=["-O2"], build_directory=str(directory))
-    except Exception as err:  # a compiler without Python's headers, an old torch, a broken build folder
+        return _build(directory, library)
+    except Exception as err:  # a compiler without Python's headers, an old torch, a library of another build
         warnings.warn(f"feedalign: the compiled one-hidden-layer node is unavailable ({first_line(err)}); using the "
                       f"Python node, which gives the same results a little slower (build folder: {directory})",
                       RuntimeWarning, stacklevel=3)
         return None
+
+
+def _import(library: Path):
+    """The built module, imported straight from its file: no ``cpp_extension`` (which imports setuptools)."""
+    spec = importlib.util.spec_from_file_location(NAME, library)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _build(directory: Path, library: Path):
+    """Compile into a scratch folder of this process, then rename the library into place.
+
+    Not ``cpp_extension``'s own lock in a shared folder: a build killed there (Ctrl-C, a killed
+    worker) leaves its lock file, and every later build waits on it forever. Here a killed build
+    leaves only its scratch folder; the lock that keeps concurrent processes from building twice
+    is an ``flock``, which the system releases when its holder dies.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    with _exclusive(directory / "build.lock"):
+        if library.exists():  # built by another process while this one waited
+            return _import(library)
+        _log.warning("feedalign: building the compiled one-hidden-layer node, once (about 30 s); "
+                     "FEEDALIGN_NATIVE=0 skips it")
+        from torch.utils import cpp_extension
+
+        with tempfile.TemporaryDirectory(prefix="build-", dir=directory) as scratch:
+            module = cpp_extension.load(NAME, [str(SOURCE)], extra_cflags=["-O2"], build_directory=scratch)
+            os.replace(Path(scratch) / library.name, library)
+        return module
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path):
+    """Hold an exclusive ``flock`` on ``path`` (no lock where there is no ``fcntl``: concurrent builds then
+    each finish in their own scratch folder, and the last rename wins)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
