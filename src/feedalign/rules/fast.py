@@ -44,6 +44,8 @@ from torch.nn.modules import module as _module
 from . import native
 
 _aten = torch.ops.aten
+# torch >= 2.3; before, dynamo breaks its graph at the compiled node instead (still correct, a warning)
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 
 # ``grad * f'(a)`` written with h = f(a), into ``out``: the fused kernels autograd itself
 # runs for these modules, so both paths give the same bits. ReLU: 1 where h > 0.
@@ -195,7 +197,7 @@ class Plan:
         if (len(weights) == 2 and input.dim() == 2 and not input.requires_grad and self.activations[0] is not None
                 and self.signals.one_hidden(inputs)):
             # under torch.compile, the Python node: dynamo traces autograd Functions, not pybind calls
-            compiled = native.one_hidden() if self.root.native_node and not torch.compiler.is_compiling() else None
+            compiled = native.one_hidden() if self.root.native_node and not _is_compiling() else None
             if compiled is not None:
                 return compiled.apply(input, weights[0], biases[0], weights[1], biases[1], inputs, self,
                                       *self.activation_code)
