@@ -96,6 +96,10 @@ def test_same_bits_as_the_python_node(compiled, rule, activation, bias, dtype):
     assert_same_state(fast, slow)  # weights, last gradients, and buffers (brsf's draw count, wm's B)
 
 
+def test_status_names_the_build_folder(compiled):
+    assert native.status() == f"compiled one-hidden-layer node: ready in {native.build_directory()}"
+
+
 def test_the_lean_rules_take_it_and_the_others_do_not(compiled):
     x = torch.randn(2, 7)
     taken = [rule for rule in feedalign.rules() if rule not in ("bp", "dtp", "eqprop", "chl")
@@ -146,6 +150,7 @@ def test_turned_off_by_environment(fresh, monkeypatch):
     output = model(torch.randn(2, 7))
     assert uses_fast_path(output) and getattr(output.grad_fn, "plan", None) is not None  # the Python node
     assert not (fresh / "extensions").exists()  # nothing built
+    assert native.status() == "compiled one-hidden-layer node: unavailable; the Python node runs (same results)"
 
 
 def test_bad_environment_value_is_a_config_error(fresh, monkeypatch):

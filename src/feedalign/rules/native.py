@@ -9,7 +9,8 @@ calls into Python once a step, for the rule's feedback matrix.
 It is built with ``torch.utils.cpp_extension`` the first time a one-hidden-layer network trains on
 the fused path (about 30 s; needs a C++ compiler and Python's headers) into
 ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), in a folder keyed by the source and
-the torch and Python versions; later processes import it from there in milliseconds. Without a
+the torch and Python versions; later processes import it from there in milliseconds. ``make setup``
+builds it ahead (:func:`status`). Without a
 compiler, or where the build fails (a warning says why), the Python node runs: the same results, a
 little slower. ``FEEDALIGN_NATIVE=0`` turns it off; ``model.native_node = False`` for one model.
 """
@@ -134,3 +135,11 @@ def _exclusive(path: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+
+def status() -> str:
+    """One line: whether the compiled node is ready (building it now if it is not built yet) and where."""
+    built = one_hidden() is not None
+    return ("compiled one-hidden-layer node: " + (f"ready in {build_directory()}" if built else
+                                                  "unavailable; the Python node runs (same results)"))
