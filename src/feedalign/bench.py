@@ -252,12 +252,13 @@ def table(rows: list[Row], ceiling: float, device: torch.device, notes: list[str
              "| network:batch | rule | step ms | x BP | GFLOP/s | % ceiling | saved MiB | fast path | epoch s | epoch x BP | test acc |",
              "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
     for r in rows:
+        path = "compiled" if r.compiled_node else "yes" if r.fast_path else "no"
         epoch = "-" if r.epoch_s is None else f"{r.epoch_s:.1f}"
         epoch_ratio = "-" if r.epoch_ratio is None else f"{r.epoch_ratio:.2f}"
         acc = "-" if r.test_accuracy is None else f"{100 * r.test_accuracy:.1f}%"
         saved = f"{r.saved_mib:.1f}" + ("" if r.cuda_peak_mib is None else f" (peak {r.cuda_peak_mib:.1f})")
         lines.append(f"| {r.size} | {r.rule} | {r.step_ms:.2f} | {r.ratio:.2f} | {r.gflops:.1f} | "
-                     f"{100 * r.ceiling_fraction:.0f}% | {saved} | {'compiled' if r.compiled_node else 'yes' if r.fast_path else 'no'} | "
+                     f"{100 * r.ceiling_fraction:.0f}% | {saved} | {path} | "
                      f"{epoch} | {epoch_ratio} | {acc} |")
     lines += ["", "x BP: median over interleaved rounds of (rule step / BP step in the same round).",
               "saved MiB: tensors autograd keeps from forward to backward (parameters excluded)"

@@ -137,7 +137,6 @@ def _exclusive(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-
 def status() -> str:
     """One line: whether the compiled node is ready (building it now if it is not built yet) and where."""
     built = one_hidden() is not None
