@@ -18,7 +18,7 @@ import feedalign.bench
 from feedalign.cli import main
 from feedalign.errors import ConfigError
 from feedalign.rules import native
-from feedalign.rules.fast import uses_fast_path
+from feedalign.rules.fast import uses_compiled_node, uses_fast_path
 
 # the rules whose one-hidden-layer stack is the lean node (FA-type with a fixed or derived B, direct rules);
 # kp (a trained B) and drtp (its source is the target) keep the general runner
@@ -41,10 +41,6 @@ def fresh(monkeypatch, tmp_path):
     monkeypatch.setattr(native, "_module", None)
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
     return tmp_path
-
-
-def on_compiled_node(output, module):
-    return output.grad_fn is not None and output.grad_fn.name() == module.NODE_NAME
 
 
 def pair(rule, activation, bias, dtype, seed=0):
@@ -89,8 +85,8 @@ def assert_same_state(a, b):
 def test_same_bits_as_the_python_node(compiled, rule, activation, bias, dtype):
     fast, slow = pair(rule, activation, bias, dtype)
     x = torch.randn(2, 7, dtype=dtype)
-    assert on_compiled_node(fast(x), compiled) and uses_fast_path(fast(x))
-    assert not on_compiled_node(slow(x), compiled) and uses_fast_path(slow(x))
+    assert uses_compiled_node(fast(x)) and uses_fast_path(fast(x))
+    assert not uses_compiled_node(slow(x)) and uses_fast_path(slow(x))
     for step, (a, b) in enumerate(zip(train(fast, 4, dtype), train(slow, 4, dtype))):
         assert torch.equal(a, b), f"output of step {step}"
     assert_same_state(fast, slow)  # weights, last gradients, and buffers (brsf's draw count, wm's B)
@@ -103,10 +99,10 @@ def test_status_names_the_build_folder(compiled):
 def test_the_lean_rules_take_it_and_the_others_do_not(compiled):
     x = torch.randn(2, 7)
     taken = [rule for rule in feedalign.rules() if rule not in ("bp", "dtp", "eqprop", "chl")
-             and on_compiled_node(feedalign.convert(feedalign.mlp("7-5-3"), rule)(x), compiled)]
+             and uses_compiled_node(feedalign.convert(feedalign.mlp("7-5-3"), rule)(x))]
     assert taken == [rule for rule in feedalign.rules() if rule in LEAN]
     deeper = feedalign.convert(feedalign.mlp("7-5-5-3"), "dfa")
-    assert not on_compiled_node(deeper(x), compiled) and uses_fast_path(deeper(x))
+    assert not uses_compiled_node(deeper(x)) and uses_fast_path(deeper(x))
     with torch.no_grad():
         assert feedalign.convert(feedalign.mlp("7-5-3"), "dfa")(x).grad_fn is None
 

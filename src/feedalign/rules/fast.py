@@ -308,7 +308,8 @@ class _OneHiddenFunction(torch.autograd.Function):
     ``db_1 = sum_n delta_1``; no input gradient (taken only for inputs that need none).
 
     The same kernels as :class:`_StackFunction`, fewer Python steps: on 784-100-10:64 a step is about
-    0.6 ms, and the general runner's bookkeeping was a sixth of it (docs/speed.md).
+    0.6 ms, and the general runner's bookkeeping was a sixth of it (docs/speed.md). Its compiled twin,
+    ``one_hidden.cpp`` (:mod:`feedalign.rules.native`), runs where it can be had; this one is the fallback.
     """
 
     @staticmethod
