@@ -14,16 +14,21 @@ so a slow spell of a shared machine hits both):
   plus one evaluation of the test set, as a user's own script would do.
 
 The ratio is the median over rounds of (engine epoch / minimal epoch in the same round).
-Set-up is what a run costs besides its epochs: importing feedalign (a fresh interpreter,
-``python -c 'import feedalign.training'`` less ``python -c 'import torch'``), loading the cached
-dataset, and inside ``train``
-everything before the first epoch (data, model, run directory, the epoch-0 evaluation and
-probe) and after the last (summary, plots). CPU-time clock by default (robust on a
-shared machine with one thread); ``--clock wall`` for wall time.
+CPU-time clock by default (robust on a shared machine with one thread); ``--clock wall``
+for wall time.
+
+Set-up is what a run costs besides its epochs, timed (wall clock) in fresh interpreters as
+a user's ``feedalign train`` pays it, since a warm process has its imports already done:
+importing feedalign, loading the cached dataset, and inside ``train`` everything before the
+first step (model, run directory, the epoch-0 evaluation and probe) and after the last epoch
+(summary, plots, matplotlib's import). Left out, and printed apart: ``import torch`` and
+torch's first optimizer, which imports ``torch._dynamo`` and which any training script pays.
+Each part is the least of ``--setup-runs`` interpreters (the least disturbed by a shared machine).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import subprocess
@@ -42,28 +47,22 @@ CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 
 
 class _Stamps:
-    """A callback that records when the engine reaches each stage."""
+    """A callback that records when the engine ends each epoch."""
 
     def __init__(self, clock):
-        self.clock, self.begin, self.epochs = clock, None, []
-
-    def on_train_begin(self, run):
-        self.begin = self.clock()
+        self.clock, self.epochs = clock, []
 
     def on_epoch_end(self, epoch, metrics):
         self.epochs.append(self.clock())
 
 
-def engine_round(config: Config, data, clock) -> tuple[float, float]:
-    """``(epoch seconds, set-up seconds)`` of one 2-epoch ``train`` run."""
+def engine_round(config: Config, data, clock) -> float:
+    """Seconds of the second epoch of a 2-epoch ``train`` run (from the first epoch's end to the second's)."""
     stamps = _Stamps(clock)
     with tempfile.TemporaryDirectory() as out:
-        start = clock()
         train(config.replace(out_dir=out, epochs=2), [stamps], progress="none", data=data)
-        end = clock()
     first, second = stamps.epochs
-    epoch = second - first
-    return epoch, (stamps.begin - start) + (end - second)
+    return second - first
 
 
 def minimal_round(config: Config, data, clock, generator: torch.Generator) -> tuple[float, float]:
@@ -81,7 +80,7 @@ def minimal_round(config: Config, data, clock, generator: torch.Generator) -> tu
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(xb), yb).backward()
         optimizer.step()
-    test = _accuracy(model, data.test_x, data.test_y)
+    _accuracy(model, data.test_x, data.test_y)
     tested = clock()
     _accuracy(model, data.val_x, data.val_y)
     return tested - start, clock() - tested
@@ -95,17 +94,52 @@ def _accuracy(model, x, y) -> float:
     return correct / max(len(x), 1)
 
 
-def import_seconds(repeats: int = 5) -> float:
-    """Wall time (best of ``repeats``) of ``import feedalign.training`` in a fresh interpreter, less ``import torch``
-    (which any PyTorch script pays)."""
-    def timed(code):
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            subprocess.run([sys.executable, "-c", code], check=True)
-            times.append(time.perf_counter() - start)
-        return min(times)  # the least disturbed start on a shared machine
-    return timed("import feedalign.training") - timed("import torch")
+# Run in a fresh interpreter by setup_seconds: the stages of one 1-epoch run, wall clock, as JSON.
+_SETUP_PROBE = """
+import json, sys, tempfile, time
+start = time.perf_counter()
+import torch
+torch_imported = time.perf_counter()
+torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # the first optimizer imports torch._dynamo
+torch_ready = time.perf_counter()
+from feedalign.training import Config, train
+from feedalign.training.build import load_data
+imported = time.perf_counter()
+config = Config(**json.loads(sys.argv[1]))
+data = load_data(config)
+loaded = time.perf_counter()
+
+class Stamps:
+    def on_step(self, step, model, batch):
+        if not hasattr(self, "first_step"):
+            self.first_step = time.perf_counter()
+
+    def on_epoch_end(self, epoch, metrics):
+        self.epoch_end = time.perf_counter()
+
+stamps = Stamps()
+with tempfile.TemporaryDirectory() as out:
+    begin = time.perf_counter()
+    train(config.replace(out_dir=out, epochs=1), [stamps], progress="none", data=data)
+    end = time.perf_counter()
+print(json.dumps({"torch": torch_ready - start, "torch_optimizer": torch_ready - torch_imported,
+                  "import": imported - torch_ready, "data": loaded - imported,
+                  "before_first_step": stamps.first_step - begin, "after_last_epoch": end - stamps.epoch_end}))
+"""
+
+SETUP_PARTS = ("import", "data", "before_first_step", "after_last_epoch")
+
+
+def setup_seconds(config: Config, runs: int) -> dict[str, float]:
+    """Each stage of :data:`_SETUP_PROBE` (seconds), the least over ``runs`` fresh interpreters."""
+    fields = {k: getattr(config, k) for k in ("dataset", "architecture", "rule", "batch_size", "threads", "seed")}
+    times: dict[str, list[float]] = {}
+    for _ in range(runs):
+        done = subprocess.run([sys.executable, "-c", _SETUP_PROBE, json.dumps(fields)], check=True,
+                              capture_output=True, text=True)
+        for key, value in json.loads(done.stdout.strip().splitlines()[-1]).items():
+            times.setdefault(key, []).append(value)
+    return {key: min(values) for key, values in times.items()}
 
 
 def main(argv=None) -> int:
@@ -117,23 +151,21 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu")
+    parser.add_argument("--setup-runs", type=int, default=3, help="fresh interpreters that time the set-up")
     args = parser.parse_args(argv)
     clock = CLOCKS[args.clock]
     config = Config(dataset=args.dataset, architecture=args.architecture, rule=args.rule,
                     batch_size=args.batch_size, threads=args.threads)
     torch.set_num_threads(args.threads)
-    start = time.perf_counter()
     data = load_data(config)
-    load_s = time.perf_counter() - start
     generator = torch.Generator().manual_seed(0)
     minimal_round(config, data, clock, generator)  # warm-up: allocator, first-call costs
-    engine, minimal, setup, ratios, ratios_val = [], [], [], [], []
+    engine, minimal, ratios, ratios_val = [], [], [], []
     for r in range(args.rounds):
         pair = {}
         for side in (("engine", "minimal") if r % 2 == 0 else ("minimal", "engine")):
             if side == "engine":
-                pair["engine"], s = engine_round(config, data, clock)
-                setup.append(s)
+                pair["engine"] = engine_round(config, data, clock)
             else:
                 pair["minimal"], pair["val"] = minimal_round(config, data, clock, generator)
         engine.append(pair["engine"])
@@ -142,7 +174,7 @@ def main(argv=None) -> int:
         ratios_val.append(pair["engine"] / (pair["minimal"] + pair["val"]))
         print(f"round {r + 1}: engine epoch {pair['engine']:.3f} s, minimal epoch {pair['minimal']:.3f} s "
               f"(+ {pair['val']:.3f} s to evaluate the validation set too), ratio {ratios[-1]:.3f}", flush=True)
-    imports = import_seconds()
+    setup = setup_seconds(config, args.setup_runs)
     med = statistics.median
     print(f"\n{args.rule} {args.architecture} on {args.dataset}, batch {args.batch_size}, {args.threads} thread(s), "
           f"{args.clock} clock, {args.rounds} interleaved rounds (medians)")
@@ -151,9 +183,12 @@ def main(argv=None) -> int:
     print(f"ratio engine / minimal: {med(ratios):.3f}")
     print(f"ratio engine / minimal that also evaluates the validation set (as the engine does, for model "
           f"selection): {med(ratios_val):.3f}")
-    print(f"set-up: import beyond torch {imports:.2f} s (wall) + data from the cache {load_s:.2f} s (wall) + in train() "
-          f"{med(setup):.2f} s (model, run dir, epoch-0 evaluation, summary, plots) = "
-          f"{imports + load_s + med(setup):.2f} s")
+    print(f"set-up in a fresh interpreter (wall, least of {args.setup_runs}): import feedalign {setup['import']:.2f} s + "
+          f"data from the cache {setup['data']:.2f} s + before the first step {setup['before_first_step']:.2f} s (model, "
+          f"run dir, epoch-0 evaluation and probe) + after the last epoch {setup['after_last_epoch']:.2f} s (summary, "
+          f"plots) = {sum(setup[k] for k in SETUP_PARTS):.2f} s; besides, import torch and its first optimizer "
+          f"{setup['torch']:.2f} s (of which the optimizer's import of torch._dynamo {setup['torch_optimizer']:.2f} s), "
+          f"as any training script")
     return 0 if all(math.isfinite(v) for v in ratios) else 1
 
 

@@ -103,3 +103,29 @@ def test_to_accuracy_rejects_bad_input(capsys, argv, message):
     assert main(["bench", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_bench_engine_times_the_epoch_and_a_fresh_interpreters_set_up(mnist, capsys):
+    import importlib.util
+    import pathlib
+    import re
+
+    path = pathlib.Path(__file__).parent.parent / "benchmarks" / "bench_engine.py"
+    spec = importlib.util.spec_from_file_location("bench_engine", path)
+    bench_engine = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_engine)
+    threads = torch.get_num_threads()
+    try:
+        assert bench_engine.main(["--architecture", "784-16-10", "--batch-size", "1000", "--rounds", "1",
+                                  "--setup-runs", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    assert re.search(r"ratio engine / minimal: \d+\.\d{3}", printed)
+    setup = re.search(r"import feedalign (\S+) s \+ data from the cache (\S+) s \+ before the first step (\S+) s .*"
+                      r"after the last epoch (\S+) s .* = (\S+) s; besides, import torch and its first optimizer "
+                      r"(\S+) s \(of which the optimizer's import of torch._dynamo (\S+) s\)", printed)
+    assert setup, printed
+    parts = [float(v) for v in setup.groups()]
+    assert all(v >= 0 for v in parts) and abs(sum(parts[:4]) - parts[4]) <= 0.011
+    assert parts[6] <= parts[5]
