@@ -55,13 +55,13 @@ def pair(rule, activation, bias, dtype, seed=0):
     return models
 
 
-def train(model, steps, dtype, seed=1):
+def train(model, steps, dtype, seed=1, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     outputs = []
     for _ in range(steps):
-        x = torch.randn(6, 7, generator=g, dtype=dtype)
-        y = torch.randint(0, 3, (6,), generator=g)
+        x = torch.randn(6, 7, generator=g, dtype=dtype).to(device)
+        y = torch.randint(0, 3, (6,), generator=g).to(device)
         optimizer.zero_grad()
         output = model(x)
         F.cross_entropy(output, y).backward()
@@ -90,6 +90,18 @@ def test_same_bits_as_the_python_node(compiled, rule, activation, bias, dtype):
     for step, (a, b) in enumerate(zip(train(fast, 4, dtype), train(slow, 4, dtype))):
         assert torch.equal(a, b), f"output of step {step}"
     assert_same_state(fast, slow)  # weights, last gradients, and buffers (brsf's draw count, wm's B)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("rule", LEAN)
+def test_same_bits_as_the_python_node_on_cuda(compiled, rule):
+    fast, slow = (model.cuda() for model in pair(rule, "tanh", True, torch.float32))
+    x = torch.randn(2, 7, device="cuda")
+    assert uses_compiled_node(fast(x)) and not uses_compiled_node(slow(x))
+    for step, (a, b) in enumerate(zip(train(fast, 4, torch.float32, device="cuda"),
+                                      train(slow, 4, torch.float32, device="cuda"))):
+        assert torch.equal(a, b), f"output of step {step}"
+    assert_same_state(fast, slow)
 
 
 def test_status_names_the_build_folder(compiled):
