@@ -1,6 +1,7 @@
-"""The compiled one-hidden-layer node (feedalign.rules.native, one_hidden.cpp): the same bits as the Python
-node it replaces, for every rule, activation, bias and dtype; built once, imported after; off, missing
-compiler and failed builds fall back to the Python node."""
+"""The compiled nodes of the fused path (feedalign.rules.native, nodes.cpp), the one-hidden-layer node and the
+stack node: the same bits as the Python nodes they replace, for every rule, activation, bias and dtype, stacked
+and unstacked hidden layers, one and two threads; built once, imported after; off, missing compiler and failed
+builds fall back to the Python nodes."""
 import os
 import shutil
 import signal
@@ -23,6 +24,9 @@ from feedalign.rules.fast import uses_compiled_node, uses_fast_path
 # the rules whose one-hidden-layer stack is the lean node (FA-type with a fixed or derived B, direct rules);
 # kp (a trained B) and drtp (its source is the target) keep the general runner
 LEAN = ["fa", "usf", "frsf", "brsf", "wm", "dfa", "ifa"]
+# the rules whose deeper stacks run on the compiled stack node: all but kp, whose B is trained (an input
+# that needs a gradient)
+STACK = LEAN + ["drtp"]
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +34,7 @@ def compiled():
     """The compiled module; skips only where this machine has no C++ compiler (a failed build fails)."""
     if shutil.which(os.environ.get("CXX", "c++")) is None:
         pytest.skip("no C++ compiler here: the Python node runs")
-    module = native.one_hidden()
+    module = native.compiled()
     assert module is not None, "a compiler is here, so the node must build (see the warning above)"
     return module
 
@@ -43,12 +47,12 @@ def fresh(monkeypatch, tmp_path):
     return tmp_path
 
 
-def pair(rule, activation, bias, dtype, seed=0):
-    """Two equal converted 7-5-3 models: the compiled node's and the Python node's."""
+def pair(rule, activation, bias, dtype, seed=0, architecture="7-5-3"):
+    """Two equal converted models: the compiled node's and the Python node's."""
     models = []
     for native_node in (True, False):
         torch.manual_seed(seed)
-        model = feedalign.convert(feedalign.mlp("7-5-3", activation=activation, bias=bias).to(dtype), rule,
+        model = feedalign.convert(feedalign.mlp(architecture, activation=activation, bias=bias).to(dtype), rule,
                                   seed=3, feedback_scale=0.8)
         model.native_node = native_node
         models.append(model)
@@ -92,10 +96,60 @@ def test_same_bits_as_the_python_node(compiled, rule, activation, bias, dtype):
     assert_same_state(fast, slow)  # weights, last gradients, and buffers (brsf's draw count, wm's B)
 
 
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request):
+    """Both backward variants of the stack node: K - 1 mm calls (one thread), one bmm (more)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("rule", STACK)
+@pytest.mark.parametrize("architecture", ["7-5-5-3", "7-5-5-5-3", "7-6-4-3"], ids=["stacked", "stacked-3", "widths"])
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu", "leaky_relu", "linear"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_stack_node_same_bits_as_the_python_node(compiled, threads, rule, architecture, activation, bias):
+    dtype = torch.float64 if activation == "sigmoid" else torch.float32
+    fast, slow = pair(rule, activation, bias, dtype, architecture=architecture)
+    x = torch.randn(2, 7, dtype=dtype)
+    assert fast(x).grad_fn.name() == compiled.STACK_NODE_NAME and uses_fast_path(fast(x))
+    assert not uses_compiled_node(slow(x)) and uses_fast_path(slow(x))
+    for step, (a, b) in enumerate(zip(train(fast, 4, dtype), train(slow, 4, dtype))):
+        assert torch.equal(a, b), f"output of step {step}"
+    assert_same_state(fast, slow)
+
+
+def test_stack_node_with_mixed_biases_and_activations(compiled, threads):
+    models = []
+    for native_node in (True, False):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.ReLU(), torch.nn.Linear(5, 5, bias=False),
+                                    torch.nn.Linear(5, 5), torch.nn.LeakyReLU(0.3), torch.nn.Linear(5, 3, bias=False))
+        model = feedalign.convert(model, "fa", seed=3)
+        model.native_node = native_node
+        models.append(model)
+    fast, slow = models
+    assert uses_compiled_node(fast(torch.randn(2, 7)))
+    assert all(torch.equal(a, b) for a, b in zip(train(fast, 3, torch.float32), train(slow, 3, torch.float32)))
+    assert_same_state(fast, slow)
+
+
+def test_stack_node_leaves_kp_inputs_with_gradients_and_batch_dims_to_the_python_node(compiled):
+    model = feedalign.convert(feedalign.mlp("7-5-5-3"), "kp")
+    assert not uses_compiled_node(model(torch.randn(2, 7)))  # kp's B is trained: its gradient is the Python node's
+    model = feedalign.convert(feedalign.mlp("7-5-5-3"), "fa")
+    assert uses_compiled_node(model(torch.randn(2, 7)))
+    assert not uses_compiled_node(model(torch.randn(2, 7, requires_grad=True)))  # an input gradient
+    out = model(torch.randn(4, 2, 7))  # leading batch dimensions
+    assert out.shape == (4, 2, 3) and not uses_compiled_node(out) and uses_fast_path(out)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("architecture", ["7-5-3", "7-5-5-5-3"])
 @pytest.mark.parametrize("rule", LEAN)
-def test_same_bits_as_the_python_node_on_cuda(compiled, rule):
-    fast, slow = (model.cuda() for model in pair(rule, "tanh", True, torch.float32))
+def test_same_bits_as_the_python_node_on_cuda(compiled, rule, architecture):
+    fast, slow = (model.cuda() for model in pair(rule, "tanh", True, torch.float32, architecture=architecture))
     x = torch.randn(2, 7, device="cuda")
     assert uses_compiled_node(fast(x)) and not uses_compiled_node(slow(x))
     for step, (a, b) in enumerate(zip(train(fast, 4, torch.float32, device="cuda"),
@@ -105,23 +159,29 @@ def test_same_bits_as_the_python_node_on_cuda(compiled, rule):
 
 
 def test_status_names_the_build_folder(compiled):
-    assert native.status() == f"compiled one-hidden-layer node: ready in {native.build_directory()}"
+    assert native.status() == f"compiled fused-path nodes: ready in {native.build_directory()}"
 
 
-def test_the_lean_rules_take_it_and_the_others_do_not(compiled):
+def test_each_rule_takes_its_node(compiled):
     x = torch.randn(2, 7)
-    taken = [rule for rule in feedalign.rules() if rule not in ("bp", "dtp", "eqprop", "chl")
-             and uses_compiled_node(feedalign.convert(feedalign.mlp("7-5-3"), rule)(x))]
-    assert taken == [rule for rule in feedalign.rules() if rule in LEAN]
-    deeper = feedalign.convert(feedalign.mlp("7-5-5-3"), "dfa")
-    assert not uses_compiled_node(deeper(x)) and uses_fast_path(deeper(x))
+
+    def node(rule, architecture):
+        output = feedalign.convert(feedalign.mlp(architecture), rule)(x)
+        return {compiled.NODE_NAME: "one hidden", compiled.STACK_NODE_NAME: "stack"}.get(output.grad_fn.name(),
+                                                                                          "python")
+    fused = [rule for rule in feedalign.rules() if rule not in ("bp", "dtp", "eqprop", "chl")]
+    assert {rule: node(rule, "7-5-3") for rule in fused} == {
+        rule: "one hidden" if rule in LEAN else "stack" if rule in STACK else "python" for rule in fused}
+    assert {rule: node(rule, "7-5-5-3") for rule in fused} == {
+        rule: "stack" if rule in STACK else "python" for rule in fused}
     with torch.no_grad():
         assert feedalign.convert(feedalign.mlp("7-5-3"), "dfa")(x).grad_fn is None
 
 
-@pytest.mark.parametrize("frozen", ["0.weight", "0.bias", "2.weight", "2.bias"])
-def test_frozen_parameters_get_no_gradient(compiled, frozen):
-    fast, slow = pair("dfa", "tanh", True, torch.float64)
+@pytest.mark.parametrize("architecture, frozen", [("7-5-3", name) for name in ("0.weight", "0.bias", "2.weight", "2.bias")]
+                         + [("7-5-5-3", name) for name in ("0.weight", "2.bias", "4.weight", "4.bias")])
+def test_frozen_parameters_get_no_gradient(compiled, architecture, frozen):
+    fast, slow = pair("dfa", "tanh", True, torch.float64, architecture=architecture)
     for model in (fast, slow):
         model.get_parameter(frozen).requires_grad_(False)
     x, y = torch.randn(4, 7, dtype=torch.float64), torch.randint(0, 3, (4,))
@@ -131,8 +191,9 @@ def test_frozen_parameters_get_no_gradient(compiled, frozen):
     assert_same_state(fast, slow)
 
 
-def test_non_contiguous_error_retained_graph_and_a_second_backward(compiled):
-    fast, slow = pair("usf", "tanh", True, torch.float64)
+@pytest.mark.parametrize("architecture", ["7-5-3", "7-5-5-3", "7-6-4-3"])
+def test_non_contiguous_error_retained_graph_and_a_second_backward(compiled, architecture):
+    fast, slow = pair("usf", "tanh", True, torch.float64, architecture=architecture)
     x, weights = torch.randn(4, 7, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
     for model in (fast, slow):
         loss = (model(x).t() * weights).sum()  # dL/dy = weights.t(): not contiguous
@@ -141,9 +202,10 @@ def test_non_contiguous_error_retained_graph_and_a_second_backward(compiled):
     assert_same_state(fast, slow)
 
 
-def test_in_place_change_of_the_feedback_before_backward_is_refused(compiled):
+@pytest.mark.parametrize("architecture", ["7-5-3", "7-5-5-3"])
+def test_in_place_change_of_the_feedback_before_backward_is_refused(compiled, architecture):
     """DFA's B is an input of the node, saved for backward: changing it in between raises, as in autograd."""
-    model = feedalign.convert(feedalign.mlp("7-5-3"), "dfa")
+    model = feedalign.convert(feedalign.mlp(architecture), "dfa")
     loss = model(torch.randn(2, 7)).sum()
     with torch.no_grad():
         model.feedback.mul_(2)
@@ -151,20 +213,30 @@ def test_in_place_change_of_the_feedback_before_backward_is_refused(compiled):
         loss.backward()
 
 
+@pytest.mark.parametrize("parameter", ["2.weight", "2.bias"])
+def test_in_place_change_of_a_parameter_before_backward_is_refused_by_the_stack_node(compiled, parameter):
+    model = feedalign.convert(feedalign.mlp("7-5-5-3"), "usf")  # sign(W_2) is read at backward
+    loss = model(torch.randn(2, 7)).sum()
+    with torch.no_grad():
+        model.get_parameter(parameter).mul_(-1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
 def test_turned_off_by_environment(fresh, monkeypatch):
     monkeypatch.setenv("FEEDALIGN_NATIVE", "0")
-    assert native.one_hidden() is None
+    assert native.compiled() is None
     model = feedalign.convert(feedalign.mlp("7-5-3"), "fa")
     output = model(torch.randn(2, 7))
     assert uses_fast_path(output) and getattr(output.grad_fn, "plan", None) is not None  # the Python node
     assert not (fresh / "extensions").exists()  # nothing built
-    assert native.status() == "compiled one-hidden-layer node: unavailable; the Python node runs (same results)"
+    assert native.status() == "compiled fused-path nodes: unavailable; the Python nodes run (same results)"
 
 
 def test_bad_environment_value_is_a_config_error(fresh, monkeypatch):
     monkeypatch.setenv("FEEDALIGN_NATIVE", "maybe")
     with pytest.raises(ConfigError, match="FEEDALIGN_NATIVE must be 1 or 0.*'maybe'"):
-        native.one_hidden()
+        native.compiled()
 
 
 def test_bad_environment_value_is_one_line_and_status_2_from_the_cli(fresh, monkeypatch, capsys):
@@ -178,18 +250,18 @@ def test_bad_environment_value_is_one_line_and_status_2_from_the_cli(fresh, monk
 
 def test_no_compiler_falls_back_quietly(fresh, monkeypatch, recwarn):
     monkeypatch.setenv("CXX", str(fresh / "no-such-compiler"))
-    assert native.one_hidden() is None
-    assert not [w for w in recwarn if "one-hidden" in str(w.message)]
+    assert native.compiled() is None
+    assert not [w for w in recwarn if "compiled" in str(w.message)]
 
 
 def test_failed_build_warns_once_and_the_python_node_trains(fresh, monkeypatch):
     if shutil.which(os.environ.get("CXX", "c++")) is None:
         pytest.skip("no C++ compiler here")
-    broken = fresh / "one_hidden.cpp"
+    broken = fresh / "nodes.cpp"
     broken.write_text("#error this source is broken on purpose\n")
     monkeypatch.setattr(native, "SOURCE", broken)
-    with pytest.warns(RuntimeWarning, match="compiled one-hidden-layer node is unavailable.*Python node"):
-        assert native.one_hidden() is None
+    with pytest.warns(RuntimeWarning, match="compiled fused-path nodes are unavailable.*Python nodes"):
+        assert native.compiled() is None
     fast, slow = pair("dfa", "tanh", True, torch.float64)  # both on the Python node now
     outputs = [train(model, 2, torch.float64) for model in (fast, slow)]
     assert all(torch.equal(a, b) for a, b in zip(*outputs))
@@ -200,7 +272,7 @@ def test_a_built_node_is_imported_without_building(compiled):
     """A later process finds the built library and imports it directly: no cpp_extension, no compiler."""
     code = ("import sys, torch, feedalign; from feedalign.rules import native; "
             "m = feedalign.convert(feedalign.mlp('7-5-3'), 'fa'); out = m(torch.randn(2, 7)); "
-            "print(out.grad_fn.name() == native.one_hidden().NODE_NAME, 'torch.utils.cpp_extension' in sys.modules)")
+            "print(out.grad_fn.name() == native.compiled().NODE_NAME, 'torch.utils.cpp_extension' in sys.modules)")
     env = {**os.environ, "CXX": "/no/compiler", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
@@ -226,7 +298,7 @@ def test_a_killed_build_leaves_nothing_the_next_one_waits_on(fresh):
     source.write_text('#include <pybind11/pybind11.h>\n'
                       'PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.attr("NODE_NAME") = "tiny"; }\n')
     build = ("import sys; from pathlib import Path; from feedalign.rules import native; "
-             "native.SOURCE = Path(sys.argv[1]); print(native.one_hidden().NODE_NAME)")
+             "native.SOURCE = Path(sys.argv[1]); print(native.compiled().NODE_NAME)")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     killed = subprocess.Popen([sys.executable, "-c", build, str(source)], env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

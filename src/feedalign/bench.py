@@ -145,7 +145,7 @@ class Row:
     saved_mib: float = 0.0
     cuda_peak_mib: float | None = None
     fast_path: bool = False
-    compiled_node: bool = False  # the fused path's compiled one-hidden-layer node (feedalign.rules.native)
+    compiled_node: bool = False  # through one of the fused path's compiled nodes (feedalign.rules.native)
     epoch_s: float | None = None
     epoch_ratio: float | None = None
     test_accuracy: float | None = None

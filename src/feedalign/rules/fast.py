@@ -152,7 +152,9 @@ class Plan:
         widths = [layer.out_features for layer in linears[:-1]]
         self.stacked = len(set(widths)) == 1  # hidden outputs in one (K, N, w) tensor
         self.activate_ = [_forward_kernel(a) for a in activations]  # f in place, or None
-        self.activation_code = _activation_code(activations[0])  # the first activation, for the compiled node
+        # the hidden activations as the compiled nodes' codes, (codes, negative slopes)
+        codes = [_activation_code(a) for a in activations[:-1]]
+        self.activation_codes = ([c for c, _ in codes], [s for _, s in codes])
         # The layers' hook dicts and their sizes now (DFA/IFA's own cut hooks included): a hook
         # added later means someone watches a layer, so it must run as a module. torch has no
         # public way to ask a module for its hooks.
@@ -194,15 +196,24 @@ class Plan:
     def __call__(self, input: torch.Tensor, weights: list, biases: list) -> torch.Tensor:
         """The stack's output through one fused node; ``weights, biases`` from :meth:`tensors_for`."""
         inputs = self.signals.inputs(self, input)
-        if (len(weights) == 2 and input.dim() == 2 and not input.requires_grad and self.activations[0] is not None
-                and self.signals.one_hidden(inputs)):
-            # under torch.compile, the Python node: dynamo traces autograd Functions, not pybind calls
-            compiled = native.one_hidden() if self.root.native_node and not _is_compiling() else None
+        lean = input.dim() == 2 and not input.requires_grad  # the lean nodes compute no input gradient
+        # under torch.compile, the Python nodes: dynamo traces autograd Functions, not pybind calls
+        compiled = native.compiled() if lean and self.root.native_node and not _is_compiling() else None
+        if lean and len(weights) == 2 and self.activations[0] is not None and self.signals.one_hidden(inputs):
             if compiled is not None:
+                codes, slopes = self.activation_codes
                 return compiled.apply(input, weights[0], biases[0], weights[1], biases[1], inputs, self,
-                                      *self.activation_code)
+                                      codes[0], slopes[0])
             return _OneHiddenFunction.apply(input, self, weights[0], biases[0], weights[1], biases[1], *inputs)
+        if compiled is not None and not any(t.requires_grad for t in inputs):  # a trained B (kp): the Python node
+            return compiled.stack(input, weights, [b for b in biases if b is not None], [b is not None for b in biases],
+                                  inputs, self, *self.activation_codes, self.stacked, self.signals.needs_output)
         return _StackFunction.apply(input, self, len(self.linears), len(inputs), *weights, *biases, *inputs)
+
+    def backward_signals(self, weights, hidden, stack, output, error, inputs):
+        """The rule's hidden signals for the compiled stack node (``nodes.cpp``), as :class:`_StackFunction`
+        asks for them: ``signals.signals(Backward(...), error, inputs)``."""
+        return self.signals.signals(Backward(self, weights, hidden, stack, output), error, inputs)
 
 
 class _StackFunction(torch.autograd.Function):
@@ -211,6 +222,10 @@ class _StackFunction(torch.autograd.Function):
     Leading dimensions of the input beyond the last are batch dimensions. Backward: the
     rule's ``delta_l`` (:class:`StackedSignals`), then ``dW_l = delta_l^T h_{l-1}`` and
     ``db_l = sum_n delta_l`` with ``delta_L = e``, and the input gradient ``delta_1 M``.
+
+    Its compiled twin, ``StackNode`` in ``nodes.cpp`` (:mod:`feedalign.rules.native`), runs where it
+    can be had, for 2-D inputs that need no gradient and rules whose ``inputs`` need none (kp's trained
+    B does); it asks :meth:`Plan.backward_signals` for the deltas, so each rule's math stays here.
     """
 
     @staticmethod
@@ -309,7 +324,7 @@ class _OneHiddenFunction(torch.autograd.Function):
 
     The same kernels as :class:`_StackFunction`, fewer Python steps: on 784-100-10:64 a step is about
     0.6 ms, and the general runner's bookkeeping was a sixth of it (docs/speed.md). Its compiled twin,
-    ``one_hidden.cpp`` (:mod:`feedalign.rules.native`), runs where it can be had; this one is the fallback.
+    in ``nodes.cpp`` (:mod:`feedalign.rules.native`), runs where it can be had; this one is the fallback.
     """
 
     @staticmethod
@@ -352,7 +367,7 @@ def activate_(activation, a: torch.Tensor) -> torch.Tensor:
 
 
 def _activation_code(activation) -> tuple[int, float]:
-    """``(code, negative_slope)`` of the compiled node's ``Activation`` enum (one_hidden.cpp)."""
+    """``(code, negative_slope)`` of the compiled nodes' ``Activation`` enum (nodes.cpp)."""
     codes = {nn.Tanh: 0, nn.Sigmoid: 1, nn.ReLU: 2, nn.LeakyReLU: 3, nn.Identity: 4, type(None): 4}
     return codes[type(activation)], float(getattr(activation, "negative_slope", 0.0))
 
@@ -377,13 +392,13 @@ class FastSequential(nn.Sequential):
     """``nn.Sequential`` that trains through :class:`_StackFunction` when it can.
 
     Set ``model.fast_path = False`` to force the general (per-layer autograd) path, and
-    ``model.native_node = False`` to run a one-hidden-layer stack through the Python node
-    (:class:`_OneHiddenFunction`) instead of the compiled one.
+    ``model.native_node = False`` to run the stack through the Python nodes (:class:`_OneHiddenFunction`,
+    :class:`_StackFunction`) instead of their compiled twins.
     """
 
     exact_gradient = False  # set by feedalign.exact_gradients(): the general path, plain backprop
     fast_path = True
-    native_node = True  # one hidden layer: the compiled node where it can be had (feedalign.rules.native)
+    native_node = True  # the compiled nodes where they can be had (feedalign.rules.native)
 
     def __call__(self, *args, **kwargs):
         # Straight to the fused node when the root has only the hooks it was converted with (see
@@ -447,6 +462,7 @@ def uses_fast_path(output: torch.Tensor) -> bool:
 
 
 def uses_compiled_node(output: torch.Tensor) -> bool:
-    """Whether ``output`` came out of the compiled one-hidden-layer node (:mod:`feedalign.rules.native`)."""
+    """Whether ``output`` came out of a compiled node (:mod:`feedalign.rules.native`)."""
     module = native.loaded()
-    return module is not None and output.grad_fn is not None and output.grad_fn.name() == module.NODE_NAME
+    return (module is not None and output.grad_fn is not None
+            and output.grad_fn.name() in (module.NODE_NAME, module.STACK_NODE_NAME))

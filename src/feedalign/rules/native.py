@@ -1,18 +1,20 @@
-"""The fused path's one-hidden-layer node compiled (``one_hidden.cpp``), built once per machine.
+"""The fused path's autograd nodes compiled (``nodes.cpp``), built once per machine.
 
-On 784-100-10:64 a training step costs about half a millisecond on the CPU, and the Python autograd
-Function of :class:`~feedalign.rules.fast._OneHiddenFunction` about 25 us of it: enough for BP's own
-C++ graph to beat every rule there, although their arithmetic is the same (docs/speed.md). The
-compiled node runs the same ATen kernels in the same order (the same bits: tests/test_native.py) and
-calls into Python once a step, for the rule's feedback matrix.
+On small networks a training step costs well under a millisecond on the CPU, and a Python autograd
+Function's own bookkeeping a visible share of it: on 784-100-10:64 the Python one-hidden-layer node
+(:class:`~feedalign.rules.fast._OneHiddenFunction`) cost about 25 us of a 0.53 ms step, enough for
+BP's own C++ graph to beat every rule there although their arithmetic is the same (docs/speed.md).
+The compiled nodes (the one-hidden-layer node, and the stack node for any depth, twin of
+:class:`~feedalign.rules.fast._StackFunction`) run the same ATen kernels in the same order (the same
+bits: tests/test_native.py) and call into Python once a step, for the rule's own part of backward.
 
-It is built with ``torch.utils.cpp_extension`` the first time a one-hidden-layer network trains on
-the fused path (about 30 s; needs a C++ compiler and Python's headers) into
-``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), in a folder keyed by the source and
-the torch and Python versions; later processes import it from there in milliseconds. ``make setup``
-builds it ahead (:func:`status`). Without a
-compiler, or where the build fails (a warning says why), the Python node runs: the same results, a
-little slower. ``FEEDALIGN_NATIVE=0`` turns it off; ``model.native_node = False`` for one model.
+They are built with ``torch.utils.cpp_extension`` the first time a network trains on the fused path
+(about 30 s; needs a C++ compiler and Python's headers) into ``$TORCH_EXTENSIONS_DIR`` (default
+``~/.cache/torch_extensions``), in a folder keyed by the source and the torch and Python versions;
+later processes import them from there in milliseconds. ``make setup`` builds them ahead
+(:func:`status`). Without a compiler, or where the build fails (a warning says why), the Python
+nodes run: the same results, a little slower. ``FEEDALIGN_NATIVE=0`` turns them off;
+``model.native_node = False`` for one model.
 """
 from __future__ import annotations
 
@@ -31,8 +33,8 @@ import torch
 
 from feedalign.errors import ConfigError, first_line
 
-NAME = "feedalign_one_hidden"
-SOURCE = Path(__file__).with_name("one_hidden.cpp")
+NAME = "feedalign_nodes"
+SOURCE = Path(__file__).with_name("nodes.cpp")
 _LIBRARY_SUFFIX = ".pyd" if sys.platform == "win32" else ".so"  # what cpp_extension.load writes
 
 _log = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ _module = None
 
 
 def enabled() -> bool:
-    """Whether ``FEEDALIGN_NATIVE`` (default 1) lets the compiled node run."""
+    """Whether ``FEEDALIGN_NATIVE`` (default 1) lets the compiled nodes run."""
     value = os.environ.get("FEEDALIGN_NATIVE", "1").strip().lower()
     if value in ("1", "on", "true", "yes"):
         return True
@@ -58,9 +60,11 @@ def build_directory() -> Path:
     return root / f"{NAME}-{key}"
 
 
-def one_hidden():
-    """The compiled module (``apply(input, w1, b1, w2, b2, inputs, plan, activation, slope)``,
-    ``NODE_NAME``), built on first use; None where it is off or cannot be had."""
+def compiled():
+    """The compiled module, built on first use; None where it is off or cannot be had. It has
+    ``apply(input, w1, b1, w2, b2, inputs, plan, activation, slope)`` (the one-hidden-layer node),
+    ``stack(input, weights, biases, has_bias, inputs, plan, activations, slopes, stacked, save_output)``
+    and the nodes' autograd names ``NODE_NAME`` and ``STACK_NODE_NAME``."""
     global _module
     if _module is None:
         _module = _load() or False
@@ -81,11 +85,11 @@ def _load():
         if library.exists():  # it appears only by an atomic rename, so it is whole
             return _import(library)
         if shutil.which(os.environ.get("CXX", "c++")) is None:
-            return None  # no compiler: the Python node, quietly
+            return None  # no compiler: the Python nodes, quietly
         return _build(directory, library)
     except Exception as err:  # a compiler without Python's headers, an old torch, a library of another build
-        warnings.warn(f"feedalign: the compiled one-hidden-layer node is unavailable ({first_line(err)}); using the "
-                      f"Python node, which gives the same results a little slower (build folder: {directory})",
+        warnings.warn(f"feedalign: the compiled fused-path nodes are unavailable ({first_line(err)}); using the "
+                      f"Python nodes, which give the same results a little slower (build folder: {directory})",
                       RuntimeWarning, stacklevel=3)
         return None
 
@@ -110,7 +114,7 @@ def _build(directory: Path, library: Path):
     with _exclusive(directory / "build.lock"):
         if library.exists():  # built by another process while this one waited
             return _import(library)
-        _log.warning("feedalign: building the compiled one-hidden-layer node, once (about 30 s); "
+        _log.warning("feedalign: building the compiled fused-path nodes, once (about 30 s); "
                      "FEEDALIGN_NATIVE=0 skips it")
         from torch.utils import cpp_extension
 
@@ -138,7 +142,7 @@ def _exclusive(path: Path):
 
 
 def status() -> str:
-    """One line: whether the compiled node is ready (building it now if it is not built yet) and where."""
-    built = one_hidden() is not None
-    return ("compiled one-hidden-layer node: " + (f"ready in {build_directory()}" if built else
-                                                  "unavailable; the Python node runs (same results)"))
+    """One line: whether the compiled nodes are ready (building them now if they are not built yet) and where."""
+    built = compiled() is not None
+    return ("compiled fused-path nodes: " + (f"ready in {build_directory()}" if built else
+                                             "unavailable; the Python nodes run (same results)"))
