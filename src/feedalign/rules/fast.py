@@ -98,6 +98,13 @@ class StackedSignals(abc.ABC):
         the input needs a gradient. Default ``W_1``: rules that change only the hidden signals."""
         return step.weights[0]
 
+    def chain(self, plan: "Plan", inputs: list[torch.Tensor]) -> list[tuple[torch.Tensor, float]] | None:
+        """For a rule whose hidden signals are the chain ``delta_l = s_l (delta_{l+1} M_l) * f'(a_l)``
+        from ``delta_{K+1} = e`` (FA-type rules), its ``(M_l, s_l)`` for l = K down to 1, which the
+        compiled stack node then runs itself; None (the default) for any other rule. It must give
+        what :meth:`signals` gives, bit for bit."""
+        return None
+
     def input_grads(self, step: "Backward", grad_weights: list[torch.Tensor],
                     inputs: list[torch.Tensor]) -> list[torch.Tensor | None]:
         """The gradients of :meth:`inputs`, given every ``dW_l``. Default: none."""
@@ -155,6 +162,7 @@ class Plan:
         # the hidden activations as the compiled nodes' codes, (codes, negative slopes)
         codes = [_activation_code(a) for a in activations[:-1]]
         self.activation_codes = ([c for c, _ in codes], [s for _, s in codes])
+        self.chains = type(signals).chain is not StackedSignals.chain  # the compiled stack node runs the chain
         # The layers' hook dicts and their sizes now (DFA/IFA's own cut hooks included): a hook
         # added later means someone watches a layer, so it must run as a module. torch has no
         # public way to ask a module for its hooks.
@@ -207,13 +215,18 @@ class Plan:
             return _OneHiddenFunction.apply(input, self, weights[0], biases[0], weights[1], biases[1], *inputs)
         if compiled is not None and not any(t.requires_grad for t in inputs):  # a trained B (kp): the Python node
             return compiled.stack(input, weights, [b for b in biases if b is not None], [b is not None for b in biases],
-                                  inputs, self, *self.activation_codes, self.stacked, self.signals.needs_output)
+                                  inputs, self, *self.activation_codes, self.stacked, self.signals.needs_output,
+                                  self.chains)
         return _StackFunction.apply(input, self, len(self.linears), len(inputs), *weights, *biases, *inputs)
 
     def backward_signals(self, weights, hidden, stack, output, error, inputs):
         """The rule's hidden signals for the compiled stack node (``nodes.cpp``), as :class:`_StackFunction`
         asks for them: ``signals.signals(Backward(...), error, inputs)``."""
         return self.signals.signals(Backward(self, weights, hidden, stack, output), error, inputs)
+
+    def backward_chain(self, inputs):
+        """The rule's chain for the compiled stack node (:meth:`StackedSignals.chain`)."""
+        return self.signals.chain(self, inputs)
 
 
 class _StackFunction(torch.autograd.Function):
@@ -225,7 +238,8 @@ class _StackFunction(torch.autograd.Function):
 
     Its compiled twin, ``StackNode`` in ``nodes.cpp`` (:mod:`feedalign.rules.native`), runs where it
     can be had, for 2-D inputs that need no gradient and rules whose ``inputs`` need none (kp's trained
-    B does); it asks :meth:`Plan.backward_signals` for the deltas, so each rule's math stays here.
+    B does). It runs an FA-type rule's chain itself, with the matrices :meth:`StackedSignals.chain` gives,
+    and asks :meth:`Plan.backward_signals` for any other rule's deltas.
     """
 
     @staticmethod

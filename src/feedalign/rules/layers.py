@@ -207,8 +207,7 @@ class LayerwiseSignals(fast.StackedSignals):
     def signals(self, step, error, inputs):
         deltas, outs = step.empty()
         signal = error
-        for l in range(len(outs) - 1, -1, -1):
-            feedback, scale = step.plan.linears[l + 1].scaled_backward_weight()
+        for l, (feedback, scale) in zip(range(len(outs) - 1, -1, -1), self.chain(step.plan, inputs)):
             if scale == 1.0:
                 torch.mm(signal, feedback, out=outs[l])
             else:  # beta=0: outs[l] is only written, never read
@@ -216,6 +215,11 @@ class LayerwiseSignals(fast.StackedSignals):
             step.times_derivative(l, outs[l], outs[l])
             signal = outs[l]
         return deltas
+
+    def chain(self, plan, inputs):
+        """``delta_l = s (delta_{l+1} B_{l+1}) * f'(a_l)``: each layer's ``(B, s)`` (``scaled_backward_weight``)."""
+        linears = plan.linears
+        return [linears[l + 1].scaled_backward_weight() for l in range(len(linears) - 2, -1, -1)]
 
     def one_hidden(self, inputs):
         return not inputs  # a trained feedback (kp) needs its gradient: the general runner

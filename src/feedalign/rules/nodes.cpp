@@ -10,8 +10,10 @@
 // StackNode, the twin of _StackFunction for a stack of any depth L (K = L - 1 hidden layers):
 //   forward:  h_l = f_l(h_{l-1} W_l^T + b_l) (h_0 = x),  y = h_K W_L^T + b_L,  every h_l in one (K, N, w)
 //             tensor when the hidden widths are equal
-//   backward: delta_1 .. delta_K = plan.backward_signals(...) (the rule's StackedSignals, in Python),
-//             dW_L = e^T h_K,  dW_l = delta_l^T h_{l-1},  db_l = sum_n delta_l
+//   backward: delta_1 .. delta_K from the rule's StackedSignals: for a chain rule (FA-type), the chain
+//             delta_l = s_l (delta_{l+1} M_l) * f'(a_l) here with (M_l, s_l) = plan.backward_chain(inputs);
+//             else plan.backward_signals(...) in Python. Then dW_L = e^T h_K, dW_l = delta_l^T h_{l-1},
+//             db_l = sum_n delta_l
 //
 // Both ask Python for the rule's part at backward time, as their twins do (brsf counts its draws there;
 // sign(W) is taken from W as it is then); neither computes an input gradient (they are taken only for
@@ -45,6 +47,17 @@ void activate_(at::Tensor& a, int64_t activation, double slope) {
     case kLeakyReLU: at::leaky_relu_(a, slope); break;
     case kIdentity: break;
     default: TORCH_CHECK(false, "unknown activation code ", activation);
+  }
+}
+
+// delta *= f'(a) given h = f(a), in place, with the kernel autograd runs for the module (fast._BACKWARDS)
+void times_derivative_(at::Tensor& delta, const at::Tensor& hidden, int64_t activation, double slope) {
+  switch (activation) {
+    case kTanh: at::tanh_backward_out(delta, delta, hidden); break;
+    case kSigmoid: at::sigmoid_backward_out(delta, delta, hidden); break;
+    case kReLU: at::threshold_backward_out(delta, delta, hidden, 0); break;
+    case kLeakyReLU: at::leaky_relu_backward_out(delta, delta, hidden, slope, true); break;
+    default: break;  // identity: f' = 1
   }
 }
 
@@ -85,15 +98,7 @@ struct OneHiddenNode : public torch::autograd::Function<OneHiddenNode> {
     }
     // beta=0: hidden, of delta's shape, is only a placeholder input, never read
     at::Tensor delta = scale == 1.0 ? error.mm(matrix) : at::addmm(hidden, error, matrix, 0, scale);
-    switch (ctx->saved_data["activation"].toInt()) {
-      case kTanh: at::tanh_backward_out(delta, delta, hidden); break;
-      case kSigmoid: at::sigmoid_backward_out(delta, delta, hidden); break;
-      case kReLU: at::threshold_backward_out(delta, delta, hidden, 0); break;
-      case kLeakyReLU:
-        at::leaky_relu_backward_out(delta, delta, hidden, ctx->saved_data["slope"].toDouble(), true);
-        break;
-      default: break;  // identity: f' = 1
-    }
+    times_derivative_(delta, hidden, ctx->saved_data["activation"].toInt(), ctx->saved_data["slope"].toDouble());
     // Autograd numbers only tensor arguments (absent biases not counted): input 0, W1 1, then b1, W2, b2.
     const bool has_b1 = ctx->saved_data["b1"].toBool(), has_b2 = ctx->saved_data["b2"].toBool();
     size_t edge = 1;
@@ -115,7 +120,7 @@ struct StackNode : public torch::autograd::Function<StackNode> {
                             at::TensorList biases, const std::vector<bool>& has_bias,
                             const std::vector<at::Tensor>& inputs, py::object plan,
                             const std::vector<int64_t>& activations, const std::vector<double>& slopes, bool stacked,
-                            bool save_output) {
+                            bool save_output, bool chain) {
     const int64_t n_layers = static_cast<int64_t>(weights.size()), k = n_layers - 1, n = input.size(0);
     at::Tensor stack;
     std::vector<at::Tensor> outs;
@@ -158,6 +163,9 @@ struct StackNode : public torch::autograd::Function<StackNode> {
     ctx->saved_data["stacked"] = stacked;
     ctx->saved_data["save_output"] = save_output;
     ctx->saved_data["n_biases"] = static_cast<int64_t>(biases.size());
+    ctx->saved_data["chain"] = chain;
+    ctx->saved_data["activations"] = activations;
+    ctx->saved_data["slopes"] = slopes;
     return output;
   }
 
@@ -187,19 +195,47 @@ struct StackNode : public torch::autograd::Function<StackNode> {
 
     at::Tensor deltas;  // (K, N, w) when stacked
     std::vector<at::Tensor> delta_list;
+    std::vector<std::pair<at::Tensor, double>> chain;  // (M_l, s_l), l = K .. 1
     {
       py::gil_scoped_acquire gil;
       const py::object& plan = static_cast<PythonRef*>(ctx->saved_data["plan"].toCapsule().get())->object;
-      const py::object result = plan.attr("backward_signals")(
-          weights, hidden, stacked ? py::cast(stack) : py::none(), output.defined() ? py::cast(output) : py::none(),
-          error, inputs);
-      if (stacked) {
-        deltas = result.cast<at::Tensor>();
+      if (ctx->saved_data["chain"].toBool()) {
+        chain = plan.attr("backward_chain")(inputs).cast<std::vector<std::pair<at::Tensor, double>>>();
       } else {
-        delta_list = result.cast<std::vector<at::Tensor>>();
+        const py::object result = plan.attr("backward_signals")(
+            weights, hidden, stacked ? py::cast(stack) : py::none(),
+            output.defined() ? py::cast(output) : py::none(), error, inputs);
+        if (stacked) {
+          deltas = result.cast<at::Tensor>();
+        } else {
+          delta_list = result.cast<std::vector<at::Tensor>>();
+        }
       }
     }
-    if (stacked) delta_list = deltas.unbind(0);
+    if (!chain.empty()) {
+      // delta_l = s_l (delta_{l+1} M_l) * f'(a_l) from delta_{K+1} = e down, as LayerwiseSignals.signals
+      const auto codes = ctx->saved_data["activations"].toIntVector();
+      const auto slopes = ctx->saved_data["slopes"].toDoubleVector();
+      if (stacked) {
+        deltas = at::empty_like(stack);
+        delta_list = deltas.unbind(0);
+      } else {
+        for (const auto& h : hidden) delta_list.push_back(at::empty_like(h));
+      }
+      at::Tensor signal = error;
+      for (int64_t l = k - 1, c = 0; l >= 0; --l, ++c) {
+        const auto& [matrix, scale] = chain[c];
+        if (scale == 1.0) {
+          at::mm_out(delta_list[l], signal, matrix);
+        } else {  // beta=0: delta_list[l] is only written, never read
+          at::addmm_out(delta_list[l], delta_list[l], signal, matrix, 0, scale);
+        }
+        times_derivative_(delta_list[l], hidden[l], codes[l], slopes[l]);
+        signal = delta_list[l];
+      }
+    } else if (stacked) {
+      delta_list = deltas.unbind(0);
+    }
 
     // Autograd numbers only tensor arguments: input 0, W_1 .. W_L, then the present biases.
     std::vector<at::Tensor> grad_weights(n_layers), grad_biases(n_layers);
@@ -227,14 +263,14 @@ struct StackNode : public torch::autograd::Function<StackNode> {
       }
     }
     // one gradient per forward argument, lists flattened: input, W_1 .. W_L, the present biases, then
-    // has_bias, inputs, plan, activations, slopes, stacked, save_output
+    // has_bias, inputs, plan, activations, slopes, stacked, save_output, chain
     torch::autograd::variable_list result{at::Tensor()};
     size_t edge = 1;
     for (int64_t l = 0; l < n_layers; ++l) result.push_back(ctx->needs_input_grad(edge++) ? grad_weights[l] : at::Tensor());
     for (int64_t l = 0; l < n_layers; ++l) {
       if (has_bias[l]) result.push_back(ctx->needs_input_grad(edge++) ? grad_biases[l] : at::Tensor());
     }
-    result.resize(result.size() + 7);
+    result.resize(result.size() + 8);
     return result;
   }
 };
@@ -242,9 +278,9 @@ struct StackNode : public torch::autograd::Function<StackNode> {
 at::Tensor stack(const at::Tensor& input, const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& biases,
                  const std::vector<bool>& has_bias, const std::vector<at::Tensor>& inputs, py::object plan,
                  const std::vector<int64_t>& activations, const std::vector<double>& slopes, bool stacked,
-                 bool save_output) {
+                 bool save_output, bool chain) {
   return StackNode::apply(input, at::TensorList(weights), at::TensorList(biases), has_bias, inputs, std::move(plan),
-                          activations, slopes, stacked, save_output);
+                          activations, slopes, stacked, save_output, chain);
 }
 
 at::Tensor apply(const at::Tensor& input, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
