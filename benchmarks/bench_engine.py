@@ -183,12 +183,13 @@ def main(argv=None) -> int:
     print(f"ratio engine / minimal: {med(ratios):.3f}")
     print(f"ratio engine / minimal that also evaluates the validation set (as the engine does, for model "
           f"selection): {med(ratios_val):.3f}")
-    print(f"set-up in a fresh interpreter (wall, least of {args.setup_runs}): import feedalign {setup['import']:.2f} s + "
-          f"data from the cache {setup['data']:.2f} s + before the first step {setup['before_first_step']:.2f} s (model, "
-          f"run dir, epoch-0 evaluation and probe) + after the last epoch {setup['after_last_epoch']:.2f} s (summary, "
-          f"plots) = {sum(setup[k] for k in SETUP_PARTS):.2f} s; besides, import torch and its first optimizer "
-          f"{setup['torch']:.2f} s (of which the optimizer's import of torch._dynamo {setup['torch_optimizer']:.2f} s), "
-          f"as any training script")
+    print(f"set-up in a fresh interpreter (wall, least of {args.setup_runs}): "
+          f"import feedalign {setup['import']:.2f} s + data from the cache {setup['data']:.2f} s + "
+          f"before the first step {setup['before_first_step']:.2f} s (model, run dir, epoch-0 evaluation and probe) + "
+          f"after the last epoch {setup['after_last_epoch']:.2f} s (summary, plots) = "
+          f"{sum(setup[k] for k in SETUP_PARTS):.2f} s; besides, import torch and its first optimizer "
+          f"{setup['torch']:.2f} s (of which the optimizer's import of torch._dynamo "
+          f"{setup['torch_optimizer']:.2f} s), as any training script")
     return 0 if all(math.isfinite(v) for v in ratios) else 1
 
 

@@ -158,6 +158,19 @@ def test_same_bits_as_the_python_node_on_cuda(compiled, rule, architecture):
     assert_same_state(fast, slow)
 
 
+@pytest.mark.parametrize("rule, asks", [("dfa", False), ("ifa", False), ("fa", True), ("usf", True)])
+def test_one_hidden_node_asks_python_for_the_matrix_only_when_it_is_not_an_input(compiled, rule, asks):
+    """DFA's and IFA's M is their B, an input of the node (StackedSignals.one_hidden_input): read there."""
+    model = feedalign.convert(feedalign.mlp("7-5-3"), rule)
+    signals, asked = model._feedalign_plan.signals, []
+    matrix = signals.one_hidden_matrix
+    signals.one_hidden_matrix = lambda plan, inputs: asked.append(1) or matrix(plan, inputs)
+    output = model(torch.randn(2, 7))
+    assert uses_compiled_node(output)
+    output.sum().backward()
+    assert bool(asked) == asks and all(p.grad is not None for p in model.parameters())
+
+
 def test_status_names_the_build_folder(compiled):
     assert native.status() == f"compiled fused-path nodes: ready in {native.build_directory()}"
 
@@ -178,7 +191,8 @@ def test_each_rule_takes_its_node(compiled):
         assert feedalign.convert(feedalign.mlp("7-5-3"), "dfa")(x).grad_fn is None
 
 
-@pytest.mark.parametrize("architecture, frozen", [("7-5-3", name) for name in ("0.weight", "0.bias", "2.weight", "2.bias")]
+@pytest.mark.parametrize("architecture, frozen",
+                         [("7-5-3", name) for name in ("0.weight", "0.bias", "2.weight", "2.bias")]
                          + [("7-5-5-3", name) for name in ("0.weight", "2.bias", "4.weight", "4.bias")])
 def test_frozen_parameters_get_no_gradient(compiled, architecture, frozen):
     fast, slow = pair("dfa", "tanh", True, torch.float64, architecture=architecture)

@@ -65,6 +65,8 @@ class DirectSignals(fast.StackedSignals):
     (K, out, w) straight into that layout. ``s`` (N, out) is :meth:`source`: the output error
     ``e`` for DFA (drtp projects the target instead)."""
 
+    one_hidden_input = 0  # one hidden layer: M = B_1, the first input
+
     def __init__(self):
         self._stacked = (None, None)  # (key, tensor): see _stacked_feedback
 
@@ -78,9 +80,6 @@ class DirectSignals(fast.StackedSignals):
 
     def one_hidden(self, inputs):
         return True  # delta_1 = (e B_1) * f'(a_1); a rule with another source (drtp) says False
-
-    def one_hidden_matrix(self, plan, inputs):
-        return inputs[0], 1.0
 
     def signals(self, step, error, inputs):
         feedback = inputs[0]

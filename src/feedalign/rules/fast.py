@@ -87,11 +87,15 @@ class StackedSignals(abc.ABC):
         no output read); the stack then runs as the lean :class:`_OneHiddenFunction`. Default: False."""
         return False
 
+    #: Where :meth:`one_hidden_matrix` is always ``(inputs[i], 1.0)`` (DFA's and IFA's B), that ``i``: the
+    #: compiled node then reads M from its saved inputs without a call into Python. None: asked each step.
+    one_hidden_input: int | None = None
+
     def one_hidden_matrix(self, plan: "Plan", inputs: list[torch.Tensor]) -> tuple[torch.Tensor, float] | None:
         """``(M', s)`` with ``M = s M'`` (out, width) of :meth:`one_hidden`, asked for at backward time; ``s``
         goes into the GEMM's alpha, as :meth:`~feedalign.rules.layers.FeedbackLayer.scaled_backward_weight`
-        (None where :meth:`one_hidden` is False: never asked)."""
-        return None
+        (None where :meth:`one_hidden` is False: never asked). Default: from :attr:`one_hidden_input`."""
+        return None if self.one_hidden_input is None else (inputs[self.one_hidden_input], 1.0)
 
     def input_matrix(self, step: "Backward", inputs: list[torch.Tensor]) -> torch.Tensor:
         """The (width_1, in) matrix that carries ``delta_1`` to the stack's input; asked for only when
@@ -210,8 +214,9 @@ class Plan:
         if lean and len(weights) == 2 and self.activations[0] is not None and self.signals.one_hidden(inputs):
             if compiled is not None:
                 codes, slopes = self.activation_codes
+                matrix_input = self.signals.one_hidden_input
                 return compiled.apply(input, weights[0], biases[0], weights[1], biases[1], inputs, self,
-                                      codes[0], slopes[0])
+                                      codes[0], slopes[0], -1 if matrix_input is None else matrix_input)
             return _OneHiddenFunction.apply(input, self, weights[0], biases[0], weights[1], biases[1], *inputs)
         if compiled is not None and not any(t.requires_grad for t in inputs):  # a trained B (kp): the Python node
             return compiled.stack(input, weights, [b for b in biases if b is not None], [b is not None for b in biases],

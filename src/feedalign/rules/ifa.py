@@ -52,6 +52,8 @@ class _IndirectFeedback(torch.autograd.Function):
 class _IndirectSignals(fast.StackedSignals):
     """The fused path: ``delta_1 = (e B_1) * D_1``, then ``delta_l = (delta_{l-1} W_l^T) * D_l`` layer by layer."""
 
+    one_hidden_input = 0  # one hidden layer: M = B_1, the first input
+
     def inputs(self, plan, input):
         feedback = plan.root.feedback
         if feedback.shape[0] != plan.linears[-1].out_features:
@@ -61,9 +63,6 @@ class _IndirectSignals(fast.StackedSignals):
 
     def one_hidden(self, inputs):
         return True  # one hidden layer: delta_1 = (e B_1) * f'(a_1), as DFA
-
-    def one_hidden_matrix(self, plan, inputs):
-        return inputs[0], 1.0
 
     def signals(self, step, error, inputs):
         (feedback,) = inputs

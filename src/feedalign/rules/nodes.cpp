@@ -4,7 +4,8 @@
 //
 // OneHiddenNode, the twin of _OneHiddenFunction (about 25 us of a 0.53 ms step on 784-100-10:64):
 //   forward:  h = f(x W1^T + b1),  y = h W2^T + b2                          x (N, in), h (N, w), y (N, out)
-//   backward: delta = s (e M') * f'(a)   with (M', s) = plan.signals.one_hidden_matrix(plan, inputs),
+//   backward: delta = s (e M') * f'(a)   with (M', s) = plan.signals.one_hidden_matrix(plan, inputs)
+//             (or (inputs[i], 1) with i = plan.signals.one_hidden_input, read here: DFA's and IFA's B),
 //             dW2 = e^T h,  db2 = sum_n e,  dW1 = delta^T x,  db1 = sum_n delta     e = dL/dy (N, out)
 //
 // StackNode, the twin of _StackFunction for a stack of any depth L (K = L - 1 hidden layers):
@@ -65,7 +66,7 @@ struct OneHiddenNode : public torch::autograd::Function<OneHiddenNode> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input,
                             const at::Tensor& w1, const std::optional<at::Tensor>& b1, const at::Tensor& w2,
                             const std::optional<at::Tensor>& b2, const std::vector<at::Tensor>& inputs,
-                            py::object plan, int64_t activation, double slope) {
+                            py::object plan, int64_t activation, double slope, int64_t matrix_input) {
     at::Tensor hidden = b1.has_value() ? at::addmm(*b1, input, w1.t()) : input.mm(w1.t());
     activate_(hidden, activation, slope);
     std::vector<at::Tensor> saved{input, hidden};
@@ -76,6 +77,7 @@ struct OneHiddenNode : public torch::autograd::Function<OneHiddenNode> {
     ctx->saved_data["slope"] = slope;
     ctx->saved_data["b1"] = b1.has_value();
     ctx->saved_data["b2"] = b2.has_value();
+    ctx->saved_data["matrix_input"] = matrix_input;
     return at::linear(hidden, w2, b2);  // as F.linear in the Python node
   }
 
@@ -86,8 +88,11 @@ struct OneHiddenNode : public torch::autograd::Function<OneHiddenNode> {
     const at::Tensor& hidden = saved[1];
     const at::Tensor error = grads[0].contiguous();
     at::Tensor matrix;
-    double scale;
-    {
+    double scale = 1.0;
+    const int64_t matrix_input = ctx->saved_data["matrix_input"].toInt();
+    if (matrix_input >= 0) {  // M' is one of the inputs, s = 1 (StackedSignals.one_hidden_input): no Python
+      matrix = saved[2 + matrix_input];
+    } else {
       py::gil_scoped_acquire gil;
       const py::object& plan = static_cast<PythonRef*>(ctx->saved_data["plan"].toCapsule().get())->object;
       py::list inputs;
@@ -106,10 +111,10 @@ struct OneHiddenNode : public torch::autograd::Function<OneHiddenNode> {
     const bool need_b1 = has_b1 && ctx->needs_input_grad(edge++);
     const bool need_w2 = ctx->needs_input_grad(edge++);
     const bool need_b2 = has_b2 && ctx->needs_input_grad(edge++);
-    // one gradient per forward argument: input, W1, b1, W2, b2, inputs, plan, activation, slope
+    // one gradient per forward argument: input, W1, b1, W2, b2, inputs, plan, activation, slope, matrix_input
     return {at::Tensor(), need_w1 ? delta.t().mm(input) : at::Tensor(), need_b1 ? delta.sum(0) : at::Tensor(),
             need_w2 ? error.t().mm(hidden) : at::Tensor(), need_b2 ? error.sum(0) : at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -244,8 +249,7 @@ struct StackNode : public torch::autograd::Function<StackNode> {
     if (k > 1) {
       // as _StackFunction.backward: one bmm with more than one thread or on a GPU, else K - 1 mm
       if (stacked && (input.is_cuda() || at::get_num_threads() > 1)) {
-        const auto slices =
-            deltas.slice(0, 1).transpose(1, 2).bmm(stack.slice(0, 0, k - 1)).unbind(0);
+        const auto slices = deltas.slice(0, 1).transpose(1, 2).bmm(stack.slice(0, 0, k - 1)).unbind(0);
         for (int64_t l = 1; l < k; ++l) grad_weights[l] = slices[l - 1];
       } else {
         for (int64_t l = 1; l < k; ++l) grad_weights[l] = delta_list[l].t().mm(hidden[l - 1]);
@@ -266,7 +270,9 @@ struct StackNode : public torch::autograd::Function<StackNode> {
     // has_bias, inputs, plan, activations, slopes, stacked, save_output, chain
     torch::autograd::variable_list result{at::Tensor()};
     size_t edge = 1;
-    for (int64_t l = 0; l < n_layers; ++l) result.push_back(ctx->needs_input_grad(edge++) ? grad_weights[l] : at::Tensor());
+    for (int64_t l = 0; l < n_layers; ++l) {
+      result.push_back(ctx->needs_input_grad(edge++) ? grad_weights[l] : at::Tensor());
+    }
     for (int64_t l = 0; l < n_layers; ++l) {
       if (has_bias[l]) result.push_back(ctx->needs_input_grad(edge++) ? grad_biases[l] : at::Tensor());
     }
@@ -285,8 +291,8 @@ at::Tensor stack(const at::Tensor& input, const std::vector<at::Tensor>& weights
 
 at::Tensor apply(const at::Tensor& input, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
                  const at::Tensor& w2, const std::optional<at::Tensor>& b2, const std::vector<at::Tensor>& inputs,
-                 py::object plan, int64_t activation, double slope) {
-  return OneHiddenNode::apply(input, w1, b1, w2, b2, inputs, std::move(plan), activation, slope);
+                 py::object plan, int64_t activation, double slope, int64_t matrix_input) {
+  return OneHiddenNode::apply(input, w1, b1, w2, b2, inputs, std::move(plan), activation, slope, matrix_input);
 }
 
 }  // namespace feedalign
