@@ -304,6 +304,25 @@ def test_fast_path_with_mixed_bias_and_activations(rule):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
 
 
+@pytest.mark.parametrize("rule", [r for r in feedalign.rules() if contract(r).fast_path])
+def test_fast_path_with_leaky_relus_of_different_slopes(rule):
+    """Equal widths (one stacked tensor) and one activation kind, but each layer its own slope: each
+    layer's derivative must use its own (DFA once used the first layer's for the whole stack)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 6), nn.LeakyReLU(0.1), nn.Linear(6, 6), nn.LeakyReLU(0.5), nn.Linear(6, 6),
+                        nn.LeakyReLU(0.9), nn.Linear(6, 3)).double()
+    fast = feedalign.convert(net, rule, seed=1)
+    general = copy.deepcopy(fast)
+    general.fast_path = False
+    x, y = torch.randn(7, 5, dtype=torch.float64), torch.randint(0, 3, (7,))
+    out = fast(x)
+    assert uses_fast_path(out)
+    F.cross_entropy(out, y).backward()
+    F.cross_entropy(general(x), y).backward()
+    for (name, p), q in zip(fast.named_parameters(), general.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 123])
 def test_feedback_stream_differs_from_the_global_seed(seed):
     """torch.manual_seed(s) then convert(seed=s) must not give B == W (FA would be BP)."""
