@@ -120,13 +120,25 @@ def test_stack_node_same_bits_as_the_python_node(compiled, threads, rule, archit
     assert_same_state(fast, slow)
 
 
-def test_stack_node_with_mixed_biases_and_activations(compiled, threads):
+def mixed_stack(kind):
+    nn = torch.nn
+    if kind == "mixed":  # kinds, biases, a layer with no activation
+        return nn.Sequential(nn.Linear(7, 5), nn.ReLU(), nn.Linear(5, 5, bias=False), nn.Linear(5, 5),
+                             nn.LeakyReLU(0.3), nn.Linear(5, 3, bias=False))
+    if kind == "slopes":  # one kind, each layer its own slope
+        return nn.Sequential(nn.Linear(7, 5), nn.LeakyReLU(0.1), nn.Linear(5, 5), nn.LeakyReLU(0.5), nn.Linear(5, 5),
+                             nn.LeakyReLU(0.9), nn.Linear(5, 3))
+    return nn.Sequential(nn.Linear(7, 5), nn.Tanh(), nn.Linear(5, 4), nn.Identity(), nn.Linear(4, 6),  # widths
+                         nn.Sigmoid(), nn.Linear(6, 3))
+
+
+@pytest.mark.parametrize("rule", ["fa", "usf", "dfa", "ifa", "drtp"])
+@pytest.mark.parametrize("kind", ["mixed", "slopes", "widths"])
+def test_stack_node_with_mixed_biases_and_activations(compiled, threads, rule, kind):
     models = []
     for native_node in (True, False):
         torch.manual_seed(0)
-        model = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.ReLU(), torch.nn.Linear(5, 5, bias=False),
-                                    torch.nn.Linear(5, 5), torch.nn.LeakyReLU(0.3), torch.nn.Linear(5, 3, bias=False))
-        model = feedalign.convert(model, "fa", seed=3)
+        model = feedalign.convert(mixed_stack(kind), rule, seed=3)
         model.native_node = native_node
         models.append(model)
     fast, slow = models

@@ -81,6 +81,10 @@ class DirectSignals(fast.StackedSignals):
     def one_hidden(self, inputs):
         return True  # delta_1 = (e B_1) * f'(a_1); a rule with another source (drtp) says False
 
+    def direct(self, plan, inputs):
+        """B in the stack's layout, for the compiled stack node: the layout :meth:`signals` uses."""
+        return self._stacked_feedback(inputs[0], len(plan.linears) - 1) if plan.stacked else inputs[0]
+
     def signals(self, step, error, inputs):
         feedback = inputs[0]
         signal = self.source(step, error, inputs)

@@ -111,6 +111,7 @@ class _TargetSignals(DirectSignals):
     node), else recovered from ``y`` and ``e`` as the general path does."""
 
     needs_output = True  # for recovery
+    direct = fast.StackedSignals.direct  # its source is the target, not e: signals() in Python
 
     def one_hidden(self, inputs):
         return False  # the source is the target, not e

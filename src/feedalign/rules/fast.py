@@ -87,6 +87,14 @@ class StackedSignals(abc.ABC):
         no output read); the stack then runs as the lean :class:`_OneHiddenFunction`. Default: False."""
         return False
 
+    def direct(self, plan: "Plan", inputs: list[torch.Tensor]) -> torch.Tensor | None:
+        """For a rule whose hidden signals are ``delta_k = (e B_k) * f'(a_k)``, the output error sent to
+        every hidden layer through its own matrix (DFA), the B_k in the stack's layout: (K, out, w) when
+        the hidden widths are equal, else (out, w_1 + ... + w_K); the compiled stack node then computes
+        the deltas itself. None (the default) for any other rule. It must give what :meth:`signals`
+        gives, bit for bit."""
+        return None
+
     #: Where :meth:`one_hidden_matrix` is always ``(inputs[i], 1.0)`` (DFA's and IFA's B), that ``i``: the
     #: compiled node then reads M from its saved inputs without a call into Python. None: asked each step.
     one_hidden_input: int | None = None
@@ -166,7 +174,11 @@ class Plan:
         # the hidden activations as the compiled nodes' codes, (codes, negative slopes)
         codes = [_activation_code(a) for a in activations[:-1]]
         self.activation_codes = ([c for c, _ in codes], [s for _, s in codes])
-        self.chains = type(signals).chain is not StackedSignals.chain  # the compiled stack node runs the chain
+        # how the compiled stack node gets the deltas (nodes.cpp's SignalsMode): the rule's chain or direct
+        # projection of e, which it runs itself, or else from Python
+        kind = type(signals)
+        self.signals_mode = (1 if kind.chain is not StackedSignals.chain else
+                             2 if kind.direct is not StackedSignals.direct else 0)
         # The layers' hook dicts and their sizes now (DFA/IFA's own cut hooks included): a hook
         # added later means someone watches a layer, so it must run as a module. torch has no
         # public way to ask a module for its hooks.
@@ -221,7 +233,7 @@ class Plan:
         if compiled is not None and not any(t.requires_grad for t in inputs):  # a trained B (kp): the Python node
             return compiled.stack(input, weights, [b for b in biases if b is not None], [b is not None for b in biases],
                                   inputs, self, *self.activation_codes, self.stacked, self.signals.needs_output,
-                                  self.chains)
+                                  self.signals_mode)
         return _StackFunction.apply(input, self, len(self.linears), len(inputs), *weights, *biases, *inputs)
 
     def backward_signals(self, weights, hidden, stack, output, error, inputs):
@@ -233,6 +245,10 @@ class Plan:
         """The rule's chain for the compiled stack node (:meth:`StackedSignals.chain`)."""
         return self.signals.chain(self, inputs)
 
+    def backward_direct(self, inputs):
+        """The rule's direct feedback for the compiled stack node (:meth:`StackedSignals.direct`)."""
+        return self.signals.direct(self, inputs)
+
 
 class _StackFunction(torch.autograd.Function):
     """The whole stack ``a_l = h_{l-1} W_l^T + b_l``, ``h_l = f(a_l)``, ``y = a_L`` as one node.
@@ -243,8 +259,9 @@ class _StackFunction(torch.autograd.Function):
 
     Its compiled twin, ``StackNode`` in ``nodes.cpp`` (:mod:`feedalign.rules.native`), runs where it
     can be had, for 2-D inputs that need no gradient and rules whose ``inputs`` need none (kp's trained
-    B does). It runs an FA-type rule's chain itself, with the matrices :meth:`StackedSignals.chain` gives,
-    and asks :meth:`Plan.backward_signals` for any other rule's deltas.
+    B does). It runs an FA-type rule's chain (:meth:`StackedSignals.chain`) and DFA's projections of the
+    error (:meth:`StackedSignals.direct`) itself, and asks :meth:`Plan.backward_signals` for any other
+    rule's deltas.
     """
 
     @staticmethod

@@ -13,6 +13,7 @@
 //             tensor when the hidden widths are equal
 //   backward: delta_1 .. delta_K from the rule's StackedSignals: for a chain rule (FA-type), the chain
 //             delta_l = s_l (delta_{l+1} M_l) * f'(a_l) here with (M_l, s_l) = plan.backward_chain(inputs);
+//             for DFA, delta_k = (e B_k) * f'(a_k) here with the B_k of plan.backward_direct(inputs);
 //             else plan.backward_signals(...) in Python. Then dW_L = e^T h_K, dW_l = delta_l^T h_{l-1},
 //             db_l = sum_n delta_l
 //
@@ -24,6 +25,9 @@
 namespace feedalign {
 
 enum Activation : int64_t { kTanh = 0, kSigmoid = 1, kReLU = 2, kLeakyReLU = 3, kIdentity = 4 };
+// How the stack node gets the deltas (fast.Plan.signals_mode): from Python, or an FA-type chain or a direct
+// projection of e it runs itself
+enum SignalsMode : int64_t { kPython = 0, kChain = 1, kDirect = 2 };
 
 // The plan, a Python object, kept in the autograd context (which holds only IValues).
 struct PythonRef : torch::CustomClassHolder {
@@ -51,14 +55,17 @@ void activate_(at::Tensor& a, int64_t activation, double slope) {
   }
 }
 
-// delta *= f'(a) given h = f(a), in place, with the kernel autograd runs for the module (fast._BACKWARDS)
-void times_derivative_(at::Tensor& delta, const at::Tensor& hidden, int64_t activation, double slope) {
+// out = grad * f'(a) given h = f(a) (grad may be out), with the kernel autograd runs for the module
+// (fast.times_derivative)
+void times_derivative(at::Tensor& out, const at::Tensor& grad, const at::Tensor& hidden, int64_t activation,
+                      double slope) {
   switch (activation) {
-    case kTanh: at::tanh_backward_out(delta, delta, hidden); break;
-    case kSigmoid: at::sigmoid_backward_out(delta, delta, hidden); break;
-    case kReLU: at::threshold_backward_out(delta, delta, hidden, 0); break;
-    case kLeakyReLU: at::leaky_relu_backward_out(delta, delta, hidden, slope, true); break;
-    default: break;  // identity: f' = 1
+    case kTanh: at::tanh_backward_out(out, grad, hidden); break;
+    case kSigmoid: at::sigmoid_backward_out(out, grad, hidden); break;
+    case kReLU: at::threshold_backward_out(out, grad, hidden, 0); break;
+    case kLeakyReLU: at::leaky_relu_backward_out(out, grad, hidden, slope, true); break;
+    default:  // identity: f' = 1
+      if (!out.is_same(grad)) out.copy_(grad);
   }
 }
 
@@ -103,7 +110,7 @@ struct OneHiddenNode : public torch::autograd::Function<OneHiddenNode> {
     }
     // beta=0: hidden, of delta's shape, is only a placeholder input, never read
     at::Tensor delta = scale == 1.0 ? error.mm(matrix) : at::addmm(hidden, error, matrix, 0, scale);
-    times_derivative_(delta, hidden, ctx->saved_data["activation"].toInt(), ctx->saved_data["slope"].toDouble());
+    times_derivative(delta, delta, hidden, ctx->saved_data["activation"].toInt(), ctx->saved_data["slope"].toDouble());
     // Autograd numbers only tensor arguments (absent biases not counted): input 0, W1 1, then b1, W2, b2.
     const bool has_b1 = ctx->saved_data["b1"].toBool(), has_b2 = ctx->saved_data["b2"].toBool();
     size_t edge = 1;
@@ -125,7 +132,7 @@ struct StackNode : public torch::autograd::Function<StackNode> {
                             at::TensorList biases, const std::vector<bool>& has_bias,
                             const std::vector<at::Tensor>& inputs, py::object plan,
                             const std::vector<int64_t>& activations, const std::vector<double>& slopes, bool stacked,
-                            bool save_output, bool chain) {
+                            bool save_output, int64_t mode) {
     const int64_t n_layers = static_cast<int64_t>(weights.size()), k = n_layers - 1, n = input.size(0);
     at::Tensor stack;
     std::vector<at::Tensor> outs;
@@ -168,7 +175,7 @@ struct StackNode : public torch::autograd::Function<StackNode> {
     ctx->saved_data["stacked"] = stacked;
     ctx->saved_data["save_output"] = save_output;
     ctx->saved_data["n_biases"] = static_cast<int64_t>(biases.size());
-    ctx->saved_data["chain"] = chain;
+    ctx->saved_data["mode"] = mode;
     ctx->saved_data["activations"] = activations;
     ctx->saved_data["slopes"] = slopes;
     return output;
@@ -201,11 +208,15 @@ struct StackNode : public torch::autograd::Function<StackNode> {
     at::Tensor deltas;  // (K, N, w) when stacked
     std::vector<at::Tensor> delta_list;
     std::vector<std::pair<at::Tensor, double>> chain;  // (M_l, s_l), l = K .. 1
+    at::Tensor direct;  // B_1 .. B_K in the stack's layout
+    const int64_t mode = ctx->saved_data["mode"].toInt();
     {
       py::gil_scoped_acquire gil;
       const py::object& plan = static_cast<PythonRef*>(ctx->saved_data["plan"].toCapsule().get())->object;
-      if (ctx->saved_data["chain"].toBool()) {
+      if (mode == kChain) {
         chain = plan.attr("backward_chain")(inputs).cast<std::vector<std::pair<at::Tensor, double>>>();
+      } else if (mode == kDirect) {
+        direct = plan.attr("backward_direct")(inputs).cast<at::Tensor>();
       } else {
         const py::object result = plan.attr("backward_signals")(
             weights, hidden, stacked ? py::cast(stack) : py::none(),
@@ -217,10 +228,10 @@ struct StackNode : public torch::autograd::Function<StackNode> {
         }
       }
     }
-    if (!chain.empty()) {
+    const auto codes = ctx->saved_data["activations"].toIntVector();
+    const auto slopes = ctx->saved_data["slopes"].toDoubleVector();
+    if (mode == kChain) {
       // delta_l = s_l (delta_{l+1} M_l) * f'(a_l) from delta_{K+1} = e down, as LayerwiseSignals.signals
-      const auto codes = ctx->saved_data["activations"].toIntVector();
-      const auto slopes = ctx->saved_data["slopes"].toDoubleVector();
       if (stacked) {
         deltas = at::empty_like(stack);
         delta_list = deltas.unbind(0);
@@ -235,8 +246,28 @@ struct StackNode : public torch::autograd::Function<StackNode> {
         } else {  // beta=0: delta_list[l] is only written, never read
           at::addmm_out(delta_list[l], delta_list[l], signal, matrix, 0, scale);
         }
-        times_derivative_(delta_list[l], hidden[l], codes[l], slopes[l]);
+        times_derivative(delta_list[l], delta_list[l], hidden[l], codes[l], slopes[l]);
         signal = delta_list[l];
+      }
+    } else if (mode == kDirect && stacked) {
+      // delta_k = (e B_k) * f'(a_k) for every k in one bmm, as DirectSignals.signals; f' in one op when every
+      // hidden layer has the same activation (Backward.times_derivatives)
+      deltas = at::bmm(error.expand({k, error.size(0), error.size(1)}), direct);
+      delta_list = deltas.unbind(0);
+      bool same = codes[0] != kIdentity;
+      for (int64_t l = 1; l < k; ++l) same &= codes[l] == codes[0] && slopes[l] == slopes[0];
+      if (same) {
+        times_derivative(deltas, deltas, stack, codes[0], slopes[0]);
+      } else {
+        for (int64_t l = 0; l < k; ++l) times_derivative(delta_list[l], delta_list[l], hidden[l], codes[l], slopes[l]);
+      }
+    } else if (mode == kDirect) {
+      std::vector<int64_t> widths;
+      for (const auto& h : hidden) widths.push_back(h.size(1));
+      const auto parts = error.mm(direct).split_with_sizes(widths, 1);
+      for (int64_t l = 0; l < k; ++l) {
+        delta_list.push_back(at::empty_like(hidden[l]));
+        times_derivative(delta_list[l], parts[l], hidden[l], codes[l], slopes[l]);
       }
     } else if (stacked) {
       delta_list = deltas.unbind(0);
@@ -267,7 +298,7 @@ struct StackNode : public torch::autograd::Function<StackNode> {
       }
     }
     // one gradient per forward argument, lists flattened: input, W_1 .. W_L, the present biases, then
-    // has_bias, inputs, plan, activations, slopes, stacked, save_output, chain
+    // has_bias, inputs, plan, activations, slopes, stacked, save_output, mode
     torch::autograd::variable_list result{at::Tensor()};
     size_t edge = 1;
     for (int64_t l = 0; l < n_layers; ++l) {
@@ -284,9 +315,9 @@ struct StackNode : public torch::autograd::Function<StackNode> {
 at::Tensor stack(const at::Tensor& input, const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& biases,
                  const std::vector<bool>& has_bias, const std::vector<at::Tensor>& inputs, py::object plan,
                  const std::vector<int64_t>& activations, const std::vector<double>& slopes, bool stacked,
-                 bool save_output, bool chain) {
+                 bool save_output, int64_t mode) {
   return StackNode::apply(input, at::TensorList(weights), at::TensorList(biases), has_bias, inputs, std::move(plan),
-                          activations, slopes, stacked, save_output, chain);
+                          activations, slopes, stacked, save_output, mode);
 }
 
 at::Tensor apply(const at::Tensor& input, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
