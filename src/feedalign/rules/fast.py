@@ -44,6 +44,7 @@ from torch.nn.modules import module as _module
 from . import native
 
 _aten = torch.ops.aten
+_PYTHON, _CHAIN, _DIRECT = 0, 1, 2  # nodes.cpp's SignalsMode: where the compiled stack node gets the deltas
 # torch >= 2.3; before, dynamo breaks its graph at the compiled node instead (still correct, a warning)
 _is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 
@@ -102,8 +103,12 @@ class StackedSignals(abc.ABC):
     def one_hidden_matrix(self, plan: "Plan", inputs: list[torch.Tensor]) -> tuple[torch.Tensor, float] | None:
         """``(M', s)`` with ``M = s M'`` (out, width) of :meth:`one_hidden`, asked for at backward time; ``s``
         goes into the GEMM's alpha, as :meth:`~feedalign.rules.layers.FeedbackLayer.scaled_backward_weight`
-        (None where :meth:`one_hidden` is False: never asked). Default: from :attr:`one_hidden_input`."""
-        return None if self.one_hidden_input is None else (inputs[self.one_hidden_input], 1.0)
+        (None where :meth:`one_hidden` is False: never asked). Default: from :attr:`one_hidden_input`, else
+        the one link of :meth:`chain`."""
+        if self.one_hidden_input is not None:
+            return inputs[self.one_hidden_input], 1.0
+        chain = self.chain(plan, inputs)
+        return None if chain is None else chain[0]
 
     def input_matrix(self, step: "Backward", inputs: list[torch.Tensor]) -> torch.Tensor:
         """The (width_1, in) matrix that carries ``delta_1`` to the stack's input; asked for only when
@@ -174,11 +179,11 @@ class Plan:
         # the hidden activations as the compiled nodes' codes, (codes, negative slopes)
         codes = [_activation_code(a) for a in activations[:-1]]
         self.activation_codes = ([c for c, _ in codes], [s for _, s in codes])
-        # how the compiled stack node gets the deltas (nodes.cpp's SignalsMode): the rule's chain or direct
-        # projection of e, which it runs itself, or else from Python
+        # how the compiled stack node gets the deltas: the rule's chain or direct projection of e, which it
+        # runs itself, or else from Python
         kind = type(signals)
-        self.signals_mode = (1 if kind.chain is not StackedSignals.chain else
-                             2 if kind.direct is not StackedSignals.direct else 0)
+        self.signals_mode = (_CHAIN if kind.chain is not StackedSignals.chain else
+                             _DIRECT if kind.direct is not StackedSignals.direct else _PYTHON)
         # The layers' hook dicts and their sizes now (DFA/IFA's own cut hooks included): a hook
         # added later means someone watches a layer, so it must run as a module. torch has no
         # public way to ask a module for its hooks.

@@ -224,9 +224,6 @@ class LayerwiseSignals(fast.StackedSignals):
     def one_hidden(self, inputs):
         return not inputs  # a trained feedback (kp) needs its gradient: the general runner
 
-    def one_hidden_matrix(self, plan, inputs):
-        return plan.linears[1].scaled_backward_weight()
-
     def input_matrix(self, step, inputs):
         return step.plan.linears[0].backward_weight()
 
