@@ -127,5 +127,6 @@ def test_bench_engine_times_the_epoch_and_a_fresh_interpreters_set_up(mnist, cap
                       r"(\S+) s \(of which the optimizer's import of torch._dynamo (\S+) s\)", printed)
     assert setup, printed
     parts = [float(v) for v in setup.groups()]
-    assert all(v >= 0 for v in parts) and abs(sum(parts[:4]) - parts[4]) <= 0.011
+    # each part and the total are printed rounded to 0.01 s: the parts' sum may miss the total by 5 x 0.005
+    assert all(v >= 0 for v in parts) and abs(sum(parts[:4]) - parts[4]) <= 0.025 + 1e-9
     assert parts[6] <= parts[5]
