@@ -189,9 +189,9 @@ def sample_feedback(shape: tuple[int, ...], *, fan: int, init: str, scale: float
         return values.to(device=like.device, dtype=like.dtype)
     s = 1.0 / math.sqrt(fan) if scale is None else float(scale)
     if init == "uniform":
-        values = torch.empty(shape).uniform_(-1.0, 1.0, generator=generator) * s
+        values = torch.empty(shape).uniform_(-1.0, 1.0, generator=generator).mul_(s)
     elif init == "gaussian":
-        values = torch.empty(shape).normal_(0.0, 1.0, generator=generator) * s
+        values = torch.empty(shape).normal_(0.0, 1.0, generator=generator).mul_(s)
     else:
         raise ValueError(f"unknown feedback_init {init!r}; expected 'uniform', 'gaussian' or 'orthogonal'")
     return values.to(device=like.device, dtype=like.dtype)

@@ -63,10 +63,10 @@ class _BatchRandomSign:
     def magnitude(self) -> torch.Tensor:
         seed = (int(self.feedback_seed) * 1_000_003 + int(self.feedback_draws)) % (2 ** 63)
         return sample_feedback(tuple(self.weight.shape), fan=1, init=self.feedback_init, scale=self.magnitude_scale,
-                               generator=torch.Generator().manual_seed(seed), like=self.weight).abs()
+                               generator=torch.Generator().manual_seed(seed), like=self.weight).abs_()
 
     def backward_weight(self) -> torch.Tensor:
-        feedback = self.magnitude() * torch.sign(self.weight.detach())
+        feedback = torch.sign(self.weight.detach()).mul_(self.magnitude())  # no W-sized temporary besides the draw
         self.feedback_draws += 1
         return feedback
 
@@ -83,7 +83,7 @@ class _FixedRandomSign:
     feedback_magnitude: torch.Tensor
 
     def backward_weight(self) -> torch.Tensor:
-        return self.feedback_magnitude * torch.sign(self.weight.detach())
+        return torch.sign(self.weight.detach()).mul_(self.feedback_magnitude)  # one W-sized tensor, not two
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", feedback=|M|*sign(W), M fixed"
