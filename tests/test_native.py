@@ -2,6 +2,7 @@
 stack node: the same bits as the Python nodes they replace, for every rule, activation, bias and dtype, stacked
 and unstacked hidden layers, one and two threads; built once, imported after; off, missing compiler and failed
 builds fall back to the Python nodes."""
+import contextlib
 import os
 import shutil
 import signal
@@ -18,7 +19,7 @@ import feedalign
 import feedalign.bench
 from feedalign.cli import main
 from feedalign.errors import ConfigError
-from feedalign.rules import native
+from feedalign.rules import drtp, fast as fast_path, native
 from feedalign.rules.fast import uses_compiled_node, uses_fast_path
 
 # the rules whose one-hidden-layer stack is the lean node (FA-type with a fixed or derived B, direct rules);
@@ -59,7 +60,8 @@ def pair(rule, activation, bias, dtype, seed=0, architecture="7-5-3"):
     return models
 
 
-def train(model, steps, dtype, seed=1, device="cpu"):
+def train(model, steps, dtype, seed=1, device="cpu", target=False):
+    """``steps`` SGD steps on random batches; ``target``: drtp's target given at forward (the engine's way)."""
     g = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     outputs = []
@@ -67,7 +69,8 @@ def train(model, steps, dtype, seed=1, device="cpu"):
         x = torch.randn(6, 7, generator=g, dtype=dtype).to(device)
         y = torch.randint(0, 3, (6,), generator=g).to(device)
         optimizer.zero_grad()
-        output = model(x)
+        with drtp.target(model, y) if target else contextlib.nullcontext():
+            output = model(x)
         F.cross_entropy(output, y).backward()
         optimizer.step()
         outputs.append(output.detach())
@@ -168,6 +171,24 @@ def test_same_bits_as_the_python_node_on_cuda(compiled, rule, architecture):
                                       train(slow, 4, torch.float32, device="cuda"))):
         assert torch.equal(a, b), f"output of step {step}"
     assert_same_state(fast, slow)
+
+
+@pytest.mark.parametrize("architecture", ["7-5-3", "7-5-5-3", "7-6-4-3"], ids=["one-hidden", "stacked", "widths"])
+@pytest.mark.parametrize("activation", ["tanh", "leaky_relu"])
+@pytest.mark.parametrize("target", [True, False], ids=["given", "recovered"])
+def test_stack_node_projects_drtp_target_itself(compiled, threads, monkeypatch, architecture, activation, target):
+    """drtp's target, given at forward or recovered from y and e, comes from Python (direct_source), the
+    projection and f' from the node, with the Python node's bits; its deltas are never asked of Python."""
+    fast, slow = pair("drtp", activation, True, torch.float32, architecture=architecture)
+    asked, sourced = [], []
+    deltas, source = fast_path.Plan.backward_signals, fast_path.Plan.backward_source
+    monkeypatch.setattr(fast_path.Plan, "backward_signals", lambda *a: asked.append(1) or deltas(*a))
+    monkeypatch.setattr(fast_path.Plan, "backward_source", lambda *a: sourced.append(1) or source(*a))
+    for step, (a, b) in enumerate(zip(train(fast, 4, torch.float32, target=target),
+                                      train(slow, 4, torch.float32, target=target))):
+        assert torch.equal(a, b), f"output of step {step}"
+    assert_same_state(fast, slow)
+    assert not asked and len(sourced) == 4  # one source a step: the compiled node trained ``fast``, never asking
 
 
 @pytest.mark.parametrize("rule, asks", [("dfa", False), ("ifa", False), ("fa", True), ("usf", True)])

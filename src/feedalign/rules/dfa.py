@@ -62,7 +62,7 @@ class _DirectFeedback(torch.autograd.Function):
 class DirectSignals(fast.StackedSignals):
     """The fused path of every direct rule: each hidden ``delta_k = (s B_k) * f'(a_k)`` from one
     matmul ``s @ feedback``; with a (K, N, w) stack, one ``bmm`` with the feedback seen as
-    (K, out, w) straight into that layout. ``s`` (N, out) is :meth:`source`: the output error
+    (K, out, w) straight into that layout. ``s`` (N, out) is :meth:`direct_source`: the output error
     ``e`` for DFA (drtp projects the target instead)."""
 
     one_hidden_input = 0  # one hidden layer: M = B_1, the first input
@@ -71,12 +71,8 @@ class DirectSignals(fast.StackedSignals):
         self._stacked = (None, None)  # (key, tensor): see _stacked_feedback
 
     def inputs(self, plan, input):
-        """``[feedback]``, then whatever :meth:`source` reads."""
+        """``[feedback]``, then whatever :meth:`direct_source` reads."""
         return [_checked_feedback(plan.root, plan.linears[-1].out_features)]
-
-    def source(self, step, error, inputs):
-        """The (N, out) signal every B_k projects. DFA: ``e``."""
-        return error
 
     def one_hidden(self, inputs):
         return True  # delta_1 = (e B_1) * f'(a_1); a rule with another source (drtp) says False
@@ -87,7 +83,7 @@ class DirectSignals(fast.StackedSignals):
 
     def signals(self, step, error, inputs):
         feedback = inputs[0]
-        signal = self.source(step, error, inputs)
+        signal = self.direct_source(step.output, error, inputs)
         if step.stack is not None:
             k, n = len(step.hidden), signal.shape[0]
             deltas = torch.bmm(signal.expand(k, n, signal.shape[1]), self._stacked_feedback(feedback, k))

@@ -44,7 +44,8 @@ from torch.nn.modules import module as _module
 from . import native
 
 _aten = torch.ops.aten
-_PYTHON, _CHAIN, _DIRECT = 0, 1, 2  # nodes.cpp's SignalsMode: where the compiled stack node gets the deltas
+# nodes.cpp's SignalsMode: where the compiled stack node gets the deltas (a direct rule's source: e, or asked)
+_PYTHON, _CHAIN, _DIRECT, _DIRECT_SOURCE = 0, 1, 2, 3
 # torch >= 2.3; before, dynamo breaks its graph at the compiled node instead (still correct, a warning)
 _is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 
@@ -89,12 +90,19 @@ class StackedSignals(abc.ABC):
         return False
 
     def direct(self, plan: "Plan", inputs: list[torch.Tensor]) -> torch.Tensor | None:
-        """For a rule whose hidden signals are ``delta_k = (e B_k) * f'(a_k)``, the output error sent to
-        every hidden layer through its own matrix (DFA), the B_k in the stack's layout: (K, out, w) when
-        the hidden widths are equal, else (out, w_1 + ... + w_K); the compiled stack node then computes
-        the deltas itself. None (the default) for any other rule. It must give what :meth:`signals`
-        gives, bit for bit."""
+        """For a rule whose hidden signals are ``delta_k = (s B_k) * f'(a_k)``, one signal ``s`` sent to every
+        hidden layer through its own matrix (:meth:`direct_source`: DFA's ``e``, drtp's target), the B_k in
+        the stack's layout: (K, out, w) when the hidden widths are equal, else (out, w_1 + ... + w_K); the
+        compiled stack node then computes the deltas itself. None (the default) for any other rule. It
+        must give what :meth:`signals` gives, bit for bit."""
         return None
+
+    def direct_source(self, output: torch.Tensor | None, error: torch.Tensor,
+                      inputs: list[torch.Tensor]) -> torch.Tensor:
+        """The (N, out) signal ``s`` a :meth:`direct` rule projects, from the stack's output ``y`` (where
+        :attr:`needs_output`, else None), ``e`` and :meth:`inputs`. Default ``e`` (DFA), which the compiled
+        stack node then takes without asking; a rule that overrides it is asked once a step."""
+        return error
 
     #: Where :meth:`one_hidden_matrix` is always ``(inputs[i], 1.0)`` (DFA's and IFA's B), that ``i``: the
     #: compiled node then reads M from its saved inputs without a call into Python. None: asked each step.
@@ -182,8 +190,10 @@ class Plan:
         # how the compiled stack node gets the deltas: the rule's chain or direct projection of e, which it
         # runs itself, or else from Python
         kind = type(signals)
-        self.signals_mode = (_CHAIN if kind.chain is not StackedSignals.chain else
-                             _DIRECT if kind.direct is not StackedSignals.direct else _PYTHON)
+        if kind.direct is not StackedSignals.direct:
+            self.signals_mode = _DIRECT if kind.direct_source is StackedSignals.direct_source else _DIRECT_SOURCE
+        else:
+            self.signals_mode = _CHAIN if kind.chain is not StackedSignals.chain else _PYTHON
         # The layers' hook dicts and their sizes now (DFA/IFA's own cut hooks included): a hook
         # added later means someone watches a layer, so it must run as a module. torch has no
         # public way to ask a module for its hooks.
@@ -254,6 +264,11 @@ class Plan:
         """The rule's direct feedback for the compiled stack node (:meth:`StackedSignals.direct`)."""
         return self.signals.direct(self, inputs)
 
+    def backward_source(self, output, error, inputs):
+        """The signal the rule's direct feedback projects, for the compiled stack node
+        (:meth:`StackedSignals.direct_source`)."""
+        return self.signals.direct_source(output, error, inputs)
+
 
 class _StackFunction(torch.autograd.Function):
     """The whole stack ``a_l = h_{l-1} W_l^T + b_l``, ``h_l = f(a_l)``, ``y = a_L`` as one node.
@@ -264,8 +279,8 @@ class _StackFunction(torch.autograd.Function):
 
     Its compiled twin, ``StackNode`` in ``nodes.cpp`` (:mod:`feedalign.rules.native`), runs where it
     can be had, for 2-D inputs that need no gradient and rules whose ``inputs`` need none (kp's trained
-    B does). It runs an FA-type rule's chain (:meth:`StackedSignals.chain`) and DFA's projections of the
-    error (:meth:`StackedSignals.direct`) itself, and asks :meth:`Plan.backward_signals` for any other
+    B does). It runs an FA-type rule's chain (:meth:`StackedSignals.chain`) and a direct rule's projections
+    (:meth:`StackedSignals.direct`: DFA's of the error, drtp's of the target) itself, and asks :meth:`Plan.backward_signals` for any other
     rule's deltas.
     """
 

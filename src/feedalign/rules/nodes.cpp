@@ -13,7 +13,8 @@
 //             tensor when the hidden widths are equal
 //   backward: delta_1 .. delta_K from the rule's StackedSignals: for a chain rule (FA-type), the chain
 //             delta_l = s_l (delta_{l+1} M_l) * f'(a_l) here with (M_l, s_l) = plan.backward_chain(inputs);
-//             for DFA, delta_k = (e B_k) * f'(a_k) here with the B_k of plan.backward_direct(inputs);
+//             for a direct rule, delta_k = (s B_k) * f'(a_k) here with the B_k of plan.backward_direct(inputs)
+//             and s = e (DFA) or plan.backward_source(y, e, inputs) (drtp's target);
 //             else plan.backward_signals(...) in Python. Then dW_L = e^T h_K, dW_l = delta_l^T h_{l-1},
 //             db_l = sum_n delta_l
 //
@@ -26,8 +27,8 @@ namespace feedalign {
 
 enum Activation : int64_t { kTanh = 0, kSigmoid = 1, kReLU = 2, kLeakyReLU = 3, kIdentity = 4 };
 // How the stack node gets the deltas (fast.Plan.signals_mode): from Python, or an FA-type chain or a direct
-// projection of e it runs itself
-enum SignalsMode : int64_t { kPython = 0, kChain = 1, kDirect = 2 };
+// projection (of e, or of a signal Python gives) it runs itself
+enum SignalsMode : int64_t { kPython = 0, kChain = 1, kDirect = 2, kDirectSource = 3 };
 
 // The plan, a Python object, kept in the autograd context (which holds only IValues).
 struct PythonRef : torch::CustomClassHolder {
@@ -209,14 +210,19 @@ struct StackNode : public torch::autograd::Function<StackNode> {
     std::vector<at::Tensor> delta_list;
     std::vector<std::pair<at::Tensor, double>> chain;  // (M_l, s_l), l = K .. 1
     at::Tensor direct;  // B_1 .. B_K in the stack's layout
+    at::Tensor signal = error;  // what a direct rule projects: e, or the source Python gives
     const int64_t mode = ctx->saved_data["mode"].toInt();
     {
       py::gil_scoped_acquire gil;
       const py::object& plan = static_cast<PythonRef*>(ctx->saved_data["plan"].toCapsule().get())->object;
       if (mode == kChain) {
         chain = plan.attr("backward_chain")(inputs).cast<std::vector<std::pair<at::Tensor, double>>>();
-      } else if (mode == kDirect) {
+      } else if (mode == kDirect || mode == kDirectSource) {
         direct = plan.attr("backward_direct")(inputs).cast<at::Tensor>();
+        if (mode == kDirectSource) {
+          signal = plan.attr("backward_source")(output.defined() ? py::cast(output) : py::none(), error, inputs)
+                       .cast<at::Tensor>();
+        }
       } else {
         const py::object result = plan.attr("backward_signals")(
             weights, hidden, stacked ? py::cast(stack) : py::none(),
@@ -238,7 +244,6 @@ struct StackNode : public torch::autograd::Function<StackNode> {
       } else {
         for (const auto& h : hidden) delta_list.push_back(at::empty_like(h));
       }
-      at::Tensor signal = error;
       for (int64_t l = k - 1, c = 0; l >= 0; --l, ++c) {
         const auto& [matrix, scale] = chain[c];
         if (scale == 1.0) {
@@ -249,10 +254,10 @@ struct StackNode : public torch::autograd::Function<StackNode> {
         times_derivative(delta_list[l], delta_list[l], hidden[l], codes[l], slopes[l]);
         signal = delta_list[l];
       }
-    } else if (mode == kDirect && stacked) {
-      // delta_k = (e B_k) * f'(a_k) for every k in one bmm, as DirectSignals.signals; f' in one op when every
+    } else if (mode != kPython && stacked) {
+      // delta_k = (s B_k) * f'(a_k) for every k in one bmm, as DirectSignals.signals; f' in one op when every
       // hidden layer has the same activation (Backward.times_derivatives)
-      deltas = at::bmm(error.expand({k, error.size(0), error.size(1)}), direct);
+      deltas = at::bmm(signal.expand({k, signal.size(0), signal.size(1)}), direct);
       delta_list = deltas.unbind(0);
       bool same = codes[0] != kIdentity;
       for (int64_t l = 1; l < k; ++l) same &= codes[l] == codes[0] && slopes[l] == slopes[0];
@@ -261,10 +266,10 @@ struct StackNode : public torch::autograd::Function<StackNode> {
       } else {
         for (int64_t l = 0; l < k; ++l) times_derivative(delta_list[l], delta_list[l], hidden[l], codes[l], slopes[l]);
       }
-    } else if (mode == kDirect) {
+    } else if (mode != kPython) {
       std::vector<int64_t> widths;
       for (const auto& h : hidden) widths.push_back(h.size(1));
-      const auto parts = error.mm(direct).split_with_sizes(widths, 1);
+      const auto parts = signal.mm(direct).split_with_sizes(widths, 1);
       for (int64_t l = 0; l < k; ++l) {
         delta_list.push_back(at::empty_like(hidden[l]));
         times_derivative(delta_list[l], parts[l], hidden[l], codes[l], slopes[l]);
