@@ -3,6 +3,7 @@ stack node: the same bits as the Python nodes they replace, for every rule, acti
 and unstacked hidden layers, one and two threads; built once, imported after; off, missing compiler and failed
 builds fall back to the Python nodes."""
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -25,9 +26,8 @@ from feedalign.rules.fast import uses_compiled_node, uses_fast_path
 # the rules whose one-hidden-layer stack is the lean node (FA-type with a fixed or derived B, direct rules);
 # kp (a trained B) and drtp (its source is the target) keep the general runner
 LEAN = ["fa", "usf", "frsf", "brsf", "wm", "dfa", "ifa"]
-# the rules whose deeper stacks run on the compiled stack node: all but kp, whose B is trained (an input
-# that needs a gradient)
-STACK = LEAN + ["drtp"]
+# the rules whose deeper stacks run on the compiled stack node: all (kp's trained B gets its gradient there)
+STACK = LEAN + ["drtp", "kp"]
 
 
 @pytest.fixture(scope="module")
@@ -150,9 +150,7 @@ def test_stack_node_with_mixed_biases_and_activations(compiled, threads, rule, k
     assert_same_state(fast, slow)
 
 
-def test_stack_node_leaves_kp_inputs_with_gradients_and_batch_dims_to_the_python_node(compiled):
-    model = feedalign.convert(feedalign.mlp("7-5-5-3"), "kp")
-    assert not uses_compiled_node(model(torch.randn(2, 7)))  # kp's B is trained: its gradient is the Python node's
+def test_stack_node_leaves_inputs_with_gradients_and_batch_dims_to_the_python_node(compiled):
     model = feedalign.convert(feedalign.mlp("7-5-5-3"), "fa")
     assert uses_compiled_node(model(torch.randn(2, 7)))
     assert not uses_compiled_node(model(torch.randn(2, 7, requires_grad=True)))  # an input gradient
@@ -236,6 +234,28 @@ def test_frozen_parameters_get_no_gradient(compiled, architecture, frozen):
         F.cross_entropy(model(x), y).backward()
     assert fast.get_parameter(frozen).grad is None
     assert_same_state(fast, slow)
+
+
+@pytest.mark.parametrize("architecture", ["7-5-3", "7-5-5-3", "7-6-4-3"], ids=["one-hidden", "stacked", "widths"])
+@pytest.mark.parametrize("frozen", [None, "0.weight", "0.feedback", "2.weight", "2.feedback"])
+def test_kp_feedback_gets_its_gradient_from_the_stack_node(compiled, threads, monkeypatch, architecture, frozen):
+    """kp's trained B gets its W's dW from the compiled stack node, as from the Python node, also where the
+    W or the B of a layer is frozen; the node asks Python for them once a step."""
+    fast, slow = pair("kp", "tanh", True, torch.float32, architecture=architecture)
+    for model in (fast, slow):
+        if frozen:
+            model.get_parameter(frozen).requires_grad_(False)
+    asked = []
+    input_grads = fast_path.Plan.backward_input_grads
+    monkeypatch.setattr(fast_path.Plan, "backward_input_grads", lambda *a: asked.append(1) or input_grads(*a))
+    for step, (a, b) in enumerate(zip(train(fast, 4, torch.float32), train(slow, 4, torch.float32))):
+        assert torch.equal(a, b), f"output of step {step}"
+    assert_same_state(fast, slow)
+    assert len(asked) == 4
+    feedback = [p for name, p in fast.named_parameters() if name.endswith("feedback") and name != frozen]
+    assert feedback and all(p.grad is not None for p in feedback)
+    if frozen:
+        assert fast.get_parameter(frozen).grad is None
 
 
 @pytest.mark.parametrize("architecture", ["7-5-3", "7-5-5-3", "7-6-4-3"])
@@ -330,7 +350,8 @@ def test_bench_says_which_rules_ran_on_it(compiled):
     rows = feedalign.bench.bench_size("20-8-5:8", ["fa", "dfa", "kp"], torch.device("cpu"), rounds=1,
                                       min_round_s=0.001, ceiling=1e9, log=lambda *args: None)
     assert {r.rule: (r.fast_path, r.compiled_node) for r in rows} == {
-        "bp": (False, False), "fa": (True, True), "dfa": (True, True), "kp": (True, False)}
+        "bp": (False, False), "fa": (True, True), "dfa": (True, True), "kp": (True, True)}
+    rows[-1] = dataclasses.replace(rows[-1], compiled_node=False)  # as on the Python node (FEEDALIGN_NATIVE=0)
     lines = feedalign.bench.table(rows, 1e9, torch.device("cpu"), [], 2048).splitlines()
     assert [line.split("|")[8].strip() for line in lines if "| 20-8-5:8 |" in line] == ["no", "compiled", "compiled",
                                                                                           "yes"]

@@ -130,7 +130,7 @@ class StackedSignals(abc.ABC):
         what :meth:`signals` gives, bit for bit."""
         return None
 
-    def input_grads(self, step: "Backward", grad_weights: list[torch.Tensor],
+    def input_grads(self, plan: "Plan", grad_weights: list[torch.Tensor],
                     inputs: list[torch.Tensor]) -> list[torch.Tensor | None]:
         """The gradients of :meth:`inputs`, given every ``dW_l``. Default: none."""
         return [None] * len(inputs)
@@ -245,7 +245,7 @@ class Plan:
                 return compiled.apply(input, weights[0], biases[0], weights[1], biases[1], inputs, self,
                                       codes[0], slopes[0], -1 if matrix_input is None else matrix_input)
             return _OneHiddenFunction.apply(input, self, weights[0], biases[0], weights[1], biases[1], *inputs)
-        if compiled is not None and not any(t.requires_grad for t in inputs):  # a trained B (kp): the Python node
+        if compiled is not None:
             return compiled.stack(input, weights, [b for b in biases if b is not None], [b is not None for b in biases],
                                   inputs, self, *self.activation_codes, self.stacked, self.signals.needs_output,
                                   self.signals_mode)
@@ -264,6 +264,11 @@ class Plan:
         """The rule's direct feedback for the compiled stack node (:meth:`StackedSignals.direct`)."""
         return self.signals.direct(self, inputs)
 
+    def backward_input_grads(self, grad_weights, inputs):
+        """The gradients of the rule's inputs for the compiled stack node (:meth:`StackedSignals.input_grads`),
+        asked only when one of them needs a gradient (kp's trained B)."""
+        return self.signals.input_grads(self, grad_weights, inputs)
+
     def backward_source(self, output, error, inputs):
         """The signal the rule's direct feedback projects, for the compiled stack node
         (:meth:`StackedSignals.direct_source`)."""
@@ -278,10 +283,10 @@ class _StackFunction(torch.autograd.Function):
     ``db_l = sum_n delta_l`` with ``delta_L = e``, and the input gradient ``delta_1 M``.
 
     Its compiled twin, ``StackNode`` in ``nodes.cpp`` (:mod:`feedalign.rules.native`), runs where it
-    can be had, for 2-D inputs that need no gradient and rules whose ``inputs`` need none (kp's trained
-    B does). It runs an FA-type rule's chain (:meth:`StackedSignals.chain`) and a direct rule's projections
-    (:meth:`StackedSignals.direct`: DFA's of the error, drtp's of the target) itself, and asks :meth:`Plan.backward_signals` for any other
-    rule's deltas.
+    can be had, for 2-D inputs that need no gradient. It runs an FA-type rule's chain
+    (:meth:`StackedSignals.chain`) and a direct rule's projections (:meth:`StackedSignals.direct`: DFA's
+    of the error, drtp's of the target) itself, asks :meth:`Plan.backward_signals` for any other rule's
+    deltas, and :meth:`Plan.backward_input_grads` for the gradients of inputs that need one (kp's B).
     """
 
     @staticmethod
@@ -365,7 +370,7 @@ class _StackFunction(torch.autograd.Function):
         if needs[0]:
             grad_input = delta_list[0].mm(plan.signals.input_matrix(step, inputs)).reshape(ctx.input_shape)
         grad_inputs = [g if needs[4 + 2 * n_layers + i] else None
-                       for i, g in enumerate(plan.signals.input_grads(step, grad_weights, inputs))] if inputs else []
+                       for i, g in enumerate(plan.signals.input_grads(plan, grad_weights, inputs))] if inputs else []
         if not all(needs[4:4 + 2 * n_layers]):
             grad_weights = [g if needs[4 + l] else None for l, g in enumerate(grad_weights)]
             grad_biases = [g if needs[4 + n_layers + l] else None for l, g in enumerate(grad_biases)]

@@ -227,8 +227,8 @@ class LayerwiseSignals(fast.StackedSignals):
     def input_matrix(self, step, inputs):
         return step.plan.linears[0].backward_weight()
 
-    def input_grads(self, step, grad_weights, inputs):
-        return [g for layer, g in zip(step.plan.linears, grad_weights) if layer.trained_feedback() is not None]
+    def input_grads(self, plan, grad_weights, inputs):
+        return [g for layer, g in zip(plan.linears, grad_weights) if layer.trained_feedback() is not None]
 
 
 def swap_layers(model: nn.Module, make: Callable[[nn.Module], nn.Module]) -> nn.Module:

@@ -20,7 +20,8 @@
 //
 // Both ask Python for the rule's part at backward time, as their twins do (brsf counts its draws there;
 // sign(W) is taken from W as it is then); neither computes an input gradient (they are taken only for
-// inputs that need none).
+// inputs that need none). The stack node gives the rule's own inputs the gradients its
+// StackedSignals.input_grads names (kp's trained B gets its W's dW), asking Python only when one needs it.
 #include <torch/extension.h>
 
 namespace feedalign {
@@ -130,8 +131,8 @@ struct StackNode : public torch::autograd::Function<StackNode> {
   // weights W_1 .. W_L; biases: the present ones, in order (has_bias says which layers have one);
   // activations/slopes: codes of f_1 .. f_K
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input, at::TensorList weights,
-                            at::TensorList biases, const std::vector<bool>& has_bias,
-                            const std::vector<at::Tensor>& inputs, py::object plan,
+                            at::TensorList biases, const std::vector<bool>& has_bias, at::TensorList inputs,
+                            py::object plan,
                             const std::vector<int64_t>& activations, const std::vector<double>& slopes, bool stacked,
                             bool save_output, int64_t mode) {
     const int64_t n_layers = static_cast<int64_t>(weights.size()), k = n_layers - 1, n = input.size(0);
@@ -303,7 +304,7 @@ struct StackNode : public torch::autograd::Function<StackNode> {
       }
     }
     // one gradient per forward argument, lists flattened: input, W_1 .. W_L, the present biases, then
-    // has_bias, inputs, plan, activations, slopes, stacked, save_output, mode
+    // has_bias, the rule's inputs, plan, activations, slopes, stacked, save_output, mode
     torch::autograd::variable_list result{at::Tensor()};
     size_t edge = 1;
     for (int64_t l = 0; l < n_layers; ++l) {
@@ -312,7 +313,21 @@ struct StackNode : public torch::autograd::Function<StackNode> {
     for (int64_t l = 0; l < n_layers; ++l) {
       if (has_bias[l]) result.push_back(ctx->needs_input_grad(edge++) ? grad_biases[l] : at::Tensor());
     }
-    result.resize(result.size() + 8);
+    result.emplace_back();  // has_bias
+    bool input_grads = false;
+    for (size_t i = 0; i < inputs.size(); ++i) input_grads |= ctx->needs_input_grad(edge + i);
+    if (input_grads) {  // a trained feedback (kp): the rule says which gradient each input gets
+      py::gil_scoped_acquire gil;
+      const py::object& plan = static_cast<PythonRef*>(ctx->saved_data["plan"].toCapsule().get())->object;
+      const py::list given = plan.attr("backward_input_grads")(grad_weights, inputs);
+      for (size_t i = 0; i < inputs.size(); ++i, ++edge) {
+        const bool wanted = ctx->needs_input_grad(edge) && !given[i].is_none();
+        result.push_back(wanted ? given[i].cast<at::Tensor>() : at::Tensor());
+      }
+    } else {
+      result.resize(result.size() + inputs.size());
+    }
+    result.resize(result.size() + 6);
     return result;
   }
 };
@@ -321,8 +336,8 @@ at::Tensor stack(const at::Tensor& input, const std::vector<at::Tensor>& weights
                  const std::vector<bool>& has_bias, const std::vector<at::Tensor>& inputs, py::object plan,
                  const std::vector<int64_t>& activations, const std::vector<double>& slopes, bool stacked,
                  bool save_output, int64_t mode) {
-  return StackNode::apply(input, at::TensorList(weights), at::TensorList(biases), has_bias, inputs, std::move(plan),
-                          activations, slopes, stacked, save_output, mode);
+  return StackNode::apply(input, at::TensorList(weights), at::TensorList(biases), has_bias, at::TensorList(inputs),
+                          std::move(plan), activations, slopes, stacked, save_output, mode);
 }
 
 at::Tensor apply(const at::Tensor& input, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
