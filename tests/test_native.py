@@ -24,10 +24,10 @@ from feedalign.rules import drtp, fast as fast_path, native
 from feedalign.rules.fast import uses_compiled_node, uses_fast_path
 
 # the rules whose one-hidden-layer stack is the lean node (FA-type with a fixed or derived B, direct rules);
-# kp (a trained B) and drtp (its source is the target) keep the general runner
-LEAN = ["fa", "usf", "frsf", "brsf", "wm", "dfa", "ifa"]
+# kp (a trained B, which needs a gradient) takes the stack node
+LEAN = ["fa", "usf", "frsf", "brsf", "wm", "dfa", "ifa", "drtp"]
 # the rules whose deeper stacks run on the compiled stack node: all (kp's trained B gets its gradient there)
-STACK = LEAN + ["drtp", "kp"]
+STACK = LEAN + ["kp"]
 
 
 @pytest.fixture(scope="module")

@@ -75,7 +75,7 @@ class DirectSignals(fast.StackedSignals):
         return [_checked_feedback(plan.root, plan.linears[-1].out_features)]
 
     def one_hidden(self, inputs):
-        return True  # delta_1 = (e B_1) * f'(a_1); a rule with another source (drtp) says False
+        return True  # delta_1 = (s B_1) * f'(a_1), s = e or the rule's direct_source (drtp's target)
 
     def direct(self, plan, inputs):
         """B in the stack's layout, for the compiled stack node: the layout :meth:`signals` uses."""

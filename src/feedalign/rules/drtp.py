@@ -113,9 +113,6 @@ class _TargetSignals(DirectSignals):
 
     needs_output = True  # for recovery
 
-    def one_hidden(self, inputs):
-        return False  # the source is the target, not e
-
     def inputs(self, plan, input):
         feedback = _checked_feedback(plan.root, plan.linears[-1].out_features)
         given = getattr(find_cut(plan.root), "target", None)

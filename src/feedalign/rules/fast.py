@@ -84,9 +84,10 @@ class StackedSignals(abc.ABC):
         """Every ``delta_l`` (l = 1 .. K, the hidden layers): ``step.empty()``'s layout, filled."""
 
     def one_hidden(self, inputs: list[torch.Tensor]) -> bool:
-        """Whether, on a stack with ONE hidden layer, the rule's signal is ``delta_1 = (e M) * f'(a_1)`` with
-        ``M`` from :meth:`one_hidden_matrix` and nothing else to do at backward (no gradient for ``inputs``,
-        no output read); the stack then runs as the lean :class:`_OneHiddenFunction`. Default: False."""
+        """Whether, on a stack with ONE hidden layer, the rule's signal is ``delta_1 = (s M) * f'(a_1)`` with
+        ``M`` from :meth:`one_hidden_matrix`, ``s`` from :meth:`direct_source` (``e`` unless the rule gives a
+        source of its own) and nothing else to do at backward (no gradient for ``inputs``); the stack then
+        runs as the lean :class:`_OneHiddenFunction`. Default: False."""
         return False
 
     def direct(self, plan: "Plan", inputs: list[torch.Tensor]) -> torch.Tensor | None:
@@ -243,7 +244,8 @@ class Plan:
                 codes, slopes = self.activation_codes
                 matrix_input = self.signals.one_hidden_input
                 return compiled.apply(input, weights[0], biases[0], weights[1], biases[1], inputs, self,
-                                      codes[0], slopes[0], -1 if matrix_input is None else matrix_input)
+                                      codes[0], slopes[0], -1 if matrix_input is None else matrix_input,
+                                      self.signals_mode == _DIRECT_SOURCE, self.signals.needs_output)
             return _OneHiddenFunction.apply(input, self, weights[0], biases[0], weights[1], biases[1], *inputs)
         if compiled is not None:
             return compiled.stack(input, weights, [b for b in biases if b is not None], [b is not None for b in biases],
@@ -379,8 +381,9 @@ class _StackFunction(torch.autograd.Function):
 
 class _OneHiddenFunction(torch.autograd.Function):
     """``h = f(x W_1^T + b_1)``, ``y = h W_2^T + b_2`` as one lean node, for rules whose hidden signal is
-    ``delta_1 = (e M) * f'(a_1)`` (:meth:`StackedSignals.one_hidden`): FA-type rules (``M = B_2``), DFA and
-    IFA (``M = B_1``). Backward: ``dW_2 = e^T h``, ``db_2 = sum_n e``, ``dW_1 = delta_1^T x``,
+    ``delta_1 = (s M) * f'(a_1)`` (:meth:`StackedSignals.one_hidden`; ``s = e`` but for drtp, whose ``s`` is
+    the target's :meth:`~StackedSignals.direct_source`): FA-type rules (``M = B_2``), DFA, IFA and drtp
+    (``M = B_1``). Backward: ``dW_2 = e^T h``, ``db_2 = sum_n e``, ``dW_1 = delta_1^T x``,
     ``db_1 = sum_n delta_1``; no input gradient (taken only for inputs that need none).
 
     The same kernels as :class:`_StackFunction`, fewer Python steps: on 784-100-10:64 a step is about
@@ -393,19 +396,22 @@ class _OneHiddenFunction(torch.autograd.Function):
         hidden = torch.addmm(b1, input, w1.t()) if b1 is not None else input.mm(w1.t())
         if plan.activate_[0] is not None:  # None: nn.Identity
             plan.activate_[0](hidden)
+        output = F.linear(hidden, w2, b2)
         ctx.plan, ctx.inputs = plan, len(inputs)
-        ctx.save_for_backward(input, hidden, *inputs)
-        return F.linear(hidden, w2, b2)
+        ctx.save_for_backward(input, hidden, *((output,) if plan.signals.needs_output else ()), *inputs)
+        return output
 
     @staticmethod
     def backward(ctx, error):
         plan = ctx.plan
         input, hidden, *inputs = ctx.saved_tensors
+        output = inputs.pop(0) if plan.signals.needs_output else None
         if not error.is_contiguous():
             error = error.contiguous()
         matrix, scale = plan.signals.one_hidden_matrix(plan, inputs)
+        signal = error if plan.signals_mode != _DIRECT_SOURCE else plan.signals.direct_source(output, error, inputs)
         # beta=0: hidden, of delta's shape, is only a placeholder input, never read
-        delta = error.mm(matrix) if scale == 1.0 else torch.addmm(hidden, error, matrix, beta=0, alpha=scale)
+        delta = signal.mm(matrix) if scale == 1.0 else torch.addmm(hidden, signal, matrix, beta=0, alpha=scale)
         _BACKWARDS[type(plan.activations[0])](delta, hidden, plan.activations[0], delta)
         needs = ctx.needs_input_grad  # (input, plan, w1, b1, w2, b2, *inputs)
         return (None, None, delta.t().mm(input) if needs[2] else None, delta.sum(0) if needs[3] else None,

@@ -62,7 +62,8 @@ def build_directory() -> Path:
 
 def compiled():
     """The compiled module, built on first use; None where it is off or cannot be had. It has
-    ``apply(input, w1, b1, w2, b2, inputs, plan, activation, slope, matrix_input)`` (the one-hidden-layer node),
+    ``apply(input, w1, b1, w2, b2, inputs, plan, activation, slope, matrix_input, ask_source, save_output)``
+    (the one-hidden-layer node),
     ``stack(input, weights, biases, has_bias, inputs, plan, activations, slopes, stacked, save_output, mode)``
     and the nodes' autograd names ``NODE_NAME`` and ``STACK_NODE_NAME``."""
     global _module

@@ -6,6 +6,7 @@
 //   forward:  h = f(x W1^T + b1),  y = h W2^T + b2                          x (N, in), h (N, w), y (N, out)
 //   backward: delta = s (e M') * f'(a)   with (M', s) = plan.signals.one_hidden_matrix(plan, inputs)
 //             (or (inputs[i], 1) with i = plan.signals.one_hidden_input, read here: DFA's and IFA's B),
+//             and e replaced by plan.backward_source(y, e, inputs) for a rule with a source of its own (drtp),
 //             dW2 = e^T h,  db2 = sum_n e,  dW1 = delta^T x,  db1 = sum_n delta     e = dL/dy (N, out)
 //
 // StackNode, the twin of _StackFunction for a stack of any depth L (K = L - 1 hidden layers):
@@ -75,10 +76,13 @@ struct OneHiddenNode : public torch::autograd::Function<OneHiddenNode> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input,
                             const at::Tensor& w1, const std::optional<at::Tensor>& b1, const at::Tensor& w2,
                             const std::optional<at::Tensor>& b2, const std::vector<at::Tensor>& inputs,
-                            py::object plan, int64_t activation, double slope, int64_t matrix_input) {
+                            py::object plan, int64_t activation, double slope, int64_t matrix_input,
+                            bool ask_source, bool save_output) {
     at::Tensor hidden = b1.has_value() ? at::addmm(*b1, input, w1.t()) : input.mm(w1.t());
     activate_(hidden, activation, slope);
+    at::Tensor output = at::linear(hidden, w2, b2);  // as F.linear in the Python node
     std::vector<at::Tensor> saved{input, hidden};
+    if (save_output) saved.push_back(output);
     saved.insert(saved.end(), inputs.begin(), inputs.end());
     ctx->save_for_backward(saved);
     ctx->saved_data["plan"] = c10::IValue::make_capsule(c10::make_intrusive<PythonRef>(std::move(plan)));
@@ -87,7 +91,9 @@ struct OneHiddenNode : public torch::autograd::Function<OneHiddenNode> {
     ctx->saved_data["b1"] = b1.has_value();
     ctx->saved_data["b2"] = b2.has_value();
     ctx->saved_data["matrix_input"] = matrix_input;
-    return at::linear(hidden, w2, b2);  // as F.linear in the Python node
+    ctx->saved_data["ask_source"] = ask_source;
+    ctx->saved_data["save_output"] = save_output;
+    return output;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -95,23 +101,35 @@ struct OneHiddenNode : public torch::autograd::Function<OneHiddenNode> {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& input = saved[0];
     const at::Tensor& hidden = saved[1];
+    const bool save_output = ctx->saved_data["save_output"].toBool();
+    const at::Tensor output = save_output ? saved[2] : at::Tensor();
+    const size_t first_input = save_output ? 3 : 2;
     const at::Tensor error = grads[0].contiguous();
+    at::Tensor signal = error;  // what M carries: e, or the rule's own source
     at::Tensor matrix;
     double scale = 1.0;
     const int64_t matrix_input = ctx->saved_data["matrix_input"].toInt();
-    if (matrix_input >= 0) {  // M' is one of the inputs, s = 1 (StackedSignals.one_hidden_input): no Python
-      matrix = saved[2 + matrix_input];
-    } else {
+    const bool ask_source = ctx->saved_data["ask_source"].toBool();
+    if (matrix_input >= 0) {  // M' is one of the inputs, s = 1 (StackedSignals.one_hidden_input)
+      matrix = saved[first_input + matrix_input];
+    }
+    if (matrix_input < 0 || ask_source) {
       py::gil_scoped_acquire gil;
       const py::object& plan = static_cast<PythonRef*>(ctx->saved_data["plan"].toCapsule().get())->object;
       py::list inputs;
-      for (size_t i = 2; i < saved.size(); ++i) inputs.append(saved[i]);
-      const py::tuple pair = plan.attr("signals").attr("one_hidden_matrix")(plan, inputs);
-      matrix = pair[0].cast<at::Tensor>();
-      scale = pair[1].cast<double>();
+      for (size_t i = first_input; i < saved.size(); ++i) inputs.append(saved[i]);
+      if (matrix_input < 0) {
+        const py::tuple pair = plan.attr("signals").attr("one_hidden_matrix")(plan, inputs);
+        matrix = pair[0].cast<at::Tensor>();
+        scale = pair[1].cast<double>();
+      }
+      if (ask_source) {
+        signal = plan.attr("backward_source")(save_output ? py::cast(output) : py::none(), error, inputs)
+                     .cast<at::Tensor>();
+      }
     }
     // beta=0: hidden, of delta's shape, is only a placeholder input, never read
-    at::Tensor delta = scale == 1.0 ? error.mm(matrix) : at::addmm(hidden, error, matrix, 0, scale);
+    at::Tensor delta = scale == 1.0 ? signal.mm(matrix) : at::addmm(hidden, signal, matrix, 0, scale);
     times_derivative(delta, delta, hidden, ctx->saved_data["activation"].toInt(), ctx->saved_data["slope"].toDouble());
     // Autograd numbers only tensor arguments (absent biases not counted): input 0, W1 1, then b1, W2, b2.
     const bool has_b1 = ctx->saved_data["b1"].toBool(), has_b2 = ctx->saved_data["b2"].toBool();
@@ -120,10 +138,11 @@ struct OneHiddenNode : public torch::autograd::Function<OneHiddenNode> {
     const bool need_b1 = has_b1 && ctx->needs_input_grad(edge++);
     const bool need_w2 = ctx->needs_input_grad(edge++);
     const bool need_b2 = has_b2 && ctx->needs_input_grad(edge++);
-    // one gradient per forward argument: input, W1, b1, W2, b2, inputs, plan, activation, slope, matrix_input
+    // one gradient per forward argument: input, W1, b1, W2, b2, inputs, plan, activation, slope, matrix_input,
+    // ask_source, save_output
     return {at::Tensor(), need_w1 ? delta.t().mm(input) : at::Tensor(), need_b1 ? delta.sum(0) : at::Tensor(),
             need_w2 ? error.t().mm(hidden) : at::Tensor(), need_b2 ? error.sum(0) : at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -342,8 +361,10 @@ at::Tensor stack(const at::Tensor& input, const std::vector<at::Tensor>& weights
 
 at::Tensor apply(const at::Tensor& input, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
                  const at::Tensor& w2, const std::optional<at::Tensor>& b2, const std::vector<at::Tensor>& inputs,
-                 py::object plan, int64_t activation, double slope, int64_t matrix_input) {
-  return OneHiddenNode::apply(input, w1, b1, w2, b2, inputs, std::move(plan), activation, slope, matrix_input);
+                 py::object plan, int64_t activation, double slope, int64_t matrix_input, bool ask_source,
+                 bool save_output) {
+  return OneHiddenNode::apply(input, w1, b1, w2, b2, inputs, std::move(plan), activation, slope, matrix_input,
+                              ask_source, save_output);
 }
 
 }  // namespace feedalign
