@@ -188,11 +188,12 @@ class Plan:
         # the hidden activations as the compiled nodes' codes, (codes, negative slopes)
         codes = [_activation_code(a) for a in activations[:-1]]
         self.activation_codes = ([c for c, _ in codes], [s for _, s in codes])
-        # how the compiled stack node gets the deltas: the rule's chain or direct projection of e, which it
-        # runs itself, or else from Python
+        # how the compiled stack node gets the deltas: the rule's chain or direct projection (of e, or of the
+        # rule's own source), which it runs itself, or else from Python
         kind = type(signals)
+        self.own_source = kind.direct_source is not StackedSignals.direct_source  # not e: asked at backward
         if kind.direct is not StackedSignals.direct:
-            self.signals_mode = _DIRECT if kind.direct_source is StackedSignals.direct_source else _DIRECT_SOURCE
+            self.signals_mode = _DIRECT_SOURCE if self.own_source else _DIRECT
         else:
             self.signals_mode = _CHAIN if kind.chain is not StackedSignals.chain else _PYTHON
         # The layers' hook dicts and their sizes now (DFA/IFA's own cut hooks included): a hook
@@ -245,7 +246,7 @@ class Plan:
                 matrix_input = self.signals.one_hidden_input
                 return compiled.apply(input, weights[0], biases[0], weights[1], biases[1], inputs, self,
                                       codes[0], slopes[0], -1 if matrix_input is None else matrix_input,
-                                      self.signals_mode == _DIRECT_SOURCE, self.signals.needs_output)
+                                      self.own_source, self.signals.needs_output)
             return _OneHiddenFunction.apply(input, self, weights[0], biases[0], weights[1], biases[1], *inputs)
         if compiled is not None:
             return compiled.stack(input, weights, [b for b in biases if b is not None], [b is not None for b in biases],
@@ -409,7 +410,7 @@ class _OneHiddenFunction(torch.autograd.Function):
         if not error.is_contiguous():
             error = error.contiguous()
         matrix, scale = plan.signals.one_hidden_matrix(plan, inputs)
-        signal = error if plan.signals_mode != _DIRECT_SOURCE else plan.signals.direct_source(output, error, inputs)
+        signal = plan.signals.direct_source(output, error, inputs) if plan.own_source else error
         # beta=0: hidden, of delta's shape, is only a placeholder input, never read
         delta = signal.mm(matrix) if scale == 1.0 else torch.addmm(hidden, signal, matrix, beta=0, alpha=scale)
         _BACKWARDS[type(plan.activations[0])](delta, hidden, plan.activations[0], delta)
