@@ -2,6 +2,7 @@
 
     python benchmarks/bench_engine.py                      # 784-256-256-10, MNIST, batch 64, 1 thread, bp
     python benchmarks/bench_engine.py --rule dfa --architecture 784-100-10 --rounds 5
+    python benchmarks/bench_engine.py --device cuda        # on a GPU: wall clock (CPU time misses the GPU's work)
 
 Both sides train the SAME model (``build_model``/``make_optimizer`` of the config), on the
 same in-memory data, batch size and threads. Per round (rounds interleaved in one process,
@@ -15,7 +16,9 @@ so a slow spell of a shared machine hits both):
 
 The ratio is the median over rounds of (engine epoch / minimal epoch in the same round).
 CPU-time clock by default (robust on a shared machine with one thread); ``--clock wall``
-for wall time.
+for wall time, which ``--device cuda`` always uses. On a GPU both sides read their numbers back
+(the engine its loss and accuracy at every step, the minimal loop its accuracy at the end), so
+each clock reading follows finished work.
 
 Set-up is what a run costs besides its epochs, timed (wall clock) in fresh interpreters as
 a user's ``feedalign train`` pays it, since a warm process has its imports already done:
@@ -71,18 +74,19 @@ def minimal_round(config: Config, data, clock, generator: torch.Generator) -> tu
     device = torch.device(config.device)
     model = build_model(config, device)
     optimizer = make_optimizer(config, model)
-    x, y = data.train_x, data.train_y
+    x, y = data.train_x.to(device), data.train_y.to(device)  # as the engine holds them: on the device
+    test, val = (data.test_x.to(device), data.test_y.to(device)), (data.val_x.to(device), data.val_y.to(device))
     start = clock()
-    order = torch.randperm(len(x), generator=generator)
+    order = torch.randperm(len(x), generator=generator).to(device)
     for i in range(0, len(x), config.batch_size):
         idx = order[i:i + config.batch_size]
         xb, yb = x.index_select(0, idx), y.index_select(0, idx)
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(xb), yb).backward()
         optimizer.step()
-    _accuracy(model, data.test_x, data.test_y)
+    _accuracy(model, *test)
     tested = clock()
-    _accuracy(model, data.val_x, data.val_y)
+    _accuracy(model, *val)
     return tested - start, clock() - tested
 
 
@@ -132,7 +136,8 @@ SETUP_PARTS = ("import", "data", "before_first_step", "after_last_epoch")
 
 def setup_seconds(config: Config, runs: int) -> dict[str, float]:
     """Each stage of :data:`_SETUP_PROBE` (seconds), the least over ``runs`` fresh interpreters."""
-    fields = {k: getattr(config, k) for k in ("dataset", "architecture", "rule", "batch_size", "threads", "seed")}
+    fields = {k: getattr(config, k) for k in ("dataset", "architecture", "rule", "batch_size", "threads", "seed",
+                                              "device")}
     times: dict[str, list[float]] = {}
     for _ in range(runs):
         done = subprocess.run([sys.executable, "-c", _SETUP_PROBE, json.dumps(fields)], check=True,
@@ -150,12 +155,18 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu", help="cpu (the default) or wall; "
+                        "a GPU device always uses wall")
+    parser.add_argument("--device", default="cpu", help="cpu (the default), cuda or cuda:N")
     parser.add_argument("--setup-runs", type=int, default=3, help="fresh interpreters that time the set-up")
     args = parser.parse_args(argv)
+    if args.device != "cpu":
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: this torch sees no CUDA device")
+        args.clock = "wall"
     clock = CLOCKS[args.clock]
     config = Config(dataset=args.dataset, architecture=args.architecture, rule=args.rule,
-                    batch_size=args.batch_size, threads=args.threads)
+                    batch_size=args.batch_size, threads=args.threads, device=args.device)
     torch.set_num_threads(args.threads)
     data = load_data(config)
     generator = torch.Generator().manual_seed(0)
@@ -176,7 +187,8 @@ def main(argv=None) -> int:
               f"(+ {pair['val']:.3f} s to evaluate the validation set too), ratio {ratios[-1]:.3f}", flush=True)
     setup = setup_seconds(config, args.setup_runs)
     med = statistics.median
-    print(f"\n{args.rule} {args.architecture} on {args.dataset}, batch {args.batch_size}, {args.threads} thread(s), "
+    print(f"\n{args.rule} {args.architecture} on {args.dataset}, {args.device}, batch {args.batch_size}, "
+          f"{args.threads} thread(s), "
           f"{args.clock} clock, {args.rounds} interleaved rounds (medians)")
     print(f"engine epoch (train + val/test evaluation + alignment probes + checkpoints): {med(engine):.3f} s")
     print(f"minimal loop epoch (train + test evaluation): {med(minimal):.3f} s")

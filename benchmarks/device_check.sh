@@ -7,11 +7,13 @@
 #                   beyond the device's image, into the git-ignored folder .device/, about 11 MB)
 #   there:       the device tool's run, command "bash benchmarks/device_check.sh", carry [".device"],
 #                timeout_s 540; what it prints also lands in $OUT (cuda-tests.log, bench.txt,
-#                bench.json, population-*.txt)
+#                bench.json, population-*.txt, engine.txt)
 #
-# It runs: the CUDA tests (the rules and the compiled one-hidden-layer node against the CPU and the
-# Python node), `feedalign bench --device cuda` on the README's four networks, and
-# benchmarks/bench_population.py on the GPU for 784-100-10 and 784-240x7-10 (issue 15's GPU numbers).
+# It runs: the CUDA tests (the rules and the compiled nodes against the CPU and the Python nodes),
+# `feedalign bench --device cuda` for the whole fused family on the README's four networks,
+# benchmarks/bench_population.py on the GPU for 784-100-10 and 784-240x7-10 (issue 15's GPU numbers),
+# and benchmarks/bench_engine.py on the GPU (the engine reads its loss and accuracy back at every step,
+# which a GPU pays as a synchronisation).
 # PYTHON=... and DEVICE=cpu run the same steps here, to check the script itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +50,7 @@ echo "== CUDA tests"
     -k "cuda" 2>&1 | tee "$OUT/cuda-tests.log" || status=1
 
 echo "== step ratios"
-"$PYTHON" -m feedalign bench --device "$DEVICE" --rules fa dfa ifa usf --rounds "$ROUNDS" --no-epoch \
+"$PYTHON" -m feedalign bench --device "$DEVICE" --rules fa dfa ifa usf frsf brsf kp wm drtp --rounds "$ROUNDS" --no-epoch \
     --sizes 784-240x7-10:64 784-1000-1000-1000-10:128 784-240x100-10:64 784-100-10:64 \
     --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt" || status=1
 
@@ -57,4 +59,7 @@ for architecture in 784-100-10 784-240x7-10; do
     "$PYTHON" benchmarks/bench_population.py --device "$DEVICE" --architecture "$architecture" --members 8 \
         --rounds 3 2>&1 | tee "$OUT/population-$architecture.txt" || status=1
 done
+
+echo "== engine overhead"
+"$PYTHON" benchmarks/bench_engine.py --device "$DEVICE" --rounds 3 --setup-runs 1 2>&1 | tee "$OUT/engine.txt" || status=1
 exit $status
