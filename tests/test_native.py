@@ -179,9 +179,10 @@ def test_stack_node_projects_drtp_target_itself(compiled, threads, monkeypatch, 
     projection and f' from the node, with the Python node's bits; its deltas are never asked of Python."""
     fast, slow = pair("drtp", activation, True, torch.float32, architecture=architecture)
     asked, sourced = [], []
-    deltas, source = fast_path.Plan.backward_signals, fast_path.Plan.backward_source
+    deltas, signals = fast_path.Plan.backward_signals, fast._feedalign_plan.signals
     monkeypatch.setattr(fast_path.Plan, "backward_signals", lambda *a: asked.append(1) or deltas(*a))
-    monkeypatch.setattr(fast_path.Plan, "backward_source", lambda *a: sourced.append(1) or source(*a))
+    source = signals.direct_source  # only the compiled node's model: the Python node asks its own rule
+    monkeypatch.setattr(signals, "direct_source", lambda *a: sourced.append(1) or source(*a))
     for step, (a, b) in enumerate(zip(train(fast, 4, torch.float32, target=target),
                                       train(slow, 4, torch.float32, target=target))):
         assert torch.equal(a, b), f"output of step {step}"
@@ -245,9 +246,9 @@ def test_kp_feedback_gets_its_gradient_from_the_stack_node(compiled, threads, mo
     for model in (fast, slow):
         if frozen:
             model.get_parameter(frozen).requires_grad_(False)
-    asked = []
-    input_grads = fast_path.Plan.backward_input_grads
-    monkeypatch.setattr(fast_path.Plan, "backward_input_grads", lambda *a: asked.append(1) or input_grads(*a))
+    asked, signals = [], fast._feedalign_plan.signals
+    input_grads = signals.input_grads  # only the compiled node's model: the Python node asks its own rule
+    monkeypatch.setattr(signals, "input_grads", lambda *a: asked.append(1) or input_grads(*a))
     for step, (a, b) in enumerate(zip(train(fast, 4, torch.float32), train(slow, 4, torch.float32))):
         assert torch.equal(a, b), f"output of step {step}"
     assert_same_state(fast, slow)

@@ -44,8 +44,7 @@ from torch.nn.modules import module as _module
 from . import native
 
 _aten = torch.ops.aten
-# nodes.cpp's SignalsMode: where the compiled stack node gets the deltas (a direct rule's source: e, or asked)
-_PYTHON, _CHAIN, _DIRECT, _DIRECT_SOURCE = 0, 1, 2, 3
+_PYTHON, _CHAIN, _DIRECT = 0, 1, 2  # nodes.cpp's SignalsMode: where the compiled stack node gets the deltas
 # torch >= 2.3; before, dynamo breaks its graph at the compiled node instead (still correct, a warning)
 _is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 
@@ -191,11 +190,9 @@ class Plan:
         # how the compiled stack node gets the deltas: the rule's chain or direct projection (of e, or of the
         # rule's own source), which it runs itself, or else from Python
         kind = type(signals)
+        self.signals_mode = (_CHAIN if kind.chain is not StackedSignals.chain else
+                             _DIRECT if kind.direct is not StackedSignals.direct else _PYTHON)
         self.own_source = kind.direct_source is not StackedSignals.direct_source  # not e: asked at backward
-        if kind.direct is not StackedSignals.direct:
-            self.signals_mode = _DIRECT_SOURCE if self.own_source else _DIRECT
-        else:
-            self.signals_mode = _CHAIN if kind.chain is not StackedSignals.chain else _PYTHON
         # The layers' hook dicts and their sizes now (DFA/IFA's own cut hooks included): a hook
         # added later means someone watches a layer, so it must run as a module. torch has no
         # public way to ask a module for its hooks.
@@ -251,31 +248,13 @@ class Plan:
         if compiled is not None:
             return compiled.stack(input, weights, [b for b in biases if b is not None], [b is not None for b in biases],
                                   inputs, self, *self.activation_codes, self.stacked, self.signals.needs_output,
-                                  self.signals_mode)
+                                  self.signals_mode, self.own_source)
         return _StackFunction.apply(input, self, len(self.linears), len(inputs), *weights, *biases, *inputs)
 
     def backward_signals(self, weights, hidden, stack, output, error, inputs):
         """The rule's hidden signals for the compiled stack node (``nodes.cpp``), as :class:`_StackFunction`
         asks for them: ``signals.signals(Backward(...), error, inputs)``."""
         return self.signals.signals(Backward(self, weights, hidden, stack, output), error, inputs)
-
-    def backward_chain(self, inputs):
-        """The rule's chain for the compiled stack node (:meth:`StackedSignals.chain`)."""
-        return self.signals.chain(self, inputs)
-
-    def backward_direct(self, inputs):
-        """The rule's direct feedback for the compiled stack node (:meth:`StackedSignals.direct`)."""
-        return self.signals.direct(self, inputs)
-
-    def backward_input_grads(self, grad_weights, inputs):
-        """The gradients of the rule's inputs for the compiled stack node (:meth:`StackedSignals.input_grads`),
-        asked only when one of them needs a gradient (kp's trained B)."""
-        return self.signals.input_grads(self, grad_weights, inputs)
-
-    def backward_source(self, output, error, inputs):
-        """The signal the rule's direct feedback projects, for the compiled stack node
-        (:meth:`StackedSignals.direct_source`)."""
-        return self.signals.direct_source(output, error, inputs)
 
 
 class _StackFunction(torch.autograd.Function):
@@ -289,7 +268,7 @@ class _StackFunction(torch.autograd.Function):
     can be had, for 2-D inputs that need no gradient. It runs an FA-type rule's chain
     (:meth:`StackedSignals.chain`) and a direct rule's projections (:meth:`StackedSignals.direct`: DFA's
     of the error, drtp's of the target) itself, asks :meth:`Plan.backward_signals` for any other rule's
-    deltas, and :meth:`Plan.backward_input_grads` for the gradients of inputs that need one (kp's B).
+    deltas, and :meth:`StackedSignals.input_grads` for the gradients of inputs that need one (kp's B).
     """
 
     @staticmethod

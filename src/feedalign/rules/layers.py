@@ -222,7 +222,7 @@ class LayerwiseSignals(fast.StackedSignals):
         return [linears[l + 1].scaled_backward_weight() for l in range(len(linears) - 2, -1, -1)]
 
     def one_hidden(self, inputs):
-        return not inputs  # a trained feedback (kp) needs its gradient: the general runner
+        return not inputs  # a trained feedback (kp) needs its gradient, which the lean nodes do not give
 
     def input_matrix(self, step, inputs):
         return step.plan.linears[0].backward_weight()

@@ -64,7 +64,8 @@ def compiled():
     """The compiled module, built on first use; None where it is off or cannot be had. It has
     ``apply(input, w1, b1, w2, b2, inputs, plan, activation, slope, matrix_input, ask_source, save_output)``
     (the one-hidden-layer node),
-    ``stack(input, weights, biases, has_bias, inputs, plan, activations, slopes, stacked, save_output, mode)``
+    ``stack(input, weights, biases, has_bias, inputs, plan, activations, slopes, stacked, save_output, mode,
+    ask_source)``
     and the nodes' autograd names ``NODE_NAME`` and ``STACK_NODE_NAME``."""
     global _module
     if _module is None:

@@ -6,16 +6,17 @@
 //   forward:  h = f(x W1^T + b1),  y = h W2^T + b2                          x (N, in), h (N, w), y (N, out)
 //   backward: delta = s (e M') * f'(a)   with (M', s) = plan.signals.one_hidden_matrix(plan, inputs)
 //             (or (inputs[i], 1) with i = plan.signals.one_hidden_input, read here: DFA's and IFA's B),
-//             and e replaced by plan.backward_source(y, e, inputs) for a rule with a source of its own (drtp),
+//             and e replaced by plan.signals.direct_source(y, e, inputs) for a rule with a source of its own
+//             (drtp),
 //             dW2 = e^T h,  db2 = sum_n e,  dW1 = delta^T x,  db1 = sum_n delta     e = dL/dy (N, out)
 //
 // StackNode, the twin of _StackFunction for a stack of any depth L (K = L - 1 hidden layers):
 //   forward:  h_l = f_l(h_{l-1} W_l^T + b_l) (h_0 = x),  y = h_K W_L^T + b_L,  every h_l in one (K, N, w)
 //             tensor when the hidden widths are equal
 //   backward: delta_1 .. delta_K from the rule's StackedSignals: for a chain rule (FA-type), the chain
-//             delta_l = s_l (delta_{l+1} M_l) * f'(a_l) here with (M_l, s_l) = plan.backward_chain(inputs);
-//             for a direct rule, delta_k = (s B_k) * f'(a_k) here with the B_k of plan.backward_direct(inputs)
-//             and s = e (DFA) or plan.backward_source(y, e, inputs) (drtp's target);
+//             delta_l = s_l (delta_{l+1} M_l) * f'(a_l) here with (M_l, s_l) = plan.signals.chain(plan, inputs);
+//             for a direct rule, delta_k = (s B_k) * f'(a_k) here with the B_k of plan.signals.direct(plan, inputs)
+//             and s = e (DFA) or plan.signals.direct_source(y, e, inputs) (drtp's target);
 //             else plan.backward_signals(...) in Python. Then dW_L = e^T h_K, dW_l = delta_l^T h_{l-1},
 //             db_l = sum_n delta_l
 //
@@ -29,8 +30,8 @@ namespace feedalign {
 
 enum Activation : int64_t { kTanh = 0, kSigmoid = 1, kReLU = 2, kLeakyReLU = 3, kIdentity = 4 };
 // How the stack node gets the deltas (fast.Plan.signals_mode): from Python, or an FA-type chain or a direct
-// projection (of e, or of a signal Python gives) it runs itself
-enum SignalsMode : int64_t { kPython = 0, kChain = 1, kDirect = 2, kDirectSource = 3 };
+// projection it runs itself
+enum SignalsMode : int64_t { kPython = 0, kChain = 1, kDirect = 2 };
 
 // The plan, a Python object, kept in the autograd context (which holds only IValues).
 struct PythonRef : torch::CustomClassHolder {
@@ -45,6 +46,11 @@ struct PythonRef : torch::CustomClassHolder {
     object = py::object();
   }
 };
+
+// The plan that forward kept in ctx (a fast.Plan); use it with the GIL held.
+const py::object& plan_of(torch::autograd::AutogradContext* ctx) {
+  return static_cast<PythonRef*>(ctx->saved_data["plan"].toCapsule().get())->object;
+}
 
 // f in place, as fast._forward_kernel
 void activate_(at::Tensor& a, int64_t activation, double slope) {
@@ -115,16 +121,17 @@ struct OneHiddenNode : public torch::autograd::Function<OneHiddenNode> {
     }
     if (matrix_input < 0 || ask_source) {
       py::gil_scoped_acquire gil;
-      const py::object& plan = static_cast<PythonRef*>(ctx->saved_data["plan"].toCapsule().get())->object;
+      const py::object& plan = plan_of(ctx);
+      const py::object signals = plan.attr("signals");
       py::list inputs;
       for (size_t i = first_input; i < saved.size(); ++i) inputs.append(saved[i]);
       if (matrix_input < 0) {
-        const py::tuple pair = plan.attr("signals").attr("one_hidden_matrix")(plan, inputs);
+        const py::tuple pair = signals.attr("one_hidden_matrix")(plan, inputs);
         matrix = pair[0].cast<at::Tensor>();
         scale = pair[1].cast<double>();
       }
       if (ask_source) {
-        signal = plan.attr("backward_source")(save_output ? py::cast(output) : py::none(), error, inputs)
+        signal = signals.attr("direct_source")(save_output ? py::cast(output) : py::none(), error, inputs)
                      .cast<at::Tensor>();
       }
     }
@@ -153,7 +160,7 @@ struct StackNode : public torch::autograd::Function<StackNode> {
                             at::TensorList biases, const std::vector<bool>& has_bias, at::TensorList inputs,
                             py::object plan,
                             const std::vector<int64_t>& activations, const std::vector<double>& slopes, bool stacked,
-                            bool save_output, int64_t mode) {
+                            bool save_output, int64_t mode, bool ask_source) {
     const int64_t n_layers = static_cast<int64_t>(weights.size()), k = n_layers - 1, n = input.size(0);
     at::Tensor stack;
     std::vector<at::Tensor> outs;
@@ -197,6 +204,7 @@ struct StackNode : public torch::autograd::Function<StackNode> {
     ctx->saved_data["save_output"] = save_output;
     ctx->saved_data["n_biases"] = static_cast<int64_t>(biases.size());
     ctx->saved_data["mode"] = mode;
+    ctx->saved_data["ask_source"] = ask_source;
     ctx->saved_data["activations"] = activations;
     ctx->saved_data["slopes"] = slopes;
     return output;
@@ -234,13 +242,14 @@ struct StackNode : public torch::autograd::Function<StackNode> {
     const int64_t mode = ctx->saved_data["mode"].toInt();
     {
       py::gil_scoped_acquire gil;
-      const py::object& plan = static_cast<PythonRef*>(ctx->saved_data["plan"].toCapsule().get())->object;
+      const py::object& plan = plan_of(ctx);
+      const py::object signals = plan.attr("signals");
       if (mode == kChain) {
-        chain = plan.attr("backward_chain")(inputs).cast<std::vector<std::pair<at::Tensor, double>>>();
-      } else if (mode == kDirect || mode == kDirectSource) {
-        direct = plan.attr("backward_direct")(inputs).cast<at::Tensor>();
-        if (mode == kDirectSource) {
-          signal = plan.attr("backward_source")(output.defined() ? py::cast(output) : py::none(), error, inputs)
+        chain = signals.attr("chain")(plan, inputs).cast<std::vector<std::pair<at::Tensor, double>>>();
+      } else if (mode == kDirect) {
+        direct = signals.attr("direct")(plan, inputs).cast<at::Tensor>();
+        if (ctx->saved_data["ask_source"].toBool()) {
+          signal = signals.attr("direct_source")(output.defined() ? py::cast(output) : py::none(), error, inputs)
                        .cast<at::Tensor>();
         }
       } else {
@@ -323,7 +332,7 @@ struct StackNode : public torch::autograd::Function<StackNode> {
       }
     }
     // one gradient per forward argument, lists flattened: input, W_1 .. W_L, the present biases, then
-    // has_bias, the rule's inputs, plan, activations, slopes, stacked, save_output, mode
+    // has_bias, the rule's inputs, plan, activations, slopes, stacked, save_output, mode, ask_source
     torch::autograd::variable_list result{at::Tensor()};
     size_t edge = 1;
     for (int64_t l = 0; l < n_layers; ++l) {
@@ -337,8 +346,8 @@ struct StackNode : public torch::autograd::Function<StackNode> {
     for (size_t i = 0; i < inputs.size(); ++i) input_grads |= ctx->needs_input_grad(edge + i);
     if (input_grads) {  // a trained feedback (kp): the rule says which gradient each input gets
       py::gil_scoped_acquire gil;
-      const py::object& plan = static_cast<PythonRef*>(ctx->saved_data["plan"].toCapsule().get())->object;
-      const py::list given = plan.attr("backward_input_grads")(grad_weights, inputs);
+      const py::object& plan = plan_of(ctx);
+      const py::list given = plan.attr("signals").attr("input_grads")(plan, grad_weights, inputs);
       for (size_t i = 0; i < inputs.size(); ++i, ++edge) {
         const bool wanted = ctx->needs_input_grad(edge) && !given[i].is_none();
         result.push_back(wanted ? given[i].cast<at::Tensor>() : at::Tensor());
@@ -346,7 +355,7 @@ struct StackNode : public torch::autograd::Function<StackNode> {
     } else {
       result.resize(result.size() + inputs.size());
     }
-    result.resize(result.size() + 6);
+    result.resize(result.size() + 7);
     return result;
   }
 };
@@ -354,9 +363,9 @@ struct StackNode : public torch::autograd::Function<StackNode> {
 at::Tensor stack(const at::Tensor& input, const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& biases,
                  const std::vector<bool>& has_bias, const std::vector<at::Tensor>& inputs, py::object plan,
                  const std::vector<int64_t>& activations, const std::vector<double>& slopes, bool stacked,
-                 bool save_output, int64_t mode) {
+                 bool save_output, int64_t mode, bool ask_source) {
   return StackNode::apply(input, at::TensorList(weights), at::TensorList(biases), has_bias, at::TensorList(inputs),
-                          std::move(plan), activations, slopes, stacked, save_output, mode);
+                          std::move(plan), activations, slopes, stacked, save_output, mode, ask_source);
 }
 
 at::Tensor apply(const at::Tensor& input, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
