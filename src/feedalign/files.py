@@ -1,13 +1,19 @@
-"""The one way feedalign writes and reads its files: atomic writes, JSON without NaN, JSON lines.
+"""The one way feedalign writes and reads its files: atomic writes, JSON without NaN, JSON lines, folder locks.
 
 Every file is written to a temporary name beside its target and renamed onto it, so a
 reader (or a resume after SIGKILL) sees the old file or the new one, never half of one.
+The exception is a JSON-lines log appended to as it grows (``alignment.jsonl``,
+``steps.jsonl``): a kill or a full disk in the middle of an append leaves a torn last
+line, which :func:`read_jsonl` drops (saying so once) and :func:`drop_torn_tail` cuts off
+before the next append. :class:`FolderLock` keeps a second process out of a folder a
+first one is writing (a run or sweep directory, a dataset's cache folder).
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -123,8 +129,158 @@ def write_jsonl(path: str | Path, rows) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """The rows of a JSON-lines file, [] when it does not exist."""
+    """The rows of a JSON-lines file, [] when it does not exist: the one reader of every JSONL feedalign writes.
+
+    A last line without its newline that is not a whole JSON object is torn (an append cut
+    short by a kill or a full disk): it is dropped, and said once on stderr. Any other line
+    that is not a JSON object means the file was damaged: :class:`~feedalign.errors.RunDirError`
+    names the file and the line.
+    """
     path = Path(path)
-    if not path.exists():
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines, torn = _split_lines(data)
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        row = _parse(line)
+        if row is None:
+            from .errors import RunDirError
+            shown = line[:60].decode("utf-8", "replace") + ("..." if len(line) > 60 else "")
+            raise RunDirError(f"{str(path)!r} line {number} is damaged (not a JSON object: {shown!r}); restore the "
+                              "file from a copy, or delete that line to keep the others")
+        rows.append(row)
+    if torn:
+        _note_torn(path, len(lines) + 1)
+    return rows
+
+
+def drop_torn_tail(path: str | Path) -> bool:
+    """Cut a torn last line (see :func:`read_jsonl`) off ``path`` before appending to it; True if one was cut.
+
+    Only bytes after the last newline go, and only when they are not a whole JSON object (a
+    whole one that lacks its newline gets it), so nothing a reader accepts is ever lost.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return False
+    lines, torn = _split_lines(data)
+    if data.endswith(b"\n") or not data:
+        return False
+    if not torn:  # a whole last row without its newline: complete it, so the next append starts a line
+        with open(path, "ab") as f:
+            f.write(b"\n")
+        return False
+    try:
+        os.truncate(path, len(data) - len(data.rsplit(b"\n", 1)[-1]))
+    except OSError as err:
+        raise _about(err, path) from err
+    _note_torn(path, len(lines) + 1, cut=True)
+    return True
+
+
+def _split_lines(data: bytes) -> tuple[list[bytes], bool]:
+    """``(whole lines, torn)``: the newline-ended lines, and whether bytes after the last one are a torn line."""
+    *lines, tail = data.split(b"\n")
+    if not tail.strip():
+        return lines, False
+    if _parse(tail) is not None:  # whole, only its newline missing (a file written by hand, say)
+        return lines + [tail], False
+    return lines, True
+
+
+def _parse(line: bytes) -> dict | None:
+    """The JSON object on ``line``, or None if it is not one."""
+    try:
+        row = json.loads(line)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError both
+        return None
+    return row if isinstance(row, dict) else None
+
+
+_NOTED: set[tuple[str, bool]] = set()
+
+
+def _note_torn(path: Path, number: int, cut: bool = False) -> None:
+    """Say once per file (per process) that its torn last line is ignored, or was cut off."""
+    key = (str(path.resolve()), cut)
+    if key in _NOTED:
+        return
+    _NOTED.add(key)
+    what = "was cut off before appending" if cut else "is ignored"
+    print(f"feedalign: note: {path} line {number} is torn (a write cut short by a kill or a full disk); "
+          f"that line {what}", file=sys.stderr)
+
+
+class FolderLock:
+    """An exclusive OS lock on ``folder`` (``fcntl.flock`` on ``folder/.lock``) while this object is held.
+
+    The kernel releases it when the process ends in any way, SIGKILL included, so a killed
+    process never leaves a folder locked; the lock file stays (removing it would race with a
+    process about to lock it) and holds the holder's pid and command line, for the message a
+    second process gets. Without ``wait``, a folder another process holds raises
+    :class:`~feedalign.errors.RunDirError` at once (one line naming the holder); with it, this
+    waits. A closed or garbage-collected lock is released. Where the OS has no ``flock``
+    (Windows) or the file system refuses it, the folder is used unlocked.
+
+    Use as ``with FolderLock(run_dir, "run directory"):`` or call :meth:`release`.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder: str | Path, what: str = "folder", *, wait: bool = False):
+        self.folder, self.what = Path(folder), what
+        self._file = None
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return
+        path = self.folder / self.NAME
+        try:
+            f = open(path, "a+b")
+        except OSError as err:
+            raise _about(err, path) from err
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = _holder(f)
+            f.close()
+            from .errors import RunDirError
+            raise RunDirError(f"{what} {str(self.folder)!r} is in use by another feedalign process{holder}; wait for "
+                              "it to finish or stop it, then run again (a killed process leaves no lock behind)") from None
+        except OSError:  # ENOLCK and the like (some network file systems): go on without the lock
+            f.close()
+            return
+        self._file = f
+        try:  # who holds it, for the refusal above
+            f.truncate(0)
+            f.write(f"pid {os.getpid()}: {' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}\n"[:500].encode())
+            f.flush()
+        except OSError:
+            pass
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the only descriptor releases the flock
+            self._file = None
+
+    def __enter__(self) -> "FolderLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _holder(f) -> str:
+    """`` (pid N: command)`` from a lock file's contents, or nothing when it holds none."""
+    try:
+        f.seek(0)
+        text = f.read(500).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+    return f" ({text})" if text else ""

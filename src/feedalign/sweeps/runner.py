@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..files import atomic_write
+from ..files import FolderLock, atomic_write
 from .results import make_row, read_results, write_results
 from .spec import POPULATION_MODES, SweepSpec, check_fit, config_hash
 
@@ -140,9 +140,9 @@ def run_sweep(spec: SweepSpec, *, backend: str | None = None, address: str | Non
               plot: bool = True, log=_stderr, population: str | None = None) -> SweepResult:
     """Run every unfinished run of ``spec`` and write the results table (and figures).
 
-    ``population`` (``"auto"`` or ``"off"``) overrides ``spec.population``: see the module docstring.
+    ``population`` (``"auto"`` or ``"off"``) overrides ``spec.population``: see the module docstring. A sweep
+    directory another sweep is running is refused (:class:`~feedalign.files.FolderLock`).
     """
-    from .local import default_workers, run_local, training_job
     backend = backend or spec.backend
     if backend not in ("local", "ray"):
         raise ConfigError(f"unknown backend {backend!r}; expected local or ray")
@@ -158,6 +158,15 @@ def run_sweep(spec: SweepSpec, *, backend: str | None = None, address: str | Non
     sweep_dir = spec.sweep_dir.resolve()
     runs_dir = sweep_dir / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
+    # One sweep per folder: a second one would hand the same runs to workers of its own and rewrite the table.
+    with FolderLock(sweep_dir, "sweep directory"):
+        return _run_locked(spec, sweep_dir, runs_dir, points, backend=backend, address=address, workers=workers,
+                           plot=plot, log=log, population=population)
+
+
+def _run_locked(spec: SweepSpec, sweep_dir: Path, runs_dir: Path, points: list, *, backend: str, address, workers,
+                plot: bool, log, population: str) -> SweepResult:
+    from .local import default_workers, run_local, training_job
     atomic_write(sweep_dir / "spec.json", json.dumps(spec.to_dict(), indent=1, default=str) + "\n")
     swept = spec.swept
     previous = {}

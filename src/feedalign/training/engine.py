@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, RunDirError
-from ..files import atomic_write, jsonl_line, read_jsonl, write_json, write_jsonl
+from ..files import FolderLock, atomic_write, drop_torn_tail, jsonl_line, read_jsonl, write_json, write_jsonl
 from . import records
 from .build import (build_model, check_fit, derived_seeds, load_data, make_loss, make_optimizer, make_schedule,
                     resolve_device)
@@ -128,20 +128,27 @@ def train(config: Config, callbacks=(), *, progress: str = "auto", data=None) ->
     bar = _Progress(progress, config)
     run = _prepare(config, data)
     run.run_dir = _new_run_dir(config)
-    _create_run_dir(run.run_dir, config)
-    return _run(run, start=None, callbacks=callbacks, bar=bar)
+    with _create_run_dir(run.run_dir, config):  # held until the run ends: no second process writes into it
+        return _run(run, start=None, callbacks=callbacks, bar=bar)
 
 
 def resume(run_dir: str | Path, callbacks=(), *, progress: str = "auto") -> RunResult:
     """Continue the run in ``run_dir`` from its last checkpoint (or from the start if it has none).
 
     With the same machine and thread count, the result is bitwise that of an uninterrupted run.
-    A finished run is returned as it is.
+    A finished run is returned as it is. A run directory another process is training is
+    refused (:class:`~feedalign.files.FolderLock`); torn last lines of its logs are cut off
+    before they are appended to.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or not (run_dir / "config.toml").is_file():
         raise RunDirError(f"{str(run_dir)!r} is not a run directory (expected a directory with config.toml, "
                           "as `feedalign train` makes)")
+    with FolderLock(run_dir, "run directory"):
+        return _resume_locked(run_dir, callbacks, progress)
+
+
+def _resume_locked(run_dir: Path, callbacks, progress: str) -> RunResult:
     config = integrity.read_config(run_dir)  # refuses a config.toml edited since the run started
     # Both checkpoints are checked before anything is written: a damaged best.pt is evidence, not to be overwritten.
     for name in ("best.pt", "latest.pt"):
@@ -157,6 +164,8 @@ def resume(run_dir: str | Path, callbacks=(), *, progress: str = "auto") -> RunR
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     if (run_dir / "summary.json").exists():
         return _finished_result(run, state)
+    for log in sorted(run_dir.glob("*.jsonl")):  # a kill mid-append: the next append must start a line of its own
+        drop_torn_tail(log)
     return _run(run, start=state, callbacks=callbacks, bar=bar)
 
 
@@ -217,10 +226,17 @@ def _new_run_dir(config: Config) -> Path:
     return records.fresh_path(out, f"{stamp}-{config.rule}-{config.dataset}")
 
 
-def _create_run_dir(run_dir: Path, config: Config) -> None:
-    """The run directory with its config.toml; nothing is left behind if that fails."""
+def _create_run_dir(run_dir: Path, config: Config) -> FolderLock:
+    """The run directory with its config.toml, locked by the returned :class:`FolderLock` (released when it is
+    released or dropped); nothing is left behind if that fails."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
-        run_dir.mkdir(parents=True)
+        run_dir.mkdir()
+    except FileExistsError:  # another process made it since _new_run_dir looked: it is theirs, not ours to remove
+        raise RunDirError(f"run directory {str(run_dir)!r} was just made by another process; choose another name, "
+                          f"or continue that run with `feedalign train --resume {run_dir}`") from None
+    try:
+        lock = FolderLock(run_dir, "run directory", wait=True)  # a resume that came in between leaves at once
         (run_dir / "checkpoints").mkdir()
         # Without its name: `feedalign train --config RUN_DIR/config.toml` then repeats the run in a new directory.
         settings = config.replace(name=None)
@@ -230,6 +246,7 @@ def _create_run_dir(run_dir: Path, config: Config) -> None:
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    return lock
 
 
 def _finished_result(run: Run, state: dict | None) -> RunResult:
