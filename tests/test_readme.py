@@ -1,9 +1,8 @@
 """The README's Python examples run as written, in order, in one namespace (as a reader would type them).
 
 Blocks whose first line is ``# needs lightning`` or ``# needs torch.compile`` run in their own
-tests: the first only where ``lightning`` is installed, the second is slow (it compiles).
+tests: lightning is part of the test extra (a missing one fails, never skips); the second is slow (it compiles).
 """
-import importlib.util
 import re
 from pathlib import Path
 
@@ -58,11 +57,10 @@ def test_readme_python_examples_run_verbatim(monkeypatch, tmp_path, capsys):
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(importlib.util.find_spec("lightning") is None, reason="lightning is not installed")
 def test_readme_lightning_example_trains(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     namespace = run_blocks(python_blocks()[:1])  # the first example: data, torch, feedalign
-    run_blocks([needing("lightning")], namespace)
+    run_blocks([needing("lightning")], namespace)  # imports DataLoader itself: it runs pasted on its own
     assert namespace["trainer"].global_step == 50
 
 
