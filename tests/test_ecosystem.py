@@ -120,7 +120,7 @@ def test_install_flag_is_for_fashion_mnist_only(capsys):
     assert err.count("\n") == 1 and "--install applies to fashion-mnist only" in err
 
 
-# -- logging to TensorBoard (and the others, where installed) -----------------------------------------
+# -- logging to TensorBoard, W&B (offline) and MLflow (file store), each read back with its own reader --------
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard is not installed")
 def test_log_tensorboard_writes_event_files_with_metrics_and_angles(tmp_path, capsys):
@@ -142,6 +142,100 @@ def test_log_tensorboard_writes_event_files_with_metrics_and_angles(tmp_path, ca
     assert [(e.step, pytest.approx(e.value)) for e in angles] == expected
     assert {"metrics/train_loss", "metrics/test_accuracy", "alignment/layer1/update_angle"} <= tags
     assert stat.S_IMODE(next((run / "tensorboard").iterdir()).stat().st_mode) & 0o044 == 0o044  # readable by others
+
+
+def _logged_run(tmp_path, name: str) -> tuple[Path, list[dict], list[dict]]:
+    """A tiny FA run with ``--log NAME``; its directory, metrics rows (epochs 1, 2) and alignment rows."""
+    assert main(["train", *SMALL, "--epochs", "2", "--rule", "fa", "--alignment-every", "25", "--log", name,
+                 "--out-dir", str(tmp_path), "--name", "r"]) == 0
+    run = tmp_path / "r"
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][1:]
+    alignment = [json.loads(line) for line in (run / "alignment.jsonl").read_text().splitlines()]
+    return run, metrics, alignment
+
+
+def _expected(run: Path, metrics: list[dict], alignment: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """What every logger must have sent: (step, value) per series, from the run directory's own files."""
+    per_epoch = json.loads((run / "summary.json").read_text())["steps"] // len(metrics)
+    return {"metrics/val_accuracy": [(m["epoch"] * per_epoch, m["val_accuracy"]) for m in metrics],
+            "metrics/train_loss": [(m["epoch"] * per_epoch, m["train_loss"]) for m in metrics],
+            "metrics/epoch": [(m["epoch"] * per_epoch, m["epoch"]) for m in metrics],
+            "alignment/layer1/signal_angle": [(r["step"], r["signal_angle"]) for r in alignment if r["layer"] == 1]}
+
+
+def wandb_records(path: Path):
+    """The records of a W&B run file (``run-ID.wandb``), parsed with W&B's own protobuf schema.
+
+    wandb >= 0.19 writes the file from its Go core and ships no Python reader, so this reads its
+    LevelDB-log framing (7-byte file header; 32 KiB blocks of chunks, each with a 7-byte header:
+    CRC, length, type 1 full / 2 first / 3 middle / 4 last)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+    raw = path.read_bytes()
+    assert raw[:4] == b":W&B", raw[:7]
+    pos, parts = 7, b""
+    while pos + 7 <= len(raw):
+        room = 32768 - pos % 32768
+        if room < 7:  # a block's tail too short for a header is padding
+            pos += room
+            continue
+        length, kind = struct.unpack("<HB", raw[pos + 4:pos + 7])
+        if kind == 0:  # zero padding
+            pos += room
+            continue
+        parts += raw[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(parts)
+            yield record
+            parts = b""
+
+
+@pytest.mark.integration
+def test_log_wandb_offline_run_holds_the_run_directorys_metrics_and_angles(tmp_path, monkeypatch, capsys):
+    """W&B with no network (WANDB_MODE=offline): the offline run file holds each epoch's metrics and each
+    alignment measurement at its optimizer step, equal to metrics.jsonl and alignment.jsonl."""
+    for var, value in (("WANDB_MODE", "offline"), ("WANDB_SILENT", "true"), ("WANDB_PROJECT", "feedalign-test"),
+                       ("WANDB_CONFIG_DIR", str(tmp_path / "wb-config")), ("WANDB_CACHE_DIR", str(tmp_path / "wb-cache")),
+                       ("WANDB_DATA_DIR", str(tmp_path / "wb-data"))):
+        monkeypatch.setenv(var, value)
+    run, metrics, alignment = _logged_run(tmp_path, "wandb")
+    (path,) = (run / "wandb").glob("offline-run-*/run-*.wandb")  # the logger puts W&B's files in the run directory
+    logged: dict[str, list[tuple[int, float]]] = {}
+    config = {}
+    for record in wandb_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            for item in record.history.item:
+                key = item.key or "/".join(item.nested_key)
+                logged.setdefault(key, []).append((record.history.step.num, json.loads(item.value_json)))
+        elif kind in ("run", "config"):  # init's config comes in the run record, later updates on their own
+            items = record.run.config.update if kind == "run" else record.config.update
+            config.update({item.key: json.loads(item.value_json) for item in items})
+    for key, expected in _expected(run, metrics, alignment).items():
+        assert [(step, pytest.approx(value)) for step, value in expected] == logged[key], key
+    assert config["rule"] == "fa" and config["architecture"] == "40-16-10"  # the run's config came along
+
+
+@pytest.mark.integration
+def test_log_mlflow_file_store_holds_the_run_directorys_metrics_and_angles(tmp_path, monkeypatch, capsys):
+    """MLflow with a local file store (MLFLOW_TRACKING_URI=file:...), read back with MLflow's own client."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+    store = tmp_path / "mlruns"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 refuses the file store unless asked
+    mlflow.set_tracking_uri(store.as_uri())  # the URI a previous test in this process may have cached
+    run, metrics, alignment = _logged_run(tmp_path, "mlflow")
+    client = MlflowClient(tracking_uri=store.as_uri())
+    (found,) = client.search_runs(experiment_ids=["0"])
+    assert found.info.run_name == "r" and found.info.status == "FINISHED"
+    assert found.data.params["rule"] == "fa" and found.data.params["architecture"] == "40-16-10"
+    for key, expected in _expected(run, metrics, alignment).items():
+        history = sorted((m.step, m.value) for m in client.get_metric_history(found.info.run_id, key))
+        assert [(step, pytest.approx(value)) for step, value in expected] == history, key
 
 
 def test_log_bad_names_are_one_line_errors(tmp_path, capsys):
