@@ -12,8 +12,6 @@ $(BIN)/feedalign: pyproject.toml
 	# The CPU build of torch that lies on this machine's disk; never the CUDA download.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test,ray]'
-	# The fused path's compiled node (about 30 s, once; cached in ~/.cache/torch_extensions).
-	$(BIN)/python -c 'from feedalign.rules import native; print(native.status())'
 	touch $@
 
 setup: $(BIN)/feedalign

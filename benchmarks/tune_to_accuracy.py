@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from feedalign.bench_accuracy import time_to_accuracy
+from feedalign.bench import time_to_accuracy
 
 GRID = [{"optimizer": "sgd", "lr": lr, "momentum": 0.9} for lr in (0.03, 0.1)] + \
        [{"optimizer": "adam", "lr": lr, "momentum": 0.9} for lr in (3e-4, 1e-3, 3e-3)]

@@ -7,15 +7,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-@pytest.fixture(scope="session", autouse=True)
-def compiled_node_built_first():
-    """Builds the fused path's compiled nodes (feedalign.rules.native) before any test when they are not built yet
-    (make setup builds it), so that no test's time limit pays for the 30 s build."""
-    from feedalign.rules import native
-    if native.enabled():
-        native.compiled()
-
-
 @pytest.fixture
 def sample_rule():
     """Registers the test suite's own FA-type rule (sample_rule.py) for one test; gone after it."""

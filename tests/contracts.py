@@ -33,7 +33,7 @@ class Contract:
     seeded: bool = True  # the feedback is drawn from convert's seed
     trained_feedback: bool = False  # the feedback matrices are parameters the optimizer trains
     counters: tuple[str, ...] = ()  # buffers that every backward pass changes
-    fast_path: bool = False  # feedalign.mlp models train through the fused path
+    fused: bool = False  # feedalign.mlp models train through the fused path
     # backward recovers what it needs from a mean-reduced cross-entropy; any other loss
     # needs ``context(model, y)`` around the forward pass
     target_context: Callable | None = None
@@ -70,17 +70,17 @@ DEFAULT = Contract()
 
 CONTRACTS = {
     "bp": Contract(reference="bp", has_feedback=False, seeded=False),
-    "fa": Contract(fast_path=True),
-    "dfa": Contract(reference="dfa", needs_hidden=True, fast_path=True),
-    "ifa": Contract(reference="ifa", conv=False, needs_hidden=True, fast_path=True),
+    "fa": Contract(fused=True),
+    "dfa": Contract(reference="dfa", needs_hidden=True, fused=True),
+    "ifa": Contract(reference="ifa", conv=False, needs_hidden=True, fused=True),
     "usf": Contract(seeded=False, feedback_from_weights=True, reference_feedback=_usf_feedback,  # B = s sign(W)
-                    fast_path=True),
+                    fused=True),
     "brsf": Contract(counters=("feedback_draws",), feedback_from_weights=True,  # R redrawn every backward
-                     reference_feedback=_brsf_feedback, fast_path=True),
-    "frsf": Contract(feedback_from_weights=True, reference_feedback=_frsf_feedback, fast_path=True),
-    "kp": Contract(trained_feedback=True, fast_path=True),
-    "wm": Contract(after_step=lambda model: wm.mirror(model, 1), fast_path=True),
-    "drtp": Contract(reference="drtp", needs_hidden=True, target_context=drtp.target, fast_path=True),
+                     reference_feedback=_brsf_feedback, fused=True),
+    "frsf": Contract(feedback_from_weights=True, reference_feedback=_frsf_feedback, fused=True),
+    "kp": Contract(trained_feedback=True, fused=True),
+    "wm": Contract(after_step=lambda model: wm.mirror(model, 1), fused=True),
+    "drtp": Contract(reference="drtp", needs_hidden=True, target_context=drtp.target, fused=True),
     # dtp's float64 reference (weights and inverses, with its noise) is its own, in test_dtp.py
     "dtp": Contract(reference=None, conv=False, needs_hidden=True, trained_feedback=True,
                     counters=("dtp_noise_draws",)),

@@ -17,7 +17,7 @@ from torch import nn
 
 import feedalign
 from feedalign.rules import register, trainable_layers
-from feedalign.rules.fast import uses_fast_path
+from feedalign.rules.fused import uses_fused_path
 
 import reference
 import reference_conv
@@ -216,13 +216,13 @@ def test_fast_and_general_paths_agree(rule, sizes):
     torch.manual_seed(0)
     fast = feedalign.convert(feedalign.mlp(sizes).double(), rule, seed=2)
     general = copy.deepcopy(fast)
-    general.fast_path = False
+    general.fused = False
     x, y = torch.randn(7, 5, dtype=torch.float64), torch.randint(0, 3, (7,))
     out = fast(x)
-    if contract(rule).fast_path:
-        assert uses_fast_path(out)
+    if contract(rule).fused:
+        assert uses_fused_path(out)
     out_general = general(x)  # one forward pass each: a rule may draw noise in every one (dtp)
-    assert not uses_fast_path(out_general)
+    assert not uses_fused_path(out_general)
     F.cross_entropy(out, y).backward()
     F.cross_entropy(out_general, y).backward()
     for (name, p), q in zip(fast.named_parameters(), general.parameters()):

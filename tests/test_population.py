@@ -11,9 +11,14 @@ import feedalign
 from feedalign.training import Config, resume, train
 from feedalign.rules import trainable_layers
 from feedalign.training.optimizers import GravesRMSprop
-from feedalign.training.population import (SUPPORTED_RULES, PopulationMLP, PopulationSGD, population_key,
-                                           train_population, unsupported)
-from feedalign.training.population_optim import PopulationAdam, PopulationGravesRMSprop, PopulationRMSprop
+from feedalign.rules import fused
+from feedalign.training.population import member_losses, population_key, train_population, unsupported
+from feedalign.training.population_optim import PopulationAdam, PopulationGravesRMSprop, PopulationRMSprop, PopulationSGD
+from feedalign.training.step import Step
+
+# every registered rule with a fused path trains in populations; the others are refused (test_refusals_are_clear)
+SUPPORTED_RULES = [r for r in feedalign.rules() if feedalign.get_rule(r).fused_signals() is not None]
+UNSUPPORTED_RULES = [r for r in feedalign.rules() if r not in SUPPORTED_RULES]
 
 SMALL = dict(dataset="mnist1d", architecture="40-24-16-10", epochs=2, batch_size=64, threads=1, train_size=640, test_size=300,
              alignment_every=7)
@@ -49,22 +54,13 @@ def test_members_match_their_separate_runs(tmp_path, rule):
         assert probes == alone_probes
 
 
-def test_the_fa_family_mixes_in_one_population(tmp_path):
-    """fa, usf, frsf and brsf runs share a population (and a population_key); each member matches its
-    separate run, brsf's draw count included."""
-    base = Config(**{**SMALL, "epochs": 1}, momentum=0.9, lr=0.05, out_dir=str(tmp_path / "pop"))
-    configs = [base.replace(rule=rule, seed=seed, name=rule) for seed, rule in enumerate(("fa", "usf", "frsf", "brsf"))]
-    assert len({population_key(c) for c in configs}) == 1
-    assert population_key(base.replace(rule="fa")) != population_key(base.replace(rule="dfa"))
-    for config, member in zip(configs, train_population(configs, progress="none")):
-        alone = train(config.replace(out_dir=str(tmp_path / "alone")), progress="none")
-        assert feedalign.rule_of(member.model) == config.rule
-        for a, b in zip(member.model.parameters(), alone.model.parameters()):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-        for (name, a), b in zip(member.model.named_buffers(), alone.model.buffers()):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
-    with pytest.raises(ValueError, match="mix only"):
-        PopulationMLP([feedalign.convert(feedalign.mlp("4-3-2"), rule) for rule in ("fa", "dfa")])
+def test_rules_do_not_mix_in_one_population(tmp_path):
+    """A population is one rule: its key says so, and stacking models of two rules is refused."""
+    base = Config(**SMALL, out_dir=str(tmp_path))
+    assert population_key(base.replace(rule="fa")) != population_key(base.replace(rule="usf"))
+    models = [feedalign.convert(feedalign.mlp("4-3-2"), rule) for rule in ("fa", "dfa")]
+    with pytest.raises(ValueError, match="differ"):
+        fused.stack_members(models, feedalign.learning_rule(models[0]).fused_signals())
 
 
 @pytest.mark.parametrize("settings", [dict(schedule="step", step_size=1, gamma=0.5), dict(schedule="cosine"),
@@ -163,46 +159,44 @@ def test_population_optimizers_are_their_counterparts_per_member(name):
                                        atol=1e-14)
 
 
-@pytest.mark.parametrize("rules", [(rule, rule) for rule in SUPPORTED_RULES] + [("fa", "usf", "frsf"), ("brsf", "fa")],
-                         ids=lambda rules: "+".join(rules))
+@pytest.mark.parametrize("rule", SUPPORTED_RULES)
 @pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.9, True)])
-def test_the_step_by_hand_is_each_members_own_step(rules, momentum, nesterov):
-    """Float64: layer_outputs + signals + step_linear (training's step, no autograd) against each
-    member's own converted model, cross-entropy, autograd and torch.optim.SGD, for three steps.
-    The members differ in seed, feedback scale, learning rate and weight decay (and in the rule,
-    within the FA family)."""
+def test_the_stacked_step_is_each_members_own_step(rule, momentum, nesterov):
+    """Float64: the engine's step on the stacked members (the rule's own fused signals with a member
+    dimension, PopulationSGD) against each member's own converted model, cross-entropy, autograd and
+    torch.optim.SGD, for three steps. The members differ in seed, feedback scale (usf's scale becomes
+    per member), learning rate and weight decay."""
     torch.manual_seed(0)
-    n = len(rules)
+    n = 3
     members = [feedalign.convert(feedalign.mlp("6-5-4-3", activation="tanh").double(), rule, seed=seed,
                                  feedback_scale=scale if rule != "bp" else None)
-               for rule, (seed, scale) in zip(rules, ((1, None), (2, 0.5), (3, 0.2)))]
-    population = PopulationMLP([copy.deepcopy(m) for m in members])  # brsf: its own draw counters
-    lr = torch.tensor([0.1, 0.3, 0.2][:n], dtype=torch.float64)
-    decay = torch.tensor([0.0, 0.05, 0.01][:n], dtype=torch.float64)
-    sgd = PopulationSGD(population.parameters(), lr, momentum=momentum, nesterov=nesterov, weight_decay=decay)
+               for seed, scale in ((1, None), (2, 0.5), (3, 0.2))]
+    stacked = fused.stack_members(members, feedalign.learning_rule(members[0]).fused_signals())
+    lr = torch.tensor([0.1, 0.3, 0.2], dtype=torch.float64)
+    decay = torch.tensor([0.0, 0.05, 0.01], dtype=torch.float64)
+    sgd = PopulationSGD(stacked.parameters(), lr, momentum=momentum, nesterov=nesterov, weight_decay=decay)
+    generators = [torch.Generator().manual_seed(i) for i in range(n)]
+    step = Step(stacked, sgd, member_losses, generator=generators)
     optimizers = [torch.optim.SGD(m.parameters(), lr=float(lr[i]), momentum=momentum, nesterov=nesterov,
                                   weight_decay=float(decay[i])) for i, m in enumerate(members)]
-    for _ in range(3):
+    alone = [Step(m, o, F.cross_entropy, generator=torch.Generator().manual_seed(i))
+             for i, (m, o) in enumerate(zip(members, optimizers))]
+    for k in range(3):
         x, y = torch.randn(n, 7, 6, dtype=torch.float64), torch.randint(0, 3, (n, 7))
-        for i, (member, optimizer) in enumerate(zip(members, optimizers)):
-            optimizer.zero_grad()
-            F.cross_entropy(member(x[i]), y[i]).backward()
-            optimizer.step()
-        outputs = population.layer_outputs(x)
-        error = (outputs[-1].softmax(2) - F.one_hot(y, 3)) / 7
-        sgd.step_linear(population.linear_steps(outputs, population.signals(outputs, error)))
+        for i in range(n):
+            alone[i](x[i], y[i], k + 1)
+        output, losses = step.forward(x, y)
+        step.update(losses.sum(), (x, y), k + 1)
+    stacked_state = stacked.state_dict()
     for i, member in enumerate(members):
-        for l, layer in enumerate(trainable_layers(member)):
-            torch.testing.assert_close(population.weights[l][i], layer.weight, rtol=1e-10, atol=1e-12)
-            torch.testing.assert_close(population.biases[l][i], layer.bias, rtol=1e-10, atol=1e-12)
-            if rules[i] == "kp":  # B trained with W's gradient
-                torch.testing.assert_close(population.feedbacks[l][i], layer.feedback, rtol=1e-10, atol=1e-12)
+        for name, value in member.state_dict().items():  # weights, biases, kp's and wm's B, brsf's draw count
+            torch.testing.assert_close(stacked_state[name][i], value, rtol=1e-10, atol=1e-12, msg=name)
 
 
 def test_refusals_are_clear(tmp_path):
     base = Config(**SMALL, out_dir=str(tmp_path))
-    assert "dtp" in unsupported(base.replace(rule="dtp"))
-    assert unsupported(base.replace(rule="dtp")) is not None
+    for rule in UNSUPPORTED_RULES:
+        assert f"{rule!r} has no fused path" in unsupported(base.replace(rule=rule))
     assert unsupported(base.replace(optimizer="adam")) is None
     assert "weight_decay_mode" in unsupported(base.replace(weight_decay=0.01, weight_decay_mode="constant"))
     assert unsupported(base.replace(schedule="cosine")) is None
@@ -212,6 +206,8 @@ def test_refusals_are_clear(tmp_path):
         train_population([base, base.replace(architecture="40-10")], progress="none")
     with pytest.raises(ValueError, match="dtp"):
         train_population([base.replace(rule="dtp")], progress="none")
-    with pytest.raises(ValueError, match="architecture"):
-        PopulationMLP([feedalign.mlp("4-3-2"), feedalign.mlp("4-5-2")])
+    with pytest.raises(ValueError, match="shape"):
+        fused.stack_members([feedalign.mlp("4-3-2"), feedalign.mlp("4-5-2")], feedalign.get_rule("bp").fused_signals())
+    with pytest.raises(ValueError, match="stacked members must be plain"):
+        fused.stack_members([feedalign.mlp("4-2")] * 2, feedalign.get_rule("bp").fused_signals())
     assert not list(tmp_path.iterdir())

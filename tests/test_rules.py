@@ -13,7 +13,7 @@ from torch import nn
 
 import feedalign
 from feedalign.rules import trainable_layers
-from feedalign.rules.fast import uses_fast_path
+from feedalign.rules.fused import uses_fused_path
 from feedalign.rules.layers import FeedbackConv2d, FeedbackLinear, LayerwiseRule, random_feedback
 
 from contracts import contract
@@ -24,7 +24,7 @@ REFERENCE = {"bp": "bp", "feedback": "fa", "dfa": "dfa", "ifa": "ifa"}
 RULES = [rule for rule in feedalign.rules() if contract(rule).reference in REFERENCE]
 # the fused path where a rule has one, and the general path
 PATHS = [pytest.param(rule, fast, id=f"{rule}-{'fast' if fast else 'general'}")
-         for rule in RULES for fast in ((True, False) if contract(rule).fast_path else (False,))]
+         for rule in RULES for fast in ((True, False) if contract(rule).fused else (False,))]
 
 
 def run_torch(model, x, target, loss):
@@ -41,8 +41,8 @@ def check_against_reference(model, rule, x, target, activation, loss, bias=True,
     grad_w, grad_b = reference_gradients(REFERENCE[contract(rule).reference], weights, biases, feedback, x.numpy(),
                                          target.numpy(), activation, loss)
     if fast is not None:  # pin the path, and check that it is the one taken
-        model.fast_path = fast
-        assert uses_fast_path(model(x)) == fast
+        model.fused = fast
+        assert uses_fused_path(model(x)) == fast
     run_torch(model, x, target, loss)
     for l, layer in enumerate(layers):
         np.testing.assert_allclose(layer.weight.grad.numpy(), grad_w[l], rtol=1e-6, atol=1e-10, err_msg=f"{rule} W{l + 1}")
@@ -55,7 +55,7 @@ def check_against_reference(model, rule, x, target, activation, loss, bias=True,
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("batch", [1, 7])
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
-# hidden widths unequal / equal (stacked) / one hidden layer (the lean node, fast._OneHiddenFunction)
+# hidden widths unequal / equal (stacked) / one hidden layer (the lean node, fused._OneHiddenFunction)
 @pytest.mark.parametrize("sizes", ["5-7-6-4-3", "5-6x3-3", "5-7-3"])
 def test_gradients_match_reference(rule, activation, bias, batch, loss, sizes, fast):
     torch.manual_seed(batch + 10 * bias)
@@ -67,7 +67,7 @@ def test_gradients_match_reference(rule, activation, bias, batch, loss, sizes, f
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("rule", [r for r in RULES if contract(r).fast_path])
+@pytest.mark.parametrize("rule", [r for r in RULES if contract(r).fused])
 def test_stacked_weight_gradients_by_mm_and_by_bmm(rule, threads):
     """The fused path takes the hidden-to-hidden weight gradients in one bmm with more than one thread
     and layer by layer with one: both match the float64 reference."""
@@ -150,7 +150,7 @@ def test_backward_matmul_count(rule, expected, fast):
     """DFA computes no input gradient for hidden layers: one weight-gradient matmul per
     layer plus the single fused feedback matmul; BP and FA need 2L - 1."""
     model = feedalign.convert(feedalign.mlp("5-6-6-4-3"), rule)
-    model.fast_path = fast
+    model.fused = fast
     loss = F.cross_entropy(model(torch.randn(8, 5)), torch.randint(0, 3, (8,)))
     with MatmulCounter() as counter:
         loss.backward()
@@ -219,39 +219,39 @@ class _Doubled(nn.Module):
         return 2 * weight
 
 
-@pytest.mark.parametrize("rule", [r for r in feedalign.rules() if contract(r).fast_path])
-def test_fast_path_taken_for_mlp_only(rule):
+@pytest.mark.parametrize("rule", [r for r in feedalign.rules() if contract(r).fused])
+def test_fused_path_taken_for_mlp_only(rule):
     x = torch.randn(4, 5)
     model = feedalign.convert(feedalign.mlp("5-6-6-3"), rule)
-    assert uses_fast_path(model(x))
+    assert uses_fused_path(model(x))
     assert isinstance(model, nn.Sequential) and repr(model).startswith("Sequential(")
     with torch.no_grad():
-        assert not uses_fast_path(model(x))
+        assert not uses_fused_path(model(x))
     with feedalign.exact_gradients(model):
-        assert not uses_fast_path(model(x))
+        assert not uses_fused_path(model(x))
     handle = trainable_layers(model)[1].register_forward_hook(lambda *args: None)
-    assert not uses_fast_path(model(x)), "a hook on a layer must see the layer run"
+    assert not uses_fused_path(model(x)), "a hook on a layer must see the layer run"
     handle.remove()
-    assert uses_fast_path(model(x))
+    assert uses_fused_path(model(x))
     nested = feedalign.convert(Nested(), rule)
-    assert not uses_fast_path(nested(x))
+    assert not uses_fused_path(nested(x))
     gelu = feedalign.convert(feedalign.mlp("5-6-6-3", activation="gelu"), rule)
-    assert not uses_fast_path(gelu(x))
+    assert not uses_fused_path(gelu(x))
     # a parametrized weight is computed, not stored in _parameters: the general path computes it
     torch.nn.utils.parametrize.register_parametrization(trainable_layers(model)[0], "weight", _Doubled())
     out = model(x)
-    assert not uses_fast_path(out)
+    assert not uses_fused_path(out)
     F.cross_entropy(out, torch.tensor([0, 1, 2, 0])).backward()
     assert trainable_layers(model)[0].parametrizations.weight.original.grad is not None
 
 
-@pytest.mark.parametrize("rule", [r for r in feedalign.rules() if contract(r).fast_path])
-def test_fast_path_accumulates_and_keeps_state(rule):
+@pytest.mark.parametrize("rule", [r for r in feedalign.rules() if contract(r).fused])
+def test_fused_path_accumulates_and_keeps_state(rule):
     """Same .grad as the general path, accumulated across backward calls; same state_dict keys."""
     torch.manual_seed(0)
     fast = feedalign.convert(feedalign.mlp("5-6x4-3").double(), rule, seed=2)
     general = copy.deepcopy(fast)
-    general.fast_path = False
+    general.fused = False
     assert list(fast.state_dict()) == list(feedalign.convert(feedalign.mlp("5-6x4-3"), rule).state_dict())
     x, y = torch.randn(6, 5, dtype=torch.float64, requires_grad=True), torch.randint(0, 3, (6,))
     grads = []
@@ -274,13 +274,13 @@ def test_fast_path_accumulates_and_keeps_state(rule):
 def test_cuda_matches_cpu(rule, fast):
     torch.manual_seed(0)
     cpu = feedalign.convert(feedalign.mlp("20-16x3-5").double(), rule, seed=1)
-    cpu.fast_path = fast
+    cpu.fused = fast
     gpu = copy.deepcopy(cpu).to("cuda")
     assert all(b.is_cuda for b in feedalign.feedback_matrices(gpu))
     x, y = torch.randn(9, 20, dtype=torch.float64), torch.randint(0, 5, (9,))
     F.cross_entropy(cpu(x), y).backward()
     out = gpu(x.cuda())
-    assert uses_fast_path(out) == fast
+    assert uses_fused_path(out) == fast
     F.cross_entropy(out, y.cuda()).backward()
     for p, q in zip(cpu.parameters(), gpu.parameters()):
         torch.testing.assert_close(p.grad, q.grad.cpu())
@@ -296,17 +296,17 @@ def _hand_built_stack(kind):
                          nn.LeakyReLU(0.9), nn.Linear(6, 3))
 
 
-@pytest.mark.parametrize("rule", [r for r in feedalign.rules() if contract(r).fast_path])
+@pytest.mark.parametrize("rule", [r for r in feedalign.rules() if contract(r).fused])
 @pytest.mark.parametrize("kind", ["mixed", "slopes"])
-def test_fast_path_on_hand_built_stacks(rule, kind):
+def test_fused_path_on_hand_built_stacks(rule, kind):
     """A hand-built stack through the fused path gives the general path's gradients."""
     torch.manual_seed(0)
     fast = feedalign.convert(_hand_built_stack(kind).double(), rule, seed=1)
     general = copy.deepcopy(fast)
-    general.fast_path = False
+    general.fused = False
     x, y = torch.randn(7, 5, dtype=torch.float64), torch.randint(0, 3, (7,))
     out = fast(x)
-    assert uses_fast_path(out)
+    assert uses_fused_path(out)
     F.cross_entropy(out, y).backward()
     F.cross_entropy(general(x), y).backward()
     for (name, p), q in zip(fast.named_parameters(), general.parameters()):
@@ -398,17 +398,17 @@ def test_a_new_fa_type_rule_is_one_class_per_part(fast, scaled_rule):
 
 
 @pytest.mark.parametrize("rule", ["fa", "dfa", "drtp"])
-def test_fast_path_runs_hooks_added_to_the_root(rule):
+def test_fused_path_runs_hooks_added_to_the_root(rule):
     """The fused path skips only the root hooks convert installed (DFA's cut); one added later runs,
     on the fused path still, and removing it restores the bypass."""
     model = feedalign.convert(feedalign.mlp("5-6-3"), rule)
     x = torch.randn(4, 5)
     seen = []
-    handle = model.register_forward_hook(lambda module, args, output: seen.append(uses_fast_path(output)))
+    handle = model.register_forward_hook(lambda module, args, output: seen.append(uses_fused_path(output)))
     pre = model.register_forward_pre_hook(lambda module, args: (args[0] * 2,))
     doubled = model(x)
     assert seen == [True]
     handle.remove()
     pre.remove()
-    assert uses_fast_path(model(x))
+    assert uses_fused_path(model(x))
     torch.testing.assert_close(doubled, model(2 * x))

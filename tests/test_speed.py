@@ -23,7 +23,7 @@ def test_bench_smoke(tmp_path, capsys):
     rows = result["rows"]
     assert {r["rule"] for r in rows} == {"bp", "fa", "dfa", "ifa"}
     assert all(r["step_ms"] > 0 and r["ratio"] > 0 for r in rows)
-    assert all(r["fast_path"] == (r["rule"] != "bp") for r in rows)
+    assert all(r["fused"] == (r["rule"] != "bp") for r in rows)
 
 
 def test_step_flops_counts_fewer_matmuls_for_dfa():
@@ -45,7 +45,7 @@ def test_bench_times_every_registered_rule(sample_rule):
     assert [r.rule for r in rows] == ["bp"] + [r for r in feedalign.rules() if r != "bp"]
     assert sample_rule in {r.rule for r in rows}
     assert all(r.step_ms > 0 and r.ratio > 0 and r.gflops > 0 for r in rows)
-    assert all(r.fast_path for r in rows if contract(r.rule).fast_path)
+    assert all(r.fused for r in rows if contract(r.rule).fused)
 
 
 @pytest.mark.parametrize("rule", feedalign.rules())
@@ -79,7 +79,7 @@ def test_every_rule_counts_its_own_step_flops():
 def test_time_to_accuracy_trains_each_rule_until_the_target(capsys):
     """On MNIST-1D (40 inputs) a small network reaches 35% test accuracy within a few epochs under bp and dfa;
     an unreachable target is reported as such, with the best accuracy seen."""
-    from feedalign.bench_accuracy import time_to_accuracy
+    from feedalign.bench import time_to_accuracy
     settings = {"bp": {"optimizer": "adam", "lr": 3e-3, "momentum": 0.9}, "dfa": {"optimizer": "adam", "lr": 3e-3,
                                                                                   "momentum": 0.9}}
     result = time_to_accuracy(0.35, ["bp", "dfa"], network="40-128-10", dataset="mnist1d", batch_size=64,

@@ -67,12 +67,13 @@ def main(args) -> int:
 def _to_accuracy(args, log) -> dict:
     import torch
 
-    from feedalign.bench_accuracy import time_to_accuracy
+    from feedalign.bench import time_to_accuracy
     if args.device == "cuda":
         raise UsageError("--to-accuracy runs on the CPU only")
     if args.threads is not None:
         if args.threads < 1:
             raise UsageError(f"--threads must be at least 1; got {args.threads}")
         torch.set_num_threads(args.threads)
-    rules = list(dict.fromkeys(["bp", *args.rules]))  # BP first: the ratios are to it
+    from feedalign.rules import reference_rule
+    rules = list(dict.fromkeys([reference_rule(), *args.rules]))  # BP first: the ratios are to it
     return time_to_accuracy(args.to_accuracy, rules, max_epochs=args.max_epochs, log=log)

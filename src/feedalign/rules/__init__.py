@@ -5,7 +5,8 @@ with :func:`register`, an import below, and its reference-gradient tests. An FA-
 rule (a feedback matrix per layer) is a mixin on the layers of :mod:`.layers` and a
 :class:`~feedalign.rules.layers.LayerwiseRule`.
 """
-from .base import FeedbackRole, LearningRule, exact_gradients, get_rule, parse_options, register, rules, trainable_layers
+from .base import (FeedbackRole, LearningRule, exact_gradients, get_rule, parse_options, reference_rule, register, rules,
+                   trainable_layers)
 from . import bp, dfa, fa, ifa  # noqa: F401  (registration)
 from . import sign_symmetry  # noqa: F401  (usf, brsf, frsf)
 from . import kp  # noqa: F401
@@ -14,5 +15,6 @@ from . import drtp  # noqa: F401
 from . import dtp  # noqa: F401
 from . import eqprop, chl  # noqa: F401  (energy networks)
 
-__all__ = ["FeedbackRole", "LearningRule", "exact_gradients", "get_rule", "parse_options", "register", "rules",
+__all__ = ["FeedbackRole", "LearningRule", "exact_gradients", "get_rule", "parse_options", "reference_rule", "register",
+           "rules",
            "trainable_layers"]

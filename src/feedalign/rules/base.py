@@ -41,6 +41,11 @@ def get_rule(name: str) -> "LearningRule":
     return _REGISTRY[name]()
 
 
+def reference_rule() -> str:
+    """The name of the registered rule whose update is the true gradient (:attr:`LearningRule.exact`: ``bp``)."""
+    return next(name for name in rules() if _REGISTRY[name].exact)
+
+
 def parse_options(rule: str, text: str) -> dict[str, float]:
     """``"name=value,name=value"`` -> ``{name: float}`` for rule ``rule``'s :attr:`LearningRule.options`;
     ``""`` -> ``{}``. A ValueError names the bad part and the rule's options."""
@@ -104,6 +109,8 @@ class LearningRule(abc.ABC):
     """
 
     name: ClassVar[str] = ""
+    # whether the rule's update is the true gradient: the reference every other rule is compared and timed against
+    exact: ClassVar[bool] = False
     # whether convert(..., taps=[...]) applies: rules that project the error to named block outputs
     takes_taps: ClassVar[bool] = False
     # the rule's own settings beyond feedback_init/feedback_scale: name -> what it is (and its default);
@@ -123,6 +130,12 @@ class LearningRule(abc.ABC):
         """Optimizer parameter groups for ``model`` at learning rate ``lr``: one group of every parameter that
         needs a gradient, unless the rule trains some at their own rate (dtp's inverses)."""
         return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
+
+    def fused_signals(self):
+        """The rule's backward on the fused path (a :class:`~feedalign.rules.fused.StackedSignals`): what
+        ``convert`` installs on a plain MLP, and what trains stacked members (population training).
+        None (the default): the rule has none, and trains through its general path only."""
+        return None
 
     def feedback_matrices(self, model: nn.Module) -> list[torch.Tensor]:
         """The rule's feedback matrices, forward order (see :func:`feedalign.feedback_matrices`)."""

@@ -36,7 +36,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import fast
+from . import fused
 from ..sequence import LSTM, GRU, RecurrentLayer, has_sequence_modules
 from ._cut import HiddenCut, TapCut, find_cut, spread
 from .base import FeedbackRole, LearningRule, forward_flops, register, sample_feedback, trainable_layers
@@ -59,13 +59,11 @@ class _DirectFeedback(torch.autograd.Function):
         return (error, None, None, *(spread(s, shape, ctx.n_lead) for s, shape in zip(signals, ctx.hidden_shapes)))
 
 
-class DirectSignals(fast.StackedSignals):
-    """The fused path of every direct rule: each hidden ``delta_k = (s B_k) * f'(a_k)`` from one
-    matmul ``s @ feedback``; with a (K, N, w) stack, one ``bmm`` with the feedback seen as
-    (K, out, w) straight into that layout. ``s`` (N, out) is :meth:`direct_source`: the output error
+class DirectSignals(fused.StackedSignals):
+    """The fused path of every direct rule: each hidden ``delta_k = (z B_k) * f'(a_k)`` from one
+    matmul ``z @ feedback``; with a (K, N, w) stack, one ``bmm`` with the feedback seen as
+    (K, out, w) straight into that layout. ``z`` (N, out) is :meth:`direct_source`: the output error
     ``e`` for DFA (drtp projects the target instead)."""
-
-    one_hidden_input = 0  # one hidden layer: M = B_1, the first input
 
     def __init__(self):
         self._stacked = (None, None)  # (key, tensor): see _stacked_feedback
@@ -75,11 +73,10 @@ class DirectSignals(fast.StackedSignals):
         return [_checked_feedback(plan.root, plan.linears[-1].out_features)]
 
     def one_hidden(self, inputs):
-        return True  # delta_1 = (s B_1) * f'(a_1), s = e or the rule's direct_source (drtp's target)
+        return True  # delta_1 = (z B_1) * f'(a_1)
 
-    def direct(self, plan, inputs):
-        """B in the stack's layout, for the compiled stack node: the layout :meth:`signals` uses."""
-        return self._stacked_feedback(inputs[0], len(plan.linears) - 1) if plan.stacked else inputs[0]
+    def one_hidden_matrix(self, plan, inputs):
+        return inputs[0], 1.0
 
     def signals(self, step, error, inputs):
         feedback = inputs[0]
@@ -90,7 +87,7 @@ class DirectSignals(fast.StackedSignals):
             step.times_derivatives(deltas)
             return deltas
         deltas, outs = step.empty()
-        for l, part in enumerate(signal.mm(feedback).split([h.shape[1] for h in step.hidden], dim=1)):
+        for l, part in enumerate(torch.matmul(signal, feedback).split([h.shape[-1] for h in step.hidden], dim=-1)):
             step.times_derivative(l, part, outs[l])
         return deltas
 
@@ -105,8 +102,8 @@ class DirectSignals(fast.StackedSignals):
 
 def _checked_feedback(root, out_features):
     feedback = root.feedback  # read once: Module's attribute fallback is a visible cost of a small step
-    if out_features != feedback.shape[0]:
-        raise ValueError(f"DFA feedback expects outputs of size {feedback.shape[0]}, got {out_features}")
+    if out_features != feedback.shape[-2]:
+        raise ValueError(f"the direct feedback expects outputs of size {feedback.shape[-2]}, got {out_features}")
     return feedback
 
 
@@ -154,8 +151,11 @@ class DirectFeedbackAlignment(DirectRule):
         install_direct_feedback(model, layers, _attach, generator=generator, feedback_init=feedback_init,
                                 feedback_scale=feedback_scale, taps=taps)
         if taps is None and all(isinstance(layer, nn.Linear) for layer in layers):
-            fast.install(model, layers, DirectSignals())
+            fused.install(model, layers, self.fused_signals())
         return model
+
+    def fused_signals(self):
+        return DirectSignals()
 
 
 def install_direct_feedback(model, layers, attach, *, generator, feedback_init, feedback_scale,

@@ -37,17 +37,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fast
+from . import fused
 from ._cut import find_cut, spread
 from .base import register, trainable_layers
-from .dfa import DirectRule, DirectSignals, install_direct_feedback, materialize_feedback
+from .dfa import DirectRule, DirectSignals, _checked_feedback, install_direct_feedback, materialize_feedback
 
 
-def recover_target(output: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
-    """``t = softmax(y) - N e``, the target of a mean-reduced softmax cross-entropy; checked."""
-    flat_y = output.reshape(-1, output.shape[-1])
-    flat_e = error.reshape(-1, error.shape[-1])
-    t = torch.softmax(flat_y.to(flat_e.dtype), dim=1) - flat_e * flat_y.shape[0]
+def recover_target(output: torch.Tensor, error: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+    """``t = softmax(y) - N e``, the target of a mean-reduced softmax cross-entropy; checked. ``N`` is
+    ``rows`` (the batch of one member of stacked models, each with its own mean), else every row
+    of ``y``; ``t`` then has the shape of ``error``, else (rows, out)."""
+    if rows is not None:
+        flat_y, flat_e, n = output, error, rows
+    else:
+        flat_y, flat_e = output.reshape(-1, output.shape[-1]), error.reshape(-1, error.shape[-1])
+        n = flat_y.shape[0]
+    t = torch.softmax(flat_y.to(flat_e.dtype), dim=-1) - flat_e * n
     tolerance = 1e-3 if t.dtype in (torch.float32, torch.float64) else 2e-2
     bounds = torch.aminmax(t) if t.numel() else None  # one kernel, not four: a check at every step
     if bounds is not None and not (float(bounds.min) > -tolerance and float(bounds.max) < 1 + tolerance):
@@ -91,12 +96,6 @@ def _one_hot(target: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> tor
     return target.detach().reshape(-1, classes).to(dtype)
 
 
-def _checked_feedback(root, out_features):
-    if out_features != root.feedback.shape[0]:
-        raise ValueError(f"DRTP feedback expects outputs of size {root.feedback.shape[0]}, got {out_features}")
-    return root.feedback
-
-
 def _attach(root, output, hidden, preactivations):
     materialize_feedback(root)
     feedback = _checked_feedback(root, output.shape[-1])
@@ -122,8 +121,13 @@ class _TargetSignals(DirectSignals):
         return [feedback, _one_hot(given, shape, plan.linears[-1].weight.dtype)]
 
     def direct_source(self, output, error, inputs):
-        t = recover_target(output, error) if len(inputs) == 1 else inputs[1].to(error.dtype)
-        return t / t.shape[0]
+        """``t / N`` (N the rows of one model's batch: ``error`` is (N, out), or (M, N, out) for stacked members)."""
+        rows = error.shape[-2]
+        if len(inputs) == 1:
+            t = recover_target(output, error, rows if error.dim() == 3 else None)
+        else:
+            t = inputs[1].to(error.dtype).view_as(error)
+        return t / rows
 
 
 @contextlib.contextmanager
@@ -154,8 +158,11 @@ class DirectRandomTargetProjection(DirectRule):
         install_direct_feedback(model, layers, _attach, generator=generator, feedback_init=feedback_init,
                                 feedback_scale=feedback_scale, taps=taps)
         if taps is None and all(isinstance(layer, nn.Linear) for layer in layers):
-            fast.install(model, layers, _TargetSignals())
+            fused.install(model, layers, self.fused_signals())
         return model
+
+    def fused_signals(self):
+        return _TargetSignals()
 
     def forward_context(self, model, y):
         """The forward pass projects ``y`` itself (:func:`target`): every loss works, not only

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fast
+from . import fused
 from ..sequence import has_sequence_modules
 from ._cut import HiddenCut, find_cut
 from .base import FeedbackRole, LearningRule, forward_flops, register, sample_feedback, trainable_layers
@@ -49,28 +49,29 @@ class _IndirectFeedback(torch.autograd.Function):
         return (error, None, None, *signals, *padding)
 
 
-class _IndirectSignals(fast.StackedSignals):
+class _IndirectSignals(fused.StackedSignals):
     """The fused path: ``delta_1 = (e B_1) * D_1``, then ``delta_l = (delta_{l-1} W_l^T) * D_l`` layer by layer."""
-
-    one_hidden_input = 0  # one hidden layer: M = B_1, the first input
 
     def inputs(self, plan, input):
         feedback = plan.root.feedback
-        if feedback.shape[0] != plan.linears[-1].out_features:
-            raise ValueError(f"IFA feedback expects outputs of size {feedback.shape[0]}, "
+        if feedback.shape[-2] != plan.linears[-1].out_features:
+            raise ValueError(f"IFA feedback expects outputs of size {feedback.shape[-2]}, "
                              f"got {plan.linears[-1].out_features}")
         return [feedback]
 
     def one_hidden(self, inputs):
         return True  # one hidden layer: delta_1 = (e B_1) * f'(a_1), as DFA
 
+    def one_hidden_matrix(self, plan, inputs):
+        return inputs[0], 1.0
+
     def signals(self, step, error, inputs):
         (feedback,) = inputs
         deltas, outs = step.empty()
-        grad = error.mm(feedback)
+        grad = torch.matmul(error, feedback)
         for l in range(len(outs)):
             if l > 0:
-                grad = torch.mm(outs[l - 1], step.weights[l].t(), out=outs[l])
+                grad = torch.matmul(outs[l - 1], step.weights[l].mT, out=outs[l])
             step.times_derivative(l, grad, outs[l])
         return deltas
 
@@ -102,8 +103,11 @@ class IndirectFeedbackAlignment(LearningRule):
             (linears[-1].out_features, width), fan=width, init=feedback_init, scale=feedback_scale,
             generator=generator, like=linears[-1].weight))
         model._feedalign_cut = cut
-        fast.install(model, linears, _IndirectSignals())
+        fused.install(model, linears, self.fused_signals())
         return model
+
+    def fused_signals(self):
+        return _IndirectSignals()
 
     def feedback_matrices(self, model: nn.Module) -> list[torch.Tensor]:
         """``[B_1]``, of shape (out_features, width_1): the first hidden layer's signal is ``e @ B_1``."""

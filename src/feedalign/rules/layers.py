@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fast
+from . import fused
 from .base import TRAINABLE, FeedbackRole, LearningRule, sample_feedback, trainable_layers
 
 
@@ -196,10 +196,11 @@ class FeedbackConv2d(FeedbackLayer, nn.Conv2d):
                                              conv_arguments(self))
 
 
-class LayerwiseSignals(fast.StackedSignals):
-    """The fused path of every FA-type rule: ``delta_l = (delta_{l+1} B_{l+1}) * f'(a_l)``, each
-    layer's B asked for at backward time as the general path does, the input gradient
-    through ``B_1``, and a trained B (kp) given ``dW`` as its gradient."""
+class LayerwiseSignals(fused.StackedSignals):
+    """The fused path of every FA-type rule: ``delta_l = s_{l+1} (delta_{l+1} M_{l+1}) * f'(a_l)`` with
+    ``B = s M`` each layer's :meth:`FeedbackLayer.scaled_backward_weight`, asked for at backward time as
+    the general path asks for ``B``; the input gradient through ``B_1``, and a trained B (kp) given
+    ``dW`` as its gradient."""
 
     def inputs(self, plan, input):
         return [t for t in (layer.trained_feedback() for layer in plan.linears) if t is not None]
@@ -207,22 +208,18 @@ class LayerwiseSignals(fast.StackedSignals):
     def signals(self, step, error, inputs):
         deltas, outs = step.empty()
         signal = error
-        for l, (feedback, scale) in zip(range(len(outs) - 1, -1, -1), self.chain(step.plan, inputs)):
-            if scale == 1.0:
-                torch.mm(signal, feedback, out=outs[l])
-            else:  # beta=0: outs[l] is only written, never read
-                torch.addmm(outs[l], signal, feedback, beta=0, alpha=scale, out=outs[l])
+        for l in reversed(range(len(outs))):
+            feedback, scale = step.plan.linears[l + 1].scaled_backward_weight()
+            fused.scaled_matmul(signal, feedback, scale, outs[l])
             step.times_derivative(l, outs[l], outs[l])
             signal = outs[l]
         return deltas
 
-    def chain(self, plan, inputs):
-        """``delta_l = s (delta_{l+1} B_{l+1}) * f'(a_l)``: each layer's ``(B, s)`` (``scaled_backward_weight``)."""
-        linears = plan.linears
-        return [linears[l + 1].scaled_backward_weight() for l in range(len(linears) - 2, -1, -1)]
-
     def one_hidden(self, inputs):
-        return not inputs  # a trained feedback (kp) needs its gradient, which the lean nodes do not give
+        return not inputs  # a trained feedback (kp) needs its gradient, which the lean node does not give
+
+    def one_hidden_matrix(self, plan, inputs):
+        return plan.linears[1].scaled_backward_weight()
 
     def input_matrix(self, step, inputs):
         return step.plan.linears[0].backward_weight()
@@ -279,8 +276,11 @@ class LayerwiseRule(LearningRule):
             self.init_layer(new, generator=generator, feedback_init=feedback_init, feedback_scale=feedback_scale)
             return new
         model = swap_layers(model, make)
-        fast.install(model, trainable_layers(model), LayerwiseSignals())
+        fused.install(model, trainable_layers(model), self.fused_signals())
         return model
+
+    def fused_signals(self):
+        return LayerwiseSignals()
 
     def feedback_matrices(self, model):
         """Each layer's B (weight-shaped, the one its next backward pass uses), forward order."""

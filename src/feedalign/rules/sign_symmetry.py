@@ -61,9 +61,17 @@ class _BatchRandomSign:
     feedback_draws: torch.Tensor
 
     def magnitude(self) -> torch.Tensor:
-        seed = (int(self.feedback_seed) * 1_000_003 + int(self.feedback_draws)) % (2 ** 63)
-        return sample_feedback(tuple(self.weight.shape), fan=1, init=self.feedback_init, scale=self.magnitude_scale,
-                               generator=torch.Generator().manual_seed(seed), like=self.weight).abs_()
+        """``|R_k|`` of W's shape. Stacked members (:func:`~feedalign.rules.fused.stack_members`: seed and
+        count of shape (M,), W (M, out, in), a differing scale (M, 1, 1)) each draw from their own sequence."""
+        members = self.feedback_seed.dim()
+        shape = tuple(self.weight.shape[members:])
+        seeds, draws = self.feedback_seed.reshape(-1).tolist(), self.feedback_draws.reshape(-1).tolist()
+        scales = self.magnitude_scale.reshape(-1).tolist() if isinstance(self.magnitude_scale, torch.Tensor) \
+            else [self.magnitude_scale] * len(seeds)
+        values = [sample_feedback(shape, fan=1, init=self.feedback_init, scale=scale, like=self.weight,
+                                  generator=torch.Generator().manual_seed((seed * 1_000_003 + draw) % (2 ** 63)))
+                  for seed, draw, scale in zip(seeds, draws, scales)]
+        return (torch.stack(values) if members else values[0]).abs_()
 
     def backward_weight(self) -> torch.Tensor:
         feedback = torch.sign(self.weight.detach()).mul_(self.magnitude())  # no W-sized temporary besides the draw

@@ -49,7 +49,7 @@ class WMConv2d(_Mirror, FeedbackConv2d):
     pass
 
 
-#: the mirror settings of :meth:`WeightMirror.after_step` (population training repeats them, batched)
+#: the mirror settings of :meth:`WeightMirror.after_step`
 AFTER_STEP = dict(noise_std=1.0, lr=0.1, weight_decay=None, batch_size=64)
 
 
@@ -90,7 +90,7 @@ def mirror_update_(feedback: torch.Tensor, estimate: torch.Tensor, *, lr: float,
 @torch.no_grad()
 def mirror(model: nn.Module, steps: int = 1, *, noise_std: float = 1.0, lr: float = 0.1,
            weight_decay: float | None = None, batch_size: int = 64,
-           generator: torch.Generator | None = None) -> nn.Module:
+           generator: torch.Generator | list[torch.Generator] | None = None) -> nn.Module:
     """Run ``steps`` mirror steps on every weight-mirror layer of ``model`` (in place).
 
     Args:
@@ -100,7 +100,9 @@ def mirror(model: nn.Module, steps: int = 1, *, noise_std: float = 1.0, lr: floa
         lr: step size of the correlation update.
         weight_decay: decay of B per step; ``None`` takes ``lr`` (B then tends to W).
         generator: for the noise (a CPU generator; the noise is moved to the layer's
-            device); ``None`` uses torch's global RNG.
+            device); ``None`` uses torch's global RNG. A model of stacked members
+            (:func:`~feedalign.rules.fused.stack_members`) takes one generator per member, each
+            drawing that member's noise as its own model's mirror would.
     """
     layers = [m for m in model.modules() if isinstance(m, _Mirror)]
     if not layers:
@@ -111,7 +113,7 @@ def mirror(model: nn.Module, steps: int = 1, *, noise_std: float = 1.0, lr: floa
         for layer in layers:
             weight = layer.weight.detach()
             if isinstance(layer, nn.Linear):
-                x = torch.randn(batch_size, layer.in_features, generator=generator) * noise_std
+                x = _noise((batch_size, layer.in_features), generator) * noise_std
                 estimate = linear_estimate(weight, x.to(weight), noise_std)
             else:
                 kh, kw = (d * (k - 1) + 1 for d, k in zip(layer.dilation, layer.kernel_size))
@@ -123,3 +125,10 @@ def mirror(model: nn.Module, steps: int = 1, *, noise_std: float = 1.0, lr: floa
                 estimate /= batch_size * positions * noise_std ** 2
             mirror_update_(layer.feedback, estimate, lr=lr, weight_decay=weight_decay)
     return model
+
+
+def _noise(shape: tuple[int, ...], generator) -> torch.Tensor:
+    """Standard normal noise of ``shape``; a list of generators draws one such tensor per member, (M, *shape)."""
+    if isinstance(generator, (list, tuple)):
+        return torch.stack([torch.randn(shape, generator=g) for g in generator])
+    return torch.randn(shape, generator=generator)

@@ -32,6 +32,7 @@ from . import integrity
 from .checkpoint import save_checkpoint, set_rng_states
 from .config import Config
 from .outcome import label_outcome
+from .step import Step
 
 EVAL_BATCH = 2048  # evaluation batch size: memory only, results do not depend on it beyond float rounding
 
@@ -440,32 +441,22 @@ def _train_epoch(run: Run, epoch: int, x, y, classification: bool, callbacks, ba
     total, correct, seen = 0.0, 0, 0
     n_batches = math.ceil(len(x) / config.batch_size)
     bar.start_epoch(epoch, n_batches)
-    forward_context, after_step = _rule_hooks(run, epoch)
+    step = Step(model, optimizer, run.loss_fn, generator=_epoch_generator(config, epoch, stream=1))
     # Bound once per epoch, not looked up per step: on small networks a step is well under a millisecond.
     on_step = [m for m in (getattr(cb, "on_step", None) for cb in callbacks) if m is not None]
     bar_update = bar.update if bar.mode == "bar" else None
-    loss_fn = run.loss_fn
     augment = _augmentation(run, epoch)
     t0 = time.perf_counter()
     for xb, yb in batches(x, y, config.batch_size, shuffle=True, generator=_epoch_generator(config, epoch)):
         if augment is not None:
             xb = augment(xb)
-        if forward_context is None:
-            out = model(xb)
-        else:
-            with forward_context(model, yb):
-                out = model(xb)
-        loss = loss_fn(out, yb)
+        out, loss = step.forward(xb, yb)
         value = float(loss.detach())
         if not math.isfinite(value):
             bar.line(f"epoch {epoch} step {run.step + 1}: loss is {value}; stopping (diverged), "
                      "the last good checkpoint stays")
             return None
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if after_step is not None:
-            after_step(model, (xb, yb), run.step + 1)
+        step.update(loss, (xb, yb), run.step + 1)
         run.step += 1
         n = len(xb)
         total += value * n
@@ -489,27 +480,6 @@ def _augmentation(run: Run, epoch: int):
     generator = _epoch_generator(run.config, epoch, stream=2)
     pad_value = getattr(run.data, "pad_value", None)
     return lambda xb: random_crop_flip(xb, padding=4, generator=generator, pad_value=pad_value)
-
-
-def _rule_hooks(run: Run, epoch: int):
-    """What the rule needs around the plain step: ``(forward context(model, y), after-step call(model, batch, step))``.
-
-    Both come from the model's :class:`~feedalign.rules.LearningRule` (drtp's target, wm's
-    mirror phase); noise the after-step call draws comes from a per-epoch generator, so
-    a resumed run replays it. Either is None when the rule keeps :class:`~feedalign.rules.LearningRule`'s default (nothing
-    to do), so the loop skips it.
-    """
-    from ..convert import learning_rule
-    from ..rules import LearningRule
-    rule = learning_rule(run.model)
-    generator = _epoch_generator(run.config, epoch, stream=1)
-
-    def after_step(model, batch, step):
-        rule.after_step(model, batch, step, generator=generator)
-
-    overridden = type(rule).after_step is not LearningRule.after_step
-    context = None if type(rule).forward_context is LearningRule.forward_context else rule.forward_context
-    return context, (after_step if overridden else None)
 
 
 def _score(row: dict, split: str, classification: bool) -> float:

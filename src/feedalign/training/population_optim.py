@@ -6,10 +6,8 @@ run). Each class does, slice by slice, what its ``torch.optim`` (or feedalign) c
 does for one member's parameter, and :meth:`PopulationOptimizer.member_state` gives member
 i's slice of a parameter's state in that optimizer's own format, so a member's checkpoint
 resumes as a separate run. tests/test_population.py checks each against its counterpart in
-float64.
-
-:meth:`PopulationOptimizer.step_linear` takes a step from linear layers' signals without
-forming ``.grad``: ``grad W = delta^T h`` (one bmm for all members), ``grad b = sum_B delta``.
+float64, member by member. ``torch.optim`` itself cannot serve here: it has one learning rate per
+parameter group, and a member is a slice of a parameter, not a group.
 """
 from __future__ import annotations
 
@@ -29,9 +27,13 @@ class PopulationOptimizer(abc.ABC):
         self.state: list[dict] = [{} for _ in self.params]
         self._index = {id(p): k for k, p in enumerate(self.params)}
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop every ``.grad`` (as ``torch.optim``'s default; ``set_to_none=False`` zeroes them instead)."""
         for p in self.params:
-            p.grad = None
+            if set_to_none or p.grad is None:
+                p.grad = None
+            else:
+                p.grad.zero_()
 
     @torch.no_grad()
     def step(self) -> None:
@@ -39,19 +41,6 @@ class PopulationOptimizer(abc.ABC):
         for k, p in enumerate(self.params):
             if p.grad is not None:
                 self._update(k, p, p.grad)
-
-    @torch.no_grad()
-    def step_linear(self, layers) -> None:
-        """One step of stacked linear layers from their signals, no ``.grad`` formed: for each
-        ``(weights, bias, delta, input)`` (delta (N, B, out), input (N, B, in)) every tensor in
-        ``weights`` gets the gradient ``delta^T input`` (N, out, in), and ``bias`` gets
-        ``sum_B delta`` (N, out)."""
-        for weights, bias, delta, input in layers:
-            grad = torch.bmm(delta.mT, input)  # _update never writes into it: shared safely
-            for weight in weights:
-                self._update(self._index[id(weight)], weight, grad)
-            if bias is not None:
-                self._update(self._index[id(bias)], bias, delta.sum(1))
 
     def member_state(self, p: torch.Tensor, i: int) -> dict:
         """Member i's slice of the state of stacked parameter ``p``, as the member's own torch
@@ -84,26 +73,6 @@ class PopulationSGD(PopulationOptimizer):
                  weight_decay: torch.Tensor | None = None):
         super().__init__(params, lr, weight_decay=weight_decay)
         self.momentum, self.nesterov = float(momentum), nesterov
-
-    @torch.no_grad()
-    def step_linear(self, layers) -> None:
-        """As :meth:`PopulationOptimizer.step_linear`; with momentum (not Nesterov), after the first
-        step a lone weight's GEMM accumulates straight into its momentum buffer,
-        ``buf = momentum buf + delta^T input``: two passes over W, not five."""
-        rest = []
-        for weights, bias, delta, input in layers:
-            weight = weights[0]
-            buf = self.state[self._index[id(weight)]].get("momentum_buffer")
-            if len(weights) > 1 or buf is None or self.nesterov:
-                rest.append((weights, bias, delta, input))
-                continue
-            buf.baddbmm_(delta.mT, input, beta=self.momentum)
-            if self.weight_decay is not None:
-                buf.addcmul_(weight, self._per_member(self.weight_decay, weight))
-            weight.addcmul_(buf, self._per_member(self.lr, weight), value=-1)
-            if bias is not None:
-                self._update(self._index[id(bias)], bias, delta.sum(1))
-        super().step_linear(rest)
 
     def _update(self, k, p, grad):
         g = self._decayed(p, grad)

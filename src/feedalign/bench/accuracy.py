@@ -15,7 +15,9 @@ import time
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..rules import reference_rule
+from ..training.step import Step
 
 NETWORK = "784-800-800-10"
 # Per rule: the fastest setting to 97% of `python benchmarks/tune_to_accuracy.py --threads 1` (batch 128, tanh,
@@ -52,9 +54,9 @@ def time_to_accuracy(target: float, rules, *, network: str = NETWORK, dataset: s
     a row gives ``seconds`` (training time to the target, None if never reached), ``steps``, ``epochs``
     (fractional), ``best_accuracy`` and ``ratio`` (seconds / BP's, when both reached it).
     """
-    from .data import batches
-    from .training.build import build_model, load_data, make_loss, make_optimizer
-    from .training.config import Config
+    from ..data import batches
+    from ..training.build import build_model, load_data, make_loss, make_optimizer
+    from ..training.config import Config
     if not (isinstance(target, (int, float)) and 0 < target < 1):
         raise ConfigError(f"--to-accuracy must be a fraction between 0 and 1 (e.g. 0.97); got {target!r}")
     for name, value in (("max_epochs", max_epochs), ("eval_every", eval_every), ("batch_size", batch_size)):
@@ -73,13 +75,12 @@ def time_to_accuracy(target: float, rules, *, network: str = NETWORK, dataset: s
         model = build_model(config, torch.device("cpu"))
         optimizer, loss_fn = make_optimizer(config, model), make_loss("cross_entropy", data.output_size)
         generator = torch.Generator().manual_seed(seed)
+        step = Step(model, optimizer, loss_fn, generator=torch.Generator().manual_seed(seed + 1))
         seconds, steps, best, reached = 0.0, 0, 0.0, None
         for epoch in range(max_epochs):
             for xb, yb in batches(data.train_x, data.train_y, batch_size, generator=generator):
                 start = time.perf_counter()
-                optimizer.zero_grad(set_to_none=True)
-                loss_fn(model(xb), yb).backward()
-                optimizer.step()
+                step(xb, yb, steps + 1)
                 seconds += time.perf_counter() - start
                 steps += 1
                 if steps % eval_every == 0:
@@ -96,7 +97,8 @@ def time_to_accuracy(target: float, rules, *, network: str = NETWORK, dataset: s
         log(f"  {rule}: " + (f"{100 * target:g}% after {reached:.1f} s of training ({steps} steps, {epochs:.2f} epochs)"
                              if reached is not None else f"did not reach {100 * target:g}% in {max_epochs} epochs "
                              f"(best {100 * best:.2f}%)"))
-    bp = next((r["seconds"] for r in rows if r["rule"] == "bp"), None)
+    reference = reference_rule()
+    bp = next((r["seconds"] for r in rows if r["rule"] == reference), None)
     for row in rows:
         row["ratio"] = row["seconds"] / bp if row["seconds"] is not None and bp else None
     return {"target": target, "network": network, "dataset": dataset, "batch_size": batch_size,

@@ -28,7 +28,9 @@ import torch.nn.functional as F
 
 import feedalign
 from feedalign.errors import ConfigError
-from feedalign.rules.fast import uses_compiled_node, uses_fast_path
+from feedalign.rules import reference_rule
+from feedalign.rules.fused import uses_fused_path
+from feedalign.training.step import Step
 
 SIZES = ("784-240x7-10:64", "784-1000-1000-1000-10:128", "784-240x100-10:64")
 SMOKE_SIZES = ("20-16x3-5:8", "20-24-24-5:16")
@@ -93,15 +95,14 @@ def build(arch: str, rule: str, device: torch.device, seed: int = 0):
     torch.manual_seed(seed)
     model = feedalign.convert(feedalign.mlp(arch, activation="tanh"), name, seed=seed).to(device)
     if variant == "general":
-        model.fast_path = False
+        model.fused = False
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    return model, optimizer
+    return Step(model, optimizer, F.cross_entropy, generator=torch.Generator().manual_seed(seed))
 
 
-def train_step(model, optimizer, x, y):
-    optimizer.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
-    optimizer.step()
+def train_step(step: Step, x, y):
+    """One training step as the engine takes it (the rule's forward context and after-step phase included)."""
+    step(x, y, 1)
 
 
 def saved_bytes(model, x, y) -> int:
@@ -123,13 +124,13 @@ def saved_bytes(model, x, y) -> int:
     return sum(storages.values())
 
 
-def cuda_peak_bytes(model, optimizer, x, y, device) -> int | None:
+def cuda_peak_bytes(step: Step, x, y, device) -> int | None:
     if device.type != "cuda":
         return None
     synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
-    train_step(model, optimizer, x, y)
+    train_step(step, x, y)
     synchronize(device)
     return torch.cuda.max_memory_allocated(device) - base
 
@@ -144,8 +145,7 @@ class Row:
     ceiling_fraction: float = 0.0
     saved_mib: float = 0.0
     cuda_peak_mib: float | None = None
-    fast_path: bool = False
-    compiled_node: bool = False  # through one of the fused path's compiled nodes (feedalign.rules.native)
+    fused: bool = False  # the step ran on the fused path (feedalign.rules.fused)
     epoch_s: float | None = None
     epoch_ratio: float | None = None
     test_accuracy: float | None = None
@@ -156,43 +156,43 @@ def bench_size(spec: str, rules, device, *, rounds: int, min_round_s: float, cei
     """Time every rule's training step on one architecture, interleaved; BP is always timed as the reference."""
     arch, batch = parse_size(spec)
     widths = feedalign.parse_sizes(arch)
-    timed = ["bp"] + [r for r in rules if r != "bp"]
+    reference = reference_rule()
+    timed = [reference] + [r for r in rules if r != reference]
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, widths[0], generator=g).to(device)
     y = torch.randint(0, widths[-1], (batch,), generator=g).to(device)
-    models = {rule: build(arch, rule, device) for rule in timed}
+    steps_of = {rule: build(arch, rule, device) for rule in timed}
     rows = {rule: Row(size=spec, rule=rule) for rule in timed}
-    for rule, (model, optimizer) in models.items():
+    for rule, step in steps_of.items():
+        model = step.model
         rows[rule].saved_mib = saved_bytes(model, x, y) / 2 ** 20
-        output = model(x)
-        rows[rule].fast_path, rows[rule].compiled_node = uses_fast_path(output), uses_compiled_node(output)
+        rows[rule].fused = uses_fused_path(model(x))
         model.zero_grad(set_to_none=True)
-        peak = cuda_peak_bytes(model, optimizer, x, y, device)
+        peak = cuda_peak_bytes(step, x, y, device)
         rows[rule].cuda_peak_mib = None if peak is None else peak / 2 ** 20
     # steps per timed block: enough for min_round_s, from a short calibration of BP
-    model, optimizer = models["bp"]
     for _ in range(3):
-        train_step(model, optimizer, x, y)
+        train_step(steps_of[reference], x, y)
     synchronize(device)
     start = clock()
     for _ in range(3):
-        train_step(model, optimizer, x, y)
+        train_step(steps_of[reference], x, y)
     synchronize(device)
     steps = max(1, int(3 * min_round_s / max(clock() - start, 1e-6)))
     for rule in timed:  # warm-up: allocator, kernels, lazy init
         for _ in range(max(2, steps // 4)):
-            train_step(*models[rule], x, y)
+            train_step(steps_of[rule], x, y)
     times = {rule: [] for rule in timed}
     for r in range(rounds):
         order = timed[r % len(timed):] + timed[:r % len(timed)]
         for rule in order:
-            model, optimizer = models[rule]
+            step = steps_of[rule]
             synchronize(device)
             start = clock()
             done = 0
             while True:  # the calibrated count, then on until the block lasts min_round_s
                 for _ in range(steps if done == 0 else 1):
-                    train_step(model, optimizer, x, y)
+                    train_step(step, x, y)
                 done += steps if done == 0 else 1
                 synchronize(device)
                 if clock() - start >= min_round_s:
@@ -202,11 +202,11 @@ def bench_size(spec: str, rules, device, *, rounds: int, min_round_s: float, cei
         row = rows[rule]
         row.rounds = times[rule]
         row.step_ms = 1e3 * statistics.median(times[rule])
-        row.ratio = statistics.median(t / b for t, b in zip(times[rule], times["bp"]))
+        row.ratio = statistics.median(t / b for t, b in zip(times[rule], times[reference]))
         row.gflops = step_flops(widths, batch, rule) / (row.step_ms / 1e3) / 1e9
         row.ceiling_fraction = row.gflops * 1e9 / ceiling
     log(f"  {spec}: at least {steps} steps ({min_round_s} s) a rule a round, {rounds} rounds")
-    return [rows[rule] for rule in timed if rule in rules or rule == "bp"]
+    return [rows[rule] for rule in timed if rule in rules or rule == reference]
 
 
 def epoch_times(rows: list[Row], device, *, dataset: str = "mnist", log=print) -> str | None:
@@ -228,19 +228,20 @@ def epoch_times(rows: list[Row], device, *, dataset: str = "mnist", log=print) -
         if widths[0] != train_x.shape[1] or widths[-1] != data.output_size:
             continue
         for row in group:
-            model, optimizer = build(arch, row.rule, device)
+            step = build(arch, row.rule, device)
+            model = step.model
             generator = torch.Generator(device=train_x.device).manual_seed(0)
             synchronize(device)
             start = clock()
             for xb, yb in batches(train_x, train_y, batch, generator=generator):
-                train_step(model, optimizer, xb, yb)
+                train_step(step, xb, yb)
             with torch.inference_mode():
                 correct = sum(int((model(xb).argmax(1) == yb).sum())
                               for xb, yb in batches(test_x, test_y, 1000, shuffle=False))
             synchronize(device)
             row.epoch_s = clock() - start
             row.test_accuracy = correct / len(test_x)
-        bp = next(r for r in group if r.rule == "bp").epoch_s
+        bp = next(r for r in group if r.rule == reference_rule()).epoch_s
         for row in group:
             row.epoch_ratio = None if row.epoch_s is None or not bp else row.epoch_s / bp
         log(f"  {spec}: epoch done")
@@ -249,10 +250,10 @@ def epoch_times(rows: list[Row], device, *, dataset: str = "mnist", log=print) -
 
 def table(rows: list[Row], ceiling: float, device: torch.device, notes: list[str], gemm_size: int) -> str:
     lines = [f"device: {describe(device)}; GEMM ceiling (float32 mm {gemm_size}^3): {ceiling / 1e9:.1f} GFLOP/s", "",
-             "| network:batch | rule | step ms | x BP | GFLOP/s | % ceiling | saved MiB | fast path | epoch s | epoch x BP | test acc |",
+             "| network:batch | rule | step ms | x BP | GFLOP/s | % ceiling | saved MiB | fused | epoch s | epoch x BP | test acc |",
              "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
     for r in rows:
-        path = "compiled" if r.compiled_node else "yes" if r.fast_path else "no"
+        path = "yes" if r.fused else "no"
         epoch = "-" if r.epoch_s is None else f"{r.epoch_s:.1f}"
         epoch_ratio = "-" if r.epoch_ratio is None else f"{r.epoch_ratio:.2f}"
         acc = "-" if r.test_accuracy is None else f"{100 * r.test_accuracy:.1f}%"

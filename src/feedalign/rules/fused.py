@@ -1,39 +1,39 @@
-"""The fused path for the common case: an ``nn.Sequential`` of ``nn.Linear`` layers and known
-element-wise activations (``feedalign.mlp`` builds exactly these).
+"""The fused path: a plain stack of ``nn.Linear`` layers and element-wise activations (what
+``feedalign.mlp`` builds) trained through ONE autograd node instead of one per layer.
 
-The general path of every rule is plain autograd: one graph node per layer and
-activation, a custom Function per FA-type layer, hooks at every DFA/IFA cut. On small
-layers that bookkeeping, not arithmetic, is what a step costs. Here the whole stack
-is ONE autograd Function whose backward computes every signal and weight gradient
-itself, and batches the work that does not depend on other layers:
+A rule's general path is plain autograd: a node per layer and activation, a custom Function per
+FA-type layer, hooks at every DFA/IFA cut. On small layers that bookkeeping, not arithmetic, is what a
+step costs. Here the whole stack is one :class:`torch.autograd.Function` whose backward computes every
+signal and weight gradient itself and batches what does not depend on other layers:
 
-- all hidden outputs live in one (K, N, w) tensor when the hidden widths are equal,
-  and so do the hidden signals; a rule can then fill them in one batched op (DFA: one
-  ``bmm`` for every ``e @ B_k``), and ``f'`` of every hidden layer is one element-wise op;
-- the gradients of the hidden-to-hidden weights, ``dW_k = delta_k^T h_{k-1}``, are
-  one ``bmm`` over the K - 1 layers on CUDA (one launch instead of K - 1); on the
-  CPU, K - 1 ``mm`` calls measured faster (see ``_StackFunction.backward``).
+- when the hidden widths are equal, all hidden outputs live in one (K, N, w) tensor and so do their
+  signals; a rule can fill them in one batched op (DFA: one ``bmm`` for every ``e @ B_k``), and ``f'``
+  of every hidden layer is one element-wise op;
+- the hidden-to-hidden weight gradients ``dW_k = delta_k^T h_{k-1}`` are one ``bmm`` where threads or
+  a GPU can split it.
 
-This module is only the runner: the forward pass, the weight and bias gradients, the
-batching. What a rule sends to each hidden layer is its :class:`StackedSignals`, which
-lives in the rule's own module beside its general path (as ``torch.optim`` keeps the
-single-tensor, foreach and fused variants of one algorithm in one file) and is tested
-against the same float64 references.
+This module is only the runner: the forward pass, the weight and bias gradients, the batching. What a
+rule sends to each hidden layer is its :class:`StackedSignals`, which lives in the rule's own module
+beside its general path and is tested against the same float64 references.
 
-On the CPU plain autograd is not far from this (``feedalign bench``, 2 cores): most
-of DFA's gain over BP is the matmuls it skips. The single node matters most where
-per-op overhead does (many small layers, GPUs).
+**Members.** The runner is generic over a leading member dimension: :func:`stack_members` turns N
+converted models of one architecture into one model whose every parameter and buffer is the members'
+tensors stacked, (N, ...), and the same node then trains all N at once (input (N, B, in), output
+(N, B, out); ``baddbmm`` where one model has ``addmm``). A rule's signals are written with ``matmul``
+and ``.mT``, so they serve one model and N alike; population training
+(:mod:`feedalign.training.population`) needs no code of its own for any rule.
 
-The user's loop does not change: the Function takes every weight and bias as an
-input, so autograd puts (and accumulates) their gradients in ``.grad``. The model
-keeps its modules, parameters, buffers and ``state_dict``; only its class becomes
-:class:`FastSequential`, a subclass of ``nn.Sequential`` whose forward takes this
-path when it can and the general one otherwise (no grad, ``exact_gradients()``,
-hooks on the layers, mixed dtypes or devices, ``model.fast_path = False``).
+The user's loop does not change: the Function takes every weight and bias as an input, so autograd
+puts (and accumulates) their gradients in ``.grad``. The model keeps its modules, parameters, buffers
+and ``state_dict``; only its class becomes :class:`FusedSequential`, an ``nn.Sequential`` whose forward
+takes this path when it can and the general one otherwise (no grad, ``exact_gradients()``, hooks on
+the layers, mixed dtypes or devices, ``model.fused = False``). Under ``torch.compile`` dynamo traces
+the node like any autograd Function.
 """
 from __future__ import annotations
 
 import abc
+import copy
 import functools
 
 import torch
@@ -41,12 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as _module
 
-from . import native
-
 _aten = torch.ops.aten
-_PYTHON, _CHAIN, _DIRECT = 0, 1, 2  # nodes.cpp's SignalsMode: where the compiled stack node gets the deltas
-# torch >= 2.3; before, dynamo breaks its graph at the compiled node instead (still correct, a warning)
-_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 
 # ``grad * f'(a)`` written with h = f(a), into ``out``: the fused kernels autograd itself
 # runs for these modules, so both paths give the same bits. ReLU: 1 where h > 0.
@@ -60,12 +55,26 @@ _BACKWARDS = {
 }
 
 
+def scaled_matmul(signal: torch.Tensor, matrix: torch.Tensor, scale, out: torch.Tensor) -> torch.Tensor:
+    """``out = s (signal @ matrix)``; ``s`` a float goes into the GEMM's alpha (no pass over ``matrix`` or
+    ``out``), a tensor (a population's per-member scales, (N, 1, 1)) multiplies the product."""
+    if isinstance(scale, torch.Tensor):
+        return torch.matmul(signal, matrix, out=out).mul_(scale)
+    if scale == 1.0:
+        return torch.matmul(signal, matrix, out=out)
+    if signal.dim() == 2:  # beta=0: out is only written, never read
+        return torch.addmm(out, signal, matrix, beta=0, alpha=scale, out=out)
+    return torch.baddbmm(out, signal, matrix, beta=0, alpha=scale, out=out)
+
+
 class StackedSignals(abc.ABC):
     """A rule's backward on the fused path: the pre-activation signal of every hidden layer at once.
 
     Row vectors; ``e = dL/dy`` (N, out), ``h_l`` the output of hidden layer l, ``D_l = f'(a_l)``.
     The runner then computes ``dW_l = delta_l^T h_{l-1}``, ``db_l = sum_n delta_l``
     (``delta_L = e``) and the input gradient ``delta_1 M`` with ``M`` from :meth:`input_matrix`.
+    With members (:func:`stack_members`) every tensor has a leading member dimension: ``e`` (M, N, out),
+    weights and feedback (M, ...); a rule that writes its products with ``matmul`` and ``.mT`` serves both.
     """
 
     #: whether :meth:`signals` reads the stack's output ``y`` (``step.output``, (N, out)); saved only then
@@ -83,52 +92,27 @@ class StackedSignals(abc.ABC):
         """Every ``delta_l`` (l = 1 .. K, the hidden layers): ``step.empty()``'s layout, filled."""
 
     def one_hidden(self, inputs: list[torch.Tensor]) -> bool:
-        """Whether, on a stack with ONE hidden layer, the rule's signal is ``delta_1 = (s M) * f'(a_1)`` with
-        ``M`` from :meth:`one_hidden_matrix`, ``s`` from :meth:`direct_source` (``e`` unless the rule gives a
-        source of its own) and nothing else to do at backward (no gradient for ``inputs``); the stack then
-        runs as the lean :class:`_OneHiddenFunction`. Default: False."""
+        """Whether, on a stack with ONE hidden layer, the rule's signal is ``delta_1 = s (z M') * f'(a_1)`` with
+        ``(M', s)`` from :meth:`one_hidden_matrix`, ``z`` from :meth:`direct_source` and nothing else to do at
+        backward (no gradient for ``inputs``); the stack then runs as the lean :class:`_OneHiddenFunction`.
+        Default: False."""
         return False
 
-    def direct(self, plan: "Plan", inputs: list[torch.Tensor]) -> torch.Tensor | None:
-        """For a rule whose hidden signals are ``delta_k = (s B_k) * f'(a_k)``, one signal ``s`` sent to every
-        hidden layer through its own matrix (:meth:`direct_source`: DFA's ``e``, drtp's target), the B_k in
-        the stack's layout: (K, out, w) when the hidden widths are equal, else (out, w_1 + ... + w_K); the
-        compiled stack node then computes the deltas itself. None (the default) for any other rule. It
-        must give what :meth:`signals` gives, bit for bit."""
-        return None
+    def one_hidden_matrix(self, plan: "Plan", inputs: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
+        """``(M', s)`` of :meth:`one_hidden`, asked for at backward time (so a B that follows W sees the W
+        of that step); ``s`` a float goes into the GEMM's alpha. Asked only where :meth:`one_hidden` is True."""
+        raise NotImplementedError(f"{type(self).__name__}.one_hidden is True but it gives no one_hidden_matrix")
 
     def direct_source(self, output: torch.Tensor | None, error: torch.Tensor,
                       inputs: list[torch.Tensor]) -> torch.Tensor:
-        """The (N, out) signal ``s`` a :meth:`direct` rule projects, from the stack's output ``y`` (where
-        :attr:`needs_output`, else None), ``e`` and :meth:`inputs`. Default ``e`` (DFA), which the compiled
-        stack node then takes without asking; a rule that overrides it is asked once a step."""
+        """The signal ``z`` (N, out) a rule projects into the hidden layers, from the stack's output ``y``
+        (where :attr:`needs_output`, else None), ``e`` and :meth:`inputs`. Default ``e``."""
         return error
-
-    #: Where :meth:`one_hidden_matrix` is always ``(inputs[i], 1.0)`` (DFA's and IFA's B), that ``i``: the
-    #: compiled node then reads M from its saved inputs without a call into Python. None: asked each step.
-    one_hidden_input: int | None = None
-
-    def one_hidden_matrix(self, plan: "Plan", inputs: list[torch.Tensor]) -> tuple[torch.Tensor, float] | None:
-        """``(M', s)`` with ``M = s M'`` (out, width) of :meth:`one_hidden`, asked for at backward time; ``s``
-        goes into the GEMM's alpha, as :meth:`~feedalign.rules.layers.FeedbackLayer.scaled_backward_weight`
-        (None where :meth:`one_hidden` is False: never asked). Default: from :attr:`one_hidden_input`, else
-        the one link of :meth:`chain`."""
-        if self.one_hidden_input is not None:
-            return inputs[self.one_hidden_input], 1.0
-        chain = self.chain(plan, inputs)
-        return None if chain is None else chain[0]
 
     def input_matrix(self, step: "Backward", inputs: list[torch.Tensor]) -> torch.Tensor:
         """The (width_1, in) matrix that carries ``delta_1`` to the stack's input; asked for only when
         the input needs a gradient. Default ``W_1``: rules that change only the hidden signals."""
         return step.weights[0]
-
-    def chain(self, plan: "Plan", inputs: list[torch.Tensor]) -> list[tuple[torch.Tensor, float]] | None:
-        """For a rule whose hidden signals are the chain ``delta_l = s_l (delta_{l+1} M_l) * f'(a_l)``
-        from ``delta_{K+1} = e`` (FA-type rules), its ``(M_l, s_l)`` for l = K down to 1, which the
-        compiled stack node then runs itself; None (the default) for any other rule. It must give
-        what :meth:`signals` gives, bit for bit."""
-        return None
 
     def input_grads(self, plan: "Plan", grad_weights: list[torch.Tensor],
                     inputs: list[torch.Tensor]) -> list[torch.Tensor | None]:
@@ -165,7 +149,7 @@ class Backward:
         """``delta_l *= f'(a_l)`` in place for every hidden layer; one op when stacked with one activation kind."""
         first = self.activations[0]
         if self.stack is not None and first is not None and all(_same_kind(a, first) for a in self.activations):
-            _BACKWARDS[type(first)](deltas, self.stack, first, deltas)  # 3x faster than K strided slices
+            _BACKWARDS[type(first)](deltas, self.stack, first, deltas)  # one op, not K strided ones
             return
         for l, delta in enumerate(deltas.unbind(0) if self.stack is not None else deltas):
             self.times_derivative(l, delta, delta)
@@ -175,24 +159,19 @@ class Plan:
     """What the fused path needs to know about a converted Sequential.
 
     ``linears`` in forward order, ``activations[k]`` the module after ``linears[k]``
-    (``None`` for none), ``signals`` the rule's :class:`StackedSignals`. Holds modules,
+    (``None`` for none), ``signals`` the rule's :class:`StackedSignals`, ``members`` the size of the
+    leading member dimension of a stacked model (:func:`stack_members`), else None. Holds modules,
     never tensors, so ``.to()`` and ``.double()`` are seen.
     """
 
-    def __init__(self, root: nn.Sequential, linears: list[nn.Linear], activations: list, signals: StackedSignals):
+    def __init__(self, root: nn.Sequential, linears: list[nn.Linear], activations: list, signals: StackedSignals,
+                 members: int | None = None):
         self.root, self.linears, self.activations, self.signals = root, linears, activations, signals
+        self.members = members
         widths = [layer.out_features for layer in linears[:-1]]
-        self.stacked = len(set(widths)) == 1  # hidden outputs in one (K, N, w) tensor
+        # hidden outputs in one (K, N, w) tensor; a stacked model keeps a list of (M, N, w_l)
+        self.stacked = len(set(widths)) == 1 and members is None
         self.activate_ = [_forward_kernel(a) for a in activations]  # f in place, or None
-        # the hidden activations as the compiled nodes' codes, (codes, negative slopes)
-        codes = [_activation_code(a) for a in activations[:-1]]
-        self.activation_codes = ([c for c, _ in codes], [s for _, s in codes])
-        # how the compiled stack node gets the deltas: the rule's chain or direct projection (of e, or of the
-        # rule's own source), which it runs itself, or else from Python
-        kind = type(signals)
-        self.signals_mode = (_CHAIN if kind.chain is not StackedSignals.chain else
-                             _DIRECT if kind.direct is not StackedSignals.direct else _PYTHON)
-        self.own_source = kind.direct_source is not StackedSignals.direct_source  # not e: asked at backward
         # The layers' hook dicts and their sizes now (DFA/IFA's own cut hooks included): a hook
         # added later means someone watches a layer, so it must run as a module. torch has no
         # public way to ask a module for its hooks.
@@ -201,8 +180,8 @@ class Plan:
                                                          m._backward_hooks, m._backward_pre_hooks)]
         self._hook_sizes = tuple(map(len, self._hook_dicts))
         # The root's own hooks now: DFA/IFA/DRTP's cut hooks, which do nothing when the layers do not
-        # run as modules; while they are the only ones, FastSequential.__call__ skips them (and
-        # Module.__call__'s hook machinery, 80 us of a 0.6 ms step on 784-100-10:64).
+        # run as modules; while they are the only ones, FusedSequential.__call__ skips them (and
+        # Module.__call__'s hook machinery, a visible share of a small network's step).
         self._root_hook_dicts = (root._forward_pre_hooks, root._forward_hooks, root._backward_hooks,
                                  root._backward_pre_hooks)
         self._root_hook_sizes = tuple(map(len, self._root_hook_dicts))
@@ -214,7 +193,9 @@ class Plan:
     def tensors_for(self, input) -> tuple[list, list] | None:
         """The layers' ``(weights, biases)`` when the fused path computes exactly what the general
         path would for ``input``, else None. Reads parameters from ``_parameters``: ``Module``'s
-        attribute fallback costs about 0.6 us a read, a visible share of a small network's step."""
+        attribute fallback is a visible cost of a small network's step."""
+        if self.members is not None:
+            return self._member_tensors(input)
         if not (torch.is_grad_enabled() and isinstance(input, torch.Tensor) and input.dim() >= 1):
             return None
         if (_module._global_forward_hooks or _module._global_forward_pre_hooks or _module._global_backward_hooks
@@ -231,77 +212,73 @@ class Plan:
                 return None
         return weights, [layer._parameters.get("bias") for layer in self.linears]
 
+    def _member_tensors(self, input) -> tuple[list, list]:
+        """A stacked model has no general path (its layers' weights are (M, out, in)): its input must fit."""
+        weight = self.linears[0].weight
+        if not (isinstance(input, torch.Tensor) and input.dim() == 3 and input.shape[0] == self.members
+                and input.dtype == weight.dtype and input.device == weight.device):
+            got = tuple(input.shape) if isinstance(input, torch.Tensor) else type(input).__name__
+            raise ValueError(f"a model of {self.members} stacked members takes input (members={self.members}, batch, "
+                             f"{weight.shape[-1]}) of its dtype and device; got {got}")
+        return [layer.weight for layer in self.linears], [layer.bias for layer in self.linears]
+
     def __call__(self, input: torch.Tensor, weights: list, biases: list) -> torch.Tensor:
         """The stack's output through one fused node; ``weights, biases`` from :meth:`tensors_for`."""
         inputs = self.signals.inputs(self, input)
-        lean = input.dim() == 2 and not input.requires_grad  # the lean nodes compute no input gradient
-        # under torch.compile, the Python nodes: dynamo traces autograd Functions, not pybind calls
-        compiled = native.compiled() if lean and self.root.native_node and not _is_compiling() else None
-        if lean and len(weights) == 2 and self.activations[0] is not None and self.signals.one_hidden(inputs):
-            if compiled is not None:
-                codes, slopes = self.activation_codes
-                matrix_input = self.signals.one_hidden_input
-                return compiled.apply(input, weights[0], biases[0], weights[1], biases[1], inputs, self,
-                                      codes[0], slopes[0], -1 if matrix_input is None else matrix_input,
-                                      self.own_source, self.signals.needs_output)
+        if (len(weights) == 2 and input.dim() == 2 and not input.requires_grad and self.activations[0] is not None
+                and self.members is None and self.signals.one_hidden(inputs)):
             return _OneHiddenFunction.apply(input, self, weights[0], biases[0], weights[1], biases[1], *inputs)
-        if compiled is not None:
-            return compiled.stack(input, weights, [b for b in biases if b is not None], [b is not None for b in biases],
-                                  inputs, self, *self.activation_codes, self.stacked, self.signals.needs_output,
-                                  self.signals_mode, self.own_source)
         return _StackFunction.apply(input, self, len(self.linears), len(inputs), *weights, *biases, *inputs)
 
-    def backward_signals(self, weights, hidden, stack, output, error, inputs):
-        """The rule's hidden signals for the compiled stack node (``nodes.cpp``), as :class:`_StackFunction`
-        asks for them: ``signals.signals(Backward(...), error, inputs)``."""
-        return self.signals.signals(Backward(self, weights, hidden, stack, output), error, inputs)
+
+def _affine(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    """``out = h W^T + b``: ``addmm`` for one model, ``baddbmm`` for stacked members ((M, N, in), (M, out, in))."""
+    if h.dim() == 2:
+        return torch.mm(h, weight.t(), out=out) if bias is None else torch.addmm(bias, h, weight.t(), out=out)
+    if bias is None:
+        return torch.bmm(h, weight.mT, out=out)
+    return torch.baddbmm(bias.unsqueeze(1), h, weight.mT, out=out)
 
 
 class _StackFunction(torch.autograd.Function):
     """The whole stack ``a_l = h_{l-1} W_l^T + b_l``, ``h_l = f(a_l)``, ``y = a_L`` as one node.
 
-    Leading dimensions of the input beyond the last are batch dimensions. Backward: the
-    rule's ``delta_l`` (:class:`StackedSignals`), then ``dW_l = delta_l^T h_{l-1}`` and
-    ``db_l = sum_n delta_l`` with ``delta_L = e``, and the input gradient ``delta_1 M``.
-
-    Its compiled twin, ``StackNode`` in ``nodes.cpp`` (:mod:`feedalign.rules.native`), runs where it
-    can be had, for 2-D inputs that need no gradient. It runs an FA-type rule's chain
-    (:meth:`StackedSignals.chain`) and a direct rule's projections (:meth:`StackedSignals.direct`: DFA's
-    of the error, drtp's of the target) itself, asks :meth:`Plan.backward_signals` for any other rule's
-    deltas, and :meth:`StackedSignals.input_grads` for the gradients of inputs that need one (kp's B).
+    One model: leading dimensions of the input beyond the last are batch dimensions. Stacked members:
+    input (M, N, in), every product batched over M. Backward: the rule's ``delta_l``
+    (:class:`StackedSignals`), then ``dW_l = delta_l^T h_{l-1}`` and ``db_l = sum_n delta_l`` with
+    ``delta_L = e``, and the input gradient ``delta_1 M``.
     """
 
     @staticmethod
     def forward(ctx, input, plan, n_layers, n_inputs, *tensors):
         weights, biases = tensors[:n_layers], tensors[n_layers:2 * n_layers]
-        flat = input if input.dim() == 2 else input.reshape(-1, input.shape[-1])
-        n, k = flat.shape[0], n_layers - 1
+        members = plan.members is not None
+        flat = input if input.dim() == 2 or members else input.reshape(-1, input.shape[-1])
+        lead, k = flat.shape[:-1], n_layers - 1
         if plan.stacked:
-            hidden = flat.new_empty((k, n, weights[0].shape[0]))
+            hidden = flat.new_empty((k, *lead, weights[0].shape[-2]))
             outs = hidden.unbind(0) if k > 1 else (hidden[0],)
         else:
-            outs = [flat.new_empty((n, w.shape[0])) for w in weights[:-1]]
+            outs = [flat.new_empty((*lead, w.shape[-2])) for w in weights[:-1]]
             hidden = None
         h = flat
         for w, b, out, activate_ in zip(weights, biases, outs, plan.activate_):
-            if b is None:
-                torch.mm(h, w.t(), out=out)
-            else:
-                torch.addmm(b, h, w.t(), out=out)
+            _affine(h, w, b, out)
             if activate_ is not None:
                 activate_(out)
             h = out
-        output = F.linear(h, weights[-1], biases[-1])
+        output = F.linear(h, weights[-1], biases[-1]) if not members else _affine(
+            h, weights[-1], biases[-1], h.new_empty((*lead, weights[-1].shape[-2])))
         ctx.plan, ctx.n_layers, ctx.input_shape = plan, n_layers, input.shape
         if plan.signals.needs_output:
             ctx.save_for_backward(flat, output, *(outs if hidden is None else (hidden,)), *tensors)
         else:
             ctx.save_for_backward(flat, *(outs if hidden is None else (hidden,)), *tensors)
-        return output if input.dim() == 2 else output.reshape(*input.shape[:-1], output.shape[-1])
+        return output if input.dim() == 2 or members else output.reshape(*input.shape[:-1], output.shape[-1])
 
     @staticmethod
     def backward(ctx, error):
-        # Kept lean: on small networks (784-100-10:64, 0.6 ms a step) every Python op here shows.
+        # Kept lean: on small networks every Python op here shows in the step time.
         plan, n_layers = ctx.plan, ctx.n_layers
         k = n_layers - 1
         input, *saved = ctx.saved_tensors
@@ -313,8 +290,10 @@ class _StackFunction(torch.autograd.Function):
         else:
             stack, hs, tensors = None, saved[:k], saved[k:]
         weights, biases, inputs = tensors[:n_layers], tensors[n_layers:2 * n_layers], tensors[2 * n_layers:]
-        if error.dim() != 2 or not error.is_contiguous():
-            error = error.reshape(-1, error.shape[-1]).contiguous()
+        if plan.members is None and error.dim() != 2:
+            error = error.reshape(-1, error.shape[-1])
+        if not error.is_contiguous():
+            error = error.contiguous()
         step = Backward(plan, weights, hs, stack, output)
         deltas = plan.signals.signals(step, error, inputs)
 
@@ -324,33 +303,31 @@ class _StackFunction(torch.autograd.Function):
             delta_list = deltas.unbind(0) if k > 1 else (deltas[0],)
         else:
             delta_list = deltas
-        grad_weights[-1] = error.t().mm(hs[-1])
-        grad_weights[0] = delta_list[0].t().mm(input)
+        grad_weights[-1] = torch.matmul(error.mT, hs[-1])
+        grad_weights[0] = torch.matmul(delta_list[0].mT, input)
         if k > 1:
-            # The K - 1 hidden-to-hidden layers in one bmm, on a GPU and with more than one CPU
-            # thread: there the threads split the layers, where each small mm alone parallelises
-            # badly (2 threads, 784-240x100-10:64, medians of 9 interleaved blocks: DFA 0.75 ->
-            # 0.69x BP, and 784-240x7-10: FA 1.00 -> 0.95x). With one thread it is no faster
-            # (98 layers of 240: 9.3 ms against 8.9), and autograd then copies each slice to make
-            # it a .grad of its own (1.5 ms): it never keeps a view of shared storage.
+            # The K - 1 hidden-to-hidden layers in one bmm on a GPU and with more than one CPU thread:
+            # there the threads split the layers, where each small mm alone parallelises badly. With
+            # one thread it is no faster, and autograd then copies each slice to make it a .grad of
+            # its own (it never keeps a view of shared storage).
             if plan.stacked and (input.is_cuda or torch.get_num_threads() > 1):
                 grad_weights[1:k] = deltas[1:].transpose(1, 2).bmm(stack[:-1]).unbind(0)
             else:
                 for l in range(1, k):
-                    grad_weights[l] = delta_list[l].t().mm(hs[l - 1])
+                    grad_weights[l] = torch.matmul(delta_list[l].mT, hs[l - 1])
         grad_biases = [None] * n_layers
         if biases[-1] is not None:
-            grad_biases[-1] = error.sum(0)
+            grad_biases[-1] = error.sum(-2)
         if any(b is not None for b in biases[:k]):  # layers without bias are dropped below
             if not plan.stacked:
-                grad_biases[:k] = [d.sum(0) for d in delta_list]
+                grad_biases[:k] = [d.sum(-2) for d in delta_list]
             elif k > 1:
                 grad_biases[:k] = deltas.sum(1).unbind(0)
             else:
                 grad_biases[0] = deltas.sum(1)[0]
         grad_input = None
         if needs[0]:
-            grad_input = delta_list[0].mm(plan.signals.input_matrix(step, inputs)).reshape(ctx.input_shape)
+            grad_input = torch.matmul(delta_list[0], plan.signals.input_matrix(step, inputs)).reshape(ctx.input_shape)
         grad_inputs = [g if needs[4 + 2 * n_layers + i] else None
                        for i, g in enumerate(plan.signals.input_grads(plan, grad_weights, inputs))] if inputs else []
         if not all(needs[4:4 + 2 * n_layers]):
@@ -361,14 +338,11 @@ class _StackFunction(torch.autograd.Function):
 
 class _OneHiddenFunction(torch.autograd.Function):
     """``h = f(x W_1^T + b_1)``, ``y = h W_2^T + b_2`` as one lean node, for rules whose hidden signal is
-    ``delta_1 = (s M) * f'(a_1)`` (:meth:`StackedSignals.one_hidden`; ``s = e`` but for drtp, whose ``s`` is
-    the target's :meth:`~StackedSignals.direct_source`): FA-type rules (``M = B_2``), DFA, IFA and drtp
-    (``M = B_1``). Backward: ``dW_2 = e^T h``, ``db_2 = sum_n e``, ``dW_1 = delta_1^T x``,
-    ``db_1 = sum_n delta_1``; no input gradient (taken only for inputs that need none).
-
-    The same kernels as :class:`_StackFunction`, fewer Python steps: on 784-100-10:64 a step is about
-    0.6 ms, and the general runner's bookkeeping was a sixth of it (docs/speed.md). Its compiled twin,
-    in ``nodes.cpp`` (:mod:`feedalign.rules.native`), runs where it can be had; this one is the fallback.
+    ``delta_1 = s (z M') * f'(a_1)`` (:meth:`StackedSignals.one_hidden`, ``z`` the rule's
+    :meth:`~StackedSignals.direct_source`): FA-type rules (``M = B_2``), DFA, IFA and drtp (``M = B_1``).
+    Backward: ``dW_2 = e^T h``, ``db_2 = sum_n e``, ``dW_1 = delta_1^T x``, ``db_1 = sum_n delta_1``; no input
+    gradient (taken only for 2-D inputs that need none). The same kernels as :class:`_StackFunction`,
+    fewer Python steps, for the one-hidden-layer networks whose step is well under a millisecond.
     """
 
     @staticmethod
@@ -389,9 +363,8 @@ class _OneHiddenFunction(torch.autograd.Function):
         if not error.is_contiguous():
             error = error.contiguous()
         matrix, scale = plan.signals.one_hidden_matrix(plan, inputs)
-        signal = plan.signals.direct_source(output, error, inputs) if plan.own_source else error
-        # beta=0: hidden, of delta's shape, is only a placeholder input, never read
-        delta = signal.mm(matrix) if scale == 1.0 else torch.addmm(hidden, signal, matrix, beta=0, alpha=scale)
+        delta = scaled_matmul(plan.signals.direct_source(output, error, inputs), matrix, scale,
+                              torch.empty_like(hidden))
         _BACKWARDS[type(plan.activations[0])](delta, hidden, plan.activations[0], delta)
         needs = ctx.needs_input_grad  # (input, plan, w1, b1, w2, b2, *inputs)
         return (None, None, delta.t().mm(input) if needs[2] else None, delta.sum(0) if needs[3] else None,
@@ -413,18 +386,6 @@ def times_derivative(activation, grad: torch.Tensor, h: torch.Tensor, out: torch
     return _BACKWARDS[type(activation)](grad, h, activation, out)
 
 
-def activate_(activation, a: torch.Tensor) -> torch.Tensor:
-    """``f(a)`` in place (``activation`` None: ``a`` as it is); the kinds :func:`plan_for` admits."""
-    kernel = _forward_kernel(activation)
-    return a if kernel is None else kernel(a)
-
-
-def _activation_code(activation) -> tuple[int, float]:
-    """``(code, negative_slope)`` of the compiled nodes' ``Activation`` enum (nodes.cpp)."""
-    codes = {nn.Tanh: 0, nn.Sigmoid: 1, nn.ReLU: 2, nn.LeakyReLU: 3, nn.Identity: 4, type(None): 4}
-    return codes[type(activation)], float(getattr(activation, "negative_slope", 0.0))
-
-
 def _forward_kernel(activation):
     """``f`` in place, or None for none."""
     kind = type(activation)
@@ -441,23 +402,20 @@ def _forward_kernel(activation):
     raise TypeError(f"no fused-path kernel for {kind.__name__}")  # plan_for admits only the kinds above
 
 
-class FastSequential(nn.Sequential):
+class FusedSequential(nn.Sequential):
     """``nn.Sequential`` that trains through :class:`_StackFunction` when it can.
 
-    Set ``model.fast_path = False`` to force the general (per-layer autograd) path, and
-    ``model.native_node = False`` to run the stack through the Python nodes (:class:`_OneHiddenFunction`,
-    :class:`_StackFunction`) instead of their compiled twins.
+    Set ``model.fused = False`` to force the general (per-layer autograd) path.
     """
 
     exact_gradient = False  # set by feedalign.exact_gradients(): the general path, plain backprop
-    fast_path = True
-    native_node = True  # the compiled nodes where they can be had (feedalign.rules.native)
+    fused = True
 
     def __call__(self, *args, **kwargs):
         # Straight to the fused node when the root has only the hooks it was converted with (see
         # Plan.bare_root); anything else goes through Module.__call__ and forward as usual.
         plan = self.__dict__.get("_feedalign_plan")
-        if (plan is not None and len(args) == 1 and not kwargs and self.fast_path and not self.exact_gradient
+        if (plan is not None and len(args) == 1 and not kwargs and self.fused and not self.exact_gradient
                 and plan.bare_root()):
             tensors = plan.tensors_for(args[0])
             if tensors is not None:
@@ -466,7 +424,7 @@ class FastSequential(nn.Sequential):
 
     def forward(self, input):
         plan = self.__dict__.get("_feedalign_plan")
-        if plan is not None and self.fast_path and not self.exact_gradient:
+        if plan is not None and (plan.members is not None or self.fused and not self.exact_gradient):
             tensors = plan.tensors_for(input)
             if tensors is not None:
                 return plan(input, *tensors)
@@ -478,7 +436,7 @@ class FastSequential(nn.Sequential):
 
 def plan_for(model: nn.Module, linears: list[nn.Module]) -> list | None:
     """The activations between ``linears`` if ``model`` is a plain stack the fused path handles, else None."""
-    if type(model) is not nn.Sequential:
+    if not isinstance(model, nn.Sequential) or type(model) not in (nn.Sequential, FusedSequential):
         return None
     modules = list(model)
     if not modules or modules[0] is not linears[0] or not isinstance(modules[-1], nn.Linear):
@@ -498,24 +456,92 @@ def plan_for(model: nn.Module, linears: list[nn.Module]) -> list | None:
     return activations
 
 
-def install(model: nn.Module, linears: list[nn.Module], signals: StackedSignals) -> bool:
+def install(model: nn.Module, linears: list[nn.Module], signals: StackedSignals | None,
+            members: int | None = None) -> bool:
     """Give ``model`` the fused path with the rule's ``signals`` if it is a plain stack; returns whether it did."""
     activations = plan_for(model, linears)
-    if activations is None or len(linears) < 2:  # one layer: no hidden signal to fuse, the general path is it
+    if signals is None or activations is None or len(linears) < 2:  # one layer: the general path is it
         return False
-    model.__class__ = FastSequential
-    model._feedalign_plan = Plan(model, linears, activations, signals)
+    model.__class__ = FusedSequential
+    model._feedalign_plan = Plan(model, linears, activations, signals, members)
     return True
 
 
-def uses_fast_path(output: torch.Tensor) -> bool:
+def uses_fused_path(output: torch.Tensor) -> bool:
     """Whether ``output`` came out of the fused path: its autograd node is the stack's (whose
-    context, the node itself for a custom Function, holds the plan), or the compiled one."""
-    return isinstance(getattr(output.grad_fn, "plan", None), Plan) or uses_compiled_node(output)
+    context, the node itself for a custom Function, holds the plan)."""
+    return isinstance(getattr(output.grad_fn, "plan", None), Plan)
 
 
-def uses_compiled_node(output: torch.Tensor) -> bool:
-    """Whether ``output`` came out of a compiled node (:mod:`feedalign.rules.native`)."""
-    module = native.loaded()
-    return (module is not None and output.grad_fn is not None
-            and output.grad_fn.name() in (module.NODE_NAME, module.STACK_NODE_NAME))
+_SETTINGS = (bool, int, float, str, tuple, type(None))  # module attributes compared across members
+
+
+def stack_members(models: list[nn.Module], signals: StackedSignals) -> nn.Module:
+    """One model that holds ``models`` (plain stacks of one architecture, converted with one rule) as
+    members: a copy of the first whose every parameter and buffer is the members' stacked, (M, ...),
+    trained on the fused path with the rule's ``signals`` (input (M, N, in), output (M, N, out)).
+
+    A number setting of a module that differs across members (usf's scale) becomes an (M, 1, 1) tensor,
+    which a rule's math broadcasts over its (M, out, in) weights; any other setting that differs (an
+    activation, a layer's size) is refused with a ValueError that names it. :func:`unstack_member`
+    writes member i back.
+    """
+    if not models:
+        raise ValueError("stack_members needs at least one model")
+    first = models[0]
+    named = [dict(m.named_modules()) for m in models]
+    per_member: dict[tuple[str, str], torch.Tensor] = {}
+    for name, module in named[0].items():
+        for i, other in enumerate(named[1:], 1):
+            theirs = other.get(name)
+            if type(theirs) is not type(module):
+                raise ValueError(f"members 0 and {i} differ in module {name or 'root'!r}: "
+                                 f"{type(module).__name__} vs {type(theirs).__name__}")
+            for key in (*module._parameters, *module._buffers):
+                mine, their = getattr(module, key), getattr(theirs, key)
+                if (mine is None) != (their is None) or mine is not None and (mine.shape != their.shape
+                                                                              or mine.dtype != their.dtype):
+                    raise ValueError(f"members 0 and {i} differ in the shape or dtype of {name}.{key}")
+        for key, value in module.__dict__.items():
+            if key.startswith("_") or key == "training" or not isinstance(value, _SETTINGS):
+                continue  # objects (a cut, a described repr) are copied from the first member
+            values = [n[name].__dict__.get(key) for n in named]
+            if all(v == value for v in values):
+                continue
+            if all(isinstance(v, float) for v in values):
+                per_member[name, key] = torch.tensor(values, dtype=torch.float64).view(-1, 1, 1)
+            else:
+                raise ValueError(f"members differ in {name or 'root'}.{key} ({value!r} vs "
+                                 f"{next(v for v in values if v != value)!r}); they cannot share one stacked model")
+    stacked = copy.deepcopy(first)
+    stacked.__dict__.pop("_feedalign_plan", None)
+    if isinstance(stacked, FusedSequential):
+        stacked.__class__ = nn.Sequential
+    with torch.no_grad():
+        for name, module in stacked.named_modules():
+            for key, value in list(module._parameters.items()):
+                if value is not None:
+                    data = torch.stack([getattr(n[name], key).detach() for n in named])
+                    module._parameters[key] = nn.Parameter(data, requires_grad=value.requires_grad)
+            for key, value in list(module._buffers.items()):
+                if value is not None:
+                    module._buffers[key] = torch.stack([getattr(n[name], key) for n in named])
+        for (name, key), values in per_member.items():
+            module = stacked.get_submodule(name)
+            weight = next(module.parameters())
+            setattr(module, key, values.to(dtype=weight.dtype, device=weight.device))
+    layers = [m for m in stacked.modules() if isinstance(m, nn.Linear)]
+    if not install(stacked, layers, signals, members=len(models)):
+        raise ValueError("stacked members must be plain nn.Sequential stacks of nn.Linear layers and element-wise "
+                         "activations (feedalign.mlp), with at least one hidden layer")
+    return stacked
+
+
+@torch.no_grad()
+def unstack_member(stacked: nn.Module, i: int, model: nn.Module) -> None:
+    """Member ``i``'s slice of every parameter and buffer of ``stacked`` (:func:`stack_members`) into ``model``."""
+    mine = dict(model.named_modules())
+    for name, module in stacked.named_modules():
+        for key, value in (*module._parameters.items(), *module._buffers.items()):
+            if value is not None:
+                getattr(mine[name], key).copy_(value[i])
