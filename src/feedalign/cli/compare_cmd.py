@@ -33,8 +33,9 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "compare", help="train the same network with several rules and seeds; print a table",
         description="Train one config with several learning rules and seeds. Prints test error (mean ± std over "
-                    "seeds) per rule and writes compare.json, compare.md, curves.png and one run directory per "
-                    "(rule, seed) into OUT_DIR/NAME (default runs/<timestamp>-compare-<dataset>).")
+                    "seeds) per rule and writes compare.json, compare.md, curves.png, error-and-alignment.png (test "
+                    "error and the hidden layers' signal angle to the true gradient against optimizer steps) and one "
+                    "run directory per (rule, seed) into OUT_DIR/NAME (default runs/<timestamp>-compare-<dataset>).")
     parser.add_argument("--rules", type=_name_list, default=list(DEFAULT_RULES),
                         help=f"comma-separated rules (default: {','.join(DEFAULT_RULES)})")
     seeds = parser.add_mutually_exclusive_group()
@@ -47,12 +48,17 @@ def register(subparsers) -> None:
                         help="auto (default): with one worker, the seeds of a rule train as one batched model "
                              "(bp, fa, usf, frsf, brsf, kp, wm, dfa, drtp, ifa on MLPs; numbers equal separate runs' "
                              "to float tolerance); off: separate runs, bitwise reproducible")
+    parser.add_argument("--evals-per-epoch", type=int, default=0, metavar="N",
+                        help="also evaluate the test error at steps 1, 2, 4, ... and N times per epoch, for "
+                             "error-and-alignment.png (default 0: at epoch ends only); the runs' numbers do not "
+                             "change, but the seeds then train as separate runs, not as a population")
     add_config_flags(parser, exclude=("rule",))
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..training import compare
+    from ..training.compare import FIGURE
     config = config_from_args(args, exclude=("rule",))
     if args.seed_list is not None:
         seeds = args.seed_list
@@ -63,9 +69,12 @@ def run(args: argparse.Namespace) -> int:
         seeds = [config.seed + i for i in range(n)]
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1; got {args.workers}")
+    if args.evals_per_epoch < 0:
+        raise UsageError(f"--evals-per-epoch must be at least 0; got {args.evals_per_epoch}")
     with os_errors_as_usage():
         result = compare(config, args.rules, seeds, progress=progress_mode(args), workers=args.workers,
-                         population=args.population == "auto")
+                         population=args.population == "auto", evals_per_epoch=args.evals_per_epoch)
     print(result.table(), end="")
     print(f"compare: {result.out_dir}  (compare.md, compare.json, curves.png)")
+    print(f"figure: {result.out_dir / FIGURE}  (test error and hidden signal angle against optimizer steps)")
     return 0

@@ -1,4 +1,5 @@
-"""Figures from run directories: alignment angles over training, hidden activations, learning curves.
+"""Figures from run directories: alignment angles over training, hidden activations, learning curves,
+and test error beside signal alignment against steps over seeds (``feedalign compare``).
 
 Every function takes run directories as ``feedalign train`` writes them
 (``config.toml``, ``metrics.jsonl``, ``alignment.jsonl``, ``checkpoints/best.pt``),
@@ -107,6 +108,98 @@ def plot_curves(run_dirs, path, metric: str = "accuracy", split: str = "val") ->
     ax.set_ylabel(f"{ {'val': 'validation'}.get(split, split)} {metric}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# -- test error and alignment against steps, over seeds ----------------------------------------------
+def error_curve(run_dir: str | Path) -> list[tuple[int, float]]:
+    """``(step, test error)`` of one run, step > 0: the evaluations a compare with ``evals_per_epoch`` logged
+    to ``steps.jsonl``, else the end of each epoch from ``metrics.jsonl`` (steps from the summary)."""
+    import json
+
+    from ..files import read_jsonl
+    run_dir = check_run_dir(run_dir)
+    points = {r["step"]: r["test_error"] for r in read_jsonl(run_dir / "steps.jsonl")
+              if r.get("test_error") is not None and r["step"] > 0}
+    if points:
+        return sorted(points.items())
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("test_accuracy") is not None]
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return []
+    per_epoch = summary["steps"] // max(1, summary.get("epochs_completed") or 1)
+    return [(r["epoch"] * per_epoch, 1 - r["test_accuracy"]) for r in rows if r["epoch"] > 0]
+
+
+def hidden_signal_angle(run_dir: str | Path) -> list[tuple[int, float]]:
+    """``(step, angle)``: the mean over hidden layers of the signal angle to the true gradient, per
+    measurement in ``alignment.jsonl`` (the output layer, which gets the true error, left out); [] without one."""
+    try:
+        rows = read_alignment(check_run_dir(run_dir))
+    except RunDirError:
+        return []
+    if not rows:
+        return []
+    last = max(r["layer"] for r in rows)
+    by_step: dict[int, list[float]] = {}
+    for r in rows:
+        if r["layer"] != last and not math.isnan(r.get("signal_angle", math.nan)):
+            by_step.setdefault(r["step"], []).append(r["signal_angle"])
+    return sorted((step, sum(v) / len(v)) for step, v in by_step.items())
+
+
+def _over_seeds(curves: list[list[tuple[int, float]]]):
+    """Steps every seed has, with the mean and std over seeds there (arrays), or None."""
+    import numpy as np
+    curves = [dict(c) for c in curves if c]
+    if not curves:
+        return None
+    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    if not steps:
+        return None
+    values = np.array([[c[s] for s in steps] for c in curves], dtype=float)
+    return np.array(steps), values.mean(0), values.std(0)
+
+
+def plot_error_and_alignment(runs: dict[str, list[str | Path]], path: str | Path, title: str = "") -> Path:
+    """The two claims of the papers for each rule (``{rule: [run directories of its seeds]}``) side by side.
+
+    Left: test error against optimizer steps (log-log; every evaluation the runs logged). Right: the
+    angle between the signal the rule delivers to the hidden layers and the true gradient (mean over
+    hidden layers), against steps; below 90 degrees the signal points downhill. Lines are means over
+    seeds, bands one standard deviation; step 0 is off a log axis and left out.
+    """
+    plt = _pyplot()
+    fig, (err_ax, ang_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for rule, run_dirs in runs.items():
+        color = None
+        for ax, curves, scale in ((err_ax, [error_curve(d) for d in run_dirs], 100.0),
+                                  (ang_ax, [hidden_signal_angle(d) for d in run_dirs], 1.0)):
+            found = _over_seeds([[(s, v) for s, v in c if s > 0] for c in curves])
+            if found is None:
+                continue
+            steps, mean, std = found
+            (line,) = ax.plot(steps, scale * mean, marker="o", markersize=2, lw=1.2, color=color, label=rule)
+            color = line.get_color()
+            if len(run_dirs) > 1:
+                ax.fill_between(steps, scale * (mean - std), scale * (mean + std), color=color, alpha=0.2, lw=0)
+    import matplotlib.ticker
+    err_ax.set_yscale("log")
+    err_ax.set_ylabel("test error (%)")
+    for axis in (err_ax.yaxis.set_major_formatter, err_ax.yaxis.set_minor_formatter):  # 5, 10, 50, not 10^1
+        axis(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    ang_ax.axhline(90, color="grey", lw=0.8, ls="--")
+    ang_ax.set_ylabel("hidden signal angle to true gradient (deg)")
+    ang_ax.set_ylim(bottom=0)
+    for ax, what in ((err_ax, "test error"), (ang_ax, "signal alignment (90 = orthogonal)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("optimizer step")
+        ax.set_title(f"{title}: {what}" if title else what, fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -6,7 +6,13 @@ Output directory (``config.out_dir/config.name``, default ``runs/<timestamp>-com
     compare.json        the table's rows and every run's summary
     compare.md          the table in Markdown
     curves.png          validation accuracy per epoch per rule: mean over seeds, std band
+    error-and-alignment.png  test error and the hidden layers' signal angle to the true gradient against
+                        optimizer steps (log scale), mean over seeds and std band
     _workers/           job files and per-run logs, when the runs were trained in worker processes
+
+``evals_per_epoch=N`` also evaluates the test error at steps 1, 2, 4, ... and N times per epoch
+(:class:`TestErrorCurve`, into each run's ``steps.jsonl``), so that the figure shows learning from
+the first steps on; without it the figure has the end of each epoch.
 """
 from __future__ import annotations
 
@@ -25,6 +31,48 @@ from .config import Config
 from .engine import RunResult, resume, train
 
 DEFAULT_RULES = ("bp", "fa", "dfa", "ifa")
+FIGURE = "error-and-alignment.png"
+
+
+class TestErrorCurve:
+    """A :class:`~feedalign.training.engine.Callback`: the test error at steps 1, 2, 4, ... up to a
+    ``1/per_epoch`` of an epoch, then every ``1/per_epoch`` of an epoch and at each epoch's end, appended
+    to ``RUN_DIR/steps.jsonl`` as ``{"epoch", "step", "test_error"}``.
+
+    It evaluates in eval mode under ``torch.inference_mode`` (no RNG, no gradients), so the run
+    trains as it would without it. Classification only; a regression run gets no rows.
+    """
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, per_epoch: int = 4):
+        if isinstance(per_epoch, bool) or not isinstance(per_epoch, int) or per_epoch < 1:
+            raise ConfigError(f"evaluations per epoch must be a positive integer; got {per_epoch!r}")
+        self.per_epoch = per_epoch
+        self.run = None
+        self.logged = -1
+
+    def on_train_begin(self, run) -> None:
+        if run.data.task != "classification" or not len(run.data.test_x):
+            return
+        self.run = run
+        self.test = (run.data.test_x.to(run.device), run.data.test_y.to(run.device))
+        self.every = max(1, math.ceil(math.ceil(len(run.data.train_x) / run.config.batch_size) / self.per_epoch))
+
+    def on_step(self, step: int, model, batch) -> None:
+        if self.run is not None and (step % self.every == 0 or (step < self.every and step & (step - 1) == 0)):
+            self._log(step)
+
+    def on_epoch_end(self, epoch: int, metrics: dict) -> None:
+        if self.run is not None and self.logged != self.run.step and metrics.get("test_accuracy") is not None:
+            self.run.log({"test_error": 1 - metrics["test_accuracy"]})  # the engine's own evaluation
+            self.logged = self.run.step
+
+    def _log(self, step: int) -> None:
+        from .engine import evaluate
+        _, accuracy = evaluate(self.run.model, *self.test, self.run.loss_fn, classification=True)
+        self.run.log({"test_error": 1 - accuracy}, step=step)
+        self.logged = step
 
 
 @dataclass
@@ -51,7 +99,7 @@ class CompareResult:
 
 
 def compare(config: Config, rules=DEFAULT_RULES, seeds=(0,), *, progress: str = "auto", callbacks=(),
-            workers: int = 1, population: bool = True) -> CompareResult:
+            workers: int = 1, population: bool = True, evals_per_epoch: int = 0) -> CompareResult:
     """Train ``config`` once per (rule, seed) and tabulate test error at the best validation epoch.
 
     Every (rule, seed) config, the dataset and the architecture are validated before
@@ -62,6 +110,8 @@ def compare(config: Config, rules=DEFAULT_RULES, seeds=(0,), *, progress: str = 
     that :mod:`~feedalign.training.population` supports train as one batched model, each
     with its ordinary run directory; the numbers equal separate runs' to float tolerance,
     not bitwise (``population=False`` for bitwise-reproducible separate runs).
+    ``evals_per_epoch`` > 0 adds :class:`TestErrorCurve` to every run (the runs' numbers do not
+    change); a population cannot run it, so the seeds then train as separate runs.
     """
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ConfigError(f"workers must be a positive integer; got {workers!r}")
@@ -69,6 +119,8 @@ def compare(config: Config, rules=DEFAULT_RULES, seeds=(0,), *, progress: str = 
         raise ConfigTypeError(f"population must be True or False; got {population!r}")
     if workers > 1 and callbacks:
         raise ConfigError("callbacks run in this process: use workers=1 with callbacks")
+    if isinstance(evals_per_epoch, bool) or not isinstance(evals_per_epoch, int) or evals_per_epoch < 0:
+        raise ConfigError(f"evals_per_epoch must be a whole number >= 0; got {evals_per_epoch!r}")
     rules, seeds = list(rules), list(seeds)
     if not rules or not seeds:
         raise ConfigError("compare needs at least one rule and one seed")
@@ -86,10 +138,13 @@ def compare(config: Config, rules=DEFAULT_RULES, seeds=(0,), *, progress: str = 
     for r in rules:  # e.g. dfa needs a hidden layer: fail now, not after bp has trained
         build_model(configs[r, seeds[0]].replace(device="cpu"), resolve_device("cpu"))
     runs: dict[str, list[RunResult]] = {r: [] for r in rules}
-    if workers > 1:
+    curve = (lambda: [TestErrorCurve(evals_per_epoch)]) if evals_per_epoch else list
+    if workers > 1 and evals_per_epoch:
+        _train_in_processes([configs[r, s] for s in seeds for r in rules], workers, evals_per_epoch)
+    elif workers > 1:
         _train_in_workers([configs[r, s] for s in seeds for r in rules], out_dir, workers)
     batched = set()
-    if population and workers == 1 and not callbacks and len(seeds) > 1:
+    if population and workers == 1 and not callbacks and not evals_per_epoch and len(seeds) > 1:
         from .population import train_population, unsupported
         batched = {r for r in rules if unsupported(configs[r, seeds[0]]) is None}
         for r in rules:
@@ -103,7 +158,7 @@ def compare(config: Config, rules=DEFAULT_RULES, seeds=(0,), *, progress: str = 
             if workers > 1:  # finished: resume() reads the run directory back, model included
                 runs[r].append(resume(out_dir / configs[r, s].name, progress="none"))
             else:
-                runs[r].append(train(configs[r, s], callbacks, progress=progress, data=datasets[s]))
+                runs[r].append(train(configs[r, s], [*callbacks, *curve()], progress=progress, data=datasets[s]))
     rows = [_aggregate(r, runs[r]) for r in rules]
     result = CompareResult(out_dir, rows, runs)
     write_json(out_dir / "compare.json", {
@@ -112,7 +167,42 @@ def compare(config: Config, rules=DEFAULT_RULES, seeds=(0,), *, progress: str = 
     atomic_write(out_dir / "compare.md", f"# {config.dataset}, {config.architecture} {config.activation}, "
                       f"{config.epochs} epochs, seeds {seeds}\n\n" + result.table(markdown=True))
     plot_compare(out_dir / "curves.png", runs, title=f"{config.dataset}, {config.architecture}")
+    from ..diagnostics.plots import plot_error_and_alignment
+    plot_error_and_alignment({r: [res.run_dir for res in runs[r]] for r in rules}, out_dir / FIGURE,
+                             title=f"{config.dataset}, {config.architecture}")
     return result
+
+
+def _train_one(config: dict, evals_per_epoch: int) -> None:
+    """Runs in a worker process of :func:`_train_in_processes`."""
+    train(Config.from_dict(config), [TestErrorCurve(evals_per_epoch)], progress="none")
+
+
+def _train_in_processes(configs: list[Config], workers: int, evals_per_epoch: int) -> None:
+    """Train ``configs`` with :class:`TestErrorCurve`, ``workers`` at a time in fresh (spawned) processes.
+
+    The sweep's worker pool (:func:`_train_in_workers`) takes no callbacks, so the test-error curve
+    needs processes of its own; each run is seeded on its own, so the numbers are the same.
+    """
+    import concurrent.futures
+    import multiprocessing
+    import os
+    threads = str(configs[0].threads or 1)
+    saved = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    os.environ.update({v: threads for v in saved})  # the children's OpenMP pools, sized before torch loads
+    try:
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_train_one, c.to_dict(), evals_per_epoch): c.name for c in configs}
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+    failed = [f"{name}: {type(f.exception()).__name__}: {f.exception()}" for f, name in futures.items()
+              if f.exception() is not None]
+    if failed:
+        raise RuntimeError(f"compare: {len(failed)} run(s) failed: {'; '.join(failed)}")
 
 
 def _train_in_workers(configs: list[Config], out_dir: Path, workers: int) -> None:
