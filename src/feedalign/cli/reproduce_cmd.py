@@ -7,7 +7,9 @@ experiment (skipping results current for the code and config) and regenerates
 ``--verify [NAME|all]`` reruns nothing at full size: it replays the witness stored with each
 published result under ``docs/reports/`` (the first steps of every run, or the quick size) with
 the code as it is now, re-keys the results whose witness agrees (their reports then name the code
-that produced them and the code verified) and regenerates the page; the others stay stale.
+that produced them and the code verified) and regenerates the page; the others stay stale. Every
+report's and the page's verdicts are recomputed from the stored per-run values and the registry of
+paper numbers (``feedalign/experiments/paper_numbers.toml``) as they are now.
 """
 from __future__ import annotations
 
@@ -69,9 +71,12 @@ def run(args) -> int:
                                     workers=args.workers)
     except DataUnavailable as err:
         raise UsageError(f"{args.name}: {err}") from None
-    failed = [c for c in results["claims"] if c.get("reproduced") is False]
+    from feedalign.experiments.verdicts import judged
+    rows = judged(args.name, results)[0]
+    failed = [r for r in rows if r["verdict"] in ("miss", "contradicted")]
     if failed:
-        print(f"{args.name}: {len(failed)} claim(s) not reproduced: " + "; ".join(c["text"] for c in failed))
+        print(f"{args.name}: {len(failed)} claim(s) missed or contradicted: "
+              + "; ".join(f"{r['claim']} ({r['verdict']})" for r in failed))
     return 0
 
 

@@ -98,19 +98,79 @@ class TrainingExperiment(Experiment):
         (so that workers never race to download it); DataUnavailable (one line) if it cannot be had."""
         _check_data(config["data"]["name"], config["data"].get("n_val"))
 
-    def run_configs(self, config: dict, folder: Path) -> list[tuple[str, int, Config]]:
-        """Every run of this experiment: ``(label, seed, Config)``, its run directory named by the Config."""
+    def run_configs(self, config: dict, folder: Path, chosen: dict | None = None) -> list[tuple[str, int, Config]]:
+        """Every run of this experiment: ``(label, seed, Config)``, its run directory named by the Config.
+        ``chosen``: label -> the fields a settings search chose for it (:meth:`run_search`)."""
         runs_dir = Path(folder)
         out = []
         for seed in range(config["seeds"]):
             for i, (label, fields) in enumerate(self.learners(config).items()):
                 if seed >= self.seeds_for(label, config):
                     continue
+                fields = {**fields, **(chosen or {}).get(label, {})}
                 values = {**self.data_fields(config), "alignment_every": 0, "device": config.get("device", "cpu"),
                           **fields, "seed": seed, "threads": 1, "out_dir": str(runs_dir),
                           "name": f"{i:02d}-{_slug(label)}-seed{seed}"}
                 out.append((label, seed, Config.from_dict(values, source=f"{self.name} learner {label!r}")))
         return out
+
+    def search_configs(self, config: dict, folder: Path) -> list[tuple[str, int, int, Config]]:
+        """The runs of the settings search ``config["search"]``: ``(label, candidate index, seed, Config)``.
+
+        ``config["search"]``: ``learners`` (label -> list of candidate field dicts), ``seeds`` (default 1),
+        ``epochs`` (default: the learner's), ``n_train`` and ``n_val`` (the split the search trains and validates
+        on; ``n_val`` must be positive), ``pick`` (``final``: validation error after the last epoch, for
+        experiments that report the final network; ``best``: the lowest over epochs). A search run evaluates a
+        single test example (the engine evaluates every split each epoch); nothing of it is read.
+        """
+        search = config["search"]
+        if not search.get("n_val"):
+            raise ValueError(f"{self.name}: a settings search needs a validation split (search.n_val > 0)")
+        learners = self.learners(config)
+        out = []
+        for seed in range(search.get("seeds", 1)):
+            for i, (label, candidates) in enumerate(search["learners"].items()):
+                for j, candidate in enumerate(candidates):
+                    values = {**self.data_fields(config), "alignment_every": 0, "device": config.get("device", "cpu"),
+                              **learners[label], **candidate, "seed": seed, "threads": 1, "out_dir": str(folder),
+                              "train_size": search.get("n_train", config["data"].get("n_train")),
+                              "validation_size": search["n_val"], "test_size": 1,
+                              "name": f"{i:02d}-{_slug(label)}-c{j}-seed{seed}"}
+                    if search.get("epochs"):
+                        values["epochs"] = search["epochs"]
+                    out.append((label, j, seed, Config.from_dict(values, source=f"{self.name} search {label!r}")))
+        return out
+
+    def run_search(self, config: dict, folder: Path, *, workers: int, log) -> dict | None:
+        """Train the search's runs (resumable, as every run) and choose each searched learner's setting by its
+        validation error alone; returns the record that results.json keeps (grid, errors, choice)."""
+        if not config.get("search"):
+            return None
+        from ..sweeps.local import run_local, training_job
+        search = config["search"]
+        folder = Path(folder) / "search"
+        if search.get("n_val") != config["data"].get("n_val"):
+            _check_data(config["data"]["name"], search["n_val"])
+        planned = self.search_configs(config, folder)
+        jobs = [training_job(c, folder / c.name, label=label, seed=seed, candidate=j) for label, j, seed, c in planned]
+        todo = [j for j in jobs if not (Path(j["run_dir"]) / "summary.json").is_file()]
+        failed = []
+
+        def on_done(job, summary, status, seconds, attempts, error):
+            if status != "done":
+                failed.append(f"{job['label']} candidate {job['candidate']}: {status} ({error})")
+
+        if todo:
+            log(f"  settings search: {len(todo)} of {len(jobs)} runs on {min(workers, len(todo))} worker process(es)")
+            run_local(todo, workers=workers, threads=1, retries=1, sweep_dir=folder, on_done=on_done, log=log)
+        if failed:
+            raise RunsFailed(f"{self.name}: {len(failed)} search run(s) failed: {'; '.join(failed)}")
+        errors: dict[str, dict[int, list[float]]] = {}
+        for job in jobs:
+            curve = validation_curve(Path(job["run_dir"]))
+            error = curve[-1] if search.get("pick", "final") == "final" else min(curve)
+            errors.setdefault(job["label"], {}).setdefault(job["candidate"], []).append(error)
+        return choose(search, errors)
 
     def execute(self, config: dict, folder: Path, *, key: str, workers: int, log) -> list[dict]:
         from ..sweeps.local import run_local, training_job
@@ -119,8 +179,10 @@ class TrainingExperiment(Experiment):
             if old != runs_dir and old.is_dir():
                 shutil.rmtree(old, ignore_errors=True)
         self.check_data(config)
+        self.last_search = self.run_search(config, runs_dir, workers=workers, log=log)
+        chosen = (self.last_search or {}).get("chosen")
         # the longest runs (most epochs) first, so that no long run starts last and leaves one worker busy alone
-        planned = sorted(self.run_configs(config, runs_dir), key=lambda run: -run[2].epochs)
+        planned = sorted(self.run_configs(config, runs_dir, chosen), key=lambda run: -run[2].epochs)
         jobs, failed = [], []
         for label, seed, run_config in planned:
             run_dir = runs_dir / run_config.name
@@ -192,6 +254,36 @@ class TrainingExperiment(Experiment):
                 f"{d.get('n_val') or 10000} validation, {d.get('n_test') or 10000} test "
                 "(validation examples are held out of MNIST's 60000 training images, chosen by the seed). "
                 "Test error is read at the epoch of best validation accuracy.")
+
+
+def validation_curve(run_dir: Path) -> list[float]:
+    """Validation error (%) after each trained epoch of a run: all that a settings search reads of it."""
+    rows = read_jsonl(Path(run_dir) / "metrics.jsonl")
+    curve = [_percent(r.get("val_accuracy")) for r in rows if r.get("epoch", 0) > 0]
+    if not curve:
+        raise RunsFailed(f"{run_dir}: no trained epoch in metrics.jsonl")
+    return curve
+
+
+def choose(search: dict, errors: dict[str, dict[int, list[float]]]) -> dict:
+    """Each searched learner's candidate with the lowest mean validation error (the first on a tie)."""
+    import math
+    record = {"what": (f"Grid searched per learner, {search.get('seeds', 1)} seed(s), "
+                       f"{search.get('epochs') or 'the reported runs’'} epochs, "
+                       f"{search.get('n_train') or 'all the other'} training and {search['n_val']} validation "
+                       f"images; chosen on the {'final' if search.get('pick', 'final') == 'final' else 'lowest'} "
+                       "validation error"),
+              "pick": search.get("pick", "final"), "learners": {}, "chosen": {}}
+    for label, candidates in search["learners"].items():
+        rows = []
+        for j, fields in enumerate(candidates):
+            values = errors[label][j]
+            mean = sum(values) / len(values)
+            rows.append({"fields": fields, "val_errors": values, "mean": mean if math.isfinite(mean) else float("inf")})
+        best = min(range(len(rows)), key=lambda j: rows[j]["mean"])
+        record["learners"][label] = {"candidates": rows, "chosen": rows[best]["fields"]}
+        record["chosen"][label] = rows[best]["fields"]
+    return record
 
 
 def _check_data(name: str, validation_size: int | None = None) -> None:

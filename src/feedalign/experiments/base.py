@@ -73,7 +73,8 @@ class Claim:
         return self.evidence or format_mean_std(self.values, self.unit)
 
     def verdict(self) -> str:
-        return {True: "yes", False: "no", None: "-"}[self.reproduced]
+        """The stored qualitative outcome in the page's vocabulary (numbers are judged by verdicts.judged)."""
+        return {True: "reproduced", False: "contradicted", None: "-"}[self.reproduced]
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -139,6 +140,28 @@ class Experiment(abc.ABC):
 
     def run_seconds(self, runs: list[dict]) -> float | None:
         """Seconds the runs took in all, over every call that worked on them (None: this call's wall time says it)."""
+        return None
+
+    # How the claims are judged (feedalign.experiments.verdicts): recomputed from the stored per-run values
+    # each time a report or the page is written, against the registry of paper numbers (papers.py).
+    retired: ClassVar[dict[str, str]] = {}  # claim-key pattern -> why its criterion was withdrawn (never shown)
+    searched: ClassVar[tuple[str, ...]] = ()  # settings this experiment chooses by a search
+
+    def comparisons(self, config: dict) -> dict:
+        """claim key -> :class:`~feedalign.experiments.verdicts.Compare` for a result made with ``config``.
+        Claims without one keep their stored qualitative outcome (reproduced / contradicted / -)."""
+        return {}
+
+    def incomparable(self, config: dict) -> str | None:
+        """Why a result made with ``config`` cannot be set against the paper's numbers (its verdicts are then
+        ``-``), or None."""
+        return None
+
+    def selection_note(self, config: dict) -> str | None:
+        """For an experiment that searches settings: a mark for results whose search read test error."""
+        if self.searched and config.get("selection") != "validation":
+            return (f"settings ({', '.join(self.searched)}) of this stored result were chosen on test error "
+                    "(before the validation-only search); rerun it")
         return None
 
 
@@ -244,7 +267,7 @@ def run_experiment(name: str, *, quick: bool = False, out: str | Path = "runs/re
     seconds = time.perf_counter() - start
     if witness if witness is not None else not quick:
         from .witness import compute_witness
-        witness = compute_witness(name, config)
+        witness = compute_witness(name, config, chosen=(getattr(experiment, "last_search", None) or {}).get("chosen"))
     else:
         witness = None
     command = f"feedalign reproduce {name}" + (" --quick" if quick else "") + (f" --seeds {seeds}" if seeds else "")
@@ -253,7 +276,7 @@ def run_experiment(name: str, *, quick: bool = False, out: str | Path = "runs/re
         "package_hash": package_hash(), "config": config, "command": command, "workers": workers,
         "seconds": seconds, "run_seconds": experiment.run_seconds(runs), "full_runtime": experiment.full_runtime,
         "deviations": experiment.deviations(config), "figures": figures,
-        "claims": [c.to_dict() for c in claims], "runs": runs,
+        "claims": [c.to_dict() for c in claims], "runs": runs, "search": getattr(experiment, "last_search", None),
         "machine": f"{platform.machine()}, {platform.python_version()}",
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
@@ -261,8 +284,9 @@ def run_experiment(name: str, *, quick: bool = False, out: str | Path = "runs/re
         results["witness"] = witness
     atomic_write(folder / "results.json", json.dumps(results, indent=1, default=_jsonable))
     atomic_write(folder / "report.md", render_report(results))
-    for c in claims:
-        log(f"  {c.verdict():>3}  {c.text}: paper {c.paper} | ours {c.ours()}")
+    from .verdicts import judged
+    for row in judged(name, results)[0]:
+        log(f"  {row['verdict']:>12}  {row['claim']}: paper {row['paper']} | ours {row['ours']}")
     log(f"{name}: done in {seconds:.1f} s ({run_time(results)}); report {folder / 'report.md'}")
     results["skipped"] = False
     return results
@@ -302,16 +326,47 @@ def cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def verdict_table(rows: list[dict]) -> list[str]:
+    """Markdown table of judged rows (:func:`feedalign.experiments.verdicts.judged`)."""
+    lines = ["| claim | paper | ours (mean ± std, se, seeds) | verdict | ours - paper | criterion | note |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {cell(r['claim'])} | {cell(r['paper'])} | {cell(r['ours'])} | {r['verdict']} | "
+                     f"{r['delta']} | {cell(r['criterion'])} | {cell(r['note'])} |")
+    return lines
+
+
+def search_section(search: dict | None) -> list[str]:
+    """The settings search of a result: the grid and the validation errors that chose each setting."""
+    if not search:
+        return []
+    lines = ["", "## Settings chosen on validation", "",
+             f"{search['what']}. Only validation errors are read; the test set is read once, by the reported runs.",
+             "", "| learner | candidate | validation error % (per search seed) | mean | chosen |", "|---|---|---|---|---|"]
+    for label, entry in search["learners"].items():
+        for cand in entry["candidates"]:
+            errs = ", ".join(f"{e:.2f}" for e in cand["val_errors"])
+            chosen = "yes" if cand["fields"] == entry["chosen"] else ""
+            lines.append(f"| {cell(label)} | `{cell(json.dumps(cand['fields'], sort_keys=True))}` | {errs} | "
+                         f"{cand['mean']:.2f} | {chosen} |")
+    return lines
+
+
 def render_report(results: dict) -> str:
-    claims = [Claim.from_dict(c) for c in results["claims"]]
+    from .verdicts import judged
+    rows, retired = judged(results["experiment"], results)
     lines = [f"# {results['title']}", "", f"Reproduces: {results['paper']}", "",
              f"Command: `{results['command']}` ({results['config']['size']} size, {results['config']['seeds']} seeds); "
              f"ran in {run_time(results)} on {results['machine']}, finished {results['finished']}."]
     if results.get("full_runtime") and results["config"]["size"] == "quick":
         lines.append(f"Full size (estimate): {results['full_runtime']} on 2 CPU cores shared with other jobs.")
-    lines += ["", "| claim | paper | ours (mean ± std over seeds) | reproduced | criterion |", "|---|---|---|---|---|"]
-    for c in claims:
-        lines.append(f"| {cell(c.text)} | {cell(c.paper)} | {c.ours()} | {c.verdict()} | {cell(c.criterion)} |")
+    lines += ["", "Verdicts are recomputed from the per-run values below and the registry of paper numbers "
+              "(`feedalign/experiments/paper_numbers.toml`) whenever this report is written.", ""]
+    lines += verdict_table(rows)
+    if retired:
+        lines += ["", "Rows withdrawn (their criterion could not fail at the numbers involved):", ""]
+        lines += [f"- {r['claim']}: {r['reason']}" for r in retired]
+    lines += search_section(results.get("search"))
     if results.get("deviations"):
         lines += ["", "## Where this run departs from the paper", ""] + [f"- {d}" for d in results["deviations"]]
     if results.get("figures"):

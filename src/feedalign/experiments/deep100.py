@@ -1,39 +1,83 @@
-"""Nøkland 2016: a 100-layer network of 240 tanh units on MNIST; DFA trains it, BP and FA do not."""
+"""Nøkland 2016: a 100-layer network of 240 tanh units on MNIST; DFA trains it, BP and FA do not.
+
+Beside the paper's setting (BP from U[-1/sqrt(n), 1/sqrt(n)], FA and DFA from zero weights), a BP control
+starts from orthogonal weights, a sound init for a deep tanh network, so that "BP stalls" is not read as
+an artifact of the init. Every learner's learning rate is chosen on the validation split
+(``config["search"]``); the paper's numbers come from the registry (:mod:`feedalign.experiments.papers`).
+"""
 from __future__ import annotations
 
 from ._training import TrainingExperiment
 from .base import Claim, register
 from .nokland import SETTINGS_NOTE, learner, learning_rates
+from .verdicts import Compare
+
+LABELS = ("BP", "FA", "DFA", "BP, orthogonal init")
+CHANCE = 88.65  # % training error of a constant guess of MNIST's most frequent class
+LR_GRID = (1e-4, 3e-4, 5e-4, 1e-3)
 
 
 @register
 class Deep100(TrainingExperiment):
     name = "deep100"
-    title = "Very deep 100x240 tanh network: DFA trains, BP and FA stall"
-    paper = "Nøkland 2016 (NeurIPS, arXiv 1609.01596), Sec. 5.1: 100x240 tanh, DFA 3.92% test error"
+    title = "Very deep 100x240 tanh network: DFA trains, BP and FA stall (BP with a sound init as control)"
+    paper = ("Nøkland 2016 (NeurIPS, arXiv 1609.01596), abstract ('zero training error even in very deep networks') "
+             "and the 100x240 tanh row (DFA 3.92% test error, unverified)")
     order = 60
-    full_runtime = "about 60 min (DFA 3 seeds, BP and FA 1 seed, 20 epochs; 2 workers)"
+    full_runtime = ("a few hours on 2 workers: a validation search (4 learning rates x 4 learners), then 4 learners "
+                    "x 3 seeds, 20 epochs of a 100-layer network; see docs/reproduction-plan.md")
     default_seeds = {"quick": 1, "full": 3}
+    searched = ("learning rate",)
+    retired = {"loss_gap": "'BP minus DFA training loss > 0.02' could not fail beside a gap of 0.3; the training "
+                           "errors say the same"}
 
     def config(self, quick):
+        if quick:
+            search = {"learners": {"DFA": [{"lr": 3e-3}, {"lr": 1e-2}]}, "seeds": 1, "epochs": 2, "n_val": 1000,
+                      "pick": "final"}
+        else:
+            search = {"learners": {label: [{"lr": lr} for lr in LR_GRID] for label in LABELS}, "seeds": 1,
+                      "epochs": None, "n_val": 2000, "pick": "final"}
         return {"data": {"name": "mnist", "n_train": 4000 if quick else None, "n_val": 1000 if quick else 2000,
                          "n_test": 1000 if quick else None},
                 "depth": 30 if quick else 100, "width": 64 if quick else 240, "epochs": 8 if quick else 20,
+                "selection": "validation", "search": search,
                 "lr": {rule: 3e-3 for rule in ("bp", "fa", "dfa")} if quick else learning_rates(100)}
 
     def learners(self, config):
         # Nøkland's code: FA and DFA from zero forward weights and biases, BP from U[-1/sqrt(n), 1/sqrt(n)]
         arch = f"784-{config['width']}x{config['depth']}-10"
-        return {rule.upper(): learner(rule, arch, config["epochs"], lr=config["lr"][rule]) for rule in ("bp", "fa", "dfa")}
+        out = {rule.upper(): learner(rule, arch, config["epochs"], lr=config["lr"][rule]) for rule in ("bp", "fa", "dfa")}
+        out["BP, orthogonal init"] = {**out["BP"], "init": "orthogonal"}
+        return out
 
-    def seeds_for(self, label, config):
-        return config["seeds"] if label == "DFA" else 1  # BP and FA stall on every seed; one shows it
+    def comparisons(self, config):
+        stall = lambda v: min(v) >= 80.0  # noqa: E731
+        if config.get("depth") != 100 or config.get("width") != 240:  # quick size: no paper number for the net
+            return {"dfa_trains": Compare("check", holds=lambda v: max(v) < 60.0, min_seeds=1,
+                                          criterion="DFA's last-epoch training error below 60 % (chance 88.65 %)",
+                                          finding="DFA did not leave chance at the quick size"),
+                    "bp_stalls": Compare("check", holds=stall, min_seeds=1,
+                                         criterion="BP's last-epoch training error at least 80 %")}
+        return {
+            "dfa_test": Compare("value", number="nokland2016/deep/100x240/dfa"),
+            "dfa_trains": Compare("value", number="nokland2016/abstract/zero-train-error"),
+            "bp_stalls": Compare("check", holds=stall,
+                                 criterion="last-epoch training error at least 80 % on every seed (chance 88.65 %)",
+                                 finding="BP trains the 100x240 network from Nøkland's init"),
+            "fa_stalls": Compare("check", holds=stall,
+                                 criterion="last-epoch training error at least 80 % on every seed (chance 88.65 %)",
+                                 finding="FA trains the 100x240 network"),
+        }
 
     def deviations(self, config):
         d = [SETTINGS_NOTE, self.data_deviation(config),
-             f"{config['epochs']} epochs, learning rates {config['lr']} (cosine; the 7x240 rates of nokland-mnist); "
-             "DFA with every seed, BP and FA with the first (they stall on any seed). A 100-layer network costs "
-             "tens of seconds per epoch and rule on 2 CPU cores; the paper trains to convergence.",
+             f"{config['epochs']} epochs (cosine), each learner at the learning rate chosen on the validation split "
+             "(search below); every learner with every seed. A 100-layer network costs tens of seconds per epoch "
+             "and rule on 2 CPU cores; the paper trains to convergence, so a training error above zero after 20 "
+             "epochs is a miss of this budget, not necessarily of DFA.",
+             "Control: BP from orthogonal weights (zero biases), a sound init for a deep tanh network, beside BP "
+             "from Nøkland's U[-1/sqrt(n), 1/sqrt(n)]: if it trains, BP's stall is the init's, not depth's alone.",
              "Why an earlier version of this experiment did not reproduce: it started every rule from "
              "U[-1/sqrt(n), 1/sqrt(n)] weights and biases and trained 312 steps at lr 3e-4. Through 100 tanh layers "
              "with that init the input's signal shrinks by about 0.58 per layer (weight std 1/sqrt(3n)), so every "
@@ -48,23 +92,20 @@ class Deep100(TrainingExperiment):
         return d
 
     def summarize(self, config, runs, out):
-        tr = {k: self.final(runs, k, "train_error") for k in ("BP", "FA", "DFA")}
-        loss = {k: self.final(runs, k, "train_loss") for k in tr}
-        test = {k: self.final(runs, k) for k in tr}
+        labels = [label for label in LABELS if label in runs[0]]
+        tr = {k: self.final(runs, k, "train_error") for k in labels}
+        test = {k: self.final(runs, k) for k in labels}
         claims = [
-            Claim("dfa_test", "DFA: test error", "3.92%", test["DFA"], unit="%", paper_value=3.92,
-                  reproduced=sum(test["DFA"]) / len(test["DFA"]) <= 5.0, criterion="at or below 5%"),
-            Claim("dfa_trains", "DFA: training error in the last epoch", "trains (low)", tr["DFA"], unit="%",
-                  reproduced=all(d < b - 15 for d, b in zip(tr["DFA"], tr["BP"])),
-                  criterion="at least 15 points below BP's"),
-            Claim("bp_stalls", "BP: training error in the last epoch", "stalls (vanishing gradients)", tr["BP"], unit="%",
-                  reproduced=min(tr["BP"]) > 70, criterion="> 70%"),
-            Claim("fa_stalls", "FA: training error in the last epoch", "stalls", tr["FA"], unit="%",
-                  reproduced=min(tr["FA"]) > 70, criterion="> 70%"),
-            Claim("loss_gap", "BP minus DFA training loss in the last epoch (BCE, mean over classes)", "DFA falls, BP flat",
-                  [b - d for b, d in zip(loss["BP"], loss["DFA"])],
-                  reproduced=all(b - d > 0.02 for b, d in zip(loss["BP"], loss["DFA"])), criterion="> 0.02"),
+            Claim("dfa_test", "DFA: test error (at the best validation epoch)", "-", test["DFA"], unit="%"),
+            Claim("dfa_trains", "DFA: training error in the last epoch", "zero training error", tr["DFA"], unit="%"),
+            Claim("bp_stalls", "BP (Nøkland's init): training error in the last epoch", "stalls", tr["BP"], unit="%"),
+            Claim("fa_stalls", "FA: training error in the last epoch", "stalls", tr["FA"], unit="%"),
         ]
+        if "BP, orthogonal init" in tr:
+            claims += [Claim("bp_orthogonal_train", "control: BP from orthogonal weights, training error in the last "
+                             "epoch", "(not in the paper)", tr["BP, orthogonal init"], unit="%"),
+                       Claim("bp_orthogonal_test", "control: BP from orthogonal weights, test error", "(not in the paper)",
+                             test["BP, orthogonal init"], unit="%")]
         figures = [self.curves(config, runs, out, key="train_error",
                                title=f"{config['depth']}x{config['width']} tanh, MNIST: training error")]
         return claims, figures

@@ -1,18 +1,15 @@
-"""The wider family on LeNet-5 / Fashion-MNIST, beside BioTorch's published errors.
+"""The wider family on LeNet-5 / Fashion-MNIST, against BioTorch's published errors at BioTorch's recipe.
 
-Every rule of the registry trains ``feedalign.lenet5()`` (tanh) through the one
-training engine (``architecture = "lenet5"``) with the same SGD settings; each run
-logs its alignment with backprop (``alignment.jsonl``): the angle between each hidden
-layer's weight update under the rule and the true gradient on the same weights
-(``feedalign.exact_gradients``) on 256 validation images, averaged over the hidden
-layers (BP is 0 by definition). Rules with an after-step phase (wm's mirrors) run it
-as the engine runs it for them.
-
-BioTorch's numbers (Sanfiz & Akrout 2021, jsalbert/biotorch ``Benchmarks.md``,
-Fashion-MNIST LeNet, error %) come from 100 epochs on 50000 examples with per-rule
-settings, reported on BioTorch's validation split; on 2 CPU cores this experiment
-trains on a subset for a few epochs, so its errors are higher and only the ordering
-is comparable.
+Every rule of the registry that converts Conv2d layers trains ``feedalign.lenet5()`` through the one
+training engine with BioTorch's LeNet recipe (Sanfiz & Akrout 2021, jsalbert/biotorch ``Benchmarks.md``
+and ``benchmark_configs/``): ReLU, SGD with momentum 0.9, weight decay 1e-3, batches of 64, 100 epochs,
+learning rate divided by 10 at epochs 50 and 75, Xavier init; 50000 training and 10000 validation images;
+the number reported is the validation error of the model with the best validation accuracy, as BioTorch
+reports it. BioTorch does not state the initial learning rate: each rule's is chosen on the validation
+split (``config["search"]``). Each run also logs its alignment with backprop (``alignment.jsonl``): the
+angle between each hidden layer's weight update under the rule and the true gradient on the same weights,
+averaged over the hidden layers (BP is 0 by definition). BioTorch's numbers come from the registry
+(:mod:`feedalign.experiments.papers`); kp, wm and drtp are extra rows without one.
 """
 from __future__ import annotations
 
@@ -21,9 +18,18 @@ import feedalign
 from ._training import TrainingExperiment
 from .base import Claim, register
 from .plotting import mean_std_band, pyplot
+from . import papers
+from .verdicts import Compare
 
-# Error (%) of LeNet on Fashion-MNIST, BioTorch Benchmarks.md; rules not listed there have no paper value.
-BIOTORCH = {"bp": 9.2, "fa": 13.06, "dfa": 12.81, "usf": 9.69, "brsf": 10.02, "frsf": 9.61}
+BIOTORCH_RULES = ("bp", "fa", "dfa", "usf", "brsf", "frsf")
+LR_GRID = (0.1, 0.01, 0.001)
+TOLERANCE = 0.5  # points (the issue's target for errors of 9-13 %)
+
+
+def biotorch(rule: str, dataset: str = "fashion-mnist") -> str | None:
+    """Registry id of BioTorch's LeNet number for ``rule``, or None."""
+    key = f"biotorch/{dataset}/lenet/{rule}"
+    return key if key in papers.load() else None
 
 
 def convolutional_rules() -> list[str]:
@@ -41,31 +47,60 @@ def convolutional_rules() -> list[str]:
 @register
 class Family(TrainingExperiment):
     name = "family"
-    title = "LeNet-5 on Fashion-MNIST: every registered rule that converts Conv2d layers"
+    title = "LeNet-5 on Fashion-MNIST at BioTorch's recipe: every registered rule that converts Conv2d layers"
     paper = ("Sanfiz & Akrout 2021 (BioTorch, Benchmarks.md, Fashion-MNIST LeNet); rules: Lillicrap et al. 2016, "
              "Nøkland 2016, Liao et al. 2016, Akrout et al. 2019, Frenkel et al. 2021")
     order = 90
-    full_runtime = "about 15 min (3 seeds, every rule, 3 epochs of 40000 examples, 2 workers)"
+    full_runtime = ("many hours on 2 CPU cores (9 rules x 3 seeds x 100 epochs, after a 20-epoch validation search "
+                    "of 3 learning rates per rule); see docs/reproduction-plan.md")
     default_seeds = {"quick": 2, "full": 3}
+    searched = ("initial learning rate",)
 
     def config(self, quick):
-        return {"data": {"name": "fashion-mnist", "n_train": 5000 if quick else 40000, "n_test": None},
-                "rules": convolutional_rules(), "epochs": 1 if quick else 3, "batch_size": 64, "lr": 0.05,
-                "momentum": 0.9, "weight_decay": 5e-4, "alignment_every": 20 if quick else 150}
+        rules = convolutional_rules()
+        if quick:
+            search = {"learners": {"bp": [{"lr": 0.01}, {"lr": 0.05}]}, "seeds": 1, "epochs": 1, "n_val": 1000,
+                      "n_train": 2000, "pick": "best"}
+        else:
+            search = {"learners": {rule: [{"lr": lr} for lr in LR_GRID] for rule in rules}, "seeds": 1,
+                      "epochs": 20, "n_val": 10000, "pick": "best"}
+        return {"data": {"name": "fashion-mnist", "n_train": 5000 if quick else None, "n_val": 1000 if quick else 10000,
+                         "n_test": None},
+                "recipe": "biotorch", "selection": "validation", "search": search, "rules": rules,
+                "epochs": 1 if quick else 100, "milestones": "50,75", "batch_size": 64, "lr": 0.01, "momentum": 0.9,
+                "weight_decay": 1e-3, "activation": "relu", "init": "xavier", "alignment_every": 20 if quick else 500}
 
     def learners(self, config):
-        base = {"architecture": "lenet5", "activation": "tanh", "loss": "cross_entropy", "optimizer": "sgd",
-                "lr": config["lr"], "momentum": config["momentum"], "weight_decay": config["weight_decay"],
-                "batch_size": config["batch_size"], "epochs": config["epochs"],
+        base = {"architecture": "lenet5", "activation": config["activation"], "init": config["init"],
+                "loss": "cross_entropy", "optimizer": "sgd", "lr": config["lr"], "momentum": config["momentum"],
+                "weight_decay": config["weight_decay"], "batch_size": config["batch_size"], "epochs": config["epochs"],
+                "schedule": "multistep", "milestones": config["milestones"], "gamma": 0.1,
                 "alignment_every": config["alignment_every"]}
         return {rule: dict(base, rule=rule) for rule in config["rules"]}
 
+    def incomparable(self, config):
+        if config.get("recipe") != "biotorch":
+            return (f"stored runs: {config.get('epochs')} epochs of tanh LeNet on {config['data'].get('n_train')} "
+                    "images with one SGD setting, not BioTorch's recipe (100 epochs, ReLU, lr / 10 at 50 and 75); "
+                    "rerun")
+        if config.get("size") == "quick":
+            return "quick size: not BioTorch's recipe"
+        return None
+
+    def comparisons(self, config):
+        return {f"{rule}_error": Compare("value", number=biotorch(rule), tolerance=TOLERANCE)
+                for rule in config.get("rules", ()) if biotorch(rule)}
+
     def deviations(self, config):
-        return [f"Scaled down for 2 CPU cores: {config['data']['n_train']} training examples, {config['epochs']} "
-                f"epoch(s), one SGD setting for every rule (lr {config['lr']}, momentum {config['momentum']}, "
-                f"weight decay {config['weight_decay']}); BioTorch trains for 100 epochs with per-rule settings, so "
-                "our errors are higher; compare orderings, not values.",
-                "LeNet-5 here: tanh, max-pooling, padding 2 on the first conv (feedalign.lenet5).",
+        return [f"BioTorch's recipe: ReLU LeNet, SGD momentum {config['momentum']}, weight decay "
+                f"{config['weight_decay']}, batch {config['batch_size']}, {config['epochs']} epochs, lr / 10 at epochs "
+                f"{config['milestones']}, Xavier init; the initial learning rate (not stated by BioTorch) chosen per "
+                "rule on the validation split, searched over 20 epochs at a constant rate (search below).",
+                "LeNet-5 here: max-pooling and padding 2 on the first conv of the 28x28 images (feedalign.lenet5), "
+                "where BioTorch resizes them to 32x32.",
+                "Reported as BioTorch reports it: the validation error of the model with the best validation accuracy "
+                "(the same 10000-image split that chose it and the learning rate); the test set is not read for "
+                "these rows.",
                 self.data_deviation(config),
                 f"Alignment angle: the rule's weight update against the true gradient, mean over hidden layers, on "
                 f"256 validation images every {config['alignment_every']} steps."]
@@ -73,10 +108,11 @@ class Family(TrainingExperiment):
     def summarize(self, config, runs, out):
         claims = []
         for rule in config["rules"]:
-            paper = BIOTORCH.get(rule)
-            claims.append(Claim(f"{rule}_error", f"{rule}: LeNet-5 Fashion-MNIST test error",
-                                f"{paper}" if paper is not None else "not in BioTorch's table",
-                                self.final(runs, rule), unit="%", paper_value=paper))
+            number = biotorch(rule)
+            best_val = [min(e for e in curve[1:]) for curve in (r[rule]["val_error"] for r in runs if rule in r)]
+            claims.append(Claim(f"{rule}_error", f"{rule}: LeNet-5 Fashion-MNIST validation error of the best-"
+                                "validation model", papers.label(number) if number else "not in BioTorch's table",
+                                best_val, unit="%", paper_value=papers.value(number) if number else None))
             claims.append(Claim(f"{rule}_angle", f"{rule}: final alignment angle to the true gradient",
                                 "-", self.final(runs, rule, "update_angle"), unit="deg"))
         return claims, [self.figure(config, runs, out)]

@@ -8,28 +8,29 @@ Learning rate 1e-3, weight decay 1e-6; W0, W ~ U[-w, w] with w tuned by hand for
 B ~ U[-b, b] with b found by manual search; training stopped when BP began to overfit
 (no epoch count, batch size or b given).
 
-What the paper leaves open, we searched (single-seed runs with `feedalign train`, 20 epochs):
-with feedalign's default feedback scale 1/sqrt(fan) FA ends at 6.03 % test error with 94 %
-training accuracy (it underfits: the hidden layer's signal is too weak), with
-B ~ U[-0.5, 0.5] at 2.11 %; BP with the same optimiser 2.23 %. So: B ~ U[-0.5, 0.5],
-SGD with momentum 0.9, learning rate 0.1 with a cosine schedule over 20 epochs, batches
-of 64, softmax cross-entropy (squared error on sigmoid outputs trains the same network
-more slowly), PyTorch's default forward init.
+What the paper leaves open is chosen on a validation split (``config["search"]``: 10000 of the
+training images held out, only their error read): FA's feedback scale b (feedalign's default
+1/sqrt(fan) against U[-b, b] for b in 0.1-1.0) and shallow learning's fixed hidden-weight scale w.
+The rest: SGD with momentum 0.9, learning rate 0.1 with a cosine schedule over 20 epochs, batches of
+64, softmax cross-entropy (squared error on sigmoid outputs trains the same network more slowly),
+PyTorch's default forward init; 5 seeds (the paper averages 20 runs). The paper's numbers come from
+the registry (:mod:`feedalign.experiments.papers`).
 """
 from __future__ import annotations
 
 from ._training import TrainingExperiment
 from .base import Claim, register
+from . import papers
+from .verdicts import Compare
 
-PAPER = {"BP": 2.4, "FA": 2.1, "shallow": 7.2}
-# Why shallow misses 7.2%: measured with `feedalign train --rule bp --frozen hidden --architecture 784-1000-10
-# --activation sigmoid --optimizer sgd --lr 0.1 --momentum 0.9 --batch-size 64 --epochs 20 --schedule cosine
-# --init uniform --init-scale W --validation-size 10000` (seed 0, 2026-11-29).
-SHALLOW_SEARCH = ("Shallow learning's error is set by the scale w of the fixed random hidden weights, which the paper "
-                  "does not give (it tuned w by hand for BP). Searched (seed 0, settings above, U[-w, w] weights and "
-                  "biases): w = 0.1: 7.65%, w = 0.3: 5.06%, w = 1.0: 5.08%, against 8.60% at PyTorch's default "
-                  "w = 1/sqrt(784) = 0.036 used here. The paper's 7.2% lies inside that range; we keep the default "
-                  "rather than choose w to match the paper's number.")
+NUMBERS = {"BP": "lillicrap2016/mnist/bp", "FA": "lillicrap2016/mnist/fa", "shallow": "lillicrap2016/mnist/shallow"}
+MIN_SEEDS = 5  # rows set against numbers the paper averages over 20 runs
+FEEDBACK_SCALES = (None, 0.1, 0.25, 0.5, 1.0)  # None: the rule's default, U[-1/sqrt(fan), 1/sqrt(fan)]
+SHALLOW_INITS = ({"init": "default"}, {"init": "uniform", "init_scale": 0.1}, {"init": "uniform", "init_scale": 0.3},
+                 {"init": "uniform", "init_scale": 1.0})
+HISTORY = ("History (chose nothing): an earlier exploration read TEST errors: FA at the default feedback scale "
+           "6.03 %, at b = 0.5 2.11 %; shallow at w = 0.1 7.65 %, 0.3 5.06 %, 1.0 5.08 %, at the default 8.60 %. "
+           "The feedback scale was then fixed at 0.5 by that test error; both scales are now chosen on validation.")
 
 
 @register
@@ -38,44 +39,61 @@ class MnistFA(TrainingExperiment):
     title = "MNIST 784-1000-10 sigmoid: BP vs FA vs shallow (output layer only)"
     paper = "Lillicrap et al., arXiv 1411.0247v1, MNIST task (test error BP 2.4%, FA 2.1%, shallow 7.2%)"
     order = 50
-    full_runtime = "about 15 min (3 seeds x 3 learners x 20 epochs, 2 workers)"
-    default_seeds = {"quick": 2, "full": 3}
+    full_runtime = ("about an hour on 2 workers: a validation search (5 feedback scales for FA, 4 init scales for "
+                    "shallow, 20 epochs each), then 5 seeds x 3 learners x 20 epochs")
+    default_seeds = {"quick": 2, "full": 5}
+    searched = ("feedback scale",)
 
     def config(self, quick):
+        if quick:
+            search = {"learners": {"FA": [{"feedback_scale": None}, {"feedback_scale": 0.5}]}, "seeds": 1,
+                      "epochs": 2, "n_val": 1000, "pick": "best"}
+        else:
+            search = {"learners": {"FA": [{"feedback_scale": b} for b in FEEDBACK_SCALES],
+                                   "shallow": [dict(c) for c in SHALLOW_INITS]},
+                      "seeds": 1, "epochs": None, "n_val": 10000, "pick": "best"}
         return {"data": {"name": "mnist", "n_train": 3000 if quick else None, "n_val": 1000 if quick else None,
                          "n_test": 2000 if quick else None},
                 "epochs": 4 if quick else 20, "lr": 0.1, "momentum": 0.9, "batch_size": 32 if quick else 64,
-                "feedback_scale": 0.5}
+                "selection": "validation", "search": search}
 
     def learners(self, config):
         base = {"architecture": "784-1000-10", "activation": "sigmoid", "loss": "cross_entropy", "optimizer": "sgd",
                 "lr": config["lr"], "momentum": config["momentum"], "batch_size": config["batch_size"],
                 "epochs": config["epochs"], "schedule": "cosine", "feedback_init": "uniform",
-                "feedback_scale": config["feedback_scale"]}
+                "feedback_scale": config.get("feedback_scale")}
         return {"BP": dict(base, rule="bp"), "FA": dict(base, rule="fa"),
                 "shallow": dict(base, rule="bp", frozen="hidden")}
+
+    def comparisons(self, config):
+        if config["size"] == "quick":  # 3000 training images, 4 epochs: no paper number describes it
+            return {"ordering": Compare("check", holds=lambda v: min(v) > 0, min_seeds=1,
+                                        criterion="shallow above FA on every seed",
+                                        finding="FA's hidden learning did not beat a fixed hidden layer")}
+        n = MIN_SEEDS  # the paper averages 20 runs
+        return {"bp_test": Compare("value", number=NUMBERS["BP"], min_seeds=n),
+                "fa_test": Compare("value", number=NUMBERS["FA"], min_seeds=n),
+                "shallow_test": Compare("value", number=NUMBERS["shallow"], tolerance=0.5, min_seeds=n),
+                "ordering": Compare("gap", number=NUMBERS["shallow"], minus=NUMBERS["FA"], tolerance=0.5, min_seeds=n),
+                "fa_vs_bp": Compare("gap", number=NUMBERS["FA"], minus=NUMBERS["BP"], min_seeds=n)}
 
     def deviations(self, config):
         return [self.data_deviation(config),
                 f"{config['epochs']} epochs of SGD (lr {config['lr']}, cosine schedule, momentum {config['momentum']}, "
                 f"batch {config['batch_size']}) with softmax cross-entropy, where the paper uses squared error, "
-                "lr 1e-3 and stops when BP starts to overfit; feedback B ~ U[-{0}, {0}] (the paper's b is not "
-                "given; our search: the default 1/sqrt(fan) leaves FA underfitting at 6 %).".format(
-                    config["feedback_scale"]),
+                "lr 1e-3 and stops when BP starts to overfit; FA's feedback scale b and shallow's hidden-weight "
+                "scale w (neither given by the paper) chosen on validation (search below).",
                 "Shallow = the same network with only the output layer trained (hidden layer fixed at its random init).",
-                SHALLOW_SEARCH]
+                "Tolerance: 0.3 points for the errors below 5 % and for FA minus BP, 0.5 for shallow's 7.2 % and the "
+                "shallow-minus-FA gap.", HISTORY]
 
     def summarize(self, config, runs, out):
         err = {k: self.final(runs, k) for k in ("BP", "FA", "shallow")}
-        mean = {k: sum(v) / len(v) for k, v in err.items()}
-        claims = [Claim(f"{k.lower()}_test", f"{k}: test error", f"{PAPER[k]}%", err[k], unit="%",
-                        paper_value=PAPER[k], reproduced=mean[k] <= PAPER[k] + 0.3,
-                        criterion="within 0.3 points of the paper, or lower") for k in ("BP", "FA", "shallow")]
+        claims = [Claim(f"{k.lower()}_test", f"{k}: test error", papers.label(NUMBERS[k]), err[k], unit="%",
+                        paper_value=papers.value(NUMBERS[k])) for k in ("BP", "FA", "shallow")]
         claims.append(Claim("ordering", "shallow minus FA test error (points): hidden learning under FA helps",
-                            "7.2 - 2.1 = 5.1", [s - f for s, f in zip(err["shallow"], err["FA"])], unit="",
-                            paper_value=5.1, reproduced=mean["FA"] < mean["shallow"], criterion="FA < shallow"))
-        claims.append(Claim("fa_vs_bp", "FA minus BP test error (points)", "2.1 - 2.4 = -0.3",
-                            [f - b for f, b in zip(err["FA"], err["BP"])], paper_value=-0.3,
-                            reproduced=mean["FA"] - mean["BP"] < 0.5, criterion="FA at most 0.5 points above BP"))
+                            "-", [s - f for s, f in zip(err["shallow"], err["FA"])]))
+        claims.append(Claim("fa_vs_bp", "FA minus BP test error (points)", "-",
+                            [f - b for f, b in zip(err["FA"], err["BP"])]))
         figures = [self.curves(config, runs, out, title="784-1000-10 sigmoid, MNIST: validation error")]
         return claims, figures

@@ -12,6 +12,7 @@ transformer well above chance, and BP stays ahead.
 from __future__ import annotations
 
 from ._training import TrainingExperiment
+from .verdicts import Compare
 from .base import Claim, register
 
 CHANCE = 90.0  # % test error of a guess among 10 classes
@@ -49,6 +50,15 @@ class LaunayTransformer(TrainingExperiment):
                 "better than training the head alone on the random transformer (59.0%); with B shared over tokens "
                 "39.4% at 3e-3 and 46.0% at 1e-3 (taps at the two blocks only: 45.2%); BP 15.9% at 3e-3. Both use "
                 "3e-3."]
+
+    def comparisons(self, config):
+        if config.get("size") != "full":
+            return {}
+        return {"dfa_trains": Compare("check", holds=lambda v: max(v) < CHANCE - 40,
+                                      criterion=f"every seed at least 40 points below chance ({CHANCE:.0f}%)",
+                                      finding="DFA does not train the transformer here"),
+                "bp_ahead": Compare("check", holds=lambda v: min(v) > 0, criterion="> 0 on every seed",
+                                    finding="DFA matches or beats BP here")}
 
     def summarize(self, config, runs, out):
         bp, dfa = self.final(runs, "BP"), self.final(runs, "DFA")

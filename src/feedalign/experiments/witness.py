@@ -71,14 +71,15 @@ def fingerprint(run) -> dict:
     return {"step": run.step, "state": state, "test_loss": loss, "test_accuracy": accuracy}
 
 
-def compute_witness(name: str, config: dict, *, steps: int = STEPS) -> dict:
-    """The witness of experiment ``name`` at ``config`` (``experiment_config``'s) under the code as it is now."""
+def compute_witness(name: str, config: dict, *, steps: int = STEPS, chosen: dict | None = None) -> dict:
+    """The witness of experiment ``name`` at ``config`` (``experiment_config``'s) under the code as it is now;
+    ``chosen``: the settings its validation search chose (results.json's ``search.chosen``), which the runs use."""
     import torch
     experiment = base.get_experiment(name)
     threads = torch.get_num_threads()
     try:
         if isinstance(experiment, TrainingExperiment):
-            kind, values = f"first {steps} steps of every run", _first_steps(experiment, config, steps)
+            kind, values = f"first {steps} steps of every run", _first_steps(experiment, config, steps, chosen)
         else:
             kind, values = "every number of the quick size", _quick_numbers(name)
     finally:
@@ -86,11 +87,11 @@ def compute_witness(name: str, config: dict, *, steps: int = STEPS) -> dict:
     return {"kind": kind, "steps": steps, "package_hash": base.package_hash(), "values": values}
 
 
-def _first_steps(experiment: TrainingExperiment, config: dict, steps: int) -> list[dict]:
+def _first_steps(experiment: TrainingExperiment, config: dict, steps: int, chosen: dict | None = None) -> list[dict]:
     from ..training import train
     values = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, seed, run_config in experiment.run_configs(config, Path(tmp)):
+        for label, seed, run_config in experiment.run_configs(config, Path(tmp), chosen):
             probe = _Probe(steps)
             try:
                 train(run_config, callbacks=[probe], progress="none")
@@ -167,7 +168,8 @@ def verify(name: str, results: dict, *, log=print) -> tuple[str, dict]:
     if not stored:
         return "stale: no witness stored with it; rerun it", results
     log(f"{name}: replaying its witness ({stored['kind']}) under code {base.package_hash()} ...")
-    new = compute_witness(name, config, steps=stored.get("steps", STEPS))
+    new = compute_witness(name, config, steps=stored.get("steps", STEPS),
+                          chosen=(results.get("search") or {}).get("chosen"))
     difference = first_difference(stored["values"], new["values"])
     if difference:
         return f"stale: the code now computes something else ({difference}); rerun it", results
