@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import os
 import pickle
 import random
 from pathlib import Path
@@ -127,29 +128,42 @@ def test_standardize_uses_train_statistics(tiny):
     assert torch.allclose(d.test_x, (raw.test_x - mean) / std, atol=1e-5)
 
 
-def test_fetch_caches_and_stamps(tiny, tmp_path, monkeypatch):
+def flip_keeping_size_and_mtime(path: Path, offset: int = -1) -> bytes:
+    """Flip one byte of ``path`` and restore its mtime (bit rot a size-and-mtime stamp would trust); the new bytes."""
+    st = path.stat()
+    blob = bytearray(path.read_bytes())
+    blob[offset] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    return bytes(blob)
+
+
+def test_fetch_caches_and_every_load_hashes(tiny, tmp_path):
     folder = data.fetch("mnist", data_dir=tiny)
     assert folder == tmp_path / "cache" / "mnist"
-    assert sorted(p.name for p in folder.iterdir()) == sorted([*FILES, ".verified"])
-    # A reload trusts the stamp (size + mtime + sha) instead of hashing again.
-    monkeypatch.setattr(store, "sha256_file", lambda path: pytest.fail(f"re-hashed {path}"))
+    assert sorted(p.name for p in folder.iterdir()) == sorted(FILES)  # its lock file lies beside it
     assert load("mnist", validation_size=2, download=False).train_x.shape == (18, 784)
-    assert [s for s in data.status() if s["name"] == "mnist"][0]["present"] is True
+    flip_keeping_size_and_mtime(folder / FILES[1])  # same size, same mtime: only the hash can tell
+    with pytest.raises(DatasetError, match=f"{folder / FILES[1]} is damaged"):
+        load("mnist", validation_size=2, download=False)
+    status = [s for s in data.status() if s["name"] == "mnist"][0]
+    assert (status["present"], status["state"], status["damaged"]) == (False, "damaged", [FILES[1]])
 
 
-def test_corrupt_cache_is_detected_removed_and_refetched(tiny, tmp_path):
+def test_a_damaged_cache_file_is_kept_until_its_replacement_is_in_place(tiny, tmp_path):
     folder = data.fetch("mnist", data_dir=tiny)
     victim = folder / FILES[0]
-    blob = bytearray(victim.read_bytes())
-    blob[-1] ^= 0xFF
-    victim.write_bytes(bytes(blob))
-    with pytest.raises(DatasetError, match="failed its checksum and was removed") as err:
+    damaged = flip_keeping_size_and_mtime(victim)
+    with pytest.raises(DatasetError, match="damaged .*and download=False; run `feedalign data fetch mnist`") as err:
         load("mnist", validation_size=2, download=False)
-    assert "feedalign data fetch mnist" in str(err.value)
-    assert not victim.exists()
+    assert "\n" not in str(err.value)
+    with pytest.raises(DatasetError, match="cannot fetch mnist: no source could provide train-images"):
+        data.fetch("mnist")  # no source here (the test spec has no mirror): the damaged file stays as evidence
+    assert victim.read_bytes() == damaged and not list(folder.glob(".*part"))
     assert load("mnist", data_dir=tiny, validation_size=2).train_x.shape == (18, 784)  # from the user folder
-    data.fetch("mnist", data_dir=tiny)
-    assert victim.exists() and load("mnist", validation_size=2, download=False).train_x.shape == (18, 784)
+    data.fetch("mnist", data_dir=tiny)  # a source again: replaced
+    assert victim.read_bytes() == (tiny / FILES[0]).read_bytes()
+    assert load("mnist", validation_size=2, download=False).train_x.shape == (18, 784)
 
 
 def test_checksum_mismatch_in_user_folder(tiny):
@@ -185,6 +199,9 @@ def test_download_from_mirror_verified_and_atomic(tmp_path, monkeypatch):
     monkeypatch.setitem(data.REGISTRY, "mnist", good)
     data.fetch("mnist", progress=False)
     assert load("mnist", validation_size=4, download=False).test_x.shape == (8, 784)
+    flip_keeping_size_and_mtime(cache / FILES[3])  # bit rot in the cache: a load that may download fetches it again
+    assert load("mnist", validation_size=4).test_y.tolist() == list(range(8))
+    assert (cache / FILES[3]).read_bytes() == gzip.decompress((mirror / f"{FILES[3]}.gz").read_bytes())
 
 
 def test_fallback_runs_after_mirrors(tmp_path, monkeypatch):
@@ -256,6 +273,20 @@ def test_cifar_structural_check_and_no_code_execution(tmp_path):
         pickle.dump({b"data": Evil()}, f)
     with pytest.raises(DatasetError, match="refusing to load builtins.print"):
         load("cifar10", data_dir=tmp_path / "user", validation_size=1)
+
+
+def test_a_damaged_cifar_batch_in_the_cache_is_refused_then_replaced(tmp_path):
+    user = tmp_path / "user"
+    write_fake_cifar(user)
+    folder = data.fetch("cifar10", data_dir=user)
+    assert (folder / ".sha256.json").is_file()  # recorded as the batches were unpacked
+    before = load("cifar10", validation_size=4, download=False).train_x
+    flip_keeping_size_and_mtime(folder / "data_batch_2", offset=-200)  # a pixel: the pickle still loads
+    with pytest.raises(DatasetError, match=f"data_batch_2 in {folder} is damaged .*feedalign data fetch cifar10"):
+        load("cifar10", validation_size=4, download=False)
+    assert [s for s in data.status() if s["name"] == "cifar10"][0]["state"] == "damaged"
+    data.fetch("cifar10", data_dir=user)
+    assert torch.equal(load("cifar10", validation_size=4, download=False).train_x, before)
 
 
 def test_cifar_missing_offline():

@@ -1,9 +1,17 @@
 """Reliability at the edges (issue 18): file-system problems, edited or damaged run directories, values that
-cannot train. Each bad input is one line on stderr and exit status 2, and leaves no half-written file."""
+cannot train. Each bad input is one line on stderr and exit status 2, and leaves no half-written file.
+
+What a kill, a full disk or a second process leaves behind (issue 33): torn log tails, damaged dataset caches,
+shared run and sweep directories; each case with a real kill, a real damaged file or a real second process."""
 import errno
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -286,3 +294,247 @@ def test_bench_python_api_checks_the_same():
     from feedalign.bench import run
     with pytest.raises(ConfigError, match="round seconds"):
         run(["20-16-5:8"], ["fa"], device="cpu", min_round_s=0.0, epoch=False)
+
+
+# -- 4. what a kill, a full disk or a second process leaves behind (issue 33) ---------------------------------------
+
+SRC = str(Path(__file__).parents[1] / "src")
+FAULTS = str(Path(__file__).parent / "faults")
+
+
+def feedalign_process(argv, **env) -> subprocess.Popen:
+    """A real `feedalign` process of this source tree (its output kept for the assertions)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*env.pop("paths", []), SRC]), **env}
+    return subprocess.Popen([sys.executable, "-m", "feedalign", *map(str, argv)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert path.exists(), proc.communicate()
+
+
+def without_times(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
+
+
+def test_a_kill_mid_append_tears_the_log_and_the_resumed_run_is_bitwise_an_uninterrupted_one(tmp_path, capsys):
+    """SIGKILL in the middle of an append to alignment.jsonl (tests/faults), then `train --resume`: the torn line is
+    dropped by every reader and cut off before the next append; the result is bitwise that of a run never killed."""
+    settings = [*SMALL[:-2], "--epochs", "3", "--alignment-every", "1", "--rule", "dfa"]
+    killed = feedalign_process(["train", *settings, "--out-dir", tmp_path, "--name", "killed"], paths=[FAULTS],
+                               FEEDALIGN_TEST_TEAR_ALIGNMENT_AT="6")  # step 6: epoch 2, after epoch 1's checkpoint
+    killed.communicate(timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    run_dir = tmp_path / "killed"
+    log = (run_dir / "alignment.jsonl").read_bytes()
+    assert not log.endswith(b"\n")  # torn: half a line at the end
+    torn_line = log.count(b"\n") + 1
+
+    # every reader drops it, saying so once
+    code, _, err = run_cli(["plot", "alignment", run_dir, "-o", tmp_path / "a.png"], capsys)
+    assert code == 0, err
+    assert err.count(f"{run_dir / 'alignment.jsonl'} line {torn_line} is torn") == 1
+
+    code, _, err = run_cli(["train", "--resume", run_dir, "--quiet"], capsys)
+    assert code == 0, err
+    assert "was cut off before appending" in err and "Traceback" not in err
+    code, _, err = run_cli(["train", *settings, "--out-dir", tmp_path, "--name", "whole", "--quiet"], capsys)
+    assert code == 0, err
+
+    from feedalign.files import read_jsonl
+    for name in ("alignment.jsonl", "metrics.jsonl"):
+        assert without_times(read_jsonl(run_dir / name)) == without_times(read_jsonl(tmp_path / "whole" / name)), name
+    assert (run_dir / "alignment.jsonl").read_bytes().endswith(b"\n")
+    resumed, whole = (integrity.read_checkpoint(d, "latest.pt") for d in (run_dir, tmp_path / "whole"))
+    assert resumed["epoch"] == whole["epoch"] == 3
+    for key in whole["model"]:
+        assert torch_equal(resumed["model"][key], whole["model"][key]), key
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+    return torch.equal(a, b)
+
+
+def test_a_torn_metrics_tail_is_dropped_and_a_damaged_middle_line_is_one_line(small_run, tmp_path, capsys):
+    metrics = small_run / "metrics.jsonl"
+    whole = metrics.read_bytes()
+    metrics.write_bytes(whole[:-20])  # what a copy cut short leaves
+    code, _, err = run_cli(["plot", "curves", small_run, "-o", tmp_path / "c.png"], capsys)
+    assert code == 0 and "Traceback" not in err
+    assert f"{metrics} line 3 is torn" in err and (tmp_path / "c.png").is_file()
+
+    lines = whole.split(b"\n")
+    lines[1] = lines[1][:30]  # a damaged line with whole lines after it: not a tail, refused
+    metrics.write_bytes(b"\n".join(lines))
+    for argv in (["plot", "curves", small_run, "-o", tmp_path / "d.png"], ["train", "--resume", small_run]):
+        line = one_line_error(*run_cli(argv, capsys)[::2])
+        assert f"'{metrics}' line 2 is damaged (not a JSON object" in line, line
+    assert metrics.read_bytes() == b"\n".join(lines)  # refused, and left as it was
+
+
+def test_the_reader_keeps_a_whole_last_row_without_its_newline(tmp_path):
+    from feedalign.files import drop_torn_tail, read_jsonl
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}')  # written by hand, say: whole, only the newline missing
+    assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
+    assert drop_torn_tail(path) is False and path.read_text() == '{"a": 1}\n{"a": 2}\n'
+    path.write_bytes(b'{"a": 1}\n\x00\x00\x00')  # a crash's zero-filled block
+    assert read_jsonl(path) == [{"a": 1}]
+    assert drop_torn_tail(path) is True and path.read_bytes() == b'{"a": 1}\n'
+
+
+@pytest.fixture(scope="module")
+def mnist1d_cache(tmp_path_factory):
+    """A cache holding a freshly generated MNIST-1D (generated once for the module: about 3 s)."""
+    from feedalign.data import fetch
+    cache = tmp_path_factory.mktemp("cache")
+    fetch("mnist1d", cache_dir=cache)
+    return cache
+
+
+def same_size_and_mtime_flip(path: Path, offset: int) -> None:
+    """Flip one byte of ``path``, then restore its size and mtime: bit rot that size-and-mtime stamps would trust."""
+    st = path.stat()
+    blob = bytearray(path.read_bytes())
+    blob[offset] ^= 0x01
+    path.write_bytes(bytes(blob))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+
+
+def test_a_damaged_mnist1d_cache_is_generated_again(mnist1d_cache, tmp_path, capsys, monkeypatch):
+    """Truncated, or one byte flipped at the same size and mtime: `data list` says damaged, and the next train
+    generates the file again (no zipfile traceback), then trains on the same data as before."""
+    cache = tmp_path / "cache"
+    shutil.copytree(mnist1d_cache, cache)
+    monkeypatch.setenv("FEEDALIGN_CACHE", str(cache))
+    npz = cache / "mnist1d" / "mnist1d.npz"
+    good = npz.read_bytes()
+    from feedalign.data import load
+    before = load("mnist1d").train_x
+
+    same_size_and_mtime_flip(npz, len(good) // 2)
+    code, out, _ = run_cli(["data", "list"], capsys)
+    assert code == 0 and any(line.split()[:2] == ["mnist1d", "damaged"] for line in out.splitlines()), out
+    line = one_line_error(*run_cli(["data", "verify", "mnist1d"], capsys)[::2])
+    assert "damaged in the cache: mnist1d (mnist1d.npz); `feedalign data fetch mnist1d` replaces them" in line
+
+    npz.write_bytes(good[:len(good) // 3])  # a copy cut short
+    code, _, err = run_cli(["train", *SMALL, "--out-dir", tmp_path / "runs"], capsys)
+    assert code == 0, err
+    assert f"{npz} does not match the SHA-256 recorded when it was written; generating it again" in err
+    assert "Traceback" not in err
+    assert (load("mnist1d").train_x == before).all()
+    code, out, _ = run_cli(["data", "verify", "mnist1d"], capsys)
+    assert code == 0 and "mnist1d: present" in out
+
+
+@pytest.mark.integration
+def test_bit_rot_in_mnist_is_never_handed_out(mnist, tmp_path, capsys):
+    """One byte of a cached MNIST label file flipped at the same size and mtime: every load hashes in full, so
+    load refuses it in one line (download=False), `data list` says damaged, and a fetch from a source repairs it."""
+    from feedalign.data import DatasetError, load
+    from feedalign.data.store import cache_root
+    real = cache_root() / "mnist"
+    cache = tmp_path / "cache"
+    shutil.copytree(real, cache / "mnist", ignore=shutil.ignore_patterns(".*"))
+    labels = cache / "mnist" / "t10k-labels-idx1-ubyte"
+    same_size_and_mtime_flip(labels, 8)  # the first test label: 7 becomes 6
+    with pytest.raises(DatasetError, match=f"{labels} is damaged .*feedalign data fetch mnist"):
+        load("mnist", cache_dir=cache, download=False)
+    code, out, _ = run_cli(["data", "list", "--cache-dir", cache], capsys)
+    assert any(line.split()[:2] == ["mnist", "damaged"] for line in out.splitlines()), out
+    code, _, err = run_cli(["data", "fetch", "mnist", "--cache-dir", cache, "--data-dir", real.parent], capsys)
+    assert code == 0, err
+    assert load("mnist", cache_dir=cache, download=False).test_y[:5].tolist() == [7, 2, 1, 0, 4]
+
+
+def test_a_second_process_is_refused_and_a_killed_one_leaves_no_lock(tmp_path, capsys):
+    """A real `feedalign train` holds its run directory: `train --resume` of it from this process is refused in one
+    line naming that process, which goes on; once it is SIGKILLed the lock is gone and the resume finishes the run."""
+    run_dir = tmp_path / "r"
+    first = feedalign_process(["train", *SMALL, "--epochs", "40", "--out-dir", tmp_path, "--name", "r"])
+    try:
+        wait_for(run_dir / "checkpoints" / "latest.pt", first)
+        line = one_line_error(*run_cli(["train", "--resume", run_dir], capsys)[::2])
+        assert line.startswith(f"feedalign: error: run directory '{run_dir}' is in use by another feedalign process "
+                               f"(pid {first.pid}: feedalign train --dataset mnist1d "), line
+        assert line.endswith("wait for it to finish or stop it, then run again (a killed process leaves no lock behind)")
+        assert first.poll() is None  # the first one goes on, untouched
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.communicate()
+    assert not (run_dir / "summary.json").exists()
+    code, out, err = run_cli(["train", "--resume", run_dir, "--quiet"], capsys)
+    assert code == 0, err
+    assert json.loads((run_dir / "summary.json").read_text())["epochs_completed"] == 40
+
+
+def test_two_trains_racing_for_one_name_leave_one_intact_run(tmp_path):
+    """Two real processes start `train --name r` at the same moment: one trains, the other says so in one line
+    (exit 2) and removes nothing of the winner's."""
+    procs = [feedalign_process(["train", *SMALL, "--out-dir", tmp_path, "--name", "r"]) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.communicate()[1]) for p in procs]
+    assert sorted(code for code, _ in results) == [0, 2], results
+    err = next(err for code, err in results if code == 2)
+    line = one_line_error(2, err)
+    assert str(tmp_path / "r") in line and ("already exists" in line or "just made by another process" in line), line
+    run_dir = tmp_path / "r"
+    for name in ("best.pt", "latest.pt"):
+        assert integrity.verify(run_dir, f"checkpoints/{name}")
+    assert json.loads((run_dir / "summary.json").read_text())["epochs_completed"] == 2
+
+
+def test_a_second_sweep_over_one_folder_is_refused(tmp_path, capsys):
+    spec = tmp_path / "spec.toml"
+    spec.write_text('name = "s"\n[base]\ndataset = "mnist1d"\narchitecture = "40-16-10"\nepochs = 40\n'
+                    'train_size = 256\ntest_size = 100\nalignment_every = 0\n[grid]\nrule = ["bp"]\n')
+    first = feedalign_process(["sweep", spec, "--out-dir", tmp_path / "out", "--no-plot", "--workers", "1"])
+    try:
+        wait_for(tmp_path / "out" / "s" / "spec.json", first)
+        line = one_line_error(*run_cli(["sweep", spec, "--out-dir", tmp_path / "out", "--no-plot"], capsys)[::2])
+        assert line.startswith(f"feedalign: error: sweep directory '{tmp_path / 'out' / 's'}' is in use by another "
+                               f"feedalign process (pid {first.pid}: feedalign sweep "), line
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the sweep and its worker: one process group
+        first.communicate()
+    code, out, err = run_cli(["sweep", spec, "--out-dir", tmp_path / "out", "--no-plot"], capsys)
+    assert code == 0, err  # the kill left no lock: the rerun picks up where it stopped
+
+
+def _full_disk_shell() -> list[str] | None:
+    """``unshare`` arguments giving a shell that may mount a small tmpfs (a real full disk), or None if this
+    machine allows neither root nor unprivileged user namespaces."""
+    if shutil.which("unshare") is None:
+        return None
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "d=$(mktemp -d) && mount -t tmpfs -o size=64k tmpfs $d "
+                            "&& umount $d && rmdir $d"], capture_output=True)
+    return ["unshare", "-rm", "sh", "-c"] if probe.returncode == 0 else None
+
+
+def test_a_full_disk_during_data_fetch_leaves_no_dataset_folder(tmp_path):
+    """`data fetch mnist1d` into a real 256 KB file system (the file is 841 KB): one line, exit 2, no mnist1d folder
+    left behind; once the file system is grown, the same fetch succeeds."""
+    shell = _full_disk_shell()
+    if shell is None:
+        pytest.skip("mounting a small tmpfs needs root or unprivileged user namespaces")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    fetch = f"{sys.executable} -m feedalign data fetch mnist1d --cache-dir {cache}"
+    script = (f"mount -t tmpfs -o size=256k tmpfs {cache} && {fetch}; echo \"rc=$?\"; ls -A {cache}; echo ---; "
+              f"mount -o remount,size=4m {cache} && {fetch}; echo \"rc=$?\"; ls -A {cache}/mnist1d")
+    done = subprocess.run([*shell, script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": SRC})
+    full, grown = done.stdout.split("---\n")
+    lines = [line for line in done.stderr.splitlines() if line.startswith("feedalign: error:")]
+    assert lines == [f"feedalign: error: cannot write {cache / 'mnist1d' / 'mnist1d.npz'}: no space left on the device "
+                     "(disk full or over quota); free some space or choose a folder on another disk, then run again"], \
+        done.stderr
+    assert "Traceback" not in done.stderr
+    assert full.splitlines()[0] == "rc=2" and "mnist1d" not in full.splitlines()[1:]  # only the lock file is left
+    assert grown.splitlines()[0] == f"mnist1d: ready in {cache / 'mnist1d'}" and "rc=0" in grown
+    assert "mnist1d.npz" in grown.splitlines()

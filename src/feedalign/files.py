@@ -30,7 +30,7 @@ def atomic_write(path: str | Path, content) -> None:
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     except OSError as err:
-        raise _about(err, path) from None
+        raise about_path(err, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             if callable(content):
@@ -44,7 +44,7 @@ def atomic_write(path: str | Path, content) -> None:
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(err, OSError):
-            raise _about(err, path) from err
+            raise about_path(err, path) from err
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -70,7 +70,7 @@ def new_file_mode() -> int:
     return 0o666 & ~mask
 
 
-def _about(err: OSError, path: Path) -> OSError:
+def about_path(err: OSError, path: Path) -> OSError:
     """``err`` naming ``path`` (not the temporary file, or nothing: a full disk fails in ``write``), so the
     one-line message (:func:`feedalign.errors.os_error_line`) names the file the user asked for."""
     if err.errno is None or err.filename == str(path):
@@ -179,7 +179,7 @@ def drop_torn_tail(path: str | Path) -> bool:
     try:
         os.truncate(path, len(data) - len(data.rsplit(b"\n", 1)[-1]))
     except OSError as err:
-        raise _about(err, path) from err
+        raise about_path(err, path) from err
     _note_torn(path, len(lines) + 1, cut=True)
     return True
 
@@ -228,23 +228,22 @@ class FolderLock:
     waits. A closed or garbage-collected lock is released. Where the OS has no ``flock``
     (Windows) or the file system refuses it, the folder is used unlocked.
 
-    Use as ``with FolderLock(run_dir, "run directory"):`` or call :meth:`release`.
+    Use as ``with FolderLock(run_dir, "run directory"):`` or call :meth:`release`. ``name``: the lock
+    file's name in ``folder`` (a dataset's cache lock lives beside its folder, not in it).
     """
 
-    NAME = ".lock"
-
-    def __init__(self, folder: str | Path, what: str = "folder", *, wait: bool = False):
+    def __init__(self, folder: str | Path, what: str = "folder", *, wait: bool = False, name: str = ".lock"):
         self.folder, self.what = Path(folder), what
         self._file = None
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX
             return
-        path = self.folder / self.NAME
+        path = self.folder / name
         try:
             f = open(path, "a+b")
         except OSError as err:
-            raise _about(err, path) from err
+            raise about_path(err, path) from err
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -259,7 +258,10 @@ class FolderLock:
         self._file = f
         try:  # who holds it, for the refusal above
             f.truncate(0)
-            f.write(f"pid {os.getpid()}: {' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}\n"[:500].encode())
+            program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+            if program == "__main__.py":  # python -m feedalign
+                program = Path(sys.argv[0]).parent.name
+            f.write(f"pid {os.getpid()}: {' '.join([program, *sys.argv[1:]])}"[:500].encode())
             f.flush()
         except OSError:
             pass

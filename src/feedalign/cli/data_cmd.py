@@ -1,4 +1,4 @@
-"""``feedalign data list`` and ``feedalign data fetch NAME``: see and fill the dataset cache."""
+"""``feedalign data list``, ``fetch NAME`` and ``verify``: see, fill and check the dataset cache."""
 from __future__ import annotations
 
 import argparse
@@ -20,7 +20,7 @@ def _list(args: argparse.Namespace) -> int:
     rows = status(data_dir=args.data_dir, cache_dir=args.cache_dir)
     width = max(len(r["name"]) for r in rows)
     for r in rows:
-        state = "present" if r["present"] else "missing"
+        state = r.get("state") or ("present" if r["present"] else "missing")
         size = _human(r["size_bytes"]) if r["size_bytes"] else "-"
         print(f"{r['name']:<{width}}  {state:<7}  {size:>8}  {r['path']}")
     return 0
@@ -35,7 +35,9 @@ def _fetch(args: argparse.Namespace) -> int:
         from pathlib import Path
 
         from ..files import check_writable
-        check_writable(Path(args.cache_dir) / args.name)
+        folder = Path(args.cache_dir) / args.name
+        # a folder already there is filled or repaired in place: what must be writable is a file inside it
+        check_writable(folder / ".probe" if folder.is_dir() else folder)
     try:
         path = fetch(args.name, data_dir=args.data_dir, cache_dir=args.cache_dir, progress=True)
     except DatasetError:
@@ -46,6 +48,34 @@ def _fetch(args: argparse.Namespace) -> int:
         install_debian_package()
         path = fetch(args.name, data_dir=args.data_dir, cache_dir=args.cache_dir, progress=True)
     print(f"{args.name}: generated on demand, nothing to fetch" if path is None else f"{args.name}: ready in {path}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """Hash every cached file of each dataset in full, as every load does; one line each, with the time it took."""
+    import time
+
+    from feedalign.data import REGISTRY, DatasetError, _spec
+
+    specs = [_spec(n) for n in args.names] if args.names else [s for s in REGISTRY.values() if s.kind != "synthetic"]
+    damaged = []
+    for spec in specs:
+        if spec.kind == "synthetic":
+            print(f"{spec.name}: generated from its seed at every load; nothing cached")
+            continue
+        t0 = time.perf_counter()
+        row = spec.status(args.data_dir, args.cache_dir)
+        seconds = time.perf_counter() - t0
+        if row["state"] == "missing":
+            print(f"{spec.name}: not fetched  {row['path']}")
+            continue
+        print(f"{spec.name}: {row['state']}, {_human(row['size_bytes'])} hashed (SHA-256) in {seconds:.2f} s  {row['path']}")
+        if row["state"] == "damaged":
+            damaged.append((spec.name, row["damaged"]))
+    if damaged:
+        which = "; ".join(f"{name} ({', '.join(files)})" for name, files in damaged)
+        fixes = " and ".join(f"`feedalign data fetch {name}`" for name, _ in damaged)
+        raise DatasetError(f"damaged in the cache: {which}; {fixes} replaces them (kept until the replacement is in place)")
     return 0
 
 
@@ -67,4 +97,9 @@ def register(subparsers) -> None:
                          help="fashion-mnist only: when no mirror answers, run `apt-get install -y dataset-fashion-mnist` "
                               "(needs root); without it feedalign only says the command")
     p_fetch.set_defaults(func=_fetch)
+    p_verify = sub.add_parser("verify", help="hash every cached dataset file in full (as every load does) and say "
+                              "which are damaged, with the time it took")
+    p_verify.add_argument("names", nargs="*", metavar="NAME", help="datasets to check (default: all cached kinds)")
+    add_dirs(p_verify)
+    p_verify.set_defaults(func=_verify)
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])

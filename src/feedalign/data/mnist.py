@@ -13,15 +13,17 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .idx import read_idx
+from .idx import parse_idx
 from ..errors import DatasetError
-from .store import SourceUnavailable, Stamps, cache_root, data_root, download, folder_size, install_stream
+from .store import (SourceUnavailable, cache_lock, cache_root, data_root, digest_or_none, download, folder_size,
+                    install_stream, new_folder, read_verified)
 
 TRAIN_IMAGES, TRAIN_LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
 TEST_IMAGES, TEST_LABELS = "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
@@ -59,103 +61,48 @@ class IdxDataset:
                 return found
         return None
 
-    def _missing(self, folder: Path, *, remove_corrupt: bool) -> tuple[list[str], list[str]]:
-        """Files of the cache ``folder`` that are absent or fail their checksum (corrupt ones listed second)."""
-        stamps = Stamps(folder / ".verified")
-        missing, corrupt = [], []
+    def _check(self, folder: Path) -> tuple[list[str], list[str]]:
+        """Files of the cache ``folder`` that are absent, and those whose bytes do not hash to the published SHA-256."""
+        missing, damaged = [], []
         for file, sha in self.checksums.items():
             path = folder / file
             if not path.is_file():
                 missing.append(file)
-            elif not stamps.verify(path, sha):
-                missing.append(file)
-                corrupt.append(file)
-                if remove_corrupt:
-                    path.unlink(missing_ok=True)
-        return missing, corrupt
+            elif digest_or_none(path) != sha:
+                damaged.append(file)
+        return missing, damaged
 
-    def _user_files(self, data_dir, cache_dir) -> dict[str, Path] | None:
+    def _user_files(self, data_dir) -> dict[str, Path] | None:
         root = data_root(data_dir)
-        found = self._find(root) if root is not None else None
-        if found is None:
-            return None
-        stamps = Stamps(cache_root(cache_dir) / self.name / ".verified")
-        for file, path in found.items():
-            if not stamps.verify(path, self.checksums[file]):
-                raise DatasetError(f"{path} is not {self.name}'s {file}: its SHA-256 does not match the published one; "
-                                   f"replace or remove it, or point data_dir elsewhere")
-        return found
+        return self._find(root) if root is not None else None
 
     def _install(self, stream, folder: Path, file: str, *, gz: bool, what: str) -> None:
         install_stream(stream, folder / file, self.checksums[file], gz=gz, what=what)
-        Stamps(folder / ".verified").record(folder / file, self.checksums[file])
 
-    # -- the public face ----------------------------------------------------------------------
-    def status(self, data_dir=None, cache_dir=None) -> dict:
-        root = data_root(data_dir)
-        found = self._find(root) if root is not None else None
-        stamps = Stamps(cache_root(cache_dir) / self.name / ".verified")
-        if found is not None and all(stamps.verify(p, self.checksums[f]) for f, p in found.items()):
-            return {"name": self.name, "present": True, "path": str(next(iter(found.values())).parent),
-                    "size_bytes": sum(p.stat().st_size for p in found.values())}
-        folder = cache_root(cache_dir) / self.name
-        missing, _ = self._missing(folder, remove_corrupt=False)
-        present = not missing
-        return {"name": self.name, "present": present, "path": str(folder),
-                "size_bytes": folder_size(folder) if folder.is_dir() else 0}
+    def _read(self, path: Path, file: str, *, cached: bool) -> np.ndarray:
+        """The array in ``path`` (which holds ``file``), its bytes hashed as they are parsed.
 
-    def fetch(self, data_dir=None, cache_dir=None, progress: bool = True) -> Path:
-        """Make the four files present and verified in the cache; return the cache folder."""
-        folder = cache_root(cache_dir) / self.name
-        missing, _ = self._missing(folder, remove_corrupt=True)
-        if not missing:
-            return folder
-        folder.mkdir(parents=True, exist_ok=True)
-        user = self._user_files(data_dir, cache_dir)
-        if user is not None:
-            for file in missing:
-                with open(user[file], "rb") as f:
-                    self._install(f, folder, file, gz=user[file].suffix == ".gz", what=str(user[file]))
-            return folder
-        reasons = []
-        for mirror in self.mirrors:
-            try:
-                for file in list(missing):
-                    url = f"{mirror.rstrip('/')}/{file}.gz"
-                    download(url, folder / file, self.checksums[file], gz=True, progress=progress)
-                    Stamps(folder / ".verified").record(folder / file, self.checksums[file])
-                    missing.remove(file)
-            except SourceUnavailable as err:  # unreachable or wrong bytes: try the next source
-                reasons.append(str(err))
-            if not missing:
-                return folder
-        for fallback in self.fallbacks:
-            try:
-                fallback(self, folder, list(missing), progress)
-            except SourceUnavailable as err:
-                reasons.append(str(err))
-            missing, _ = self._missing(folder, remove_corrupt=True)
-            if not missing:
-                return folder
-        why = "; ".join(reasons[-2:]) or "no source configured"
-        raise DatasetError(f"cannot fetch {self.name}: no source could provide {', '.join(missing)} ({why}); {self.hint}")
+        :class:`_Unverified` when it is absent from the cache or does not hash to the published SHA-256.
+        """
+        try:
+            raw, sha = read_verified(path)
+        except FileNotFoundError:
+            if cached:
+                raise _Unverified(file, damaged=False) from None
+            raise
+        except (EOFError, zlib.error) as err:  # a broken gzip: as damaged as a wrong hash
+            sha, raw = str(err), b""
+        if sha == self.checksums[file]:
+            return parse_idx(raw, str(path))
+        if cached:
+            raise _Unverified(file, damaged=True)
+        raise DatasetError(f"{path} is not {self.name}'s {file}: its SHA-256 does not match the published one; "
+                           "replace or remove it, or point data_dir elsewhere")
 
-    def arrays(self, data_dir=None, cache_dir=None, download: bool = True):
-        """``(train_x, train_y, test_x, test_y)``: images float32 in [0, 1], ``(N, 1, 28, 28)``; labels int64 ``(N,)``."""
-        files = self._user_files(data_dir, cache_dir)
-        if files is None:
-            folder = cache_root(cache_dir) / self.name
-            missing, corrupt = self._missing(folder, remove_corrupt=True)
-            if missing and not download:
-                state = f"{', '.join(corrupt)} failed its checksum and was removed" if corrupt else "it is not in the cache"
-                raise DatasetError(f"{self.name} is not available ({state}: {folder}) and download=False; "
-                                   f"run `feedalign data fetch {self.name}`; {self.hint}")
-            if missing:
-                self.fetch(data_dir, cache_dir)
-            files = {file: folder / file for file in self.checksums}
+    def _parse(self, files: dict[str, Path], *, cached: bool):
         out = []
         for images, labels in ((TRAIN_IMAGES, TRAIN_LABELS), (TEST_IMAGES, TEST_LABELS)):
-            x, y = read_idx(files[images]), read_idx(files[labels])
+            x, y = (self._read(files[f], f, cached=cached) for f in (images, labels))
             if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
                 raise DatasetError(f"{files[images]} and {files[labels]} do not pair up: shapes {x.shape} and {y.shape}; "
                                    f"delete them and run `feedalign data fetch {self.name}`")
@@ -165,6 +112,99 @@ class IdxDataset:
             np.divide(pixels, 255.0, out=pixels)  # in place: no second 188 MB array
             out += [pixels.reshape(len(x), 1, *x.shape[1:]), y.astype(np.int64)]
         return tuple(out)
+
+    # -- the public face ----------------------------------------------------------------------
+    def status(self, data_dir=None, cache_dir=None) -> dict:
+        """``present``: every file there and matching its SHA-256 (hashed now, in full); ``state`` says which of
+        present, missing or damaged."""
+        found = self._user_files(data_dir)
+        if found is not None and all(digest_or_none(p) == self.checksums[f] for f, p in found.items()):
+            return {"name": self.name, "present": True, "state": "present", "path": str(next(iter(found.values())).parent),
+                    "size_bytes": sum(p.stat().st_size for p in found.values())}
+        folder = cache_root(cache_dir) / self.name
+        missing, damaged = self._check(folder)
+        state = "damaged" if damaged else "missing" if missing else "present"
+        return {"name": self.name, "present": state == "present", "state": state, "path": str(folder),
+                "size_bytes": folder_size(folder) if folder.is_dir() else 0, "damaged": damaged}
+
+    def fetch(self, data_dir=None, cache_dir=None, progress: bool = True) -> Path:
+        """Make the four files present and verified in the cache, replacing damaged ones; return the cache folder.
+
+        Holds the cache folder's lock throughout; a fetch that fails leaves no new folder.
+        """
+        folder = cache_root(cache_dir) / self.name
+        with cache_lock(folder), new_folder(folder):
+            missing, damaged = self._check(folder)
+            todo = missing + damaged  # a damaged file stays until its replacement is renamed onto it
+            if todo:
+                self._fill(folder, todo, data_dir, progress)
+        return folder
+
+    def _fill(self, folder: Path, todo: list[str], data_dir, progress: bool) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        user = self._user_files(data_dir)
+        if user is not None:
+            for file in todo:
+                with open(user[file], "rb") as f:
+                    try:
+                        self._install(f, folder, file, gz=user[file].suffix == ".gz", what=str(user[file]))
+                    except SourceUnavailable:
+                        raise DatasetError(f"{user[file]} is not {self.name}'s {file}: its SHA-256 does not match the "
+                                           "published one; replace or remove it, or point data_dir elsewhere") from None
+            return
+        reasons = []
+        missing = list(todo)
+        for mirror in self.mirrors:
+            try:
+                for file in list(missing):
+                    url = f"{mirror.rstrip('/')}/{file}.gz"
+                    download(url, folder / file, self.checksums[file], gz=True, progress=progress)
+                    missing.remove(file)
+            except SourceUnavailable as err:  # unreachable or wrong bytes: try the next source
+                reasons.append(str(err))
+            if not missing:
+                return
+        for fallback in self.fallbacks:
+            try:
+                fallback(self, folder, list(missing), progress)
+            except SourceUnavailable as err:
+                reasons.append(str(err))
+            missing = [f for f in missing if digest_or_none(folder / f) != self.checksums[f]]
+            if not missing:
+                return
+        why = "; ".join(reasons[-2:]) or "no source configured"
+        raise DatasetError(f"cannot fetch {self.name}: no source could provide {', '.join(missing)} ({why}); {self.hint}")
+
+    def arrays(self, data_dir=None, cache_dir=None, download: bool = True):
+        """``(train_x, train_y, test_x, test_y)``: images float32 in [0, 1], ``(N, 1, 28, 28)``; labels int64 ``(N,)``.
+
+        Every file is hashed in full as it is read. A cache file that is missing or damaged is
+        fetched again when ``download`` (a damaged one stays until its replacement is renamed onto
+        it); otherwise :class:`DatasetError` says which and how to fix it.
+        """
+        files = self._user_files(data_dir)
+        if files is not None:
+            return self._parse(files, cached=False)
+        folder = cache_root(cache_dir) / self.name
+        files = {file: folder / file for file in self.checksums}
+        try:
+            return self._parse(files, cached=True)
+        except _Unverified as err:
+            if not download:
+                state = (f"{folder / err.file} is damaged (its SHA-256 is not the published one)" if err.damaged
+                         else f"it is not in the cache ({folder})")
+                raise DatasetError(f"{self.name} is not available: {state}, and download=False; run "
+                                   f"`feedalign data fetch {self.name}` to fetch it afresh; {self.hint}") from None
+        self.fetch(data_dir, cache_dir)
+        return self._parse(files, cached=True)
+
+
+class _Unverified(DatasetError):
+    """A cache file that is absent (``damaged`` False) or does not hash to its published SHA-256."""
+
+    def __init__(self, file: str, damaged: bool):
+        super().__init__(f"{file} is {'damaged' if damaged else 'missing'}")
+        self.file, self.damaged = file, damaged
 
 
 # -- last-resort sources ------------------------------------------------------------------------
