@@ -20,8 +20,12 @@ setup: $(BIN)/feedalign
 data: setup
 	$(BIN)/feedalign data fetch mnist
 
+# Test error evaluated 4 times an epoch and alignment every 50 steps, for the figure the README shows;
+# the figure is copied to docs/figures/compare-mnist.png.
 run: setup data
-	$(BIN)/feedalign compare --seeds 3 --workers 2
+	$(BIN)/feedalign compare --seeds 3 --workers 2 --evals-per-epoch 4 --alignment-every 50
+	@latest=$$(ls -td runs/*-compare-mnist | head -1) && cp "$$latest/error-and-alignment.png" docs/figures/compare-mnist.png \
+		&& echo "README figure: docs/figures/compare-mnist.png (a copy of $$latest/error-and-alignment.png)"
 
 test: setup data
 	$(BIN)/python -m pytest -q
@@ -33,13 +37,14 @@ bench: setup data
 reproduce: setup data
 	$(BIN)/feedalign reproduce all
 
-# The docs site (site/): the README as the guide, the API reference from the docstrings, the
-# reproduction page. Needs mkdocs, mkdocs-material and mkdocstrings[python] (MKDOCS=path/to/mkdocs);
-# not run by CI.
+# The docs site (site/): the README as the guide, the API reference from the docstrings, the other
+# pages. mkdocs, mkdocs-material and mkdocstrings[python] come with the test extra; CI builds it
+# (.ci/run) and checks that every page the README links to is in it.
 MKDOCS ?= $(BIN)/mkdocs
-docs:
+docs: setup
 	sed -e 's#](docs/#](#g' README.md > docs/guide.md
-	$(MKDOCS) build --strict
+	NO_MKDOCS_2_WARNING=1 $(MKDOCS) build --strict
+	$(BIN)/python .ci/site_links.py
 
 clean:
 	rm -rf $(VENV) runs site docs/guide.md
