@@ -1,4 +1,5 @@
-"""``feedalign reproduce NAME [--quick] [--out DIR] [--seeds N] [--force] [--workers N]``: rerun a paper's experiment.
+"""``feedalign reproduce NAME [--quick] [--out DIR] [--seeds N] [--force] [--workers N] [--publish]``: rerun a paper's
+experiment (``--publish``: then publish its report under docs/reports/ and regenerate docs/reproduction.md).
 
 ``NAME`` is one of ``feedalign reproduce --list`` or ``all``, which runs every
 experiment (skipping results current for the code and config) and regenerates
@@ -29,6 +30,9 @@ def register(subparsers) -> None:
     p.add_argument("--force", action="store_true", help="rerun even when a current result exists")
     p.add_argument("--docs", default="docs", help="with 'all': where reproduction.md and figures/ go (default docs)")
     p.add_argument("--skip", default="", help="with 'all': comma-separated experiments not to run (still listed)")
+    p.add_argument("--publish", action="store_true",
+                   help="with NAME: publish its report under DOCS/reports/NAME and regenerate DOCS/reproduction.md "
+                        "when it finishes (as 'all' does for every experiment)")
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
     p.add_argument("--verify", action="store_true",
                    help="carry the published results (docs/reports) over to the current code when their witness "
@@ -66,6 +70,13 @@ def run(args) -> int:
         return 0
     if args.name not in ex.experiments():
         raise UsageError(f"unknown experiment {args.name!r}; known: {', '.join(ex.experiments())}, all")
+    if args.publish:
+        from feedalign.experiments.summary import run_all
+        outcome = run_all(quick=args.quick, out=out, seeds=args.seeds, force=args.force, docs=args.docs,
+                          only=[args.name], workers=args.workers)[args.name]
+        if outcome.get("not_run"):
+            raise UsageError(f"{args.name}: {outcome['not_run']}")
+        return 0
     try:
         results = ex.run_experiment(args.name, quick=args.quick, out=out, seeds=args.seeds, force=args.force,
                                     workers=args.workers)

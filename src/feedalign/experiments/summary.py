@@ -43,7 +43,9 @@ def run_all(*, quick: bool = False, out: str | Path = "runs/reproduce/full", see
             outcomes[name] = {"experiment": name, "not_run": str(err)}
     if docs is not None:
         skipped = [n for n in experiments() if only is not None and n not in only]
-        write_docs(out, Path(docs), quick=quick, seeds=seeds, log=log, skipped=skipped)
+        command = (f"feedalign reproduce {only[0]}{' --quick' if quick else ''}"
+                   f"{f' --seeds {seeds}' if seeds else ''} --publish" if only and len(only) == 1 else None)
+        write_docs(out, Path(docs), quick=quick, seeds=seeds, log=log, skipped=skipped, command=command)
     return outcomes
 
 
