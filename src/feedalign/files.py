@@ -10,6 +10,7 @@ first one is writing (a run or sweep directory, a dataset's cache folder).
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -81,7 +82,6 @@ def about_path(err: OSError, path: Path) -> OSError:
 def check_writable(path: str | Path) -> Path:
     """Raise the ``OSError`` that writing ``path`` would raise later (a folder in its place, a file where
     its folder belongs, no permission), before a long computation whose result it is to hold."""
-    import errno
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
@@ -243,6 +243,8 @@ class FolderLock:
         try:
             f = open(path, "a+b")
         except OSError as err:
+            if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and self.folder.is_dir():
+                return  # a folder this process cannot write to: it cannot interleave writes there either
             raise about_path(err, path) from err
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
