@@ -540,6 +540,27 @@ def test_a_full_disk_during_data_fetch_leaves_no_dataset_folder(tmp_path):
     assert "mnist1d.npz" in grown.splitlines()
 
 
+def test_a_read_only_file_system_for_real(small_run, tmp_path):
+    """The run's folder bind-mounted read-only (a real EROFS, which root cannot write past either): the finished run
+    still resumes to itself, and a train into that folder is one line that writes nothing."""
+    shell = _full_disk_shell()
+    if shell is None:
+        pytest.skip("a read-only bind mount needs root or unprivileged user namespaces")
+    runs = small_run.parent
+    before = sorted(str(p.relative_to(runs)) for p in runs.rglob("*"))
+    python = f"{sys.executable} -m feedalign"
+    script = (f"mount --bind {runs} {runs} && mount -o remount,ro,bind {runs} && "
+              f"{python} train --resume {small_run} --quiet; echo \"rc=$?\"; "
+              f"{python} train {' '.join(SMALL)} --out-dir {runs}; echo \"rc=$?\"")
+    done = subprocess.run([*shell, script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": SRC})
+    assert [line for line in done.stdout.splitlines() if line.startswith("rc=")] == ["rc=0", "rc=2"], done.stderr
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("feedalign: error:")]
+    assert len(lines) == 1 and "the file system there is read-only" in lines[0], done.stderr
+    assert sorted(str(p.relative_to(runs)) for p in runs.rglob("*")) == before
+
+
 def test_every_test_docs_reliability_names_exists():
     """docs/reliability.md names a test for each case; each must exist, so the page cannot outlive its evidence."""
     import re

@@ -36,8 +36,13 @@ def _fetch(args: argparse.Namespace) -> int:
 
         from ..files import check_writable
         folder = Path(args.cache_dir) / args.name
-        # a folder already there is filled or repaired in place: what must be writable is a file inside it
-        check_writable(folder / ".probe" if folder.is_dir() else folder)
+        if folder.is_dir():  # filled or repaired in place: a file inside it must be writable
+            try:
+                check_writable(folder / ".probe")
+            except OSError as err:
+                raise type(err)(err.errno, err.strerror, str(folder)) from None
+        else:
+            check_writable(folder)
     try:
         path = fetch(args.name, data_dir=args.data_dir, cache_dir=args.cache_dir, progress=True)
     except DatasetError:
