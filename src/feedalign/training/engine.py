@@ -150,6 +150,7 @@ def resume(run_dir: str | Path, callbacks=(), *, progress: str = "auto") -> RunR
 
 
 def _resume_locked(run_dir: Path, callbacks, progress: str) -> RunResult:
+    """:func:`resume`, once this process holds ``run_dir``'s lock."""
     config = integrity.read_config(run_dir)  # refuses a config.toml edited since the run started
     # Both checkpoints are checked before anything is written: a damaged best.pt is evidence, not to be overwritten.
     for name in ("best.pt", "latest.pt"):
