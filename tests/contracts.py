@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import feedalign
-from feedalign import energy
+from feedalign.rules import energy
 from feedalign.rules import drtp, wm
 from feedalign.rules import trainable_layers
 

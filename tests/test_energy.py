@@ -1,4 +1,4 @@
-"""Equilibrium propagation and contrastive Hebbian learning (feedalign.energy, rules eqprop and chl):
+"""Equilibrium propagation and contrastive Hebbian learning (feedalign.rules.energy, rules eqprop and chl):
 the paper's theorem (EP's update tends to the loss gradient at the free fixed point as beta -> 0),
 float64 NumPy references of both updates, the exact-gradient mode, errors, and the engine."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ from torch import nn
 
 import feedalign
 import feedalign.data
-from feedalign.energy import EnergyNetwork, correlations, relax, target
+from feedalign.rules.energy import EnergyNetwork, correlations, relax, target
 
 
 def tiny(seed=0, n_free=400, n_clamped=400, phase="eqprop"):

@@ -139,7 +139,7 @@ class _Recurrent(nn.Module):
 
 @pytest.mark.parametrize("rule", ["fa", "usf", "kp"])
 def test_attention_and_recurrent_models_have_no_backprop_rows(rule):
-    """nn.MultiheadAttention and nn.LSTM are swapped for feedalign.sequence's modules, whose weight products go
+    """nn.MultiheadAttention and nn.LSTM are swapped for feedalign.models.sequence's modules, whose weight products go
     through converted layers; so are the builders' transformer and LSTM."""
     for make in (_Attention, feedalign.vit_tiny, feedalign.lstm_classifier):
         with warnings.catch_warnings():

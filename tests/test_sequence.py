@@ -1,4 +1,4 @@
-"""Attention and recurrent modules (feedalign.sequence) under every rule, against float64 NumPy references
+"""Attention and recurrent modules (feedalign.models.sequence) under every rule, against float64 NumPy references
 (reference_sequence.py), and the taps of dfa/drtp (Launay et al. 2020)."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch import nn
 import feedalign
 from feedalign.rules import drtp
 from feedalign.rules.layers import FeedbackLayer
-from feedalign.sequence import GRU, LSTM, MultiheadAttention, RecurrentLayer, swap_sequence_modules
+from feedalign.models.sequence import GRU, LSTM, MultiheadAttention, RecurrentLayer, swap_sequence_modules
 
 import reference_sequence as ref
 

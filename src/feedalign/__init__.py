@@ -9,7 +9,7 @@ from .convert import convert, describe, feedback_matrices, learning_rule, rule_o
 from .diagnostics import alignment
 from .models import lenet5, mlp, nokland_conv, parse_sizes
 from .rules import exact_gradients, get_rule, register, rules
-from .sequence_models import lstm_classifier, vit_tiny
+from .models import lstm_classifier, vit_tiny
 from .training import compare, resume, train
 
 __version__ = "0.1.0"

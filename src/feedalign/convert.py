@@ -14,8 +14,9 @@ from torch import nn
 
 from .errors import ConfigError
 from .rules._cut import resolve_taps
-from .rules.base import RULE_ATTRIBUTE, LearningRule, get_rule, trainable_layers
-from .sequence import has_sequence_modules, swap_sequence_modules
+from .rules.base import RULE_ATTRIBUTE, LearningRule, get_rule, reference_rule, trainable_layers
+from .models import VisionTransformer
+from .models.sequence import has_sequence_modules, swap_sequence_modules
 
 
 class BackpropFallbackWarning(UserWarning):
@@ -80,6 +81,9 @@ HANDLERS: dict[type, ModuleHandler] = {
     nn.MultiheadAttention: ModuleHandler("backprop", _FUNCTIONAL + " (F.multi_head_attention_forward)", opaque=True),
     nn.RNNBase: ModuleHandler("backprop", _FUNCTIONAL + " (fused recurrent kernels)", opaque=True),
     nn.RNNCellBase: ModuleHandler("backprop", _FUNCTIONAL, opaque=True),
+    # the ViT's own parameter, the position embedding, is added to the tokens
+    VisionTransformer: ModuleHandler("local", "position embedding added to the tokens: the error reaches it "
+                                              "unchanged, through no weight"),
 }
 _UNKNOWN = ModuleHandler("backprop", "no rule has a feedback version of this module: autograd sends the error "
                                      "through its own weights")
@@ -110,14 +114,15 @@ class SignalPath:
 class ModelDescription(list):
     """The rows of :func:`describe` (a list of :class:`SignalPath`); ``str()`` is a table."""
 
-    def __init__(self, rows, rule: str):
+    def __init__(self, rows, rule: str, exact: bool = False):
         super().__init__(rows)
-        self.rule = rule
+        self.rule, self.exact = rule, exact
 
     @property
     def backprop(self) -> list[SignalPath]:
-        """The rows whose error path still uses the transpose of the module's own weights (none under ``bp``)."""
-        return [] if self.rule == "bp" else [r for r in self if r.signal == "backprop"]
+        """The rows whose error path still uses the transpose of the module's own weights (none under ``bp``,
+        whose update is the exact gradient)."""
+        return [] if self.exact else [r for r in self if r.signal == "backprop"]
 
     def backprop_modules(self) -> list[str]:
         """Names of the modules with a "backprop" row, once each, in order (not those inside another listed one)."""
@@ -151,10 +156,10 @@ def describe(model: nn.Module) -> ModelDescription:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"describe expects an nn.Module, got {type(model).__name__}")
-    return _describe(model, rule_of(model))
+    return _describe(model, learning_rule(model))
 
 
-def _describe(model: nn.Module, rule: str) -> ModelDescription:
+def _describe(model: nn.Module, rule: LearningRule) -> ModelDescription:
     """:func:`describe` as if ``model`` learnt with ``rule`` (convert asks before it converts)."""
     rows: list[SignalPath] = []
     opaque: dict[str, str] = {}  # name prefix of an opaque module -> its class name
@@ -170,12 +175,12 @@ def _describe(model: nn.Module, rule: str) -> ModelDescription:
             if id(param) in seen:  # shared (tied) parameter: its first owner's row
                 continue
             seen.add(id(param))
-            signal = rule if handler.signal == "rule" else handler.signal
-            if rule == "bp" and signal == "backprop":
-                signal = "bp"
-            why = handler.why if handler.signal != "rule" or rule != "bp" else "backprop (the rule asked for)"
+            signal = rule.name if handler.signal == "rule" else handler.signal
+            if rule.exact and signal == "backprop":
+                signal = rule.name
+            why = handler.why if handler.signal != "rule" or not rule.exact else "backprop (the rule asked for)"
             rows.append(SignalPath(name, type(module).__name__, pname, tuple(param.shape), signal, why))
-    return ModelDescription(rows, rule)
+    return ModelDescription(rows, rule.name, rule.exact)
 
 
 def convert(model: nn.Module, rule: str, *, seed: int = 0, feedback_init: str = "uniform",
@@ -205,7 +210,7 @@ def convert(model: nn.Module, rule: str, *, seed: int = 0, feedback_init: str = 
         inplace: rewire ``model`` itself instead of a deep copy (parameters are then
             shared, so an optimizer built on ``model`` keeps working; not those of an
             ``nn.MultiheadAttention``/``nn.LSTM``/``nn.GRU``, which are copied into
-            feedalign's modules, see :mod:`feedalign.sequence`).
+            feedalign's modules, see :mod:`feedalign.models.sequence`).
         strict: refuse (ConfigError) a model that would keep any module on backprop.
         taps: dfa and drtp only: the block outputs (module names or submodules) that receive
             the projected error, after Launay et al. 2020 (see :mod:`feedalign.rules.dfa`).
@@ -226,7 +231,7 @@ def convert(model: nn.Module, rule: str, *, seed: int = 0, feedback_init: str = 
     if not isinstance(strict, bool):
         raise TypeError(f"strict must be True or False, got {type(strict).__name__} {strict!r}")
     if hasattr(model, RULE_ATTRIBUTE):
-        raise ValueError(f"model was already converted with rule {getattr(model, RULE_ATTRIBUTE)!r}")
+        raise ValueError(f"model was already converted with rule {getattr(model, RULE_ATTRIBUTE).name!r}")
     if feedback_init not in ("uniform", "gaussian", "orthogonal"):
         raise ValueError(f"unknown feedback_init {feedback_init!r}; expected 'uniform', 'gaussian' or 'orthogonal'")
     if feedback_scale is not None and not (math.isfinite(feedback_scale) and feedback_scale >= 0):
@@ -236,17 +241,17 @@ def convert(model: nn.Module, rule: str, *, seed: int = 0, feedback_init: str = 
     taps = resolve_taps(model, learning_rule, taps)  # names of the dfa/drtp cut points, or None
     if not inplace:
         model = copy.deepcopy(model)
-    # attention and recurrent modules -> feedalign.sequence's, so the layer conversion reaches their weights
+    # attention and recurrent modules -> feedalign.models.sequence's, so the layer conversion reaches their weights
     model = swap_modules(swap_sequence_modules(model))
-    left = _describe(model, rule).backprop_modules()
+    left = _describe(model, learning_rule).backprop_modules()
     if left and strict:
         raise ConfigError(f"rule {rule!r} cannot reach {_named(left, model)}: they would still send the error through "
                           "the transpose of their own weights (strict=True). " + _ADVICE)
-    _refuse_opaque_cut_layers(model, learning_rule, rule)
+    _refuse_opaque_cut_layers(model, learning_rule)
     generator = torch.Generator().manual_seed(feedback_seed(seed))
     model = learning_rule.convert(model, generator=generator, feedback_init=feedback_init,
                                   feedback_scale=feedback_scale, **({} if taps is None else {"taps": taps}))
-    setattr(model, RULE_ATTRIBUTE, rule)
+    setattr(model, RULE_ATTRIBUTE, learning_rule)  # the configured rule object: what everything asks
     model.extra_repr = _DescribedExtraRepr(model)
     if left:
         warnings.warn(f"convert(model, {rule!r}): {_named(left, model)} stay on backprop (their error path uses the "
@@ -277,22 +282,17 @@ def swap_modules(model: nn.Module) -> nn.Module:
     return model
 
 
-def _refuse_opaque_cut_layers(model: nn.Module, learning_rule: LearningRule, rule: str) -> None:
+def _refuse_opaque_cut_layers(model: nn.Module, learning_rule: LearningRule) -> None:
     """A rule that taps every trainable layer's input (dfa, ifa, drtp) cannot use layers an opaque module calls
     functionally: they never run as modules. Say so now rather than at the first forward pass."""
-    if isinstance(learning_rule, _layerwise_rule_class()):
+    if not learning_rule.needs_layers_as_modules:
         return  # FA-type rules swap layers; unused ones are merely left on backprop (warned above)
     inside = [name for name, module in model.named_modules() if handler_for(module).opaque
               and any(isinstance(m, (nn.Linear, nn.Conv2d)) for m in module.modules())]
-    if inside and rule != "bp":
-        raise ConfigError(f"rule {rule!r} sends its signal to the input of every nn.Linear/nn.Conv2d, but "
+    if inside:
+        raise ConfigError(f"rule {learning_rule.name!r} sends its signal to the input of every nn.Linear/nn.Conv2d, but "
                           f"{_named(inside, model)} use(s) their layers functionally, so those layers never run as "
                           f"modules. Use an FA-type rule (fa, usf, brsf, frsf, kp, wm), or replace the module. " + _ADVICE)
-
-
-def _layerwise_rule_class():
-    from .rules.layers import LayerwiseRule
-    return LayerwiseRule
 
 
 class _DescribedExtraRepr:
@@ -320,14 +320,15 @@ def feedback_seed(seed: int) -> int:
 
 
 def rule_of(model: nn.Module) -> str:
-    """The rule ``model`` was converted with; a plain model learns with ``"bp"``."""
-    return getattr(model, RULE_ATTRIBUTE, "bp")
+    """The name of the rule ``model`` was converted with; a plain model learns with ``"bp"``."""
+    return learning_rule(model).name
 
 
 def learning_rule(model: nn.Module) -> LearningRule:
-    """The :class:`~feedalign.rules.LearningRule` object of ``model``'s rule (see :func:`rule_of`):
-    what a training loop, the diagnostics or the benchmark ask a rule for."""
-    return get_rule(rule_of(model))
+    """The :class:`~feedalign.rules.LearningRule` object ``model`` was converted with (``convert`` stores it on
+    the model), or backprop's for a plain model: what a training loop, the diagnostics or the benchmark ask."""
+    rule = getattr(model, RULE_ATTRIBUTE, None)
+    return rule if rule is not None else get_rule(reference_rule())
 
 
 def feedback_matrices(model: nn.Module) -> list[torch.Tensor]:
@@ -340,4 +341,4 @@ def feedback_matrices(model: nn.Module) -> list[torch.Tensor]:
     - ``ifa``: ``[B_1]``, (out_features, width_1).
     - ``bp``: ``[]``.
     """
-    return get_rule(rule_of(model)).feedback_matrices(model)
+    return learning_rule(model).feedback_matrices(model)

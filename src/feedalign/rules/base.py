@@ -13,7 +13,7 @@ from torch import nn
 
 _REGISTRY: dict[str, type["LearningRule"]] = {}
 
-# Attribute set on the root of a converted model: the rule's name.
+# Attribute set on the root of a converted model: the configured rule object.
 RULE_ATTRIBUTE = "feedalign_rule"
 
 
@@ -111,6 +111,9 @@ class LearningRule(abc.ABC):
     name: ClassVar[str] = ""
     # whether the rule's update is the true gradient: the reference every other rule is compared and timed against
     exact: ClassVar[bool] = False
+    # whether the rule needs every nn.Linear/nn.Conv2d to run as a module (it taps their inputs), so layers an
+    # opaque module calls functionally are refused; an FA-type rule swaps layers and merely leaves those on backprop
+    needs_layers_as_modules: ClassVar[bool] = True
     # whether convert(..., taps=[...]) applies: rules that project the error to named block outputs
     takes_taps: ClassVar[bool] = False
     # the rule's own settings beyond feedback_init/feedback_scale: name -> what it is (and its default);

@@ -28,6 +28,7 @@ class Backprop(LearningRule):
 
     name = "bp"
     exact = True
+    needs_layers_as_modules = False
 
     def convert(self, model, *, generator, feedback_init, feedback_scale):
         return model

@@ -1,7 +1,7 @@
 """Contrastive Hebbian learning (Movellan 1991, "Contrastive Hebbian learning in the continuous
 Hopfield model"; Xie & Seung 2003, Neural Comput. 15:441, with symmetric feedback, gamma = 1).
 
-The energy network of :mod:`feedalign.energy` (as for ``eqprop``, see :mod:`.eqprop`) with a
+The energy network of :mod:`feedalign.rules.energy` (as for ``eqprop``, see :mod:`.eqprop`) with a
 *fully* clamped second phase: the output state is held at the target d and the hidden layers
 relax from the free fixed point to ``s^+``; the update is the difference of the two phases'
 correlations (Movellan 1991):
@@ -10,7 +10,7 @@ correlations (Movellan 1991):
 
 (biases likewise). Unlike EP it is not the gradient of the loss (Xie & Seung: it is, to first
 order, when the feedback is weak); the loss is only used for its target. The target is the one
-given at forward time (``feedalign.energy.target(model, y)``, which the training engine does
+given at forward time (``feedalign.rules.energy.target(model, y)``, which the training engine does
 through :meth:`forward_context`), or recovered from the output error of a mean-reduced softmax
 cross-entropy (as drtp does); any other loss without it raises a ValueError in backward.
 """

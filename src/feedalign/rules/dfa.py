@@ -25,9 +25,9 @@ into the internals of a residual stream, and backpropagate it inside the block.
 ``convert(model, "dfa", taps=["blocks.0", "blocks.1"])`` names those outputs; each tap
 output ``h_k`` receives ``e B_k`` (:class:`~feedalign.rules._cut.TapCut`), with one B_k for
 all positions (tokens) when the model sets ``feedalign_share_positions = True``. A tapped
-``feedalign.sequence.LSTM``/``GRU`` is cut at every layer's output, and each layer's
+``feedalign.models.sequence.LSTM``/``GRU`` is cut at every layer's output, and each layer's
 recurrence is cut, so every time step's hidden state ``h_t`` receives ``e B_{k,t}``
-(recurrent DFA; see :class:`~feedalign.sequence.RecurrentLayer`). A model with
+(recurrent DFA; see :class:`~feedalign.models.sequence.RecurrentLayer`). A model with
 attention or recurrent modules needs taps (a model built by feedalign may carry
 defaults in its ``feedalign_taps`` attribute).
 """
@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from . import fused
-from ..sequence import LSTM, GRU, RecurrentLayer, has_sequence_modules
+from ..models.sequence import LSTM, GRU, RecurrentLayer, has_sequence_modules
 from ._cut import HiddenCut, TapCut, find_cut, spread
 from .base import FeedbackRole, LearningRule, forward_flops, register, sample_feedback, trainable_layers
 
@@ -194,7 +194,7 @@ def expand_taps(model: nn.Module, names: list[str]) -> list[tuple[str, nn.Module
         module = model.get_submodule(name)
         if isinstance(module, (nn.LSTM, nn.GRU, nn.MultiheadAttention)):
             raise ValueError(f"tap {name!r} is a torch {type(module).__name__}; convert swaps it for feedalign's "
-                             "module first (feedalign.sequence.swap_sequence_modules)")
+                             "module first (feedalign.models.sequence.swap_sequence_modules)")
         layers = ([(f"{name}.layers.{k}", layer) for k, layer in enumerate(module.layers)]
                   if isinstance(module, (LSTM, GRU)) else [(name, module)])
         for _, layer in layers:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fused
-from ..sequence import has_sequence_modules
+from ..models.sequence import has_sequence_modules
 from ._cut import HiddenCut, find_cut
 from .base import FeedbackRole, LearningRule, forward_flops, register, sample_feedback, trainable_layers
 

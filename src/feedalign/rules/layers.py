@@ -263,6 +263,7 @@ class LayerwiseRule(LearningRule):
 
     linear_class: ClassVar[type]
     conv_class: ClassVar[type]
+    needs_layers_as_modules = False
 
     @abc.abstractmethod
     def init_layer(self, layer: FeedbackLayer, *, generator: torch.Generator, feedback_init: str,

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..convert import convert, learning_rule
 from ..errors import ConfigError
-from ..rules import get_rule
 from .config import Config
 from .optimizers import GravesRMSprop
 
@@ -102,7 +102,6 @@ def check_fit(config: Config, data) -> str:
 def build_model(config: Config, device: torch.device) -> nn.Module:
     """``mlp(architecture, activation)`` (or the named network, for the dataset's image shape), its linear
     layers initialized as ``config.init`` says, converted with ``config.rule``."""
-    from ..convert import convert
     from ..data import REGISTRY
     from ..models import build_architecture
     seeds = derived_seeds(config.seed)
@@ -143,7 +142,7 @@ def build_model(config: Config, device: torch.device) -> nn.Module:
     except ValueError as err:  # the rule refuses this network (e.g. dfa without a hidden layer): a setting to change
         raise ConfigError(f"rule {config.rule!r} cannot train architecture {config.architecture!r}: {err}") from err
     try:
-        get_rule(config.rule).configure(model, **config.parsed_rule_options())
+        learning_rule(model).configure(model, **config.parsed_rule_options())
     except ValueError as err:  # a value out of the rule's range (dtp: target_step <= 0)
         raise ConfigError(f"rule_options: {err}") from None
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
@@ -168,7 +167,7 @@ def make_loss(name: str, num_classes: int | None):
 def make_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     # the rule says which parameters train at which rate (dtp's inverses may have their own); none that is frozen
     try:
-        groups = get_rule(config.rule).parameter_groups(model, config.lr, **config.parsed_rule_options())
+        groups = learning_rule(model).parameter_groups(model, config.lr, **config.parsed_rule_options())
     except ValueError as err:  # dtp: inverse_lr < 0
         raise ConfigError(f"rule_options: {err}") from None
     groups = [{**group, "params": [p for p in group["params"] if p.requires_grad]} for group in groups]

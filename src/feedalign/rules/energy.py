@@ -35,6 +35,9 @@ import math
 import torch
 from torch import nn
 
+from ..models.sequence import has_sequence_modules
+from .drtp import recover_target
+
 
 def hard_sigmoid(s: torch.Tensor) -> torch.Tensor:
     """The paper's rho: ``clip(s, 0, 1)``."""
@@ -154,13 +157,12 @@ class _Equilibrium(torch.autograd.Function):
             grads = _contrast(x, nudged, states, scale=-1.0 / (ctx.beta * n))
         else:
             if target is None:
-                from .rules.drtp import recover_target
                 try:
                     target = recover_target(states[-1], error)
                 except ValueError:
                     raise ValueError("chl could not recover a target from the output error: the loss is not a "
                                      "mean-reduced softmax cross-entropy. Give it explicitly: "
-                                     "`with feedalign.energy.target(model, y): loss = ...`") from None
+                                     "`with feedalign.rules.energy.target(model, y): loss = ...`") from None
             clamped = relax(x, states[:-1] + [target], weights, biases, ctx.n_clamped, ctx.epsilon,
                             clamp_output=target)
             grads = _contrast(x, clamped, states, scale=-1.0 / n)
@@ -330,7 +332,6 @@ def from_mlp(model: nn.Module, phase: str) -> EnergyNetwork:
         elif any(True for _ in m.parameters(recurse=False)):
             raise ValueError(f"{phase} builds an energy network from an MLP's nn.Linear layers; {type(m).__name__} has "
                              "parameters that would not take part in it")
-    from .sequence import has_sequence_modules
     if has_sequence_modules(model):
         raise ValueError(f"{phase} builds an energy network from an MLP's nn.Linear layers; attention and recurrent "
                          "modules are not supported")

@@ -2,7 +2,7 @@
 
 Both are built from torch modules (``nn.TransformerEncoderLayer``, ``nn.LSTM``);
 :func:`feedalign.convert` swaps their attention and recurrent parts for
-:mod:`feedalign.sequence`'s, so every rule reaches every weight matrix. Each sets
+:mod:`feedalign.models.sequence`'s, so every rule reaches every weight matrix. Each sets
 ``feedalign_taps``, the block outputs that dfa and drtp project the error to when
 ``convert`` is given no ``taps`` (Launay et al. 2020; see :mod:`feedalign.rules.dfa`).
 """
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .registry import ModelSpec, register_model
 
 
 def _positive(**values) -> None:
@@ -112,21 +114,8 @@ def lstm_classifier(input_size: int = 28, num_classes: int = 10, hidden_size: in
     return SequenceClassifier(input_size, hidden_size, num_classes, num_layers)
 
 
-def _describe_position_embedding() -> None:
-    """The ViT's own parameter, the position embedding, is added to the tokens: the error reaches it unchanged
-    (through no weight), so `feedalign.describe` counts it as local, not as backprop."""
-    from .convert import HANDLERS, ModuleHandler
-    HANDLERS[VisionTransformer] = ModuleHandler("local", "position embedding added to the tokens: the error reaches "
-                                                         "it unchanged, through no weight")
-
-
-_describe_position_embedding()
-
-
 def _register_models() -> None:
     """``--model vit-tiny`` (images) and ``--model lstm`` (images read row by row, or 1-D signals step by step)."""
-    from .models import ModelSpec, register_model
-
     def build_vit(input_shape, num_classes, activation):
         return vit_tiny(in_channels=input_shape[0], num_classes=num_classes, image_size=input_shape[1])
 

@@ -415,7 +415,7 @@ def swap_sequence_modules(model: nn.Module) -> nn.Module:
                                  "functionally); use nn.GRU or nn.LSTM, or train it with 'bp'")
             if isinstance(child, tuple(_SWAPS)) and type(child) not in _SWAPS:
                 raise ValueError(f"{name}: {type(child).__name__} subclasses a torch attention/recurrent module and "
-                                 "may change its forward, so it is not swapped; subclass feedalign.sequence's "
+                                 "may change its forward, so it is not swapped; subclass feedalign.models.sequence's "
                                  "module instead, or train it with 'bp'")
             if type(child) in _SWAPS:
                 if id(child) not in swapped:

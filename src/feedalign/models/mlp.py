@@ -1,0 +1,45 @@
+"""Multi-layer perceptrons: ``mlp("784-800-800-10")``, the networks of both papers and the ones the fused
+path trains (:mod:`feedalign.rules.fused`)."""
+from __future__ import annotations
+
+from torch import nn
+
+from ..errors import ConfigError
+from .sizes import parse_sizes
+
+# Element-wise activations by name; "linear" and "identity" mean none.
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "softplus": nn.Softplus,
+    "linear": nn.Identity,
+    "identity": nn.Identity,
+}
+
+def mlp(sizes: str, activation: str = "tanh", bias: bool = True) -> nn.Sequential:
+    """A multilayer perceptron: ``nn.Linear`` layers with ``activation`` between them.
+
+    The output layer has no activation (the loss decides what the output means).
+    ``mlp("784-800-10")`` is ``Sequential(Linear(784, 800), Tanh(), Linear(800, 10))``.
+    """
+    widths = parse_sizes(sizes)
+    key = str(activation).lower()
+    if key not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}")
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(fan_in, fan_out, bias=bias))
+        if i < len(widths) - 2:
+            layers.append(ACTIVATIONS[key]())
+    return nn.Sequential(*layers)
+
+
+def _activation(name: str) -> type[nn.Module]:
+    key = str(name).lower()
+    if key not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[key]

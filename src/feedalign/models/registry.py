@@ -1,0 +1,146 @@
+"""The models ``--model``/``architecture`` names: size strings (``"784-800-800-10"``), the registry of
+named models with the input layout each reads, and user models given as ``module:function``."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from ..errors import ConfigError
+from .conv import lenet5, nokland_conv, resnet20, resnet32, resnet56
+from .mlp import mlp
+from .sizes import parse_sizes
+
+
+def flat_inputs(x):
+    """(N, ...) -> (N, features): what an MLP reads (N may be 0: an empty validation set)."""
+    return x.flatten(1)
+
+
+def image_inputs(x):
+    """(N, C, H, W) as it is (checked by the model spec)."""
+    return x
+
+
+def native_inputs(x):
+    """(N, *the dataset's input_shape) as it is."""
+    return x
+
+
+# How a model wants its inputs: layout name -> fn((N, *input_shape) tensor) -> the tensor the model is fed.
+INPUT_LAYOUTS = {"flat": flat_inputs, "image": image_inputs, "native": native_inputs}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A named model: ``build(input_shape, num_classes, activation) -> nn.Module`` and the input layout it reads.
+
+    ``inputs``: a key of :data:`INPUT_LAYOUTS` ("flat": (N, features); "image": (N, C, H, W); "native": the
+    dataset's own shape). ``needs``: what the dataset must be ("image classification" or "" for anything).
+    """
+
+    build: Callable[[tuple, int | None, str], nn.Module]
+    inputs: str
+    description: str
+    needs: str = "image classification"
+
+
+def _image_builder(fn, *, activation: bool = True, square: bool = True):
+    def build(input_shape, num_classes, act):
+        kwargs = {"in_channels": input_shape[0], "num_classes": num_classes}
+        if activation:
+            kwargs.update(activation=act, input_size=input_shape[1])
+        return fn(**kwargs)
+    return build
+
+
+MODELS: dict[str, ModelSpec] = {
+    "lenet5": ModelSpec(_image_builder(lenet5), "image", "LeNet-5 (28x28 or 32x32 images), --activation applies"),
+    "nokland-conv": ModelSpec(_image_builder(nokland_conv), "image",
+                              "Nøkland 2016's CIFAR convolutional network, --activation applies"),
+    "resnet20": ModelSpec(_image_builder(resnet20, activation=False), "image",
+                          "He et al. 2016 CIFAR ResNet-20 (BatchNorm, option-A shortcuts, ReLU)"),
+    "resnet32": ModelSpec(_image_builder(resnet32, activation=False), "image", "CIFAR ResNet-32"),
+    "resnet56": ModelSpec(_image_builder(resnet56, activation=False), "image", "CIFAR ResNet-56"),
+}
+
+
+def register_model(name: str, spec: ModelSpec) -> None:
+    """Make ``name`` buildable by ``--model NAME`` / ``architecture = NAME``."""
+    if not isinstance(spec, ModelSpec):
+        raise TypeError(f"register_model expects a ModelSpec, got {type(spec).__name__}")
+    if not isinstance(name, str) or not name or name in MODELS or ":" in name or name[0].isdigit():
+        raise ValueError(f"model name {name!r} is empty, taken, or looks like an MLP size string or module:function")
+    if spec.inputs not in INPUT_LAYOUTS:
+        raise ValueError(f"unknown input layout {spec.inputs!r}; known: {', '.join(INPUT_LAYOUTS)}")
+    MODELS[name] = spec
+
+
+# Kept for code that asked for the convolutional names before the registry.
+NAMED_ARCHITECTURES = {"lenet5": lenet5, "nokland-conv": nokland_conv}
+
+_USER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def is_user_model(architecture: str) -> bool:
+    """``module:function``: a user's own builder."""
+    return isinstance(architecture, str) and bool(_USER.match(architecture.strip()))
+
+
+def check_architecture(architecture) -> None:
+    """ConfigError unless ``architecture`` is a registered model, ``module:function`` or an MLP size string."""
+    if isinstance(architecture, str) and (architecture in MODELS or is_user_model(architecture)):
+        return
+    if isinstance(architecture, str) and ":" in architecture:
+        raise ConfigError(f"architecture {architecture!r}: a user model is 'module:function' (an importable module "
+                          "and a function in it), e.g. 'mypackage.nets:build'")
+    try:
+        parse_sizes(architecture)
+    except ConfigError as err:
+        raise ConfigError(f"{err}; or a named model: {', '.join(MODELS)}; or 'module:function'") from None
+
+
+def input_layout(architecture: str) -> str:
+    """How ``architecture`` reads its inputs: a key of :data:`INPUT_LAYOUTS` (MLPs "flat", user models "native")."""
+    if architecture in MODELS:
+        return MODELS[architecture].inputs
+    return "native" if is_user_model(architecture) else "flat"
+
+
+def user_builder(architecture: str) -> Callable:
+    """The function named by ``module:function``; a ConfigError says what is wrong."""
+    import importlib
+    module_name, function_name = architecture.strip().split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"architecture {architecture!r}: cannot import {module_name!r} ({err}); is it on "
+                          "PYTHONPATH?") from None
+    fn = getattr(module, function_name, None)
+    if not callable(fn):
+        raise ConfigError(f"architecture {architecture!r}: {module_name} has no function {function_name!r}")
+    return fn
+
+
+def build_architecture(architecture: str, activation: str, input_shape: tuple, num_classes: int) -> nn.Module:
+    """The model ``architecture`` names, for inputs of ``input_shape`` (without the batch dimension).
+
+    - an MLP size string: ``mlp(architecture, activation)``, fed flat vectors;
+    - a name of :data:`MODELS` (``lenet5``, ``nokland-conv``, ``resnet20``, ...), fed as its spec says;
+    - ``module:function``: ``function(input_shape=..., num_classes=...)`` must return an nn.Module; it is fed
+      (N, *input_shape), the dataset's own shape (flatten inside the model if it wants vectors).
+    """
+    if is_user_model(architecture):
+        model = user_builder(architecture)(input_shape=tuple(input_shape), num_classes=num_classes)
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"architecture {architecture!r} returned {type(model).__name__}, not an nn.Module")
+        return model
+    if architecture not in MODELS:
+        return mlp(architecture, activation)
+    spec = MODELS[architecture]
+    if spec.inputs == "image" and (len(input_shape) != 3 or input_shape[1] != input_shape[2]):
+        raise ConfigError(f"architecture {architecture!r} needs square images (C, H, W); the dataset's inputs "
+                          f"have shape {tuple(input_shape)}")
+    return spec.build(tuple(input_shape), num_classes, activation)
