@@ -9,7 +9,7 @@ from feedalign.cli import main
 from feedalign.diagnostics.plots import hidden_signal_angle, error_curve
 
 SMALL = ["--dataset", "mnist1d", "--architecture", "40-16-16-10", "--epochs", "1", "--threads", "1", "--quiet",
-         "--rules", "bp,dfa", "--seeds", "2", "--alignment-every", "10"]
+         "--rules", "bp,dfa", "--seeds", "2", "--alignment-every", "13"]
 
 
 def rows(path):
@@ -33,11 +33,15 @@ def test_evaluations_within_epochs_leave_the_runs_unchanged_and_feed_the_figure(
     assert [step for step, _ in curve] == expected
     assert curve[-1][1] == pytest.approx(summary["final_test_error"])
     assert curve[0][1] > curve[-1][1]  # it learns
-    # the angle panel: hidden layers 1 and 2 averaged, the output layer (angle 0 by construction) left out
+    # the angle panel: hidden layers 1 and 2 averaged, the output layer (angle 0 by construction) left out;
+    # the evaluations measure it too (steps 1, 2, 4, 8 before alignment.jsonl's first), on the same probe
     alignment = rows(run / "alignment.jsonl")
-    at_10 = [r["signal_angle"] for r in alignment if r["step"] == 10 and r["layer"] in (1, 2)]
-    assert dict(hidden_signal_angle(run))[10] == pytest.approx(sum(at_10) / 2)
-    assert all(angle < 90 for _, angle in hidden_signal_angle(run)[1:])  # DFA's signal points downhill
+    at_13 = [r["signal_angle"] for r in alignment if r["layer"] in (1, 2) and r["step"] == 13]
+    logged = {r["step"]: r["hidden_signal_angle"] for r in rows(run / "steps.jsonl") if "hidden_signal_angle" in r}
+    assert logged[13] == pytest.approx(sum(at_13) / 2)
+    angles = dict(hidden_signal_angle(run))
+    assert {0, 1, 2, 4, 8, 13, 26, 39} <= set(angles) and angles[13] == pytest.approx(sum(at_13) / 2)
+    assert all(angle < 90 for step, angle in angles.items() if step >= 13)  # DFA's signal points downhill
     assert all(angle == 0 for _, angle in hidden_signal_angle(tmp_path / "evals" / "bp-seed0"))
     for name in ("plain", "evals"):
         assert (tmp_path / name / "error-and-alignment.png").stat().st_size > 10_000

@@ -135,19 +135,23 @@ def error_curve(run_dir: str | Path) -> list[tuple[int, float]]:
 
 def hidden_signal_angle(run_dir: str | Path) -> list[tuple[int, float]]:
     """``(step, angle)``: the mean over hidden layers of the signal angle to the true gradient, per
-    measurement in ``alignment.jsonl`` (the output layer, which gets the true error, left out); [] without one."""
+    measurement in ``alignment.jsonl`` (the output layer, which gets the true error, left out), with
+    those a compare with ``evals_per_epoch`` logged to ``steps.jsonl`` on the same probe batch."""
+    from ..files import read_jsonl
+    run_dir = check_run_dir(run_dir)
+    points = {r["step"]: r["hidden_signal_angle"] for r in read_jsonl(run_dir / "steps.jsonl")
+              if r.get("hidden_signal_angle") is not None}
     try:
-        rows = read_alignment(check_run_dir(run_dir))
+        rows = read_alignment(run_dir)
     except RunDirError:
-        return []
-    if not rows:
-        return []
-    last = max(r["layer"] for r in rows)
+        rows = []
+    last = max((r["layer"] for r in rows), default=None)
     by_step: dict[int, list[float]] = {}
     for r in rows:
         if r["layer"] != last and not math.isnan(r.get("signal_angle", math.nan)):
             by_step.setdefault(r["step"], []).append(r["signal_angle"])
-    return sorted((step, sum(v) / len(v)) for step, v in by_step.items())
+    points.update({step: sum(v) / len(v) for step, v in by_step.items()})
+    return sorted(points.items())
 
 
 def _over_seeds(curves: list[list[tuple[int, float]]]):
@@ -188,8 +192,10 @@ def plot_error_and_alignment(runs: dict[str, list[str | Path]], path: str | Path
     import matplotlib.ticker
     err_ax.set_yscale("log")
     err_ax.set_ylabel("test error (%)")
-    for axis in (err_ax.yaxis.set_major_formatter, err_ax.yaxis.set_minor_formatter):  # 5, 10, 50, not 10^1
-        axis(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    # 2, 3, 5, 10, 20, ...: plain numbers rather than 10^1, and not every minor tick (they would overlap)
+    err_ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    err_ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
+        lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "235" else ""))
     ang_ax.axhline(90, color="grey", lw=0.8, ls="--")
     ang_ax.set_ylabel("hidden signal angle to true gradient (deg)")
     ang_ax.set_ylim(bottom=0)
@@ -200,6 +206,10 @@ def plot_error_and_alignment(runs: dict[str, list[str | Path]], path: str | Path
         ax.grid(alpha=0.3, which="both")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
+    if err_ax.lines and ang_ax.lines:  # one step axis for both panels, so that they line up
+        low, high = zip(err_ax.get_xlim(), ang_ax.get_xlim())
+        for ax in (err_ax, ang_ax):
+            ax.set_xlim(min(low), max(high))
     fig.tight_layout()
     return _save(fig, path)
 

@@ -37,10 +37,13 @@ FIGURE = "error-and-alignment.png"
 class TestErrorCurve:
     """A :class:`~feedalign.training.engine.Callback`: the test error at steps 1, 2, 4, ... up to a
     ``1/per_epoch`` of an epoch, then every ``1/per_epoch`` of an epoch and at each epoch's end, appended
-    to ``RUN_DIR/steps.jsonl`` as ``{"epoch", "step", "test_error"}``.
+    to ``RUN_DIR/steps.jsonl`` as ``{"epoch", "step", "test_error", "hidden_signal_angle"}``.
 
-    It evaluates in eval mode under ``torch.inference_mode`` (no RNG, no gradients), so the run
-    trains as it would without it. Classification only; a regression run gets no rows.
+    ``hidden_signal_angle`` is the mean over hidden layers of the signal angle to the true gradient
+    (:func:`~feedalign.diagnostics.alignment`) on the probe batch ``alignment.jsonl`` uses, so the
+    figure sees the first steps, where FA's signal turns from orthogonal towards the gradient.
+    Neither measurement touches RNG, gradients or training state, so the run trains as it would
+    without it. Classification only; a regression run gets no rows.
     """
 
     __test__ = False  # not a pytest class
@@ -49,7 +52,7 @@ class TestErrorCurve:
         if isinstance(per_epoch, bool) or not isinstance(per_epoch, int) or per_epoch < 1:
             raise ConfigError(f"evaluations per epoch must be a positive integer; got {per_epoch!r}")
         self.per_epoch = per_epoch
-        self.run = None
+        self.run = self.probe = None
         self.logged = -1
 
     def on_train_begin(self, run) -> None:
@@ -57,6 +60,8 @@ class TestErrorCurve:
             return
         self.run = run
         self.test = (run.data.test_x.to(run.device), run.data.test_y.to(run.device))
+        x, y = (run.data.val_x, run.data.val_y) if len(run.data.val_x) else self.test  # AlignmentCallback's probe
+        self.probe = (x[:256].to(run.device), y[:256].to(run.device))
         self.every = max(1, math.ceil(math.ceil(len(run.data.train_x) / run.config.batch_size) / self.per_epoch))
 
     def on_step(self, step: int, model, batch) -> None:
@@ -69,9 +74,20 @@ class TestErrorCurve:
             self.logged = self.run.step
 
     def _log(self, step: int) -> None:
+        from ..diagnostics import alignment
         from .engine import evaluate
         _, accuracy = evaluate(self.run.model, *self.test, self.run.loss_fn, classification=True)
-        self.run.log({"test_error": 1 - accuracy}, step=step)
+        values = {"test_error": 1 - accuracy}
+        if self.probe is not None:
+            try:
+                angles = [row["signal_angle"] for row in alignment(self.run.model, *self.probe,
+                                                                  self.run.loss_fn).to_dicts()[:-1]]
+            except (ValueError, RuntimeError):  # a model the diagnostic cannot measure: the error curve alone
+                self.probe, angles = None, []
+            angles = [a for a in angles if not math.isnan(a)]
+            if angles:  # the output layer (left out) gets the true error under every rule
+                values["hidden_signal_angle"] = sum(angles) / len(angles)
+        self.run.log(values, step=step)
         self.logged = step
 
 
