@@ -175,4 +175,5 @@ def test_searched_experiments_choose_on_validation():
             config = experiment_config(name, quick=quick)
             assert config["selection"] == "validation" and config["search"]["n_val"] > 0, name
             assert get_experiment(name).selection_note(config) is None
-        assert get_experiment(name).selection_note({"seeds": 3}) is not None  # a stored result before the search
+        # a stored result from before the search is marked where that search read test error (not family's)
+        assert (get_experiment(name).selection_note({"seeds": 3}) is not None) == (name != "family")

@@ -145,7 +145,10 @@ class Experiment(abc.ABC):
     # How the claims are judged (feedalign.experiments.verdicts): recomputed from the stored per-run values
     # each time a report or the page is written, against the registry of paper numbers (papers.py).
     retired: ClassVar[dict[str, str]] = {}  # claim-key pattern -> why its criterion was withdrawn (never shown)
-    searched: ClassVar[tuple[str, ...]] = ()  # settings this experiment chooses by a search
+    searched: ClassVar[tuple[str, ...]] = ()  # settings this experiment chooses by a validation search
+    # whether results made before the validation search (config without "selection") chose those settings by
+    # test error: such stored rows are marked on the page until they are rerun
+    searched_on_test_before: ClassVar[bool] = False
 
     def comparisons(self, config: dict) -> dict:
         """claim key -> :class:`~feedalign.experiments.verdicts.Compare` for a result made with ``config``.
@@ -159,7 +162,7 @@ class Experiment(abc.ABC):
 
     def selection_note(self, config: dict) -> str | None:
         """For an experiment that searches settings: a mark for results whose search read test error."""
-        if self.searched and config.get("selection") != "validation":
+        if self.searched_on_test_before and config.get("selection") != "validation":
             return (f"settings ({', '.join(self.searched)}) of this stored result were chosen on test error "
                     "(before the validation-only search); rerun it")
         return None

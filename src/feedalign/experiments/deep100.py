@@ -28,6 +28,7 @@ class Deep100(TrainingExperiment):
                     "x 3 seeds, 20 epochs of a 100-layer network; see docs/reproduction-plan.md")
     default_seeds = {"quick": 1, "full": 3}
     searched = ("learning rate",)
+    searched_on_test_before = True
     retired = {"loss_gap": "'BP minus DFA training loss > 0.02' could not fail beside a gap of 0.3; the training "
                            "errors say the same"}
 

@@ -43,6 +43,7 @@ class MnistFA(TrainingExperiment):
                     "shallow, 20 epochs each), then 5 seeds x 3 learners x 20 epochs")
     default_seeds = {"quick": 2, "full": 5}
     searched = ("feedback scale",)
+    searched_on_test_before = True
 
     def config(self, quick):
         if quick:

@@ -139,7 +139,7 @@ def write_docs(out: Path, docs: Path, *, quick: bool, seeds: int | None, log=pri
             lines.append(f"| {name} | (skipped for this page: `--skip {name}`) | | | | | | |")
             continue
         experiment = get_experiment(name)
-        command = f"feedalign reproduce {name}{' --quick' if quick else ''}"
+        command = f"feedalign reproduce {name}{' --quick' if quick else ''} --publish"
         if results is None:
             lines.append(f"| {name} | (not run at {size} size for this page) | | | | | | |")
             todo.append((name, f"`{command}`", "never run at this size"))
