@@ -491,7 +491,7 @@ def test_two_trains_racing_for_one_name_leave_one_intact_run(tmp_path):
 
 def test_a_second_sweep_over_one_folder_is_refused(tmp_path, capsys):
     spec = tmp_path / "spec.toml"
-    spec.write_text('name = "s"\n[base]\ndataset = "mnist1d"\narchitecture = "40-16-10"\nepochs = 40\n'
+    spec.write_text('name = "s"\n[base]\ndataset = "mnist1d"\narchitecture = "40-16-10"\nepochs = 3\n'
                     'train_size = 256\ntest_size = 100\nalignment_every = 0\n[grid]\nrule = ["bp"]\n')
     first = feedalign_process(["sweep", spec, "--out-dir", tmp_path / "out", "--no-plot", "--workers", "1"])
     try:
