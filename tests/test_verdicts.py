@@ -177,3 +177,13 @@ def test_searched_experiments_choose_on_validation():
             assert get_experiment(name).selection_note(config) is None
         # a stored result from before the search is marked where that search read test error (not family's)
         assert (get_experiment(name).selection_note({"seeds": 3}) is not None) == (name != "family")
+
+
+def test_verify_cli_lists_results_awaiting_a_rerun_without_failing(tmp_path, capsys, monkeypatch):
+    """A result whose experiment has new settings cannot be replayed; --verify says so and still passes."""
+    from feedalign.cli import main
+    monkeypatch.chdir(tmp_path)
+    docs = _copy_docs(tmp_path, ["nokland-mnist"])
+    assert main(["reproduce", "--verify", "nokland-mnist", "--docs", str(docs)]) == 0
+    assert "awaiting a rerun with their new settings" in capsys.readouterr().out
+    assert "| reproduced |" in (docs / "reports" / "nokland-mnist" / "report.md").read_text()
