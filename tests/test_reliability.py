@@ -506,60 +506,55 @@ def test_a_second_sweep_over_one_folder_is_refused(tmp_path, capsys):
     assert code == 0, err  # the kill left no lock: the rerun picks up where it stopped
 
 
-def _full_disk_shell() -> list[str] | None:
-    """``unshare`` arguments giving a shell that may mount a small tmpfs (a real full disk), or None if this
-    machine allows neither root nor unprivileged user namespaces."""
-    if shutil.which("unshare") is None:
-        return None
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "d=$(mktemp -d) && mount -t tmpfs -o size=64k tmpfs $d "
-                            "&& umount $d && rmdir $d"], capture_output=True)
-    return ["unshare", "-rm", "sh", "-c"] if probe.returncode == 0 else None
+def in_own_mounts(setup: str, script: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run the shell commands ``setup`` (mounts), then the Python ``script`` (one feedalign process), in a mount
+    namespace of their own (``unshare -rm``: root there, mounts invisible outside); skips where this machine allows
+    neither root nor unprivileged user namespaces."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("mounting a file system for the test needs root or unprivileged user namespaces")
+    (tmp_path / "script.py").write_text(script)
+    return subprocess.run(["unshare", "-rm", "sh", "-c", f"{setup} && {sys.executable} {tmp_path / 'script.py'}"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": SRC})
 
 
 def test_a_full_disk_during_data_fetch_leaves_no_dataset_folder(tmp_path):
     """`data fetch mnist1d` into a real 256 KB file system (the file is 841 KB): one line, exit 2, no mnist1d folder
     left behind; once the file system is grown, the same fetch succeeds."""
-    shell = _full_disk_shell()
-    if shell is None:
-        pytest.skip("mounting a small tmpfs needs root or unprivileged user namespaces")
     cache = tmp_path / "cache"
     cache.mkdir()
-    fetch = f"{sys.executable} -m feedalign data fetch mnist1d --cache-dir {cache}"
-    script = (f"mount -t tmpfs -o size=256k tmpfs {cache} && {fetch}; echo \"rc=$?\"; ls -A {cache}; echo ---; "
-              f"mount -o remount,size=4m {cache} && {fetch}; echo \"rc=$?\"; ls -A {cache}/mnist1d")
-    done = subprocess.run([*shell, script], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": SRC})
-    full, grown = done.stdout.split("---\n")
+    done = in_own_mounts(f"mount -t tmpfs -o size=256k tmpfs {cache}", f"""
+import os, subprocess
+from feedalign.cli import main
+fetch = ["data", "fetch", "mnist1d", "--cache-dir", {str(cache)!r}]
+print("rc", main(fetch), sorted(os.listdir({str(cache)!r})), flush=True)
+subprocess.run(["mount", "-o", "remount,size=4m", {str(cache)!r}], check=True)  # space is free again
+print("rc", main(fetch), sorted(os.listdir({str(cache)!r} + "/mnist1d")), flush=True)
+""", tmp_path)
     lines = [line for line in done.stderr.splitlines() if line.startswith("feedalign: error:")]
     assert lines == [f"feedalign: error: cannot write {cache / 'mnist1d' / 'mnist1d.npz'}: no space left on the device "
                      "(disk full or over quota); free some space or choose a folder on another disk, then run again"], \
         done.stderr
     assert "Traceback" not in done.stderr
-    assert full.splitlines()[0] == "rc=2" and "mnist1d" not in full.splitlines()[1:]  # only the lock file is left
-    assert grown.splitlines()[0] == f"mnist1d: ready in {cache / 'mnist1d'}" and "rc=0" in grown
-    assert "mnist1d.npz" in grown.splitlines()
+    full, ready, grown = done.stdout.splitlines()
+    assert full == "rc 2 ['.mnist1d.lock']"  # the lock file beside the folder; no folder to take for the dataset
+    assert ready == f"mnist1d: ready in {cache / 'mnist1d'}" and grown == "rc 0 ['.sha256.json', 'mnist1d.npz']"
 
 
 def test_a_read_only_file_system_for_real(small_run, tmp_path):
     """The run's folder bind-mounted read-only (a real EROFS, which root cannot write past either): the finished run
     still resumes to itself, and a train into that folder is one line that writes nothing."""
-    shell = _full_disk_shell()
-    if shell is None:
-        pytest.skip("a read-only bind mount needs root or unprivileged user namespaces")
     runs = small_run.parent
     before = sorted(str(p.relative_to(runs)) for p in runs.rglob("*"))
-    python = f"{sys.executable} -m feedalign"
-    script = (f"mount --bind {runs} {runs} && mount -o remount,ro,bind {runs} && "
-              f"{python} train --resume {small_run} --quiet; echo \"rc=$?\"; "
-              f"{python} train {' '.join(SMALL)} --out-dir {runs}; echo \"rc=$?\"")
-    done = subprocess.run([*shell, script], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": SRC})
-    assert [line for line in done.stdout.splitlines() if line.startswith("rc=")] == ["rc=0", "rc=2"], done.stderr
+    done = in_own_mounts(f"mount --bind {runs} {runs} && mount -o remount,ro,bind {runs}", f"""
+from feedalign.cli import main
+print("rc", main(["train", "--resume", {str(small_run)!r}, "--quiet"]), flush=True)
+print("rc", main(["train", *{SMALL!r}, "--out-dir", {str(runs)!r}]), flush=True)
+""", tmp_path)
+    assert [line for line in done.stdout.splitlines() if line.startswith("rc")] == ["rc 0", "rc 2"], done.stderr
     assert "Traceback" not in done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("feedalign: error:")]
     assert len(lines) == 1 and "the file system there is read-only" in lines[0], done.stderr
     assert sorted(str(p.relative_to(runs)) for p in runs.rglob("*")) == before
-
 
 def test_every_test_docs_reliability_names_exists():
     """docs/reliability.md names a test for each case; each must exist, so the page cannot outlive its evidence."""

@@ -60,14 +60,6 @@ def data_root(data_dir=None) -> Path | None:
     return None
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_verified(path: Path) -> tuple[bytes, str]:
     """``(bytes, SHA-256)`` of ``path``, gunzipped when it is gzip: the bytes a loader parses are the bytes hashed.
 
