@@ -93,6 +93,13 @@ def test_linear_quick(out):
 
 
 @pytest.mark.slow
+def test_nonlinear_quick(out):
+    r = run_experiment("nonlinear", quick=True, out=out, seeds=1, log=lambda *a: None)
+    assert_reproduced(r, "30-20-10_fa_below_shallow")
+    assert set(r["search"]["chosen"]) == {"30-20-10 BP", "30-20-10 FA", "30-20-10 shallow"}
+
+
+@pytest.mark.slow
 def test_review_fa_quick(out, mnist):
     assert_reproduced(run_experiment("review-fa", quick=True, out=out, seeds=1, log=lambda *a: None), "fa_test_acc")
 

@@ -257,9 +257,11 @@ class TrainingExperiment(Experiment):
 
 
 def validation_curve(run_dir: Path) -> list[float]:
-    """Validation error (%) after each trained epoch of a run: all that a settings search reads of it."""
+    """Validation error after each trained epoch of a run (%, or the loss for regression): all that a settings
+    search reads of it."""
     rows = read_jsonl(Path(run_dir) / "metrics.jsonl")
-    curve = [_percent(r.get("val_accuracy")) for r in rows if r.get("epoch", 0) > 0]
+    curve = [_percent(r["val_accuracy"]) if r.get("val_accuracy") is not None else r.get("val_loss", float("nan"))
+             for r in rows if r.get("epoch", 0) > 0]
     if not curve:
         raise RunsFailed(f"{run_dir}: no trained epoch in metrics.jsonl")
     return curve
