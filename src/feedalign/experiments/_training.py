@@ -272,7 +272,7 @@ def choose(search: dict, errors: dict[str, dict[int, list[float]]]) -> dict:
     import math
     record = {"what": (f"Grid searched per learner, {search.get('seeds', 1)} seed(s), "
                        f"{search.get('epochs') or 'the reported runs’'} epochs, "
-                       f"{search.get('n_train') or 'all the other'} training and {search['n_val']} validation "
+                       f"{search.get('n_train') or 'all the remaining'} training and {search['n_val']} validation "
                        f"images; chosen on the {'final' if search.get('pick', 'final') == 'final' else 'lowest'} "
                        "validation error"),
               "pick": search.get("pick", "final"), "learners": {}, "chosen": {}}

@@ -345,13 +345,14 @@ def search_section(search: dict | None) -> list[str]:
         return []
     lines = ["", "## Settings chosen on validation", "",
              f"{search['what']}. Only validation errors are read; the test set is read once, by the reported runs.",
-             "", "| learner | candidate | validation error % (per search seed) | mean | chosen |", "|---|---|---|---|---|"]
+             "", "| learner | candidate | validation error (per search seed; %, or MSE for regression) | mean | chosen |",
+             "|---|---|---|---|---|"]
     for label, entry in search["learners"].items():
         for cand in entry["candidates"]:
-            errs = ", ".join(f"{e:.2f}" for e in cand["val_errors"])
+            errs = ", ".join(format_number(e) for e in cand["val_errors"])
             chosen = "yes" if cand["fields"] == entry["chosen"] else ""
             lines.append(f"| {cell(label)} | `{cell(json.dumps(cand['fields'], sort_keys=True))}` | {errs} | "
-                         f"{cand['mean']:.2f} | {chosen} |")
+                         f"{format_number(cand['mean'])} | {chosen} |")
     return lines
 
 
