@@ -433,6 +433,25 @@ def test_a_damaged_mnist1d_cache_is_generated_again(mnist1d_cache, tmp_path, cap
     assert code == 0 and "mnist1d: present" in out
 
 
+def test_a_second_process_waits_for_the_one_filling_the_cache(tmp_path, capsys, monkeypatch):
+    """While a real `data fetch mnist1d` generates into an empty cache, a load here waits for its lock (saying so),
+    then reads what that process wrote instead of generating a second copy."""
+    cache = tmp_path / "cache"
+    filling = feedalign_process(["data", "fetch", "mnist1d", "--cache-dir", cache])
+    lock = cache / ".mnist1d.lock"
+    deadline = time.monotonic() + 120
+    while not (lock.is_file() and lock.read_text().startswith(f"pid {filling.pid}:")) and time.monotonic() < deadline:
+        assert filling.poll() is None, filling.communicate()
+        time.sleep(0.01)
+    from feedalign.data import load, mnist_1d
+    monkeypatch.setattr(mnist_1d, "generate", lambda: pytest.fail("generated a second copy instead of waiting"))
+    assert load("mnist1d", cache_dir=cache).train_x.shape == (3200, 40)
+    assert filling.wait(timeout=120) == 0, filling.communicate()
+    err = capsys.readouterr().err
+    assert (f"feedalign: note: waiting for another feedalign process (pid {filling.pid}: feedalign data fetch mnist1d "
+            f"--cache-dir {cache}), which is using the dataset cache folder {cache / 'mnist1d'}") in err, err
+
+
 @pytest.mark.integration
 def test_bit_rot_in_mnist_is_never_handed_out(mnist, tmp_path, capsys):
     """One byte of a cached MNIST label file flipped at the same size and mtime: every load hashes in full, so

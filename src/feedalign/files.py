@@ -229,11 +229,14 @@ class FolderLock:
     (Windows) or the file system refuses it, the folder is used unlocked.
 
     Use as ``with FolderLock(run_dir, "run directory"):`` or call :meth:`release`. ``name``: the lock
-    file's name in ``folder`` (a dataset's cache lock lives beside its folder, not in it).
+    file's name in ``folder``; ``about``: the path the messages name (default ``folder``): a dataset's
+    cache lock lives beside the dataset's folder, not in it.
     """
 
-    def __init__(self, folder: str | Path, what: str = "folder", *, wait: bool = False, name: str = ".lock"):
+    def __init__(self, folder: str | Path, what: str = "folder", *, wait: bool = False, name: str = ".lock",
+                 about: str | Path | None = None):
         self.folder, self.what = Path(folder), what
+        shown = str(about if about is not None else self.folder)
         self._file = None
         try:
             import fcntl
@@ -247,12 +250,19 @@ class FolderLock:
                 return  # a folder this process cannot write to: it cannot interleave writes there either
             raise about_path(err, path) from err
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    raise
+                print(f"feedalign: note: waiting for another feedalign process{_holder(f)}, which is using {what} "
+                      f"{shown}", file=sys.stderr, flush=True)
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         except BlockingIOError:
             holder = _holder(f)
             f.close()
             from .errors import RunDirError
-            raise RunDirError(f"{what} {str(self.folder)!r} is in use by another feedalign process{holder}; wait for "
+            raise RunDirError(f"{what} {shown!r} is in use by another feedalign process{holder}; wait for "
                               "it to finish or stop it, then run again (a killed process leaves no lock behind)") from None
         except OSError:  # ENOLCK and the like (some network file systems): go on without the lock
             f.close()

@@ -114,7 +114,7 @@ def cache_lock(folder: Path) -> FolderLock:
     """Wait for, then hold, the lock on the cache folder ``folder`` (its lock file lies beside it, so a folder that
     failed to fill can be removed whole): two processes never fill or repair one dataset at once."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    return FolderLock(folder.parent, f"dataset cache {folder.name}", wait=True, name=f".{folder.name}.lock")
+    return FolderLock(folder.parent, "the dataset cache folder", wait=True, name=f".{folder.name}.lock", about=folder)
 
 
 @contextmanager
