@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import feedalign.files
 from feedalign.cli import main
@@ -351,12 +352,7 @@ def test_a_kill_mid_append_tears_the_log_and_the_resumed_run_is_bitwise_an_unint
     resumed, whole = (integrity.read_checkpoint(d, "latest.pt") for d in (run_dir, tmp_path / "whole"))
     assert resumed["epoch"] == whole["epoch"] == 3
     for key in whole["model"]:
-        assert torch_equal(resumed["model"][key], whole["model"][key]), key
-
-
-def torch_equal(a, b) -> bool:
-    import torch
-    return torch.equal(a, b)
+        assert torch.equal(resumed["model"][key], whole["model"][key]), key
 
 
 def test_a_torn_metrics_tail_is_dropped_and_a_damaged_middle_line_is_one_line(small_run, tmp_path, capsys):
