@@ -9,7 +9,7 @@
 #                timeout_s 540; what it prints also lands in $OUT (cuda-tests.log, bench.txt,
 #                bench.json, population-*.txt, engine.txt)
 #
-# It runs: the CUDA tests (the rules and the compiled nodes against the CPU and the Python nodes),
+# It runs: the CUDA tests (the rules, their fused path and stacked members against the CPU),
 # `feedalign bench --device cuda` for the whole fused family on the README's four networks,
 # benchmarks/bench_population.py on the GPU for 784-100-10 and 784-240x7-10 (issue 15's GPU numbers),
 # and benchmarks/bench_engine.py on the GPU (the engine reads its loss and accuracy back at every step,
@@ -46,7 +46,7 @@ torch.cuda.get_device_name() if torch.cuda.is_available() else '')" | tee "$OUT/
 
 status=0
 echo "== CUDA tests"
-"$PYTHON" -m pytest -q -p no:cacheprovider tests/test_rules.py tests/test_contract.py tests/test_native.py \
+"$PYTHON" -m pytest -q -p no:cacheprovider tests/test_rules.py tests/test_contract.py tests/test_population.py \
     -k "cuda" 2>&1 | tee "$OUT/cuda-tests.log" || status=1
 
 echo "== step ratios"

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 
 import feedalign
 from feedalign.training import Config, resume, train
-from feedalign.rules import trainable_layers
 from feedalign.training.optimizers import GravesRMSprop
 from feedalign.rules import fused
 from feedalign.training.population import member_losses, population_key, train_population, unsupported
@@ -211,3 +210,21 @@ def test_refusals_are_clear(tmp_path):
     with pytest.raises(ValueError, match="stacked members must be plain"):
         fused.stack_members([feedalign.mlp("4-2")] * 2, feedalign.get_rule("bp").fused_signals())
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("rule", SUPPORTED_RULES)
+def test_cuda_members_match_cpu(rule):
+    torch.manual_seed(0)
+    members = [feedalign.convert(feedalign.mlp("6-5-4-3").double(), rule, seed=seed,
+                                 feedback_scale=scale if rule != "bp" else None)
+               for seed, scale in ((1, None), (2, 0.5))]
+    signals = feedalign.learning_rule(members[0]).fused_signals()
+    cpu = fused.stack_members(members, signals)
+    gpu = fused.stack_members([copy.deepcopy(m).to("cuda") for m in members], signals)
+    x, y = torch.randn(2, 7, 6, dtype=torch.float64), torch.randint(0, 3, (2, 7))
+    for model, (xb, yb) in ((cpu, (x, y)), (gpu, (x.cuda(), y.cuda()))):
+        with feedalign.learning_rule(model).forward_context(model, yb):
+            member_losses(model(xb), yb).sum().backward()
+    for (name, p), q in zip(cpu.named_parameters(), gpu.parameters()):
+        torch.testing.assert_close(p.grad, q.grad.cpu(), msg=name)

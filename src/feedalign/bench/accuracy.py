@@ -15,7 +15,10 @@ import time
 
 import torch
 
+from ..data import batches
 from ..errors import ConfigError
+from ..training.build import build_model, load_data, make_loss, make_optimizer
+from ..training.config import Config
 from ..rules import reference_rule
 from ..training.step import Step
 
@@ -54,9 +57,6 @@ def time_to_accuracy(target: float, rules, *, network: str = NETWORK, dataset: s
     a row gives ``seconds`` (training time to the target, None if never reached), ``steps``, ``epochs``
     (fractional), ``best_accuracy`` and ``ratio`` (seconds / BP's, when both reached it).
     """
-    from ..data import batches
-    from ..training.build import build_model, load_data, make_loss, make_optimizer
-    from ..training.config import Config
     if not (isinstance(target, (int, float)) and 0 < target < 1):
         raise ConfigError(f"--to-accuracy must be a fraction between 0 and 1 (e.g. 0.97); got {target!r}")
     for name, value in (("max_epochs", max_epochs), ("eval_every", eval_every), ("batch_size", batch_size)):

@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 
 import feedalign
+from feedalign.data import batches, load
 from feedalign.errors import ConfigError
+from feedalign.models import check_memory
 from feedalign.rules import reference_rule
 from feedalign.rules.fused import uses_fused_path
 from feedalign.training.step import Step
@@ -39,7 +41,6 @@ RULES = ("bp", "fa", "dfa", "ifa")
 
 def parse_size(spec: str) -> tuple[str, int]:
     """``"784-240x7-10:64"`` gives the architecture and the batch size (default 64)."""
-    from feedalign.models import check_memory
     arch, _, batch = spec.partition(":")
     check_memory(arch)  # parses it, and refuses a network that cannot fit before anything is allocated
     if batch and not (batch.isdigit() and int(batch) > 0):
@@ -213,7 +214,6 @@ def epoch_times(rows: list[Row], device, *, dataset: str = "mnist", log=print) -
     """One MNIST epoch (train split, batch of the size row) then test accuracy under
     ``torch.inference_mode``, per rule; returns a note instead when the data is unavailable."""
     try:
-        from feedalign.data import batches, load
         data = load(dataset, download=False)
     except Exception as err:  # data layer missing or dataset not on disk: skip the column
         return f"epoch column skipped: {dataset} unavailable ({type(err).__name__}: {str(err).splitlines()[0][:100]})"

@@ -23,7 +23,7 @@ There is no feedforward map per layer, so the signal angles are NaN.
 """
 from __future__ import annotations
 
-from .energy import from_mlp, target
+from .energy import from_mlp, paper_settings, target
 from .base import LearningRule, register
 
 
@@ -42,7 +42,6 @@ class EnergyRule(LearningRule):
     def step_flops(self, widths, batch):
         """Each relaxation step: every connection both ways but the input's (its drive is a product
         per step here too, so it is counted); free plus second phase, plus the two correlations."""
-        from .energy import paper_settings
         s = paper_settings(len(widths) - 2)
         per_step = sum(2 * batch * i * o * (1 if k == 0 else 2) for k, (i, o) in enumerate(zip(widths[:-1], widths[1:])))
         correlations = 2 * sum(2 * batch * i * o for i, o in zip(widths[:-1], widths[1:]))

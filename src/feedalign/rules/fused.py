@@ -94,7 +94,7 @@ class StackedSignals(abc.ABC):
     def one_hidden(self, inputs: list[torch.Tensor]) -> bool:
         """Whether, on a stack with ONE hidden layer, the rule's signal is ``delta_1 = s (z M') * f'(a_1)`` with
         ``(M', s)`` from :meth:`one_hidden_matrix`, ``z`` from :meth:`direct_source` and nothing else to do at
-        backward (no gradient for ``inputs``); the stack then runs as the lean :class:`_OneHiddenFunction`.
+        backward (no gradient for ``inputs``); the stack then runs as the one-hidden-layer node :class:`_OneHiddenFunction`.
         Default: False."""
         return False
 
@@ -337,7 +337,7 @@ class _StackFunction(torch.autograd.Function):
 
 
 class _OneHiddenFunction(torch.autograd.Function):
-    """``h = f(x W_1^T + b_1)``, ``y = h W_2^T + b_2`` as one lean node, for rules whose hidden signal is
+    """``h = f(x W_1^T + b_1)``, ``y = h W_2^T + b_2`` as one node, for rules whose hidden signal is
     ``delta_1 = s (z M') * f'(a_1)`` (:meth:`StackedSignals.one_hidden`, ``z`` the rule's
     :meth:`~StackedSignals.direct_source`): FA-type rules (``M = B_2``), DFA, IFA and drtp (``M = B_1``).
     Backward: ``dW_2 = e^T h``, ``db_2 = sum_n e``, ``dW_1 = delta_1^T x``, ``db_1 = sum_n delta_1``; no input

@@ -13,7 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..convert import convert, learning_rule
+from ..data import REGISTRY, load
+from ..data.augment import normalize_channels
 from ..errors import ConfigError
+from ..models import INPUT_LAYOUTS, MODELS, build_architecture, input_layout, is_user_model, parse_sizes
 from .config import Config
 from .optimizers import GravesRMSprop
 
@@ -44,9 +47,6 @@ def resolve_device(name: str) -> torch.device:
 
 def load_data(config: Config):
     """The dataset's :class:`feedalign.data.DataSplits` (or a DatasetError saying why not)."""
-    from ..data import load  # lazily: the data layer is optional for importing this module
-    from ..data.augment import normalize_channels
-    from ..models import INPUT_LAYOUTS, input_layout
     kwargs = {"data_dir": config.data_dir, "seed": config.seed, "standardize": config.standardize,
               "flatten": False}  # the model's input layout decides the shape, below
     if config.validation_size is not None:
@@ -70,7 +70,6 @@ def load_data(config: Config):
 
 def check_fit(config: Config, data) -> str:
     """Check architecture and loss against the dataset; return the resolved loss name."""
-    from ..models import MODELS, is_user_model, parse_sizes
     if config.architecture in MODELS or is_user_model(config.architecture):
         needs = MODELS[config.architecture].needs if config.architecture in MODELS else ""
         if needs == "image classification" and (data.task != "classification" or len(data.input_shape) != 3):
@@ -102,8 +101,6 @@ def check_fit(config: Config, data) -> str:
 def build_model(config: Config, device: torch.device) -> nn.Module:
     """``mlp(architecture, activation)`` (or the named network, for the dataset's image shape), its linear
     layers initialized as ``config.init`` says, converted with ``config.rule``."""
-    from ..data import REGISTRY
-    from ..models import build_architecture
     seeds = derived_seeds(config.seed)
     spec = REGISTRY.get(config.dataset)
     shape, classes = (spec.input_shape, spec.num_classes) if spec is not None else ((), None)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, ConfigTypeError, first_line
+from ..models import ACTIVATIONS, check_architecture, check_memory, input_layout
+from ..rules import parse_options, rules
 
 # Choices of the string-valued settings; checked by Config.validate().
 CHOICES = {
@@ -160,7 +162,6 @@ class Config:
     # -- validation --------------------------------------------------------------------
     def parsed_rule_options(self) -> dict[str, float]:
         """``rule_options`` as ``{name: value}``, checked against the rule's options (ConfigError otherwise)."""
-        from ..rules import parse_options
         try:
             return parse_options(self.rule, self.rule_options)
         except ValueError as err:
@@ -176,8 +177,6 @@ class Config:
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
-        from ..models import ACTIVATIONS, check_architecture, check_memory, input_layout
-        from ..rules import rules
         if self.rule not in rules():
             raise ConfigError(f"rule must be one of {', '.join(rules())}; got {self.rule!r}")
         self.parsed_rule_options()

@@ -23,6 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data import batches
+from ..data.augment import random_crop_flip
+from ..diagnostics.callback import AlignmentCallback
 from ..errors import ConfigError, RunDirError
 from ..files import FolderLock, atomic_write, drop_torn_tail, jsonl_line, read_jsonl, write_json, write_jsonl
 from . import records
@@ -291,7 +294,6 @@ def _run(run: Run, *, start: dict | None, callbacks, bar: "_Progress") -> RunRes
 
 def _with_config_callbacks(config: Config, callbacks) -> list:
     """The caller's callbacks, plus alignment logging when ``config.alignment_every`` asks and none is given."""
-    from ..diagnostics.callback import AlignmentCallback  # lazily: diagnostics builds on training, not the reverse
     callbacks = list(callbacks)
     if config.alignment_every and not any(isinstance(cb, AlignmentCallback) for cb in callbacks):
         callbacks.append(AlignmentCallback(every=config.alignment_every))
@@ -436,7 +438,6 @@ def _call(callbacks, hook: str, *args) -> None:
 
 def _train_epoch(run: Run, epoch: int, x, y, classification: bool, callbacks, bar) -> _Trained | None:
     """One pass over the training set; what it measured, or None if the loss went NaN/Inf."""
-    from ..data import batches
     config, model, optimizer = run.config, run.model, run.optimizer
     lr = optimizer.param_groups[0]["lr"]
     total, correct, seen = 0.0, 0, 0
@@ -477,7 +478,6 @@ def _augmentation(run: Run, epoch: int):
     the epoch's seed, so a resumed epoch sees the same crops and flips."""
     if run.config.augment == "none":
         return None
-    from ..data.augment import random_crop_flip
     generator = _epoch_generator(run.config, epoch, stream=2)
     pad_value = getattr(run.data, "pad_value", None)
     return lambda xb: random_crop_flip(xb, padding=4, generator=generator, pad_value=pad_value)

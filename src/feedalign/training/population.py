@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from ..convert import learning_rule
 from ..models import input_layout
 from ..rules import fused, get_rule
+from . import engine
 from .config import Config
 from .population_optim import PopulationOptimizer, make_population_optimizer
 from .step import Step
@@ -87,7 +88,6 @@ def train_population(configs: list[Config], datasets: list | None = None, *, pro
     """Train ``configs`` (one population: equal :func:`population_key`, all supported) as one batched
     model; returns one :class:`~feedalign.training.RunResult` per config, in order, each with its own
     ordinary run directory. ``datasets[i]``: config i's data splits if already loaded."""
-    from . import engine
     if not configs:
         raise ValueError("train_population needs at least one config")
     keys = {population_key(c) for c in configs}
@@ -122,7 +122,6 @@ def train_population(configs: list[Config], datasets: list | None = None, *, pro
 
 
 def _train(runs, loops, bar) -> list:
-    from . import engine
     config, device = runs[0].config, runs[0].device
     metrics, diverged = [], [None] * len(runs)
     for loop in loops:
@@ -175,7 +174,6 @@ def _train(runs, loops, bar) -> list:
 def _train_epoch(runs, loops, population, optimizer, epoch, alive, bar) -> list:
     """One pass of every live member over its own shuffled training set; per member a ``_Trained`` or
     None (its loss went NaN/Inf: it stops, as a separate run would, the others go on)."""
-    from . import engine
     config = runs[0].config
     n = len(loops[0].train_set[0])
     if any(len(loop.train_set[0]) != n for loop in loops):

@@ -37,10 +37,13 @@ class PopulationOptimizer(abc.ABC):
 
     @torch.no_grad()
     def step(self) -> None:
-        """One step from every parameter's ``.grad``."""
+        """One step from every parameter's ``.grad``, which it consumes: an update may write into the
+        gradient (saving a pass over the stacked tensor, which outgrows the CPU's cache) and then drops
+        it (``.grad`` is None afterwards)."""
         for k, p in enumerate(self.params):
             if p.grad is not None:
                 self._update(k, p, p.grad)
+                p.grad = None
 
     def member_state(self, p: torch.Tensor, i: int) -> dict:
         """Member i's slice of the state of stacked parameter ``p``, as the member's own torch
@@ -54,15 +57,15 @@ class PopulationOptimizer(abc.ABC):
 
     @abc.abstractmethod
     def _update(self, k: int, p: torch.Tensor, grad: torch.Tensor) -> None:
-        """One step of stacked parameter ``p`` (index k) from its gradient ``grad``, which it must not write."""
+        """One step of stacked parameter ``p`` (index k) from its gradient ``grad``, which it may write into."""
 
     def _per_member(self, values: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """(N,) values shaped to broadcast over ``p`` (N, ...)."""
         return values.view((-1,) + (1,) * (p.dim() - 1))
 
     def _decayed(self, p: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """``grad + wd_i p`` (L2 weight decay as torch optimizers add it), a new tensor; ``grad`` if none."""
-        return grad if self.weight_decay is None else grad.addcmul(p, self._per_member(self.weight_decay, p))
+        """``grad + wd_i p`` (L2 weight decay as torch optimizers add it), written into ``grad``."""
+        return grad if self.weight_decay is None else grad.addcmul_(p, self._per_member(self.weight_decay, p))
 
 
 class PopulationSGD(PopulationOptimizer):
@@ -80,8 +83,11 @@ class PopulationSGD(PopulationOptimizer):
             buf = self.state[k].get("momentum_buffer")
             if buf is None:
                 buf = self.state[k]["momentum_buffer"] = g.clone()
-            else:
+            elif self.nesterov:
                 buf.mul_(self.momentum).add_(g)
+            else:  # buf = momentum buf + g in one pass, into g, which becomes the buffer (the old one's memory
+                # serves the next gradient)
+                buf = self.state[k]["momentum_buffer"] = g.add_(buf, alpha=self.momentum)
             g = g.add(buf, alpha=self.momentum) if self.nesterov else buf
         p.addcmul_(g, self._per_member(self.lr, p), value=-1)
 
