@@ -11,7 +11,8 @@ import feedalign
 from feedalign.training import Config, resume, train
 from feedalign.training.optimizers import GravesRMSprop
 from feedalign.rules import fused
-from feedalign.training.population import member_losses, population_key, train_population, unsupported
+from feedalign.training.population import (StackedStep, member_losses, population_key, takes_stacked_step,
+                                           train_population, unsupported)
 from feedalign.training.population_optim import PopulationAdam, PopulationGravesRMSprop, PopulationRMSprop, PopulationSGD
 from feedalign.training.step import Step
 
@@ -171,11 +172,16 @@ def test_the_stacked_step_is_each_members_own_step(rule, momentum, nesterov):
                                  feedback_scale=scale if rule != "bp" else None)
                for seed, scale in ((1, None), (2, 0.5), (3, 0.2))]
     stacked = fused.stack_members(members, feedalign.learning_rule(members[0]).fused_signals())
+    plain = fused.stack_members(members, feedalign.learning_rule(members[0]).fused_signals())
     lr = torch.tensor([0.1, 0.3, 0.2], dtype=torch.float64)
     decay = torch.tensor([0.0, 0.05, 0.01], dtype=torch.float64)
     sgd = PopulationSGD(stacked.parameters(), lr, momentum=momentum, nesterov=nesterov, weight_decay=decay)
     generators = [torch.Generator().manual_seed(i) for i in range(n)]
     step = Step(stacked, sgd, member_losses, generator=generators)
+    # the runner's own backward without autograd, where the trained tensors are the layers' (not kp's B)
+    sgd_plain = PopulationSGD(plain.parameters(), lr, momentum=momentum, nesterov=nesterov, weight_decay=decay)
+    plain_step = (StackedStep(plain, sgd_plain, generator=[torch.Generator().manual_seed(i) for i in range(n)])
+                  if takes_stacked_step(plain) else None)
     optimizers = [torch.optim.SGD(m.parameters(), lr=float(lr[i]), momentum=momentum, nesterov=nesterov,
                                   weight_decay=float(decay[i])) for i, m in enumerate(members)]
     alone = [Step(m, o, F.cross_entropy, generator=torch.Generator().manual_seed(i))
@@ -186,10 +192,17 @@ def test_the_stacked_step_is_each_members_own_step(rule, momentum, nesterov):
             alone[i](x[i], y[i], k + 1)
         output, losses = step.forward(x, y)
         step.update(losses.sum(), (x, y), k + 1)
-    stacked_state = stacked.state_dict()
-    for i, member in enumerate(members):
-        for name, value in member.state_dict().items():  # weights, biases, kp's and wm's B, brsf's draw count
-            torch.testing.assert_close(stacked_state[name][i], value, rtol=1e-10, atol=1e-12, msg=name)
+        if plain_step is not None:
+            output, plain_losses = plain_step.forward(x, y)
+            torch.testing.assert_close(plain_losses, losses.detach())
+            plain_step.update(plain_losses, (x, y), k + 1)
+    trained_feedback = any(isinstance(b, torch.nn.Parameter) for b in feedalign.feedback_matrices(members[0]))
+    assert (plain_step is None) == trained_feedback  # kp's B takes W's gradient through autograd
+    for model in (stacked, plain) if plain_step is not None else (stacked,):
+        stacked_state = model.state_dict()
+        for i, member in enumerate(members):
+            for name, value in member.state_dict().items():  # weights, biases, kp's and wm's B, brsf's draw count
+                torch.testing.assert_close(stacked_state[name][i], value, rtol=1e-10, atol=1e-12, msg=name)
 
 
 def test_refusals_are_clear(tmp_path):
@@ -228,3 +241,17 @@ def test_cuda_members_match_cpu(rule):
             member_losses(model(xb), yb).sum().backward()
     for (name, p), q in zip(cpu.named_parameters(), gpu.parameters()):
         torch.testing.assert_close(p.grad, q.grad.cpu(), msg=name)
+
+
+def test_a_rule_registered_later_trains_in_a_population(sample_rule):
+    """The suite's own FA-type rule (sample_rule.py) stacks and steps as its members do alone, with no
+    line of population code for it."""
+    torch.manual_seed(0)
+    members = [feedalign.convert(feedalign.mlp("6-5-4-3").double(), sample_rule, seed=seed) for seed in (1, 2)]
+    stacked = fused.stack_members(members, feedalign.learning_rule(members[0]).fused_signals())
+    x, y = torch.randn(2, 7, 6, dtype=torch.float64), torch.randint(0, 3, (2, 7))
+    member_losses(stacked(x), y).sum().backward()
+    for i, member in enumerate(members):
+        F.cross_entropy(member(x[i]), y[i]).backward()
+        for (name, p), q in zip(member.named_parameters(), stacked.parameters()):
+            torch.testing.assert_close(q.grad[i], p.grad, msg=name)

@@ -1,10 +1,8 @@
 """Minibatches from in-memory tensors: one permutation per epoch, sliced, no per-example objects.
 
-Gathering each batch with ``index_select`` was measured against permuting a full copy
-up front then slicing views (50000x784 float32, 2 CPU threads): at batch 64 the
-per-batch gather takes ~13 ms an epoch, the permuted copy ~160 ms (it moves the whole
-array through memory once more, and doubles its footprint); at batch 1024 they tie.
-So batches are gathered.
+Each batch is gathered with ``index_select`` rather than permuting a full copy up front and
+slicing views: the copy moves the whole array through memory once more and doubles its
+footprint, which at small batches costs more than the gathers (``benchmarks/bench_data.py``).
 """
 from __future__ import annotations
 

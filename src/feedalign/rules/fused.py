@@ -222,6 +222,25 @@ class Plan:
                              f"{weight.shape[-1]}) of its dtype and device; got {got}")
         return [layer.weight for layer in self.linears], [layer.bias for layer in self.linears]
 
+    @torch.no_grad()
+    def member_forward(self, input: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        """Stacked members without autograd: ``(y, state)`` for input (M, N, in); ``state`` is what
+        :meth:`member_signals` reads. For a step that takes its weight gradients as products of
+        its own (population SGD adds ``delta^T h`` straight into its momentum)."""
+        weights, biases = self._member_tensors(input)
+        inputs = self.signals.inputs(self, input)
+        _, outs, output = _forward(self, input, weights, biases)
+        return output, (input, outs, output, weights, inputs)
+
+    @torch.no_grad()
+    def member_signals(self, state: tuple, error: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(delta_l, h_{l-1})`` for every layer (``delta_L = error = dL/dy``, (M, N, out); ``h_0`` the input):
+        the rule's signals, of which ``dW_l = delta_l^T h_{l-1}`` and ``db_l = sum_n delta_l``."""
+        input, outs, output, weights, inputs = state
+        step = Backward(self, weights, outs, None, output if self.signals.needs_output else None)
+        deltas = self.signals.signals(step, error, inputs)
+        return list(zip([*deltas, error], [input, *outs]))
+
     def __call__(self, input: torch.Tensor, weights: list, biases: list) -> torch.Tensor:
         """The stack's output through one fused node; ``weights, biases`` from :meth:`tensors_for`."""
         inputs = self.signals.inputs(self, input)
@@ -240,6 +259,27 @@ def _affine(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ou
     return torch.baddbmm(bias.unsqueeze(1), h, weight.mT, out=out)
 
 
+def _forward(plan: Plan, flat: torch.Tensor, weights, biases):
+    """The stack's forward on 2-D (or stacked members' 3-D) ``flat``: ``(hidden, outs, output)``, the hidden
+    outputs as one (K, N, w) tensor (``plan.stacked``, else None), as a list of h_1 .. h_K, and y."""
+    lead, k = flat.shape[:-1], len(weights) - 1
+    if plan.stacked:
+        hidden = flat.new_empty((k, *lead, weights[0].shape[-2]))
+        outs = hidden.unbind(0) if k > 1 else (hidden[0],)
+    else:
+        outs = [flat.new_empty((*lead, w.shape[-2])) for w in weights[:-1]]
+        hidden = None
+    h = flat
+    for w, b, out, activate_ in zip(weights, biases, outs, plan.activate_):
+        _affine(h, w, b, out)
+        if activate_ is not None:
+            activate_(out)
+        h = out
+    output = F.linear(h, weights[-1], biases[-1]) if flat.dim() == 2 else _affine(
+        h, weights[-1], biases[-1], h.new_empty((*lead, weights[-1].shape[-2])))
+    return hidden, outs, output
+
+
 class _StackFunction(torch.autograd.Function):
     """The whole stack ``a_l = h_{l-1} W_l^T + b_l``, ``h_l = f(a_l)``, ``y = a_L`` as one node.
 
@@ -254,21 +294,7 @@ class _StackFunction(torch.autograd.Function):
         weights, biases = tensors[:n_layers], tensors[n_layers:2 * n_layers]
         members = plan.members is not None
         flat = input if input.dim() == 2 or members else input.reshape(-1, input.shape[-1])
-        lead, k = flat.shape[:-1], n_layers - 1
-        if plan.stacked:
-            hidden = flat.new_empty((k, *lead, weights[0].shape[-2]))
-            outs = hidden.unbind(0) if k > 1 else (hidden[0],)
-        else:
-            outs = [flat.new_empty((*lead, w.shape[-2])) for w in weights[:-1]]
-            hidden = None
-        h = flat
-        for w, b, out, activate_ in zip(weights, biases, outs, plan.activate_):
-            _affine(h, w, b, out)
-            if activate_ is not None:
-                activate_(out)
-            h = out
-        output = F.linear(h, weights[-1], biases[-1]) if not members else _affine(
-            h, weights[-1], biases[-1], h.new_empty((*lead, weights[-1].shape[-2])))
+        hidden, outs, output = _forward(plan, flat, weights, biases)
         ctx.plan, ctx.n_layers, ctx.input_shape = plan, n_layers, input.shape
         if plan.signals.needs_output:
             ctx.save_for_backward(flat, output, *(outs if hidden is None else (hidden,)), *tensors)
@@ -465,6 +491,11 @@ def install(model: nn.Module, linears: list[nn.Module], signals: StackedSignals 
     model.__class__ = FusedSequential
     model._feedalign_plan = Plan(model, linears, activations, signals, members)
     return True
+
+
+def plan_of(model: nn.Module) -> Plan | None:
+    """The fused path's :class:`Plan` of ``model``, or None where it has none."""
+    return model.__dict__.get("_feedalign_plan")
 
 
 def uses_fused_path(output: torch.Tensor) -> bool:
