@@ -283,7 +283,8 @@ def choose(search: dict, errors: dict[str, dict[int, list[float]]]) -> dict:
             mean = sum(values) / len(values)
             rows.append({"fields": fields, "val_errors": values, "mean": mean if math.isfinite(mean) else float("inf")})
         best = min(range(len(rows)), key=lambda j: rows[j]["mean"])
-        record["learners"][label] = {"candidates": rows, "chosen": rows[best]["fields"]}
+        record["learners"][label] = {"candidates": rows, "chosen": rows[best]["fields"],
+                                     "at_edge": len(rows) > 2 and best in (0, len(rows) - 1)}
         record["chosen"][label] = rows[best]["fields"]
     return record
 

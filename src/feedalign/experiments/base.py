@@ -353,6 +353,9 @@ def search_section(search: dict | None) -> list[str]:
             chosen = "yes" if cand["fields"] == entry["chosen"] else ""
             lines.append(f"| {cell(label)} | `{cell(json.dumps(cand['fields'], sort_keys=True))}` | {errs} | "
                          f"{format_number(cand['mean'])} | {chosen} |")
+    edge = [label for label, entry in search["learners"].items() if entry.get("at_edge")]
+    if edge:
+        lines += ["", f"Chosen at the edge of the grid (a wider grid might choose otherwise): {', '.join(edge)}."]
     return lines
 
 
