@@ -8,6 +8,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -203,6 +204,12 @@ def test_log_wandb_offline_run_holds_the_run_directorys_metrics_and_angles(tmp_p
         monkeypatch.setenv(var, value)
     run, metrics, alignment = _logged_run(tmp_path, "wandb")
     (path,) = (run / "wandb").glob("offline-run-*/run-*.wandb")  # the logger puts W&B's files in the run directory
+    # W&B's core process writes the file after finish() returns (one time in five it held only its
+    # header when read at once): the run is all there once its exit record is
+    deadline = time.monotonic() + 60
+    while not any(r.WhichOneof("record_type") == "exit" for r in wandb_records(path)):
+        assert time.monotonic() < deadline, "no exit record in the W&B run file after 60 s"
+        time.sleep(0.05)
     logged: dict[str, list[tuple[int, float]]] = {}
     config = {}
     for record in wandb_records(path):
