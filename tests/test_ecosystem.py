@@ -1,5 +1,5 @@
-"""feedalign among the tools around it: file modes, --version, Dataset/DataLoader, TensorBoard, W&B and MLflow, no apt-get by
-itself, sweep specs checked up front, shipped examples, torch.compile, and the wheel."""
+"""feedalign among the tools around it: file modes, --version, Dataset/DataLoader, TensorBoard, W&B and
+MLflow, no apt-get by itself, sweep specs checked up front, shipped examples, torch.compile, and the wheel."""
 import dataclasses
 import importlib.util
 import json
