@@ -199,7 +199,8 @@ def test_log_wandb_offline_run_holds_the_run_directorys_metrics_and_angles(tmp_p
     """W&B with no network (WANDB_MODE=offline): the offline run file holds each epoch's metrics and each
     alignment measurement at its optimizer step, equal to metrics.jsonl and alignment.jsonl."""
     for var, value in (("WANDB_MODE", "offline"), ("WANDB_SILENT", "true"), ("WANDB_PROJECT", "feedalign-test"),
-                       ("WANDB_CONFIG_DIR", str(tmp_path / "wb-config")), ("WANDB_CACHE_DIR", str(tmp_path / "wb-cache")),
+                       ("WANDB_CONFIG_DIR", str(tmp_path / "wb-config")),
+                       ("WANDB_CACHE_DIR", str(tmp_path / "wb-cache")),
                        ("WANDB_DATA_DIR", str(tmp_path / "wb-data"))):
         monkeypatch.setenv(var, value)
     run, metrics, alignment = _logged_run(tmp_path, "wandb")

@@ -41,6 +41,7 @@ def test_quickstart_notebook_runs_and_its_rules_learn_and_align(tmp_path, mnist)
     assert results["bp"][0] < 30 and results["fa"][0] < 50 and results["dfa"][0] < 50  # 50 steps; chance is 90%
     assert results["bp"][1] == pytest.approx(0, abs=1e-3)  # BP's signal is the gradient
     assert results["fa"][1] < 80 and results["dfa"][1] < 80  # the rules' signals already point downhill
-    figures = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+    figures = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(figures) == 1
     assert "alignment with backprop, rule dfa" in text and "the rule's feedback replaces W^T" in text  # table, describe
