@@ -20,6 +20,9 @@ class Module(L.LightningModule):
         super().__init__()
         self.model = feedalign.convert(feedalign.mlp("784-32-16-10", activation="tanh"), "dfa", seed=seed)
 
+    def on_train_start(self):
+        self.backend = torch.distributed.get_backend()  # the process group DDP set up (gloo on CPU)
+
     def training_step(self, batch, batch_idx):
         x, y = batch
         return torch.nn.functional.cross_entropy(self.model(x), y)
@@ -40,6 +43,7 @@ def main(out: Path) -> None:
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True))
     torch.save({"rank": trainer.global_rank, "world_size": trainer.world_size, "steps": trainer.global_step,
+                "backend": module.backend,
                 "before": before, "after": module.model.state_dict()}, out / f"rank{trainer.global_rank}.pt")
 
 

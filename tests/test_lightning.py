@@ -69,6 +69,7 @@ def test_lightning_ddp_on_cpu_broadcasts_feedback_and_trains_in_step(tmp_path, m
     assert ran.returncode == 0, ran.stderr[-3000:]
     zero, one = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert (zero["rank"], one["rank"], zero["world_size"], zero["steps"], one["steps"]) == (0, 1, 2, 4, 4)
+    assert zero["backend"] == one["backend"] == "gloo"
     assert not torch.equal(zero["before"]["feedback"], one["before"]["feedback"])  # different seeds
     for key, value in zero["after"].items():
         assert torch.equal(value, one["after"][key]), key
