@@ -21,6 +21,7 @@ from feedalign.cli import main
 from feedalign.errors import ConfigError, RunDirError, os_error_line
 from feedalign.training import Config, resume, train
 from feedalign.training import integrity
+from feedalign.training.checkpoint import read_checkpoint
 
 SMALL = ["--dataset", "mnist1d", "--architecture", "40-16-10", "--epochs", "2", "--threads", "1", "--quiet",
          "--train-size", "256", "--test-size", "100", "--alignment-every", "0"]
@@ -213,7 +214,7 @@ def test_a_damaged_checkpoint_is_refused_by_every_reader_and_kept(small_run, cap
         assert f"'{best}' is damaged: its SHA-256 is not the one recorded" in line
         assert best.read_bytes() == bytes(damaged)  # the evidence stays
     with pytest.raises(RunDirError, match="damaged"):
-        integrity.read_checkpoint(small_run, "best.pt")
+        read_checkpoint(small_run, "best.pt")
 
 
 def test_a_finished_run_resumes_to_itself_and_plots(small_run, capsys, tmp_path):
@@ -349,7 +350,7 @@ def test_a_kill_mid_append_tears_the_log_and_the_resumed_run_is_bitwise_an_unint
     for name in ("alignment.jsonl", "metrics.jsonl"):
         assert without_times(read_jsonl(run_dir / name)) == without_times(read_jsonl(tmp_path / "whole" / name)), name
     assert (run_dir / "alignment.jsonl").read_bytes().endswith(b"\n")
-    resumed, whole = (integrity.read_checkpoint(d, "latest.pt") for d in (run_dir, tmp_path / "whole"))
+    resumed, whole = (read_checkpoint(d, "latest.pt") for d in (run_dir, tmp_path / "whole"))
     assert resumed["epoch"] == whole["epoch"] == 3
     for key in whole["model"]:
         assert torch.equal(resumed["model"][key], whole["model"][key]), key

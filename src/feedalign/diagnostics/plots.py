@@ -219,6 +219,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best"):
     """``(config, model, data)`` of a run: its config, its model with the ``checkpoint`` weights, its dataset."""
     from ..training.build import build_model, load_data
     from ..training import integrity
+    from ..training.checkpoint import read_checkpoint
     run_dir = check_run_dir(run_dir)
     path = run_dir / "checkpoints" / f"{checkpoint}.pt"
     if not path.exists():
@@ -226,7 +227,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best"):
     if integrity.load(run_dir) is None:
         integrity.note_unverified(run_dir)
     config = integrity.read_config(run_dir)  # verified as resume verifies it: the model must match the weights
-    state = integrity.read_checkpoint(run_dir, f"{checkpoint}.pt")
+    state = read_checkpoint(run_dir, f"{checkpoint}.pt")
     model = build_model(config, torch.device("cpu"))
     model.load_state_dict(state["model"])
     return config, model.eval(), load_data(config)

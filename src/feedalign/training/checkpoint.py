@@ -68,3 +68,13 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise RunDirError(f"checkpoint {str(path)!r} is not a feedalign checkpoint of format {FORMAT}")
     return state
+
+
+def read_checkpoint(run_dir: str | Path, name: str, *, fix: str = "") -> dict:
+    """The checkpoint ``run_dir/checkpoints/name``, verified against the run's manifest, then loaded.
+
+    The one way a checkpoint is read (resume, ``plot hidden``, the sweep and reproduce workers through resume).
+    """
+    rel = f"checkpoints/{name}"
+    integrity.verify(run_dir, rel, fix=fix)
+    return load_checkpoint(Path(run_dir) / rel)

@@ -32,7 +32,7 @@ from . import records
 from .build import (build_model, check_fit, derived_seeds, load_data, make_loss, make_optimizer, make_schedule,
                     resolve_device)
 from . import integrity
-from .checkpoint import save_checkpoint, set_rng_states
+from .checkpoint import read_checkpoint, save_checkpoint, set_rng_states
 from .config import Config
 from .outcome import label_outcome
 from .step import Step
@@ -163,7 +163,7 @@ def _resume_locked(run_dir: Path, callbacks, progress: str) -> RunResult:
     run = _prepare(config)
     run.run_dir = run_dir
     latest = run_dir / "checkpoints" / "latest.pt"
-    state = integrity.read_checkpoint(run_dir, "latest.pt", fix=_DAMAGED_FIX) if latest.exists() else None
+    state = read_checkpoint(run_dir, "latest.pt", fix=_DAMAGED_FIX) if latest.exists() else None
     if integrity.load(run_dir) is None:
         integrity.adopt(run_dir, config.replace(name=None).to_dict())
     (run_dir / "checkpoints").mkdir(exist_ok=True)

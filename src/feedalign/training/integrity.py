@@ -3,7 +3,7 @@
 It holds the SHA-256 of ``config.toml`` and of every checkpoint, taken when each was
 written, and the settings the run started with. Readers check through here:
 :func:`read_config` (an edited ``config.toml`` is refused, naming the changed fields)
-and :func:`read_checkpoint` (a damaged checkpoint is refused, and left where it is).
+and :func:`feedalign.training.checkpoint.read_checkpoint` (a damaged checkpoint is refused, and left where it is).
 
 A checkpoint and the manifest cannot be renamed into place together, so a checkpoint is
 written in three steps: the manifest accepts the old and the new hash, the checkpoint is
@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..errors import RunDirError
 from ..files import atomic_write, write_json
+from .config import Config
 
 MANIFEST = "integrity.json"
 FORMAT = 1
@@ -116,7 +117,6 @@ def changed_settings(recorded: dict, current: dict) -> list[str]:
 
 def read_config(run_dir: str | Path):
     """The run's Config from ``config.toml``; RunDirError (one line, the changed fields) if it was edited."""
-    from .config import Config
     run_dir = Path(run_dir)
     path = run_dir / "config.toml"
     manifest = load(run_dir)
@@ -134,13 +134,3 @@ def read_config(run_dir: str | Path):
     raise RunDirError(f"{str(path)!r} was edited since the run started ({what}); a run continues with the settings "
                       f"it started with: restore them, or start a new run with `feedalign train --config {path}`")
 
-
-def read_checkpoint(run_dir: str | Path, name: str, *, fix: str = "") -> dict:
-    """The checkpoint ``run_dir/checkpoints/name``, verified against the manifest, then loaded.
-
-    The one way a checkpoint is read (resume, ``plot hidden``, the sweep and reproduce workers through resume).
-    """
-    from .checkpoint import load_checkpoint
-    rel = f"checkpoints/{name}"
-    verify(run_dir, rel, fix=fix)
-    return load_checkpoint(Path(run_dir) / rel)

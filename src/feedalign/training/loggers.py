@@ -21,6 +21,7 @@ import importlib.util
 import math
 from pathlib import Path
 
+from ..diagnostics.callback import FILE_NAME
 from ..errors import ConfigError
 from ..files import read_jsonl
 
@@ -67,7 +68,6 @@ class MetricsLogger(abc.ABC):
         self.close()
 
     def _alignment(self) -> list[dict]:
-        from ..diagnostics.callback import FILE_NAME
         return read_jsonl(Path(self.run.run_dir) / FILE_NAME)
 
     def open(self, run) -> None: ...
