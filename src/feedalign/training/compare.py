@@ -23,12 +23,16 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..diagnostics import alignment
+from ..diagnostics.plots import plot_error_and_alignment
 from ..errors import ConfigError, ConfigTypeError, RunDirError
 from ..files import atomic_write, write_json
+from ..sweeps.local import run_local, training_job
 from . import records
-from .build import check_fit, load_data
+from .build import build_model, check_fit, load_data, resolve_device
 from .config import Config
-from .engine import RunResult, resume, train
+from .engine import RunResult, evaluate, resume, train
+from .population import train_population, unsupported
 
 DEFAULT_RULES = ("bp", "fa", "dfa", "ifa")
 FIGURE = "error-and-alignment.png"
@@ -74,8 +78,6 @@ class TestErrorCurve:
             self.logged = self.run.step
 
     def _log(self, step: int) -> None:
-        from ..diagnostics import alignment
-        from .engine import evaluate
         _, accuracy = evaluate(self.run.model, *self.test, self.run.loss_fn, classification=True)
         values = {"test_error": 1 - accuracy}
         if self.probe is not None:
@@ -149,7 +151,6 @@ def compare(config: Config, rules=DEFAULT_RULES, seeds=(0,), *, progress: str = 
     for s in seeds:  # the validation split depends on the seed: one load per seed, shared by all rules
         datasets[s] = load_data(configs[rules[0], s])
         check_fit(configs[rules[0], s], datasets[s])
-    from .build import build_model, resolve_device
     resolve_device(config.device)
     for r in rules:  # e.g. dfa needs a hidden layer: fail now, not after bp has trained
         build_model(configs[r, seeds[0]].replace(device="cpu"), resolve_device("cpu"))
@@ -161,7 +162,6 @@ def compare(config: Config, rules=DEFAULT_RULES, seeds=(0,), *, progress: str = 
         _train_in_workers([configs[r, s] for s in seeds for r in rules], out_dir, workers)
     batched = set()
     if population and workers == 1 and not callbacks and not evals_per_epoch and len(seeds) > 1:
-        from .population import train_population, unsupported
         batched = {r for r in rules if unsupported(configs[r, seeds[0]]) is None}
         for r in rules:
             if r in batched:
@@ -183,7 +183,6 @@ def compare(config: Config, rules=DEFAULT_RULES, seeds=(0,), *, progress: str = 
     atomic_write(out_dir / "compare.md", f"# {config.dataset}, {config.architecture} {config.activation}, "
                       f"{config.epochs} epochs, seeds {seeds}\n\n" + result.table(markdown=True))
     plot_compare(out_dir / "curves.png", runs, title=f"{config.dataset}, {config.architecture}")
-    from ..diagnostics.plots import plot_error_and_alignment
     plot_error_and_alignment({r: [res.run_dir for res in runs[r]] for r in rules}, out_dir / FIGURE,
                              title=f"{config.dataset}, {config.architecture}")
     return result
@@ -223,7 +222,6 @@ def _train_in_processes(configs: list[Config], workers: int, evals_per_epoch: in
 
 def _train_in_workers(configs: list[Config], out_dir: Path, workers: int) -> None:
     """Train ``configs`` in the sweep's local pool of worker processes; a failed run is an error naming its log."""
-    from ..sweeps.local import run_local, training_job
     jobs = [training_job(c, out_dir / c.name) for c in configs]
     failed = []
 
