@@ -175,7 +175,11 @@ def test_searched_experiments_choose_on_validation():
             config = experiment_config(name, quick=quick)
             assert config["selection"] == "validation" and config["search"]["n_val"] > 0, name
             assert get_experiment(name).selection_note(config) is None
-        # a stored result from before the search is marked where that search read test error (not family's)
+    # learners outside the search keep the defaults by depth (7x240 is seven hidden layers: FA 3e-4)
+    assert experiment_config("nokland-mnist", quick=False)["lr"]["7x240"] == {"bp": 5e-4, "fa": 3e-4, "dfa": 5e-4,
+                                                                             "ifa": 5e-4}
+    # a stored result from before the search is marked where that search read test error (not family's)
+    for name in ("nokland-mnist", "mnist-fa", "deep100", "family"):
         assert (get_experiment(name).selection_note({"seeds": 3}) is not None) == (name != "family")
 
 

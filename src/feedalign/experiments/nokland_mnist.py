@@ -34,6 +34,11 @@ PAPER_SCHEDULE = {"schedule": "constant", "lr": 1e-4, "epochs": 299, "stop_train
 LR_GRID = (1e-4, 3e-4, 5e-4, 1e-3)
 
 
+def hidden_layers(architecture: str) -> int:
+    """Hidden layers of an MLP architecture string: ``784-240x7-10`` has 7."""
+    return sum(int(part.split("x")[1]) if "x" in part else 1 for part in architecture.split("-")[1:-1])
+
+
 def table1(net: str, rule: str) -> str | None:
     """Registry id of Table 1's cell, or None when the table has none."""
     key = f"nokland2016/table1/{net}/{rule}"
@@ -71,7 +76,7 @@ class NoklandMnist(TrainingExperiment):
                          "n_test": 1000 if quick else None},
                 "nets": nets, "epochs": 3 if quick else 20, "selection": "validation", "search": search,
                 "lr": {net: {rule: 3e-3 for rule in RULES} for net in nets} if quick else
-                {net: learning_rates(len(arch.split("-")) - 2) for net, arch in nets.items()}}
+                {net: learning_rates(hidden_layers(arch)) for net, arch in nets.items()}}
 
     def learners(self, config):
         learners = {}
