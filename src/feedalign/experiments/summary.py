@@ -144,7 +144,11 @@ def write_docs(out: Path, docs: Path, *, quick: bool, seeds: int | None, log=pri
             lines.append(f"| {name} | (not run at {size} size for this page) | | | | | | |")
             todo.append((name, f"`{command}`", "never run at this size"))
             continue
-        stale = "" if current else "stale: code or config changed since; rerun"
+        from .witness import settings_changed
+        by_settings = not current and settings_changed(
+            experiment_config(name, quick, results.get("config", {}).get("seeds")), results.get("config", {}))
+        stale = ("" if current else "stale: its settings changed since; rerun" if by_settings else
+                 "stale: the code changed since; not yet verified")
         rows, retired = judged(name, results)
         for r in rows:
             note = "; ".join(n for n in (r["note"], stale) if n)
@@ -155,8 +159,13 @@ def write_docs(out: Path, docs: Path, *, quick: bool, seeds: int | None, log=pri
         under = sorted({r["claim"] for r in rows if r["note"].startswith("not judged:")})
         if under:
             why.append(f"{len(under)} row(s) with too few seeds")
-        if why:
-            todo.append((name, f"`{command}`", "; ".join(why)))
+        if why == [stale] and not by_settings:  # only the code changed: a witness replay may carry it over
+            todo.append((name, f"`feedalign reproduce --verify {name}`", "the code changed since; its witness replay "
+                         "carries the result over"))
+        elif why:
+            more = under and results.get("config", {}).get("seeds", 0) < 3
+            todo.append((name, f"`{command.replace(' --publish', ' --seeds 3 --publish') if more else command}`",
+                         "; ".join(why)))
         status_rows.append(f"| {name} | `{results['command']}` | {run_time(results)} | "
                            f"{'current' if current else 'stale'} |")
         estimate = (f"; full size (estimate): {experiment.full_runtime} on 2 shared CPU cores"
