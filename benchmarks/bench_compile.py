@@ -1,6 +1,6 @@
 """The training step with and without ``torch.compile``: what compiling a converted model buys.
 
-    python benchmarks/bench_compile.py --sizes 784-100-10:64 784-240x7-10:64 --rules bp fa dfa --rounds 7
+    python benchmarks/bench_compile.py --sizes 784-100-10:64 784-100-100-10:64 784-240x7-10:64 --rules bp fa dfa
 
 Each rule's model is built twice (the same seed); one trains eagerly, the other through
 ``torch.compile(model)``, both with the engine's step (:class:`feedalign.training.step.Step`). Blocks of
@@ -23,15 +23,18 @@ from feedalign.training.step import Step
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="bench_compile", description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", nargs="+", default=["784-100-10:64", "784-240x7-10:64"])
+    parser.add_argument("--sizes", nargs="+", default=["784-100-10:64", "784-100-100-10:64", "784-240x7-10:64"])
     parser.add_argument("--rules", nargs="+", default=["bp", "fa", "dfa"])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=100, help="steps per timed block")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                        help="process CPU time (steady on a shared machine, with one thread) or wall clock")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads; x eager BP: median over {args.rounds} interleaved "
-          f"rounds of {args.steps} steps")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {args.clock} clock; x eager BP: median over "
+          f"{args.rounds} interleaved rounds of {args.steps} steps")
     print("| network:batch | rule | eager ms | compiled ms | eager x BP | compiled x BP | compile s |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for spec in args.sizes:
@@ -56,10 +59,10 @@ def main(argv=None) -> int:
         keys = list(steps)
         for r in range(args.rounds):
             for key in keys[r % len(keys):] + keys[:r % len(keys)]:
-                start = time.perf_counter()
+                start = clock()
                 for _ in range(args.steps):
                     steps[key](x, y, 1)
-                times[key].append((time.perf_counter() - start) / args.steps)
+                times[key].append((clock() - start) / args.steps)
         reference = times[args.rules[0], "eager"]
         for rule in args.rules:
             ratio = {mode: statistics.median(t / b for t, b in zip(times[rule, mode], reference))

@@ -172,6 +172,8 @@ class Plan:
         # hidden outputs in one (K, N, w) tensor; a stacked model keeps a list of (M, N, w_l)
         self.stacked = len(set(widths)) == 1 and members is None
         self.activate_ = [_forward_kernel(a) for a in activations]  # f in place, or None
+        # whether the rule projects a source of its own (not e): asked at backward only then
+        self.own_source = type(signals).direct_source is not StackedSignals.direct_source
         # The layers' hook dicts and their sizes now (DFA/IFA's own cut hooks included): a hook
         # added later means someone watches a layer, so it must run as a module. torch has no
         # public way to ask a module for its hooks.
@@ -389,8 +391,9 @@ class _OneHiddenFunction(torch.autograd.Function):
         if not error.is_contiguous():
             error = error.contiguous()
         matrix, scale = plan.signals.one_hidden_matrix(plan, inputs)
-        delta = scaled_matmul(plan.signals.direct_source(output, error, inputs), matrix, scale,
-                              torch.empty_like(hidden))
+        signal = plan.signals.direct_source(output, error, inputs) if plan.own_source else error
+        # beta=0: hidden, of delta's shape, is only a placeholder input, never read
+        delta = signal.mm(matrix) if scale == 1.0 else torch.addmm(hidden, signal, matrix, beta=0, alpha=scale)
         _BACKWARDS[type(plan.activations[0])](delta, hidden, plan.activations[0], delta)
         needs = ctx.needs_input_grad  # (input, plan, w1, b1, w2, b2, *inputs)
         return (None, None, delta.t().mm(input) if needs[2] else None, delta.sum(0) if needs[3] else None,
