@@ -379,12 +379,13 @@ def test_wheel_and_sdist_ship_py_typed_and_example_specs_and_the_wheel_runs(tmp_
     (sdist,) = dist.glob("*.tar.gz")
     names = zipfile.ZipFile(wheel).namelist()
     assert {"feedalign/py.typed", "feedalign/sweeps/examples/sensitivity-init-lr.toml",
-            "feedalign/sweeps/examples/sensitivity-dfa-wd.toml", "feedalign/rules/nodes.cpp"} <= set(names)
+            "feedalign/sweeps/examples/sensitivity-dfa-wd.toml", "feedalign/models/__init__.py",
+            "feedalign/bench/__init__.py", "feedalign/rules/fused.py"} <= set(names)
     import tarfile
     members = tarfile.open(sdist).getnames()
     assert any(m.endswith("src/feedalign/py.typed") for m in members)
     assert any(m.endswith("src/feedalign/sweeps/examples/sensitivity-init-lr.toml") for m in members)
-    assert any(m.endswith("src/feedalign/rules/nodes.cpp") for m in members)
+    assert any(m.endswith("src/feedalign/models/sequence.py") for m in members)
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     assert "Requires-Dist: torch>=2.1\n" in metadata and "Typing :: Typed" in metadata
     assert "Provides-Extra: tensorboard" in metadata  # no Project-URL: the project has no public address yet
