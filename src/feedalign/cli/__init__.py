@@ -19,7 +19,7 @@ import sys
 from ..errors import FeedalignError, first_line, os_error_line
 
 # Subcommand modules, in the order `feedalign --help` lists them.
-COMMANDS = ("train", "compare", "data", "reproduce", "sweep", "plot", "bench")
+COMMANDS = ("train", "compare", "models", "data", "reproduce", "sweep", "plot", "bench")
 
 
 class UsageError(FeedalignError):

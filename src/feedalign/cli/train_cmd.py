@@ -1,7 +1,9 @@
 """`feedalign train`: one run from a config file and/or flags; `--resume RUN_DIR` continues one.
 
 Every :class:`feedalign.training.Config` field is a flag (``batch_size`` -> ``--batch-size``);
-flags override the config file, which overrides the defaults.
+flags override the config file, which overrides the model's recipe (and its rule's adjustment of it),
+which overrides the defaults (:mod:`feedalign.training.recipes`). ``--show-recipe`` prints the resolved
+settings and where each came from, and trains nothing.
 """
 from __future__ import annotations
 
@@ -53,9 +55,20 @@ def overrides(args: argparse.Namespace, exclude: tuple[str, ...] = ()) -> dict:
 
 
 def config_from_args(args: argparse.Namespace, exclude: tuple[str, ...] = ()):
-    from ..training import Config
-    base = Config.from_file(args.config) if args.config else Config()
-    return base.replace(**overrides(args, exclude))
+    """The Config of the flags over the config file over the model's recipe over the defaults."""
+    return resolved_from_args(args, exclude)[0]
+
+
+def resolved_from_args(args: argparse.Namespace, exclude: tuple[str, ...] = ()):
+    """``(Config, {field: where its value came from})`` of the command line (see :func:`config_from_args`)."""
+    from ..training.config import read_mapping
+    from ..training.recipes import resolve
+    layers = []
+    if args.config:
+        layers.append((str(args.config), read_mapping(args.config, what="config file")))
+    flags = overrides(args, exclude)
+    layers += [(f"--{k.replace('_', '-')}", {k: v}) for k, v in flags.items()]
+    return resolve(layers)
 
 
 def progress_mode(args: argparse.Namespace) -> str:
@@ -68,6 +81,9 @@ def register(subparsers) -> None:
         description="Train one network with one learning rule. Writes RUN_DIR (default runs/<timestamp>-<rule>-"
                     "<dataset>) with config.toml, metrics.jsonl/csv, summary.json, plots and checkpoints.")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    parser.add_argument("--show-recipe", action="store_true",
+                        help="print the resolved settings (the model's recipe, the rule's adjustment, the config file "
+                             "and the flags) and where each came from; train nothing")
     parser.add_argument("--log", metavar="NAMES", default=None,
                         help="also send metrics and alignment angles to tensorboard (RUN_DIR/tensorboard/), wandb "
                              "and/or mlflow, comma-separated; each needs its package (pip install 'feedalign[NAME]')")
@@ -97,6 +113,12 @@ def os_errors_as_usage():
 def _run(args: argparse.Namespace) -> int:
     from ..training import resume, train
     from ..training.loggers import loggers
+    if args.show_recipe:
+        if args.resume:
+            raise UsageError("--show-recipe prints the settings of a new run; a resumed run's are in RUN_DIR/config.toml")
+        from ..training.recipes import explain
+        print(explain(*resolved_from_args(args)))
+        return 0
     callbacks = loggers(args.log)  # before anything trains: a missing package is a one-line error
     if args.resume:
         given = overrides(args)

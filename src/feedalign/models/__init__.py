@@ -9,13 +9,13 @@
 """
 from .conv import BasicBlock, CifarResNet, ShortcutA, lenet5, nokland_conv, resnet, resnet20, resnet32, resnet56
 from .mlp import ACTIVATIONS, mlp
-from .registry import (INPUT_LAYOUTS, MODELS, NAMED_ARCHITECTURES, ModelSpec, build_architecture, check_architecture,
-                       flat_inputs, image_inputs, input_layout, is_user_model, native_inputs, register_model,
-                       user_builder)
+from .registry import (INPUT_LAYOUTS, MLP_RECIPE, MODELS, NAMED_ARCHITECTURES, ModelSpec, Recipe, build_architecture,
+                       check_architecture, flat_inputs, image_inputs, input_layout, is_user_model, native_inputs,
+                       recipe_for, register_model, user_builder)
 from .sequence_classifiers import SequenceClassifier, VisionTransformer, lstm_classifier, vit_tiny
 from .sizes import available_memory_bytes, check_memory, parse_sizes, training_bytes
 
-__all__ = ["ACTIVATIONS", "BasicBlock", "CifarResNet", "INPUT_LAYOUTS", "MODELS", "NAMED_ARCHITECTURES", "ModelSpec",
+__all__ = ["ACTIVATIONS", "BasicBlock", "CifarResNet", "INPUT_LAYOUTS", "MLP_RECIPE", "MODELS", "Recipe", "recipe_for", "NAMED_ARCHITECTURES", "ModelSpec",
            "SequenceClassifier", "ShortcutA", "VisionTransformer", "available_memory_bytes", "build_architecture",
            "check_architecture", "check_memory", "flat_inputs", "image_inputs", "input_layout", "is_user_model",
            "lenet5", "lstm_classifier", "mlp", "native_inputs", "nokland_conv", "parse_sizes", "register_model",

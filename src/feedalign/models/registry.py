@@ -34,17 +34,37 @@ INPUT_LAYOUTS = {"flat": flat_inputs, "image": image_inputs, "native": native_in
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """How the literature trains a model: ``settings`` (training Config fields: optimizer, lr, schedule, warm-up,
+    weight decay, batch size, clipping, epochs, augmentation, ...), the ``family`` a learning rule may adjust a recipe
+    for (:meth:`feedalign.rules.LearningRule.adjust_recipe`: "mlp", "conv", "resnet", "transformer", "recurrent"),
+    and ``sources``: where each setting comes from. Settings it leaves out keep Config's defaults."""
+
+    settings: dict
+    family: str
+    sources: str
+
+
+# MLP size strings (and LeNet-5, Nøkland's network): the settings feedalign has always trained them with.
+MLP_RECIPE = Recipe({}, "mlp", "feedalign's defaults (training.Config): SGD, lr 0.05, momentum 0.9, batch 64, constant "
+                               "rate, 3 epochs, no weight decay, clipping or warm-up; the README's `make run` and "
+                               "`feedalign compare` train BP, FA, DFA and IFA with them")
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A named model: ``build(input_shape, num_classes, activation) -> nn.Module`` and the input layout it reads.
 
     ``inputs``: a key of :data:`INPUT_LAYOUTS` ("flat": (N, features); "image": (N, C, H, W); "native": the
     dataset's own shape). ``needs``: what the dataset must be ("image classification" or "" for anything).
+    ``recipe``: how it is trained when the command line names nothing else (:class:`Recipe`; None: Config's defaults).
     """
 
     build: Callable[[tuple, int | None, str], nn.Module]
     inputs: str
     description: str
     needs: str = "image classification"
+    recipe: Recipe | None = None
 
 
 def _image_builder(fn, *, activation: bool = True, square: bool = True):
@@ -56,14 +76,33 @@ def _image_builder(fn, *, activation: bool = True, square: bool = True):
     return build
 
 
+# He et al. 2016 (arXiv 1512.03385, Sec. 4.2, CIFAR-10): SGD, momentum 0.9, weight decay 1e-4, batch 128, lr 0.1
+# divided by 10 at 32k and 48k iterations, stopped at 64k (on 45k/5k train/validation: epochs 91, 136, 182); 4-pixel
+# padding, random 32x32 crops and horizontal flips; per-pixel mean subtracted (here: per-channel normalisation); their
+# ResNet-110 starts at 0.01 for about 400 iterations. Xavier init and per-channel normalisation as BioTorch (Sanfiz &
+# Akrout 2021), whose benchmark trains these networks under every rule.
+RESNET_RECIPE = Recipe(
+    {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4, "batch_size": 128,
+     "schedule": "multistep", "milestones": "91,136", "gamma": 0.1, "epochs": 182, "warmup_steps": 400,
+     "augment": "crop-flip", "normalize": "channel", "init": "xavier"},
+    "resnet",
+    "He et al. 2016 (arXiv 1512.03385) Sec. 4.2: SGD momentum 0.9, weight decay 1e-4, batch 128, lr 0.1 / 10 at 32k "
+    "and 48k iterations, 64k iterations (epochs 91, 136, 182 of 45k images), pad-4 crop and flip, and for ResNet-110 "
+    "a lower rate for the first ~400 iterations (here a linear warm-up over 400 steps, as Goyal et al. 2017, arXiv "
+    "1706.02677); Xavier-uniform init and per-channel normalisation as BioTorch's ResNet-20 benchmark (Sanfiz & "
+    "Akrout 2021), which trains these networks under every rule (its sign-symmetric rules need weights of Xavier's "
+    "scale, the scale of their feedback)")
+
 MODELS: dict[str, ModelSpec] = {
-    "lenet5": ModelSpec(_image_builder(lenet5), "image", "LeNet-5 (28x28 or 32x32 images), --activation applies"),
+    "lenet5": ModelSpec(_image_builder(lenet5), "image", "LeNet-5 (28x28 or 32x32 images), --activation applies",
+                        recipe=Recipe({}, "conv", MLP_RECIPE.sources)),
     "nokland-conv": ModelSpec(_image_builder(nokland_conv), "image",
-                              "Nøkland 2016's CIFAR convolutional network, --activation applies"),
+                              "Nøkland 2016's CIFAR convolutional network, --activation applies",
+                              recipe=Recipe({}, "conv", MLP_RECIPE.sources)),
     "resnet20": ModelSpec(_image_builder(resnet20, activation=False), "image",
-                          "He et al. 2016 CIFAR ResNet-20 (BatchNorm, option-A shortcuts, ReLU)"),
-    "resnet32": ModelSpec(_image_builder(resnet32, activation=False), "image", "CIFAR ResNet-32"),
-    "resnet56": ModelSpec(_image_builder(resnet56, activation=False), "image", "CIFAR ResNet-56"),
+                          "He et al. 2016 CIFAR ResNet-20 (BatchNorm, option-A shortcuts, ReLU)", recipe=RESNET_RECIPE),
+    "resnet32": ModelSpec(_image_builder(resnet32, activation=False), "image", "CIFAR ResNet-32", recipe=RESNET_RECIPE),
+    "resnet56": ModelSpec(_image_builder(resnet56, activation=False), "image", "CIFAR ResNet-56", recipe=RESNET_RECIPE),
 }
 
 
@@ -100,6 +139,16 @@ def check_architecture(architecture) -> None:
         parse_sizes(architecture)
     except ConfigError as err:
         raise ConfigError(f"{err}; or a named model: {', '.join(MODELS)}; or 'module:function'") from None
+
+
+def recipe_for(architecture) -> Recipe | None:
+    """The :class:`Recipe` of ``architecture``: a registered model's, :data:`MLP_RECIPE` for a size string, None for
+    a user's ``module:function`` (or anything that is not a model name: Config's validation says what is wrong)."""
+    if not isinstance(architecture, str):
+        return None
+    if architecture in MODELS:
+        return MODELS[architecture].recipe
+    return None if is_user_model(architecture) or ":" in architecture else MLP_RECIPE
 
 
 def input_layout(architecture: str) -> str:

@@ -134,6 +134,13 @@ class LearningRule(abc.ABC):
         needs a gradient, unless the rule trains some at their own rate (dtp's inverses)."""
         return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
 
+    def adjust_recipe(self, family: str, settings: dict) -> dict[str, tuple[object, str]]:
+        """Changes this rule's literature makes to the training recipe of a model of ``family`` (a
+        :class:`feedalign.models.Recipe` family: "mlp", "conv", "resnet", "transformer", "recurrent"), given the
+        recipe's ``settings`` (training Config fields, complete): ``{field: (value, why)}``, ``why`` naming the
+        source. Settings the user gives override these in turn. Default: none, the model's recipe as it is."""
+        return {}
+
     def fused_signals(self):
         """The rule's backward on the fused path (a :class:`~feedalign.rules.fused.StackedSignals`): what
         ``convert`` installs on a plain MLP, and what trains stacked members (population training).

@@ -33,6 +33,8 @@ defaults in its ``feedalign_taps`` attribute).
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -153,6 +155,24 @@ class DirectFeedbackAlignment(DirectRule):
         if taps is None and all(isinstance(layer, nn.Linear) for layer in layers):
             fused.install(model, layers, self.fused_signals())
         return model
+
+    # Learning-rate factors DFA's papers apply to the recipe BP trains a family with.
+    RECIPE_LR: ClassVar[dict[str, tuple[float, str]]] = {
+        # lightonai/dfa-scales-to-modern-deep-learning, natural-language-processing/run_experiments.sh: BP trains its
+        # transformer with the Noam schedule (4000 warm-up steps, a peak of 512^-0.5 * 4000^-0.5 = 7.0e-4), DFA with
+        # Adam at 5e-5 (or 1e-4 decayed on plateaus): a tenth of BP's peak rate (Launay et al. 2020, NeurIPS).
+        "transformer": (0.1, "Launay et al. 2020 (NeurIPS; their code's run_experiments.sh): DFA trains transformers at "
+                             "about a tenth of BP's peak learning rate (Adam 5e-5 against Noam's 7e-4)"),
+        # jsalbert/biotorch benchmark_configs/cifar10/resnet_20/sgd: DFA at lr 0.001 where BP and FA take 0.1.
+        "resnet": (0.01, "BioTorch's ResNet-20 benchmark (Sanfiz & Akrout 2021, benchmark_configs/cifar10/resnet_20): "
+                         "DFA at lr 0.001 where BP takes 0.1"),
+    }
+
+    def adjust_recipe(self, family, settings):
+        if family not in self.RECIPE_LR:
+            return {}
+        factor, why = self.RECIPE_LR[family]
+        return {"lr": (settings["lr"] * factor, why)}
 
     def fused_signals(self):
         return DirectSignals()

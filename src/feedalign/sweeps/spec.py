@@ -58,6 +58,9 @@ TOP_KEYS = ("name", "out_dir", "seed", "samples", "backend", "threads_per_run", 
             "population", "population_size", "base", "grid", "random")
 # Config fields that say where or how fast a run goes, not what it computes: left out of the run's hash.
 NOT_HASHED = ("out_dir", "name", "threads", "data_dir", "max_memory")
+# Fields added after sweeps were first hashed, with the value that computes what runs computed before they existed:
+# left out of the hash at that value, so a sweep made earlier finds its finished runs under the same keys.
+HASHED_UNLESS = {"warmup_steps": 0, "clip_grad_norm": None}
 
 
 def _config_cls():
@@ -67,7 +70,8 @@ def _config_cls():
 
 def config_hash(config) -> str:
     """SHA-256 of a Config's settings that determine its result (not out_dir, name, threads, data_dir)."""
-    values = {k: v for k, v in config.to_dict().items() if k not in NOT_HASHED}
+    values = {k: v for k, v in config.to_dict().items()
+              if k not in NOT_HASHED and not (k in HASHED_UNLESS and v == HASHED_UNLESS[k])}
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
 
 

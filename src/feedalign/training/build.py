@@ -18,7 +18,7 @@ from ..data.augment import normalize_channels
 from ..errors import ConfigError
 from ..models import INPUT_LAYOUTS, MODELS, build_architecture, input_layout, is_user_model, parse_sizes
 from .config import Config
-from .optimizers import GravesRMSprop
+from .optimizers import GravesRMSprop, LinearWarmup
 
 
 def derived_seeds(seed: int) -> dict[str, int]:
@@ -98,12 +98,16 @@ def check_fit(config: Config, data) -> str:
     return loss
 
 
-def build_model(config: Config, device: torch.device) -> nn.Module:
-    """``mlp(architecture, activation)`` (or the named network, for the dataset's image shape), its linear
-    layers initialized as ``config.init`` says, converted with ``config.rule``."""
+def build_model(config: Config, device: torch.device, *, input_shape: tuple | None = None,
+                num_classes: int | None = None) -> nn.Module:
+    """``mlp(architecture, activation)`` (or the named network, for the dataset's image shape, or ``input_shape``
+    and ``num_classes`` when given), its linear layers initialized as ``config.init`` says, converted with
+    ``config.rule``."""
     seeds = derived_seeds(config.seed)
     spec = REGISTRY.get(config.dataset)
     shape, classes = (spec.input_shape, spec.num_classes) if spec is not None else ((), None)
+    if input_shape is not None:
+        shape, classes = tuple(input_shape), num_classes
     with torch.random.fork_rng(devices=[]):  # the default init draws from the global generator; leave it be
         torch.manual_seed(seeds["forward"])
         model = build_architecture(config.architecture, config.activation, shape, classes)
@@ -176,6 +180,8 @@ def make_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
                                     weight_decay=l2)
     elif config.optimizer == "adam":
         optimizer = torch.optim.Adam(groups, lr=config.lr, weight_decay=l2)
+    elif config.optimizer == "adamw":  # decoupled: w <- w - lr * weight_decay * w, apart from Adam's step
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=l2)
     elif config.optimizer == "rmsprop-graves":
         optimizer = GravesRMSprop(groups, lr=config.lr, momentum=config.momentum, weight_decay=l2)
     else:
@@ -193,7 +199,13 @@ def make_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def make_schedule(config: Config, optimizer: torch.optim.Optimizer):
-    """Stepped once per epoch."""
+    """Stepped once per epoch; with ``config.warmup_steps`` a :class:`~feedalign.training.optimizers.LinearWarmup`
+    around it scales the learning rate of the first optimizer steps (and is stepped per epoch the same way)."""
+    schedule = _epoch_schedule(config, optimizer)
+    return LinearWarmup(optimizer, schedule, config.warmup_steps) if config.warmup_steps else schedule
+
+
+def _epoch_schedule(config: Config, optimizer: torch.optim.Optimizer):
     if config.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
     if config.schedule == "multistep":

@@ -20,7 +20,7 @@ from ..rules import parse_options, rules
 # Choices of the string-valued settings; checked by Config.validate().
 CHOICES = {
     "loss": ("auto", "cross_entropy", "mse", "bce"),
-    "optimizer": ("sgd", "adam", "rmsprop", "rmsprop-graves"),
+    "optimizer": ("sgd", "adam", "adamw", "rmsprop", "rmsprop-graves"),
     "schedule": ("constant", "step", "multistep", "cosine"),
     "init": ("default", "uniform", "gaussian", "zero", "zero-except-first", "xavier", "orthogonal"),
     "normalize": ("none", "channel"),
@@ -55,7 +55,8 @@ class Config:
     # model
     architecture: str = _f("784-256-256-10", "the model (also --model / model = ...): layer sizes, e.g. 784-800-10 "
                                              "or 784-240x7-10 (ends must fit the dataset), a named model (lenet5, "
-                                             "nokland-conv, resnet20, resnet32, resnet56), or module:function")
+                                             "nokland-conv, resnet20, resnet32, resnet56, vit-tiny, lstm), or "
+                                             "module:function")
     activation: str = _f("tanh", "hidden activation: tanh, relu, sigmoid, ...")
     init: str = _f("default", "forward weight init: default (PyTorch), uniform U[-w,w], gaussian N(0,w^2), zero "
                               "(Linear layers), or xavier (Glorot uniform weights, zero biases, every Linear and Conv2d, as "
@@ -71,18 +72,25 @@ class Config:
                                "e.g. target_step=0.003,noise=0.36,inverse_lr=0.005)")
     # objective and optimization
     loss: str = _f("auto", "cross_entropy, mse, bce (sigmoid + one-hot); auto: cross_entropy, or mse for regression")
-    optimizer: str = _f("sgd", "sgd, adam, rmsprop (torch's) or rmsprop-graves (Graves 2013's centred RMSprop, "
-                               "decay 0.95, 1e-3 inside the root: Lee et al.'s DTP code)")
+    optimizer: str = _f("sgd", "sgd, adam, adamw (Adam with decoupled weight decay, Loshchilov & Hutter 2019), "
+                               "rmsprop (torch's) or rmsprop-graves (Graves 2013's centred RMSprop, decay 0.95, "
+                               "1e-3 inside the root: Lee et al.'s DTP code)")
     lr: float = _f(0.05, "learning rate")
     momentum: float = _f(0.9, "SGD momentum (0 for plain SGD) / RMSprop momentum")
     nesterov: bool = _f(False, "Nesterov momentum (SGD with momentum > 0)")
-    weight_decay: float = _f(0.0, "weight decay coefficient (see weight_decay_mode)")
+    weight_decay: float = _f(0.0, "weight decay coefficient (see weight_decay_mode; adamw decays decoupled from the "
+                                  "gradient, w <- w - lr * weight_decay * w)")
     weight_decay_mode: str = _f("l2", "l2: the optimizer's L2 penalty; constant: subtract weight_decay from every "
                                       "weight and bias after each step (w - lr*g - decay, the review's randombp code)")
     schedule: str = _f("constant", "learning-rate schedule over epochs: constant, step, multistep or cosine")
     step_size: int = _f(10, "step schedule: epochs between decays")
     milestones: str = _f("", "multistep schedule: epochs after which lr is multiplied by gamma, e.g. '100,150,200'")
     gamma: float = _f(0.1, "step and multistep schedules: decay factor")
+    warmup_steps: int = _f(0, "linear learning-rate warm-up over the first N optimizer steps, before the schedule: "
+                              "step n (from 1) takes lr * n / N; 0: none")
+    clip_grad_norm: float | None = _f(None, "clip the gradient (whatever the rule leaves in .grad) to this total "
+                                            "2-norm over all trained parameters before each optimizer step "
+                                            "(torch.nn.utils.clip_grad_norm_); default: no clipping")
     batch_size: int = _f(64, "minibatch size")
     epochs: int = _f(3, "passes over the training set")
     stop_train_error: float | None = _f(None, "stop before `epochs` once the running mean of the training error "
@@ -198,6 +206,9 @@ class Config:
         _at_least("batch_size", self.batch_size, 1)
         _at_least("epochs", self.epochs, 1)
         _at_least("step_size", self.step_size, 1)
+        _at_least("warmup_steps", self.warmup_steps, 0)
+        if self.clip_grad_norm is not None:
+            _at_least("clip_grad_norm", self.clip_grad_norm, 0.0, strict=True)
         _at_least("seed", self.seed, 0)
         _at_least("alignment_every", self.alignment_every, 0)
         for name in ("train_size", "test_size"):

@@ -443,7 +443,8 @@ def _train_epoch(run: Run, epoch: int, x, y, classification: bool, callbacks, ba
     total, correct, seen = 0.0, 0, 0
     n_batches = math.ceil(len(x) / config.batch_size)
     bar.start_epoch(epoch, n_batches)
-    step = Step(model, optimizer, run.loss_fn, generator=_epoch_generator(config, epoch, stream=1))
+    step = Step(model, optimizer, run.loss_fn, generator=_epoch_generator(config, epoch, stream=1),
+                clip=config.clip_grad_norm)
     # Bound once per epoch, not looked up per step: on small networks a step is well under a millisecond.
     on_step = [m for m in (getattr(cb, "on_step", None) for cb in callbacks) if m is not None]
     bar_update = bar.update if bar.mode == "bar" else None

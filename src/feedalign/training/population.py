@@ -75,6 +75,12 @@ def unsupported(config: Config) -> str | None:
             return f"{name} {value!r} (population training needs {needed!r})"
     if config.loss not in ("auto", "cross_entropy"):
         return f"loss {config.loss!r} (population training needs cross_entropy)"
+    if config.clip_grad_norm is not None:  # the stacked step has no .grad to clip; one norm per member is not there
+        return "clip_grad_norm (the population's step turns the rule's signals into updates without .grad to clip)"
+    if config.warmup_steps:  # the members' own optimizers, whose step hooks warm up, never step in a population
+        return "warmup_steps (the population optimizer takes each member's rate per epoch, not per step)"
+    if config.optimizer not in ("sgd", "adam", "rmsprop", "rmsprop-graves"):
+        return f"optimizer {config.optimizer!r} (population training has sgd, adam, rmsprop and rmsprop-graves)"
     if config.stop_train_error is not None:  # members would train every epoch, unlike their separate runs
         return "stop_train_error (population members train every epoch)"
     return None
@@ -93,8 +99,8 @@ class StackedStep(Step):
     phase), but the signals come from :meth:`feedalign.rules.fused.Plan.member_signals` as ``(delta,
     h)`` pairs, which the population optimizer turns into its update itself: SGD adds ``delta^T h``
     straight into its momentum. On the CPU the stacked weights outgrow the cache, and autograd's
-    ``.grad`` costs a pass over them more, and its nodes their overhead: a step of 8 members of
-    784-100-10 took about a fifth longer through autograd. Only for models whose trained tensors are
+    ``.grad`` costs a pass over them more, and its nodes their overhead (measured in
+    docs/population.md). Only for models whose trained tensors are
     the layers' weights and biases (:func:`takes_stacked_step`); the rule's math is the fused
     path's, tested against :class:`Step` through autograd.
     """

@@ -19,13 +19,20 @@ class Step:
     """The training step of ``model`` under ``optimizer`` and ``loss_fn(output, targets)``.
 
     ``generator``: where the rule's after-step phase draws its noise (a CPU generator; for a model of
-    stacked members, one per member). Call it as ``step(x, y, n)`` (n: the optimizer steps taken so
+    stacked members, one per member). ``clip``: clip the gradients the rule left in ``.grad`` of the
+    optimizer's parameters to this total 2-norm between backward and the optimizer step
+    (``torch.nn.utils.clip_grad_norm_``); None: no clipping. Call it as ``step(x, y, n)`` (n: the optimizer steps taken so
     far plus one), or split in :meth:`forward` and :meth:`update` to look at the loss in between.
     """
 
-    def __init__(self, model: nn.Module, optimizer, loss_fn, *, generator=None):
+    def __init__(self, model: nn.Module, optimizer, loss_fn, *, generator=None, clip: float | None = None):
         rule = learning_rule(model)
         self.model, self.optimizer, self.loss_fn, self.generator = model, optimizer, loss_fn, generator
+        if clip is not None and not clip > 0:
+            raise ValueError(f"clip must be a positive number or None, got {clip!r}")
+        self.clip = clip
+        self.clipped = ([p for group in optimizer.param_groups for p in group["params"]]
+                        if clip is not None else [])
         kind = type(rule)
         self.context = None if kind.forward_context is LearningRule.forward_context else rule.forward_context
         self.after = None if kind.after_step is LearningRule.after_step else rule.after_step
@@ -43,6 +50,8 @@ class Step:
         """Backward from ``loss``, the optimizer step, then the rule's after-step phase on ``batch``."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.clipped, self.clip)
         self.optimizer.step()
         if self.after is not None:
             self.after(self.model, batch, step, generator=self.generator)
