@@ -38,7 +38,7 @@ def test_unknown_key_is_named_and_valid_keys_listed():
     ("lr", 0.0, "lr must be > 0"),
     ("batch_size", 0, "batch_size must be >= 1"),
     ("momentum", 1.0, r"momentum must be in \[0, 1\)"),
-    ("optimizer", "lbfgs", "optimizer must be one of sgd, adam, rmsprop"),
+    ("optimizer", "lbfgs", "optimizer must be one of sgd, adam, adamw, rmsprop"),
     ("rule", "hebb", "rule must be one of bp, .*dfa.*; got .hebb."),
     ("architecture", "784-x-10", "malformed architecture"),
     ("device", "tpu", "device must be cpu, cuda, cuda:N or auto"),
