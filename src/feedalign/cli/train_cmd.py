@@ -67,7 +67,7 @@ def resolved_from_args(args: argparse.Namespace, exclude: tuple[str, ...] = ()):
     if args.config:
         layers.append((str(args.config), read_mapping(args.config, what="config file")))
     flags = overrides(args, exclude)
-    layers += [(f"--{k.replace('_', '-')}", {k: v}) for k, v in flags.items()]
+    layers += [("--model" if k == "architecture" else f"--{k.replace('_', '-')}", {k: v}) for k, v in flags.items()]
     return resolve(layers)
 
 

@@ -172,7 +172,7 @@ class DirectFeedbackAlignment(DirectRule):
         if family not in self.RECIPE_LR:
             return {}
         factor, why = self.RECIPE_LR[family]
-        return {"lr": (settings["lr"] * factor, why)}
+        return {"lr": (float(f"{settings['lr'] * factor:.12g}"), why)}  # 3e-3 * 0.1 is 3e-4, not 3.0000000000000003e-4
 
     def fused_signals(self):
         return DirectSignals()

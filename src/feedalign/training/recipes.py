@@ -89,11 +89,15 @@ RECIPE_FIELDS = ("architecture", "rule", "dataset", "optimizer", "lr", "momentum
                  "clip_grad_norm", "epochs", "augment", "normalize", "init", "activation", "loss")
 
 
+def _shown(value) -> str:
+    return "none" if value is None else '""' if value == "" else str(value)
+
+
 def explain(config: Config, sources: dict[str, str]) -> str:
     """The recipe's settings (and any other setting not at its default), each with where it came from, and the
     recipe's sources: what ``feedalign train --show-recipe`` prints."""
     names = list(RECIPE_FIELDS) + [k for k in Config.keys() if k not in RECIPE_FIELDS and sources[k] != "default"]
-    rows = [(k, "none" if getattr(config, k) is None else str(getattr(config, k)), sources[k]) for k in names]
+    rows = [(k, _shown(getattr(config, k)), sources[k]) for k in names]
     width = [max(len(r[i]) for r in rows + [("setting", "value", "from")]) for i in range(2)]
     lines = [f"{'setting':<{width[0]}}  {'value':<{width[1]}}  from"]
     lines += [f"{k:<{width[0]}}  {v:<{width[1]}}  {s}" for k, v, s in rows]
