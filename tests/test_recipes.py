@@ -249,3 +249,23 @@ def test_each_model_under_each_rule_lowers_its_loss_with_a_few_recipe_steps(mode
     # (sign-symmetric feedback on Nøkland's network at its default init, say: findings the models table reports),
     # but most rules learn from the first steps of a model's recipe.
     assert "bp" in falls and len(falls) > len(losses) / 2, losses
+
+
+def test_sweeps_take_the_new_settings_and_keep_the_keys_of_runs_made_before_them(tmp_path):
+    import hashlib
+    import json
+
+    from feedalign.sweeps import load_spec
+    from feedalign.sweeps.spec import NOT_HASHED, config_hash
+    path = tmp_path / "spec.toml"
+    path.write_text('name = "s"\n[base]\ndataset = "mnist1d"\narchitecture = "40-16-10"\noptimizer = "adamw"\n'
+                    '[grid]\nwarmup_steps = [0, 20]\nclip_grad_norm = [0.5, 1.0]\n')
+    points = load_spec(path).points()
+    assert sorted((p.config.warmup_steps, p.config.clip_grad_norm) for p in points) == \
+        [(0, 0.5), (0, 1.0), (20, 0.5), (20, 1.0)]
+    assert len({p.hash for p in points}) == 4
+    # a config at the new fields' defaults hashes as it did before they existed (the fields left out)
+    config = Config(**SMALL)
+    before = {k: v for k, v in config.to_dict().items()
+              if k not in NOT_HASHED and k not in ("warmup_steps", "clip_grad_norm")}
+    assert config_hash(config) == hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()
