@@ -269,3 +269,24 @@ def test_sweeps_take_the_new_settings_and_keep_the_keys_of_runs_made_before_them
     before = {k: v for k, v in config.to_dict().items()
               if k not in NOT_HASHED and k not in ("warmup_steps", "clip_grad_norm")}
     assert config_hash(config) == hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def test_the_models_table_trains_each_pair_and_publishes_between_its_markers(tmp_path, monkeypatch, capsys):
+    from feedalign.training import models_table
+    monkeypatch.setattr(models_table, "BUDGETS", {"40-16-10": models_table.Budget("mnist1d", 640, 200, 200, 1),
+                                                  "lstm": models_table.Budget("mnist1d", 300, 200, 200, 1)})
+    doc = tmp_path / "models.md"
+    doc.write_text(f"# Models\n\nbefore\n\n{models_table.START}\nold table\n{models_table.END}\n\nafter\n")
+    assert main(["models", "--table", "--out", str(tmp_path / "runs"), "--doc", str(doc), "--rules", "bp,ifa"]) == 0
+    rows = __import__("json").loads((tmp_path / "runs" / "models-table.json").read_text())
+    assert [(r["model"], r["rule"], r["converts"]) for r in rows] == \
+        [("40-16-10", "bp", True), ("40-16-10", "ifa", True), ("lstm", "bp", True), ("lstm", "ifa", False)]
+    text = doc.read_text()
+    assert text.startswith("# Models\n\nbefore\n") and text.endswith("\nafter\n") and "old table" not in text
+    assert "`feedalign models --table --rules bp,ifa`" in text
+    for r in rows[:3]:
+        assert f"| {r['rule']} | {r['lr']:g} | {100 * r['test_error']:.1f} | {r['outcome']} |" in text
+    assert "Not converted: `ifa`" in text
+    recipe = recipe_for("lstm")
+    assert rows[2]["lr"] == recipe.settings["lr"] and rows[2]["clip_grad_norm"] == recipe.settings["clip_grad_norm"]
+    assert main(["models", "--table", "--models", "nope"]) == 2

@@ -36,7 +36,9 @@ def main(args) -> int:
     models = _subset(args.models, list(BUDGETS), "model")
     chosen = _subset(args.rules, rules(), "rule")
     rows = run_table(args.out, models=models, rule_names=chosen, log=lambda line: print(line, file=sys.stderr))
-    publish(rows, args.doc)
+    command = "feedalign models --table" + "".join(f" --{k} {v}" for k, v in (("models", args.models),
+                                                                               ("rules", args.rules)) if v)
+    publish(rows, args.doc, command)
     print(f"table: {args.doc} ({sum(r['converts'] for r in rows)} runs in {args.out})")
     return 0
 

@@ -5,8 +5,9 @@ Each run is what ``feedalign train --model NAME --rule RULE --dataset DATA`` res
 the rule's adjustment, :mod:`feedalign.training.recipes`), with a budget a 2-core CPU allows in place of the
 recipe's data size and epochs (:data:`BUDGETS`); a recipe's warm-up is cut to a tenth of the budget's steps
 when it is longer, so that the rate reaches the recipe's within the run. Models fed images train on an MNIST
-subset (the CIFAR ResNets included: their recipe is CIFAR-10's, which this table does not assume on disk), the
-LSTM on MNIST-1D, which is generated locally.
+subset, the LSTM on MNIST-1D, which is generated locally; the CIFAR ResNets on a CIFAR-10 subset when the user
+has CIFAR-10 on disk (``feedalign data fetch cifar10``, or ``FEEDALIGN_DATA``), and are listed as not run
+otherwise: a table never starts a download.
 """
 from __future__ import annotations
 
@@ -50,9 +51,9 @@ BUDGETS: dict[str, Budget] = {
     "784-256-256-10": Budget("mnist", 10000, 1000, 2000, 2),
     "lenet5": Budget("mnist", 5000, 1000, 2000, 1),
     "nokland-conv": Budget("mnist", 1000, 500, 1000, 1),
-    "resnet20": Budget("mnist", 1000, 500, 1000, 1),
-    "resnet32": Budget("mnist", 500, 500, 1000, 1),
-    "resnet56": Budget("mnist", 500, 500, 1000, 1),
+    "resnet20": Budget("cifar10", 5000, 1000, 1000, 1),
+    "resnet32": Budget("cifar10", 5000, 1000, 1000, 1),
+    "resnet56": Budget("cifar10", 5000, 1000, 1000, 1),
     "vit-tiny": Budget("mnist", 10000, 1000, 2000, 2),
     "lstm": Budget("mnist1d", None, 1000, None, 5),
 }
@@ -78,6 +79,16 @@ def _train_rows(budget: Budget) -> int:
     return len(load(budget.dataset, validation_size=budget.validation_size).train_y)
 
 
+def _missing(budget: Budget) -> str | None:
+    """Why ``budget``'s dataset cannot be read without a download, or None when it can."""
+    from ..data import DatasetError, load
+    try:
+        load(budget.dataset, validation_size=budget.validation_size, download=False)
+    except DatasetError as err:
+        return str(err).strip().splitlines()[0]
+    return None
+
+
 def run_table(out_dir: str | Path, *, models: list[str] | None = None, rule_names: list[str] | None = None,
               log=print) -> list[dict]:
     """Train every (model, rule) pair; one row each (rules that refuse a model get a row saying why)."""
@@ -86,6 +97,10 @@ def run_table(out_dir: str | Path, *, models: list[str] | None = None, rule_name
     rows = []
     for model in models or list(BUDGETS):
         budget = BUDGETS[model]
+        missing = _missing(budget)
+        if missing:
+            rows.append({"model": model, "rule": None, "converts": None, "why": missing})
+            continue
         for rule in rule_names or rules():
             config, sources = budget_config(model, rule, budget, out_dir)
             try:
@@ -114,13 +129,17 @@ def run_table(out_dir: str | Path, *, models: list[str] | None = None, rule_name
     return rows
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(rows: list[dict], command: str = COMMAND) -> str:
     """The table (and the rules each model refuses) as markdown, between the markers :func:`publish` replaces."""
-    lines = [START, "", f"Made by `{COMMAND}` (each run: `feedalign train --model MODEL --rule RULE --dataset DATA` "
-             "with the budget below in place of the recipe's size and epochs; one seed, one thread).", ""]
+    lines = [START, "", f"Made by `{command}` (each run: `feedalign train --model MODEL --rule RULE --dataset DATA` "
+             "with the budget below in place of the recipe's size and epochs; one seed, one thread; test error at "
+             "the epoch of best validation accuracy).", ""]
     for model in dict.fromkeys(r["model"] for r in rows):
         group = [r for r in rows if r["model"] == model]
         trained = [r for r in group if r["converts"]]
+        if any(r["converts"] is None for r in group):
+            lines += [f"**{model}**: not run: {group[0]['why']}", ""]
+            continue
         if not trained:
             continue
         first = trained[0]
@@ -148,11 +167,11 @@ def _short(why: str) -> str:
     return text.rstrip(".")
 
 
-def publish(rows: list[dict], doc: str | Path) -> None:
+def publish(rows: list[dict], doc: str | Path, command: str = COMMAND) -> None:
     """Put the table into ``doc`` between :data:`START` and :data:`END` (appended under a heading if absent)."""
     doc = Path(doc)
     text = doc.read_text() if doc.exists() else ""
-    table = markdown(rows)
+    table = markdown(rows, command)
     if START in text and END in text:
         head, rest = text.split(START, 1)
         text = head + table + rest.split(END, 1)[1]
