@@ -39,7 +39,7 @@ def main(args) -> int:
     command = "feedalign models --table" + "".join(f" --{k} {v}" for k, v in (("models", args.models),
                                                                                ("rules", args.rules)) if v)
     publish(rows, args.doc, command)
-    print(f"table: {args.doc} ({sum(r['converts'] for r in rows)} runs in {args.out})")
+    print(f"table: {args.doc} ({sum(r['converts'] is True for r in rows)} runs in {args.out})")
     return 0
 
 

@@ -55,7 +55,7 @@ BUDGETS: dict[str, Budget] = {
     "resnet32": Budget("cifar10", 5000, 1000, 1000, 1),
     "resnet56": Budget("cifar10", 5000, 1000, 1000, 1),
     "vit-tiny": Budget("mnist", 10000, 1000, 2000, 2),
-    "lstm": Budget("mnist1d", None, 1000, None, 5),
+    "lstm": Budget("mnist1d", None, 1000, None, 12),
 }
 
 START, END = "<!-- models-table:start -->", "<!-- models-table:end -->"
