@@ -350,8 +350,12 @@ class _Loop:
         run = self.run
         run.epoch = epoch
         trained = _train_epoch(run, epoch, *self.train_set, self.classification, self.callbacks, self.bar)
-        if trained is None:
-            return None
+        return None if trained is None else self.conclude(epoch, trained)
+
+    def conclude(self, epoch: int, trained: "_Trained") -> dict | None:
+        """What follows an epoch's training pass (the run's own, or its share of a population's): the
+        schedule's step, the evaluation, the callbacks; the metrics row, or None if the evaluation diverged."""
+        run = self.run
         run.schedule.step()
         row = self.evaluate(epoch, trained)
         _call(self.callbacks, "on_epoch_end", epoch, row)

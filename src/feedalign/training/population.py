@@ -214,15 +214,11 @@ def _train(runs, loops, bar) -> list:
                 continue
             with warnings.catch_warnings():  # the member's own optimizer never steps: its schedule sets the lr
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
-                run.schedule.step()
-            row = loop.evaluate(epoch, trained[i])
-            engine._call(loop.callbacks, "on_epoch_end", epoch, row)
-            if not all(math.isfinite(row[k]) for k in ("val_loss", "test_loss") if row.get(k) is not None):
-                bar.line(f"epoch {epoch}: evaluation loss is NaN/Inf; stopping (diverged)")
+                row = loop.conclude(epoch, trained[i])  # the engine's own end of an epoch
+            if row is None:
                 diverged[i] = epoch
                 optimizer.lr[i] = 0.0  # it stops: its slice trains on unread
                 continue
-            bar.line(engine._epoch_line(row, run.config))
             metrics[i].append(row)
             loop.save(metrics[i], epoch)
     results = []
