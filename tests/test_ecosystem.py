@@ -380,7 +380,8 @@ def test_wheel_and_sdist_ship_py_typed_and_example_specs_and_the_wheel_runs(tmp_
     names = zipfile.ZipFile(wheel).namelist()
     assert {"feedalign/py.typed", "feedalign/sweeps/examples/sensitivity-init-lr.toml",
             "feedalign/sweeps/examples/sensitivity-dfa-wd.toml", "feedalign/models/__init__.py",
-            "feedalign/bench/__init__.py", "feedalign/rules/fused.py"} <= set(names)
+            "feedalign/bench/__init__.py", "feedalign/rules/fused.py",
+            "feedalign/experiments/paper_numbers.toml"} <= set(names)
     import tarfile
     members = tarfile.open(sdist).getnames()
     assert any(m.endswith("src/feedalign/py.typed") for m in members)
