@@ -320,7 +320,8 @@ def test_a_resumed_run_replays_the_same_crops_and_flips(cifar):
 
 def test_register_model_validates_and_the_registry_builds_it(monkeypatch):
     from feedalign import models
-    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))  # leave the real registry as it was
+    from feedalign.models import registry
+    monkeypatch.setattr(registry, "MODELS", dict(registry.MODELS))  # leave the real registry as it was
     spec = models.ModelSpec(lambda shape, classes, act: nn.Sequential(nn.Flatten(), nn.Linear(8, classes)),
                             inputs="native", description="test", needs="")
     models.register_model("tiny-test", spec)
