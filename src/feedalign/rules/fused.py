@@ -98,10 +98,11 @@ class StackedSignals(abc.ABC):
         Default: False."""
         return False
 
-    def one_hidden_matrix(self, plan: "Plan", inputs: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
+    def one_hidden_matrix(self, plan: "Plan", inputs: list[torch.Tensor]) -> tuple[torch.Tensor, float] | None:
         """``(M', s)`` of :meth:`one_hidden`, asked for at backward time (so a B that follows W sees the W
-        of that step); ``s`` a float goes into the GEMM's alpha. Asked only where :meth:`one_hidden` is True."""
-        raise NotImplementedError(f"{type(self).__name__}.one_hidden is True but it gives no one_hidden_matrix")
+        of that step); ``s`` a float goes into the GEMM's alpha. Asked only where :meth:`one_hidden` is True
+        (a rule that says True overrides this); the default, None, is never asked for."""
+        return None
 
     def direct_source(self, output: torch.Tensor | None, error: torch.Tensor,
                       inputs: list[torch.Tensor]) -> torch.Tensor:
