@@ -126,13 +126,7 @@ class Config:
         """A Config from a flat mapping; an unknown key is an error naming it and the valid ones."""
         if not isinstance(values, dict):
             raise ConfigTypeError(f"{source}: expected a table of settings (key = value), got {type(values).__name__}")
-        if "model" in values:  # `model = "resnet20"`: another name for architecture
-            values = dict(values)
-            model = values.pop("model")
-            if "architecture" in values and values["architecture"] != model:
-                raise ConfigError(f"{source}: model {model!r} and architecture {values['architecture']!r} name "
-                                  "the same setting; give one")
-            values["architecture"] = model
+        values = architecture_alias(values, source)
         unknown = [k for k in values if k not in cls.keys()]
         if unknown:
             raise ConfigError(f"{source}: unknown setting {unknown[0]!r}; valid settings: {', '.join(cls.keys())}")
@@ -302,4 +296,18 @@ def read_mapping(path: str | Path, *, what: str) -> dict:
     if not isinstance(values, dict):
         raise ConfigTypeError(f"{what} {str(path)!r}: expected a table of settings (key = value) at the top, "
                               f"got {type(values).__name__}")
+    return values
+
+
+def architecture_alias(values: dict, source: str) -> dict:
+    """``values`` with ``model = ...`` (another name for ``architecture``) as ``architecture``; both at once
+    must agree (a ConfigError naming ``source`` otherwise)."""
+    if "model" not in values:
+        return values
+    values = dict(values)
+    model = values.pop("model")
+    if "architecture" in values and values["architecture"] != model:
+        raise ConfigError(f"{source}: model {model!r} and architecture {values['architecture']!r} name the same "
+                          "setting; give one")
+    values["architecture"] = model
     return values

@@ -20,20 +20,7 @@ import dataclasses
 from ..errors import ConfigError
 from ..models import recipe_for
 from ..rules import get_rule
-from .config import Config
-
-
-def _architecture_key(layer: dict, source: str) -> dict:
-    """``model = ...`` is another name for ``architecture``; both at once must agree."""
-    if "model" not in layer:
-        return dict(layer)
-    layer = dict(layer)
-    model = layer.pop("model")
-    if "architecture" in layer and layer["architecture"] != model:
-        raise ConfigError(f"{source}: model {model!r} and architecture {layer['architecture']!r} name the same "
-                          "setting; give one")
-    layer["architecture"] = model
-    return layer
+from .config import Config, architecture_alias
 
 
 def resolve(layers: list[tuple[str, dict]] | dict, *, source: str = "settings") -> tuple[Config, dict[str, str]]:
@@ -51,7 +38,7 @@ def resolve(layers: list[tuple[str, dict]] | dict, *, source: str = "settings") 
     for where, layer in layers:
         if not isinstance(layer, dict):
             raise ConfigError(f"{where}: expected a table of settings (key = value), got {type(layer).__name__}")
-        layer = _architecture_key(layer, where)
+        layer = dict(architecture_alias(layer, where))
         unknown = [k for k in layer if k not in keys]
         if unknown:
             raise ConfigError(f"{where}: unknown setting {unknown[0]!r}; valid settings: {', '.join(keys)}")
