@@ -85,6 +85,10 @@ CONTRACTS = {
     "dtp": Contract(reference=None, conv=False, needs_hidden=True, trained_feedback=True,
                     counters=("dtp_noise_draws",)),
     "eqprop": Contract(reference=None, conv=False, has_feedback=False, seeded=False, own_model=True),
+    # pc's update is its inference's (not BP's unless at equilibrium under fixed prediction); its float64 NumPy
+    # reference of inference and update, and the tests against backprop's theory, are in test_pc.py; its errors
+    # travel through W^T itself, so it has no feedback matrices
+    "pc": Contract(reference=None, conv=False, has_feedback=False, seeded=False),
     "chl": Contract(reference=None, conv=False, has_feedback=False, seeded=False, own_model=True,
                     target_context=energy.target),
 }

@@ -14,6 +14,7 @@ from . import wm  # noqa: F401
 from . import drtp  # noqa: F401
 from . import dtp  # noqa: F401
 from . import eqprop, chl  # noqa: F401  (energy networks)
+from . import pc  # noqa: F401
 
 __all__ = ["FeedbackRole", "LearningRule", "exact_gradients", "get_rule", "parse_options", "reference_rule", "register",
            "rules",
