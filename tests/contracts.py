@@ -81,6 +81,9 @@ CONTRACTS = {
     "kp": Contract(trained_feedback=True, fused=True),
     "wm": Contract(after_step=lambda model: wm.mirror(model, 1), fused=True),
     "drtp": Contract(reference="drtp", needs_hidden=True, target_context=drtp.target, fused=True),
+    # DFA's weight gradients; its B_k (views of one Parameter) trained with e^T h_k (test_dkp.py's reference); its
+    # feedback must exist when the optimizer is built, so Conv2d layers after the first are refused
+    "dkp": Contract(reference="dfa", conv=False, needs_hidden=True, trained_feedback=True, fused=True),
     # dtp's float64 reference (weights and inverses, with its noise) is its own, in test_dtp.py
     "dtp": Contract(reference=None, conv=False, needs_hidden=True, trained_feedback=True,
                     counters=("dtp_noise_draws",)),

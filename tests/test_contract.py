@@ -389,7 +389,8 @@ def test_optimizer_touches_only_what_it_should(rule, optimizer):
     names = {name for name, _ in model.named_parameters()}
     params = {id(p) for p in model.parameters()}
     if c.trained_feedback:
-        assert all(id(b) in params for b in feedalign.feedback_matrices(model))
+        # each B a parameter (kp), or a view of one (dkp's B_k are slices of its one feedback Parameter)
+        assert all(id(b) in params or id(b._base) in params for b in feedalign.feedback_matrices(model))
     elif c.own_model:  # the MLP's parameters under the energy network's names
         assert [p.shape for p in model.parameters()] == [p.shape for p in net.parameters()]
         assert not any("feedback" in name for name in names)

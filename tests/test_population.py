@@ -196,8 +196,9 @@ def test_the_stacked_step_is_each_members_own_step(rule, momentum, nesterov):
             output, plain_losses = plain_step.forward(x, y)
             torch.testing.assert_close(plain_losses, losses.detach())
             plain_step.update(plain_losses, (x, y), k + 1)
-    trained_feedback = any(isinstance(b, torch.nn.Parameter) for b in feedalign.feedback_matrices(members[0]))
-    assert (plain_step is None) == trained_feedback  # kp's B takes W's gradient through autograd
+    trained_feedback = any(isinstance(b, torch.nn.Parameter) or isinstance(b._base, torch.nn.Parameter)
+                           for b in feedalign.feedback_matrices(members[0]))  # kp's B, or a view of dkp's
+    assert (plain_step is None) == trained_feedback  # kp's and dkp's B take their gradient through autograd
     for model in (stacked, plain) if plain_step is not None else (stacked,):
         stacked_state = model.state_dict()
         for i, member in enumerate(members):

@@ -12,6 +12,7 @@ from . import sign_symmetry  # noqa: F401  (usf, brsf, frsf)
 from . import kp  # noqa: F401
 from . import wm  # noqa: F401
 from . import drtp  # noqa: F401
+from . import dkp  # noqa: F401  (direct Kolen-Pollack)
 from . import dtp  # noqa: F401
 from . import eqprop, chl  # noqa: F401  (energy networks)
 from . import pc  # noqa: F401

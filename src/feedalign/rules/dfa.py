@@ -45,20 +45,40 @@ from .base import FeedbackRole, LearningRule, forward_flops, register, sample_fe
 
 
 class _DirectFeedback(torch.autograd.Function):
-    """Identity on the output ``y``; backward sends ``e`` to ``y`` and ``e B_k`` to each hidden ``h_k``."""
+    """Identity on the output ``y``; backward sends ``e`` to ``y`` and ``e B_k`` to each hidden ``h_k``.
+
+    A ``feedback`` that requires grad (dkp's, a Parameter) receives :func:`direct_feedback_gradient`
+    ``e^T [h_1 ... h_K]``; only then are the ``h_k`` saved."""
 
     @staticmethod
     def forward(ctx, output, feedback, widths, *hidden):
-        ctx.save_for_backward(feedback)
+        ctx.trains_feedback = ctx.needs_input_grad[1]
+        ctx.save_for_backward(feedback, *(hidden if ctx.trains_feedback else ()))
         ctx.widths, ctx.n_lead = widths, output.dim() - 1
         ctx.hidden_shapes = [h.shape for h in hidden]
         return output.view_as(output)
 
     @staticmethod
     def backward(ctx, error):
-        (feedback,) = ctx.saved_tensors
-        signals = error.reshape(-1, error.shape[-1]).mm(feedback).split(ctx.widths, dim=1)
-        return (error, None, None, *(spread(s, shape, ctx.n_lead) for s, shape in zip(signals, ctx.hidden_shapes)))
+        feedback, *hidden = ctx.saved_tensors
+        flat = error.reshape(-1, error.shape[-1])
+        signals = flat.mm(feedback).split(ctx.widths, dim=1)
+        grad_feedback = None
+        if ctx.trains_feedback:
+            grad_feedback = direct_feedback_gradient(flat, [h.reshape(len(flat), -1) for h in hidden])
+        return (error, grad_feedback, None,
+                *(spread(s, shape, ctx.n_lead) for s, shape in zip(signals, ctx.hidden_shapes)))
+
+
+def direct_feedback_gradient(error: torch.Tensor, hidden) -> torch.Tensor:
+    """``e^T [h_1 ... h_K]``: the outer products of the output error ``e`` (N, out) with every hidden
+    output ``h_k`` (N, w_k), side by side as the fused ``feedback`` (out, sum of widths) lays out the B_k.
+    ``hidden`` a list of (N, w_k), or one (K, N, w) stack; with stacked members every tensor has a leading
+    member dimension (e (M, N, out), h_k (M, N, w_k)). The gradient dkp gives its B_k."""
+    if isinstance(hidden, torch.Tensor):  # (K, N, w) -> (K, out, w) in one matmul -> (out, K*w)
+        per_layer = torch.matmul(error.mT, hidden)
+        return per_layer.transpose(0, 1).reshape(error.shape[-1], -1)
+    return torch.cat([torch.matmul(error.mT, h) for h in hidden], dim=-1)
 
 
 class DirectSignals(fused.StackedSignals):
