@@ -256,3 +256,29 @@ def test_a_rule_registered_later_trains_in_a_population(sample_rule):
         F.cross_entropy(member(x[i]), y[i]).backward()
         for (name, p), q in zip(member.named_parameters(), stacked.parameters()):
             torch.testing.assert_close(q.grad[i], p.grad, msg=name)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")  # members' optimizers never step
+def test_the_engine_holds_every_members_run_directory_while_it_trains(tmp_path):
+    """A population is the engine's run of N configs (train_together): each member's directory is locked as a
+    separate run's is, so a resume from another caller is refused until the population ends."""
+    from feedalign.errors import RunDirError
+    from feedalign.training import engine
+    from feedalign.training.population import PopulationTrainer
+
+    base = Config(**SMALL, rule="fa", out_dir=str(tmp_path))
+    configs = [base.replace(seed=s, name=f"m{s}") for s in (0, 1)]
+    refused = []
+
+    class Probing(PopulationTrainer):
+        def train_epoch(self, epoch, members):
+            for loop in self.loops:
+                with pytest.raises(RunDirError, match="run directory"):
+                    resume(loop.run.run_dir, progress="none")
+                refused.append((epoch, loop.run.config.name))
+            return super().train_epoch(epoch, members)
+
+    results = engine.train_together(configs, Probing, progress="none")
+    assert refused == [(1, "m0"), (1, "m1"), (2, "m0"), (2, "m1")]
+    assert [r.summary["epochs_completed"] for r in results] == [2, 2]
+    assert resume(results[0].run_dir, progress="none").summary == results[0].summary  # free once it ended

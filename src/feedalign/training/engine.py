@@ -5,9 +5,15 @@ trains on shuffled minibatches, evaluates validation and test sets under
 ``torch.inference_mode`` (the rules' hooks fall back to the plain forward pass
 without grad), writes the metrics, then a checkpoint. A NaN/Inf loss stops the
 run at once, leaving the last good checkpoint.
+
+The pass over the training set is an :class:`EpochTrainer`: the engine's own for one run, or one
+that trains several runs at once (population training, :mod:`feedalign.training.population`,
+through :func:`train_together`); everything else (run directories, evaluation, schedules,
+callbacks, checkpoints, divergence, summaries) is this module's, the same for both.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
@@ -17,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -270,8 +276,10 @@ def _seed_globals(seed: int) -> None:
     np.random.seed(s % 2**32)
 
 
-def _epoch_generator(config: Config, epoch: int, stream: int = 0) -> torch.Generator:
-    """Data order (stream 0) of ``epoch``: a function of (seed, epoch) only, so a resumed epoch replays exactly."""
+def epoch_generator(config: Config, epoch: int, stream: int = 0) -> torch.Generator:
+    """The random stream ``stream`` of ``epoch``: 0 the data order, 1 the rule's after-step noise, 2 the
+    augmentation. A function of (seed, epoch, stream) only, so a resumed epoch replays exactly, and a run
+    trained in a population draws what its separate run draws."""
     entropy = [derived_seeds(config.seed)["data"], epoch] + ([stream] if stream else [])
     seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
     return torch.Generator().manual_seed(seed)
@@ -282,7 +290,7 @@ def _run(run: Run, *, start: dict | None, callbacks, bar: "_Progress") -> RunRes
     loop = _Loop(run, _with_config_callbacks(run.config, callbacks), bar)
     try:
         metrics, first_epoch = loop.begin(start)
-        diverged_at = loop.train_epochs(metrics, first_epoch)
+        (diverged_at,) = _train_epochs([loop], _OneRun(loop), [metrics], [first_epoch])
     except BaseException as err:
         loop.abort(err)
         raise
@@ -290,6 +298,105 @@ def _run(run: Run, *, start: dict | None, callbacks, bar: "_Progress") -> RunRes
         run._close()
     loop.bar.close()
     return loop.finish(metrics, diverged_at)
+
+
+def train_together(configs: list[Config], make_trainer: Callable[[list["_Loop"]], "EpochTrainer"], *,
+                   datasets: list | None = None, progress: str = "auto",
+                   check: Callable[[Run], str | None] | None = None) -> list[RunResult]:
+    """Train ``configs`` from scratch as ordinary runs, each in its own run directory, whose passes over
+    the training set one :class:`EpochTrainer` takes together: ``make_trainer(loops)``, called once the
+    runs are built and seeded (``loops[i].run`` is config i's :class:`Run`, ``loops[i].train_set`` its
+    training tensors on the device). ``check(run)``: why a built run cannot train this way (a
+    ValueError before any directory is made), or None. Returns one :class:`RunResult` per config."""
+    if not configs:
+        raise ValueError("train_together needs at least one config")
+    datasets = list(datasets) if datasets is not None else [None] * len(configs)
+    bar = _Progress(progress, configs[0])
+    runs, loops = [], []
+    with contextlib.ExitStack() as locks:  # every run directory held until the runs end
+        try:
+            runs = [_prepare(config, data) for config, data in zip(configs, datasets)]
+            reason = next((r for r in map(check, runs) if r is not None), None) if check else None
+            if reason is not None:
+                raise ValueError(reason)
+            for run in runs:
+                run.run_dir = _new_run_dir(run.config)
+                locks.enter_context(_create_run_dir(run.run_dir, run.config))
+                loops.append(_Loop(run, _with_config_callbacks(run.config, ()), bar))
+            metrics = [loop.begin(None)[0] for loop in loops]
+            diverged = _train_epochs(loops, make_trainer(loops), metrics, [1] * len(loops))
+        except BaseException as err:
+            for loop in loops:
+                loop.abort(err)
+            bar.close()
+            raise
+        finally:
+            for run in runs:
+                run._close()
+        bar.close()
+        return [loop.finish(rows, at) for loop, rows, at in zip(loops, metrics, diverged)]
+
+
+class EpochTrainer:
+    """One pass over the training set of each of the engine's runs (one run, or several taken together).
+
+    The engine calls :meth:`train_epoch` once per epoch with the runs still training, then ends each
+    run's epoch itself (schedule, evaluation, callbacks, checkpoint: ``_Loop.conclude``).
+    """
+
+    def train_epoch(self, epoch: int, members: list[int]) -> list[Trained | None]:
+        """Train runs ``members`` (indices into the engine's loops) for ``epoch``: per member what its pass
+        measured, or None if its loss went NaN/Inf (that run stops, the others go on). A run's
+        ``optimizer`` lr is its schedule's for this epoch; its ``step`` counts the steps taken."""
+        raise NotImplementedError
+
+    def stop(self, member: int) -> None:
+        """Run ``member`` stopped after an epoch (its evaluation diverged): it trains no more."""
+
+
+class _OneRun(EpochTrainer):
+    """The engine's own pass for a single run: :func:`_train_epoch`."""
+
+    def __init__(self, loop: "_Loop"):
+        self.loop = loop
+
+    def train_epoch(self, epoch, members):
+        loop = self.loop
+        return [_train_epoch(loop.run, epoch, *loop.train_set, loop.classification, loop.callbacks, loop.bar)]
+
+
+def _train_epochs(loops: list["_Loop"], trainer: EpochTrainer, metrics: list[list[dict]],
+                  first_epochs: list[int]) -> list[int | None]:
+    """Train every loop from its first epoch to ``config.epochs`` (or its ``stop_train_error``), appending to its
+    ``metrics``; per loop the epoch it diverged at, or None."""
+    diverged: list[int | None] = [None] * len(loops)
+    done = [False] * len(loops)
+    for epoch in range(min(first_epochs), max(loop.run.config.epochs for loop in loops) + 1):
+        members = []
+        for i, loop in enumerate(loops):
+            config = loop.run.config
+            if done[i] or diverged[i] is not None or epoch < first_epochs[i] or epoch > config.epochs:
+                continue
+            if _training_error_reached(metrics[i], config.stop_train_error):
+                loop.bar.line(f"epoch {epoch - 1}: running mean training error at or below "
+                              f"{config.stop_train_error}; stopping")
+                done[i] = True
+                continue
+            loop.run.epoch = epoch
+            members.append(i)
+        if not members:
+            if all(done[i] or diverged[i] is not None or loops[i].run.config.epochs < epoch for i in range(len(loops))):
+                break
+            continue
+        for i, trained in zip(members, trainer.train_epoch(epoch, members)):
+            row = None if trained is None else loops[i].conclude(epoch, trained)
+            if row is None:
+                diverged[i] = epoch
+                trainer.stop(i)
+                continue
+            metrics[i].append(row)
+            loops[i].save(metrics[i], epoch)
+    return diverged
 
 
 def _with_config_callbacks(config: Config, callbacks) -> list:
@@ -330,30 +437,8 @@ class _Loop:
         run.model.train()
         return metrics, first_epoch
 
-    def train_epochs(self, metrics: list[dict], first_epoch: int) -> int | None:
-        """Train up to ``config.epochs`` (or until ``stop_train_error``), appending to ``metrics``; the epoch it
-        diverged at, or None."""
-        for epoch in range(first_epoch, self.run.config.epochs + 1):
-            if _training_error_reached(metrics, self.run.config.stop_train_error):
-                self.bar.line(f"epoch {epoch - 1}: running mean training error at or below "
-                              f"{self.run.config.stop_train_error}; stopping")
-                break
-            row = self.epoch(epoch)
-            if row is None:
-                return epoch
-            metrics.append(row)
-            self.save(metrics, epoch)
-        return None
-
-    def epoch(self, epoch: int) -> dict | None:
-        """Train and evaluate one epoch; its metrics row, or None if the loss went NaN/Inf."""
-        run = self.run
-        run.epoch = epoch
-        trained = _train_epoch(run, epoch, *self.train_set, self.classification, self.callbacks, self.bar)
-        return None if trained is None else self.conclude(epoch, trained)
-
-    def conclude(self, epoch: int, trained: "_Trained") -> dict | None:
-        """What follows an epoch's training pass (the run's own, or its share of a population's): the
+    def conclude(self, epoch: int, trained: Trained) -> dict | None:
+        """What follows an epoch's training pass (the run's own, or its share of several runs' pass): the
         schedule's step, the evaluation, the callbacks; the metrics row, or None if the evaluation diverged."""
         run = self.run
         run.schedule.step()
@@ -365,7 +450,7 @@ class _Loop:
         self.bar.line(_epoch_line(row, run.config))
         return row
 
-    def evaluate(self, epoch: int, trained: "_Trained") -> dict:
+    def evaluate(self, epoch: int, trained: Trained) -> dict:
         """The epoch's metrics row; its columns keep this order in metrics.jsonl and metrics.csv."""
         t0 = time.perf_counter()
         row = {"epoch": epoch, "train_loss": trained.loss, "train_accuracy": trained.accuracy}
@@ -420,7 +505,7 @@ def _restore(run: Run, state: dict) -> None:
     run.step = state["step"]
 
 
-class _Trained(NamedTuple):
+class Trained(NamedTuple):
     """What one pass over the training set measured (accuracy is None for regression)."""
 
     loss: float | None
@@ -429,7 +514,7 @@ class _Trained(NamedTuple):
     seconds: float
 
 
-_UNTRAINED = _Trained(loss=None, accuracy=None, lr=0.0, seconds=0.0)  # epoch 0: the model before any step
+_UNTRAINED = Trained(loss=None, accuracy=None, lr=0.0, seconds=0.0)  # epoch 0: the model before any step
 
 
 def _call(callbacks, hook: str, *args) -> None:
@@ -440,21 +525,21 @@ def _call(callbacks, hook: str, *args) -> None:
             method(*args)
 
 
-def _train_epoch(run: Run, epoch: int, x, y, classification: bool, callbacks, bar) -> _Trained | None:
+def _train_epoch(run: Run, epoch: int, x, y, classification: bool, callbacks, bar) -> Trained | None:
     """One pass over the training set; what it measured, or None if the loss went NaN/Inf."""
     config, model, optimizer = run.config, run.model, run.optimizer
     lr = optimizer.param_groups[0]["lr"]
     total, correct, seen = 0.0, 0, 0
     n_batches = math.ceil(len(x) / config.batch_size)
     bar.start_epoch(epoch, n_batches)
-    step = Step(model, optimizer, run.loss_fn, generator=_epoch_generator(config, epoch, stream=1),
+    step = Step(model, optimizer, run.loss_fn, generator=epoch_generator(config, epoch, stream=1),
                 clip=config.clip_grad_norm)
     # Bound once per epoch, not looked up per step: on small networks a step is well under a millisecond.
     on_step = [m for m in (getattr(cb, "on_step", None) for cb in callbacks) if m is not None]
     bar_update = bar.update if bar.mode == "bar" else None
     augment = _augmentation(run, epoch)
     t0 = time.perf_counter()
-    for xb, yb in batches(x, y, config.batch_size, shuffle=True, generator=_epoch_generator(config, epoch)):
+    for xb, yb in batches(x, y, config.batch_size, shuffle=True, generator=epoch_generator(config, epoch)):
         if augment is not None:
             xb = augment(xb)
         out, loss = step.forward(xb, yb)
@@ -474,7 +559,7 @@ def _train_epoch(run: Run, epoch: int, x, y, classification: bool, callbacks, ba
             method(run.step, model, (xb, yb))
         if bar_update is not None:
             bar_update()
-    return _Trained(loss=total / seen, accuracy=correct / seen if classification else None, lr=lr,
+    return Trained(loss=total / seen, accuracy=correct / seen if classification else None, lr=lr,
                     seconds=time.perf_counter() - t0)
 
 
@@ -483,7 +568,7 @@ def _augmentation(run: Run, epoch: int):
     the epoch's seed, so a resumed epoch sees the same crops and flips."""
     if run.config.augment == "none":
         return None
-    generator = _epoch_generator(run.config, epoch, stream=2)
+    generator = epoch_generator(run.config, epoch, stream=2)
     pad_value = getattr(run.data, "pad_value", None)
     return lambda xb: random_crop_flip(xb, padding=4, generator=generator, pad_value=pad_value)
 

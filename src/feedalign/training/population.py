@@ -149,7 +149,10 @@ def train_population(configs: list[Config], datasets: list | None = None, *, pro
                      ) -> list:
     """Train ``configs`` (one population: equal :func:`population_key`, all supported) as one batched
     model; returns one :class:`~feedalign.training.RunResult` per config, in order, each with its own
-    ordinary run directory. ``datasets[i]``: config i's data splits if already loaded."""
+    ordinary run directory. ``datasets[i]``: config i's data splits if already loaded.
+
+    The engine runs it (:func:`~feedalign.training.engine.train_together`): this module only supplies the
+    pass over the training set that steps every member at once (:class:`PopulationTrainer`)."""
     if not configs:
         raise ValueError("train_population needs at least one config")
     keys = {population_key(c) for c in configs}
@@ -159,78 +162,52 @@ def train_population(configs: list[Config], datasets: list | None = None, *, pro
     reason = next((r for r in map(unsupported, configs) if r is not None), None)
     if reason is not None:
         raise ValueError(f"train_population: {reason}")
-    datasets = list(datasets) if datasets is not None else [None] * len(configs)
-    runs, loops = [], []
-    bar = engine._Progress(progress, configs[0])
-    try:
-        for config, data in zip(configs, datasets):
-            run = engine._prepare(config, data)
-            if run.loss_name != "cross_entropy":
-                raise ValueError(f"train_population: loss {run.loss_name!r} (needs cross_entropy)")
-            run.run_dir = engine._new_run_dir(config)
-            engine._create_run_dir(run.run_dir, config)
-            runs.append(run)
-        loops = [engine._Loop(run, engine._with_config_callbacks(run.config, ()), bar) for run in runs]
-        return _train(runs, loops, bar)
-    except BaseException as err:
-        for loop in loops:
-            loop.abort(err)
-        for run in runs[len(loops):]:
-            engine.shutil.rmtree(run.run_dir, ignore_errors=True)
-        raise
-    finally:
-        for run in runs:
-            run._close()
+
+    def check(run):
+        if run.loss_name != "cross_entropy":
+            return f"train_population: loss {run.loss_name!r} (needs cross_entropy)"
+        return None
+
+    with warnings.catch_warnings():  # the members' own optimizers never step: their schedules set the lr
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+        return engine.train_together(configs, PopulationTrainer, datasets=datasets, progress=progress, check=check)
 
 
-def _train(runs, loops, bar) -> list:
-    config, device = runs[0].config, runs[0].device
-    metrics, diverged = [], [None] * len(runs)
-    for loop in loops:
-        metrics.append(loop.begin(None)[0])
-    models = [run.model for run in runs]
-    population = fused.stack_members(models, learning_rule(models[0]).fused_signals())
-    dtype = next(population.parameters()).dtype
-    lr = torch.tensor([run.config.lr for run in runs], dtype=dtype, device=device)
-    decay = torch.tensor([run.config.weight_decay for run in runs], dtype=lr.dtype, device=device)
-    optimizer = make_population_optimizer(config, population.parameters(), lr, decay)
-    for epoch in range(1, config.epochs + 1):
-        alive = [i for i, d in enumerate(diverged) if d is None]
-        if not alive:
-            break
-        for i in alive:
-            runs[i].epoch = epoch
-            # each member's own schedule (stepped after every epoch, below) sets its lr for this epoch
-            optimizer.lr[i] = runs[i].optimizer.param_groups[0]["lr"]
-        trained = _train_epoch(runs, loops, population, optimizer, epoch, alive, bar)
-        for i in alive:
+class PopulationTrainer(engine.EpochTrainer):
+    """The engine's pass over the training set for N runs stacked into one model (one per engine loop).
+
+    After each epoch every member's own model and optimizer state get their slice of the population's, so
+    the engine evaluates, checkpoints and resumes each member as a separate run.
+    """
+
+    def __init__(self, loops):
+        self.loops = loops
+        self.runs = [loop.run for loop in loops]
+        run = self.runs[0]
+        models = [r.model for r in self.runs]
+        self.population = fused.stack_members(models, learning_rule(models[0]).fused_signals())
+        dtype = next(self.population.parameters()).dtype
+        lr = torch.tensor([r.config.lr for r in self.runs], dtype=dtype, device=run.device)
+        decay = torch.tensor([r.config.weight_decay for r in self.runs], dtype=dtype, device=run.device)
+        self.optimizer = make_population_optimizer(run.config, self.population.parameters(), lr, decay)
+
+    def train_epoch(self, epoch, members):
+        for i in members:  # each member's own schedule (stepped by the engine after every epoch) sets its lr
+            self.optimizer.lr[i] = self.runs[i].optimizer.param_groups[0]["lr"]
+        trained = _train_epoch(self.runs, self.loops, self.population, self.optimizer, epoch, members,
+                               self.loops[0].bar)
+        for i in members:
             if trained[i] is not None:
-                fused.unstack_member(population, i, models[i])
-        _copy_state(optimizer, population, runs)
-        for i in alive:
-            loop, run = loops[i], runs[i]
-            if trained[i] is None:  # _train_epoch stopped it
-                diverged[i] = epoch
-                continue
-            with warnings.catch_warnings():  # the member's own optimizer never steps: its schedule sets the lr
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
-                row = loop.conclude(epoch, trained[i])  # the engine's own end of an epoch
-            if row is None:
-                diverged[i] = epoch
-                optimizer.lr[i] = 0.0  # it stops: its slice trains on unread
-                continue
-            metrics[i].append(row)
-            loop.save(metrics[i], epoch)
-    results = []
-    for run, loop, rows, at in zip(runs, loops, metrics, diverged):
-        run._close()
-        results.append(loop.finish(rows, at))
-    bar.close()
-    return results
+                fused.unstack_member(self.population, i, self.runs[i].model)
+        _copy_state(self.optimizer, self.population, self.runs)
+        return [trained[i] for i in members]
+
+    def stop(self, member):
+        self.optimizer.lr[member] = 0.0  # its slice trains on, unread
 
 
 def _train_epoch(runs, loops, population, optimizer, epoch, alive, bar) -> list:
-    """One pass of every live member over its own shuffled training set; per member a ``_Trained`` or
+    """One pass of every live member over its own shuffled training set; per member a ``Trained`` or
     None (its loss went NaN/Inf: it stops, as a separate run would, the others go on)."""
     config = runs[0].config
     n = len(loops[0].train_set[0])
@@ -238,9 +215,9 @@ def _train_epoch(runs, loops, population, optimizer, epoch, alive, bar) -> list:
         raise ValueError("population members must have training sets of one size")
     size, batch = len(runs), config.batch_size
     # the data order of each member's separate run (feedalign.data.batches draws it the same way)
-    orders = torch.stack([torch.randperm(n, generator=engine._epoch_generator(run.config, epoch)) for run in runs])
+    orders = torch.stack([torch.randperm(n, generator=engine.epoch_generator(run.config, epoch)) for run in runs])
     # the rule's after-step noise: each member's separate run's stream
-    generators = [engine._epoch_generator(run.config, epoch, stream=1) for run in runs]
+    generators = [engine.epoch_generator(run.config, epoch, stream=1) for run in runs]
     stacked_step = takes_stacked_step(population)
     step = (StackedStep(population, optimizer, generator=generators) if stacked_step
             else Step(population, optimizer, member_losses, generator=generators))
@@ -313,7 +290,7 @@ def _train_epoch(runs, loops, population, optimizer, epoch, alive, bar) -> list:
     seconds = (time.perf_counter() - t0) / len(alive)
     total, correct = total.tolist(), correct.tolist()
     return [None if (i not in alive or i in stopped) else
-            engine._Trained(loss=total[i] / seen, accuracy=correct[i] / seen, lr=lr0[i], seconds=seconds)
+            engine.Trained(loss=total[i] / seen, accuracy=correct[i] / seen, lr=lr0[i], seconds=seconds)
             for i in range(size)]
 
 
