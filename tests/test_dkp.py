@@ -236,3 +236,21 @@ def test_step_flops_count_the_feedback_gradient():
     widths, n = [6, 5, 5, 4], 10
     dfa, dkp = feedalign.get_rule("dfa").step_flops(widths, n), feedalign.get_rule("dkp").step_flops(widths, n)
     assert dkp - dfa == 2 * n * 4 * 10
+
+
+@pytest.mark.slow
+def test_dkp_mnist_quick(tmp_path, mnist):
+    """`feedalign reproduce dkp-mnist --quick`: both rules train on every network, the searched learner trains at
+    its chosen rate, and the alignment curves are there for the figure."""
+    from feedalign.experiments import run_experiment
+    r = run_experiment("dkp-mnist", quick=True, out=tmp_path, seeds=1, log=lambda *a: None)
+    claims = {c["key"]: c for c in r["claims"]}
+    for net in ("1x100", "3x100"):
+        for rule in ("dfa", "dkp"):
+            assert max(claims[f"{net}_{rule}"]["values"]) < 80  # trains (chance 90%)
+            assert 0 <= claims[f"{net}_{rule}_update_angle"]["values"][0] <= 180
+        gap = claims[f"{net}_dkp_minus_dfa"]["values"][0]
+        assert gap == pytest.approx(claims[f"{net}_dkp"]["values"][0] - claims[f"{net}_dfa"]["values"][0])
+    search = r["search"]["learners"]["1x100 DKP"]
+    assert search["chosen"] == min(search["candidates"], key=lambda c: c["mean"])["fields"]
+    assert (tmp_path / "dkp-mnist" / "dkp-mnist.png").is_file()
