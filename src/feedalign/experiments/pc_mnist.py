@@ -15,8 +15,11 @@ precision 1); the learning rate of each is chosen on a validation split; 3 seeds
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from . import papers
 from ._training import TrainingExperiment
+from .plotting import mean_std_band, pyplot
 from .base import Claim, register
 from .verdicts import Compare
 
@@ -97,7 +100,26 @@ class PredictiveCodingMNIST(TrainingExperiment):
                                 "(degrees, mean over training)", "-",
                                 [sum(a) / len(a) for a in angles], unit="deg"))
         figures = [self.curves(config, runs, out, title=f"{ARCHITECTURE} sigmoid, MNIST: validation error")]
+        if angles:
+            figures.append(self.angle_figure(runs, out))
         return claims, figures
+
+    def angle_figure(self, runs, out):
+        """PC's update angle to backprop's gradient (hidden layers) against training steps, mean ± std over seeds."""
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(6.2, 4.4))
+        seeds = [r["PC"] for r in runs if "PC" in r]
+        mean_std_band(ax, seeds[0]["alignment_steps"], [s["update_angle"] for s in seeds], "PC", marker="o")
+        ax.set(xlabel="training step", ylabel="update angle to backprop's gradient (deg, hidden layers)",
+               title="Predictive coding: alignment with backprop over training")
+        ax.set_ylim(bottom=0)
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        name = f"{self.name}-update-angle.png"
+        fig.savefig(Path(out) / name, dpi=110)
+        plt.close(fig)
+        return name
 
     @staticmethod
     def _quick(config):
