@@ -17,7 +17,7 @@ from torch import nn
 
 import feedalign
 from feedalign.rules import energy
-from feedalign.rules import drtp, wm
+from feedalign.rules import drtp, ff, wm
 from feedalign.rules import trainable_layers
 
 
@@ -94,6 +94,11 @@ CONTRACTS = {
     "pc": Contract(reference=None, conv=False, has_feedback=False, seeded=False),
     "chl": Contract(reference=None, conv=False, has_feedback=False, seeded=False, own_model=True,
                     target_context=energy.target),
+    # forward-forward returns a network of its own (hidden layers by goodness, the last nn.Linear its softmax readout);
+    # its float64 reference (each layer's own goodness-loss gradient, nothing across layers) is in test_ff.py; the
+    # wrong labels of its negative data are drawn per backward from a counter in its state
+    "ff": Contract(reference=None, conv=False, needs_hidden=True, has_feedback=False, seeded=False, own_model=True,
+                   counters=("negative_draws",), target_context=ff.target),
 }
 
 

@@ -16,6 +16,7 @@ from . import dkp  # noqa: F401  (direct Kolen-Pollack)
 from . import dtp  # noqa: F401
 from . import eqprop, chl  # noqa: F401  (energy networks)
 from . import pc  # noqa: F401
+from . import ff  # noqa: F401  (forward-forward)
 
 __all__ = ["FeedbackRole", "LearningRule", "exact_gradients", "get_rule", "parse_options", "reference_rule", "register",
            "rules",
