@@ -17,7 +17,7 @@ from torch import nn
 
 import feedalign
 from feedalign.rules import energy
-from feedalign.rules import drtp, ff, wm
+from feedalign.rules import drtp, ff, pepita, wm
 from feedalign.rules import trainable_layers
 
 
@@ -84,6 +84,9 @@ CONTRACTS = {
     # DFA's weight gradients; its B_k (views of one Parameter) trained with e^T h_k (test_dkp.py's reference); its
     # feedback must exist when the optimizer is built, so Conv2d layers after the first are refused
     "dkp": Contract(reference="dfa", conv=False, needs_hidden=True, trained_feedback=True, fused=True),
+    # two forward passes, no backward one: its float64 reference (pass 2 on the input modulated by e F, the updates
+    # from the passes' difference) is its own, in test_pepita.py; the target is recovered from a mean cross-entropy
+    "pepita": Contract(reference=None, conv=False, needs_hidden=True, target_context=pepita.target),
     # dtp's float64 reference (weights and inverses, with its noise) is its own, in test_dtp.py
     "dtp": Contract(reference=None, conv=False, needs_hidden=True, trained_feedback=True,
                     counters=("dtp_noise_draws",)),

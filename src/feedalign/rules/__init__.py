@@ -13,6 +13,7 @@ from . import kp  # noqa: F401
 from . import wm  # noqa: F401
 from . import drtp  # noqa: F401
 from . import dkp  # noqa: F401  (direct Kolen-Pollack)
+from . import pepita  # noqa: F401  (error-driven input modulation)
 from . import dtp  # noqa: F401
 from . import eqprop, chl  # noqa: F401  (energy networks)
 from . import pc  # noqa: F401
