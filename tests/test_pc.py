@@ -219,6 +219,10 @@ def test_refuses_what_it_cannot_do():
         feedalign.convert(nn.Sequential(nn.Linear(3, 2), nn.Tanh()), "pc")
     with pytest.raises(ValueError, match="with parameters"):
         feedalign.convert(nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2)), "pc")
+    with pytest.raises(ValueError, match="random or keeps state"):
+        feedalign.convert(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Dropout(0.5), nn.Linear(4, 2)), "pc")
+    with pytest.raises(ValueError, match="random or keeps state"):
+        feedalign.convert(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, affine=False), nn.Linear(4, 2)), "pc")
 
     class Wrapped(nn.Module):
         def __init__(self):

@@ -77,8 +77,10 @@ Settings (rule options, or :func:`configure`): ``steps`` T (default 20), ``infer
 authors' code's Euler step ``beta``), ``fixed_prediction`` (0 or 1), ``output_precision`` beta (1). The
 authors' code runs up to 50 steps and stops early once the energy settles; T is fixed here.
 
-What a model must be: an ``nn.Sequential`` of ``nn.Linear`` layers with parameter-free modules between
-them (``feedalign.mlp``), ending with its output ``nn.Linear``. Conv2d and other models are refused.
+What a model must be: an ``nn.Sequential`` of ``nn.Linear`` layers with parameter-free, deterministic,
+stateless modules between them (activations; ``feedalign.mlp``), ending with its output ``nn.Linear``:
+inference evaluates those modules again at every step, so dropout and normalisation are refused, as are
+Conv2d and other models.
 """
 from __future__ import annotations
 
@@ -244,6 +246,12 @@ def _stack(model: nn.Module) -> tuple[list[nn.Linear], list[nn.Sequential]]:
             current = []
         elif any(True for _ in child.parameters()) or any(isinstance(m, nn.Linear) for m in child.modules()):
             raise ValueError(f"{why}; got {type(child).__name__} with parameters")
+        elif any(True for _ in child.buffers()) or any(isinstance(m, nn.modules.dropout._DropoutNd)
+                                                        for m in child.modules()):
+            # inference evaluates these modules again at every step: a dropout mask or running statistics would
+            # change between the forward pass and the steps
+            raise ValueError(f"{why}; got {type(child).__name__}, which is random or keeps state (pc evaluates the "
+                             "modules between layers again at every inference step)")
         elif not linears:
             raise ValueError(f"{why}; got {type(child).__name__} before the first nn.Linear")
         else:
