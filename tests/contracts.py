@@ -46,6 +46,10 @@ class Contract:
     # pass is not the MLP's, its exact gradient is the energy model's (both tested in test_energy.py,
     # with the float64 NumPy references), it keeps the MLP's parameters under other names
     own_model: bool = False
+    # the update reaches each layer as a gradient at its output, which the alignment measures as the signal angle;
+    # False (pepita): the updates come from two forward passes, so no signal angle (NaN, with the reason), and
+    # the output layer learns from the modulated pass's error, near but not at e
+    signals: bool = True
 
 
 def _usf_feedback(model):
@@ -86,7 +90,7 @@ CONTRACTS = {
     "dkp": Contract(reference="dfa", conv=False, needs_hidden=True, trained_feedback=True, fused=True),
     # two forward passes, no backward one: its float64 reference (pass 2 on the input modulated by e F, the updates
     # from the passes' difference) is its own, in test_pepita.py; the target is recovered from a mean cross-entropy
-    "pepita": Contract(reference=None, conv=False, needs_hidden=True, target_context=pepita.target),
+    "pepita": Contract(reference=None, conv=False, needs_hidden=True, target_context=pepita.target, signals=False),
     # dtp's float64 reference (weights and inverses, with its noise) is its own, in test_dtp.py
     "dtp": Contract(reference=None, conv=False, needs_hidden=True, trained_feedback=True,
                     counters=("dtp_noise_draws",)),
