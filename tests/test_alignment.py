@@ -67,6 +67,12 @@ def test_a_model_that_learns_by_backprop_is_measured_in_one_pass(rule, passes):
 def test_output_layer_signal_and_update_are_exact(rule):
     if contract(rule).own_model:
         pytest.skip(f"{rule}: an energy network has no feedforward output layer (its alignment: test_energy.py)")
+    if contract(rule).estimate:  # np, wp: no layer gets e itself; at many perturbations the estimate is near it
+        model = model_for(rule)
+        contract(rule).estimate(model)
+        last = alignment(model, *batch(), F.cross_entropy)[-1]
+        assert last.update_angle < 15 and (math.isnan(last.signal_angle) or last.signal_angle < 15)
+        return
     if not contract(rule).signals:  # pepita: no gradient at the outputs; the output update uses the modulated pass
         last = alignment(model_for(rule), *batch(), F.cross_entropy)[-1]
         assert math.isnan(last.signal_angle) and "no gradient reaches" in last.reason
@@ -93,6 +99,10 @@ def test_every_registered_rule_gets_a_table(rule, loss):
     assert table.rule == rule and len(table) == 3
     if contract(rule).own_model:  # no feedforward signal to compare (update angles: test_energy.py); NaNs say why
         assert all(math.isnan(row.signal_angle) and row.reason for row in table)
+        return
+    if contract(rule).estimate:  # np: its estimate at every layer's output (no layer gets e); wp: none, NaN says why
+        assert all(math.isfinite(row.update_angle) for row in table)
+        assert all(math.isfinite(row.signal_angle) or "no gradient reaches" in row.reason for row in table)
         return
     if not contract(rule).signals:  # two forward passes (pepita): update angles only; NaN signal angles say why
         assert all(math.isnan(row.signal_angle) and "no gradient reaches" in row.reason for row in table)

@@ -199,6 +199,8 @@ def _pass(model, layers, x, y, loss_fn, context):
         signals[k] = grad.detach()  # overwrite: a rule may compute the same gradient twice (IFA)
 
     def record(k, module, args, output):
+        if not torch.is_grad_enabled():
+            return  # not the measured pass: a rule replaying the forward pass inside its backward (np, wp)
         if outputs[k] is not None:
             raise ValueError(f"layer {k + 1} ({type(module).__name__}) ran twice in one forward pass; "
                              "alignment needs each layer once")

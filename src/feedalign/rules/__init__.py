@@ -18,6 +18,7 @@ from . import dtp  # noqa: F401
 from . import eqprop, chl  # noqa: F401  (energy networks)
 from . import pc  # noqa: F401
 from . import ff  # noqa: F401  (forward-forward)
+from . import node_perturbation, weight_perturbation  # noqa: F401  (np, wp)
 
 __all__ = ["FeedbackRole", "LearningRule", "exact_gradients", "get_rule", "parse_options", "reference_rule", "register",
            "rules",
