@@ -18,6 +18,7 @@ from torch import nn
 import feedalign
 from feedalign.rules import energy
 from feedalign.rules import drtp, ff, pepita, wm
+from feedalign.rules import _perturbation
 from feedalign.rules import trainable_layers
 
 
@@ -46,6 +47,12 @@ class Contract:
     # pass is not the MLP's, its exact gradient is the energy model's (both tested in test_energy.py,
     # with the float64 NumPy references), it keeps the MLP's parameters under other names
     own_model: bool = False
+    # the update is a stochastic estimate of the gradient (np, wp), the gradient of no batch exactly: this sets
+    # the converted model to so many perturbations that the estimate is near its mean, and the tests that compare
+    # a layer's update with an exact one (a single layer; a frozen first layer, whose nodes or weights are then
+    # left unperturbed, so the other layers' noise differs) check that the whole update (every parameter,
+    # concatenated) is within 30 degrees of the exact gradient instead
+    estimate: Callable[[nn.Module], object] | None = None
     # the update reaches each layer as a gradient at its output, which the alignment measures as the signal angle;
     # False (pepita): the updates come from two forward passes, so no signal angle (NaN, with the reason), and
     # the output layer learns from the modulated pass's error, near but not at e
@@ -68,6 +75,10 @@ def _brsf_feedback(model):  # the magnitude of the next draw, with the signs of 
 def _frsf_feedback(model):
     return [layer.feedback_magnitude.numpy() * np.sign(layer.weight.detach().numpy())
             for layer in trainable_layers(model)]
+
+
+def _many_perturbations(model):
+    return _perturbation.configure(model, sigma=1e-2, samples=4000, antithetic=True)
 
 
 DEFAULT = Contract()
@@ -106,6 +117,13 @@ CONTRACTS = {
     # wrong labels of its negative data are drawn per backward from a counter in its state
     "ff": Contract(reference=None, conv=False, needs_hidden=True, has_feedback=False, seeded=False, own_model=True,
                    counters=("negative_draws",), target_context=ff.target),
+    # node and weight perturbation: the estimate's mean and 1/K variance against the true gradient, and a float64
+    # NumPy reference of one estimate given its noise, are in test_perturbation.py; no feedback matrices; the
+    # noise comes from convert's seed through a counter buffer that every training forward pass advances
+    "np": Contract(reference=None, has_feedback=False, seeded=False, counters=("perturbation_draws",),
+                   target_context=_perturbation.target, estimate=_many_perturbations),
+    "wp": Contract(reference=None, has_feedback=False, seeded=False, counters=("perturbation_draws",),
+                   target_context=_perturbation.target, estimate=_many_perturbations),
 }
 
 
