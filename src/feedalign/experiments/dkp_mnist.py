@@ -29,7 +29,9 @@ from .verdicts import Compare
 
 RULES = ("dfa", "dkp")
 FINAL = "final_test_error"  # as nokland-mnist: all 60000 images train, the final network is tested
-LR_GRID = (3e-4, 1e-3, 3e-3)
+# a first search over (3e-4, 1e-3, 3e-3) chose its top for all four learners (validation error after 4 epochs:
+# 1x800 DFA 4.19, DKP 3.91; 7x240 DFA 5.24, DKP 5.82 %), so the grid moved up by one step
+LR_GRID = (1e-3, 3e-3, 1e-2)
 ALIGNMENT_EVERY = 500  # optimizer steps between alignment measurements (update angle to the true gradient)
 
 
