@@ -66,7 +66,7 @@ def test_a_model_that_learns_by_backprop_is_measured_in_one_pass(rule, passes):
 @pytest.mark.parametrize("rule", RULES)
 def test_output_layer_signal_and_update_are_exact(rule):
     if contract(rule).own_model:
-        pytest.skip(f"{rule}: an energy network has no feedforward output layer (its alignment: test_energy.py)")
+        pytest.skip(f"{rule}: a network of the rule's own (its alignment: test_energy.py, test_ff.py)")
     if contract(rule).estimate:  # np, wp: no layer gets e itself; at many perturbations the estimate is near it
         model = model_for(rule)
         contract(rule).estimate(model)
