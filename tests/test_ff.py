@@ -94,7 +94,8 @@ def test_each_layer_gets_the_gradient_of_its_own_goodness_loss(activation, given
     weights, biases = numpy_params(model)
     negatives = model.negative_labels(y, 0).numpy()
     assert (negatives != y.numpy()).all()
-    expected, _, logits = reference(weights, biases, x.numpy(), y.numpy(), negatives, 0.7, activation, ce_error(y.numpy()))
+    expected, _, logits = reference(weights, biases, x.numpy(), y.numpy(), negatives, 0.7, activation,
+                                    ce_error(y.numpy()))
     if given:
         with ff.target(model, y):
             out = model(x)

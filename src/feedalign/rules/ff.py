@@ -10,10 +10,10 @@ activity ``h_k`` (row vectors, batch of N): its goodness
 should be high for positive data and low for negative data: the probability that an input is positive is
 the logistic of goodness minus a threshold (Section 2). Here the goodness enters per unit,
 ``p = sigma(G_k / width_k - theta)``: the paper's ``sigma(G_k - theta_k)`` with ``theta_k = theta width_k``
-and the logit divided by the width, as common reimplementations do (with the logit ``G_k - theta_k`` itself, a
-500-unit layer's logits span hundreds, the logistic saturates on most examples, and a 784-500-500-10 network
-learned no better than chance in 200 Adam steps here). Its loss is the logistic loss of that classification,
-averaged over the batch:
+and the logit divided by the width, as common reimplementations do (the logit ``G_k - theta_k`` itself spans
+hundreds on a 500-unit layer, so the logistic saturates on most examples; in one short check here, 200 Adam
+steps of a 784-500-500-10 network, the per-unit logit classified 15 % of validation images right and the summed
+one 2 %: early, and one run). Its loss is the logistic loss of that classification, averaged over the batch:
 
     L_k = mean_n softplus(theta - G_k(h_k^+_n) / width_k) + mean_n softplus(G_k(h_k^-_n) / width_k - theta)
 
@@ -68,7 +68,6 @@ and no signal at a layer's output that stands in for backprop's, so the signal a
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 import torch.nn.functional as F
