@@ -254,3 +254,11 @@ def test_dkp_mnist_quick(tmp_path, mnist):
     search = r["search"]["learners"]["1x100 DKP"]
     assert search["chosen"] == min(search["candidates"], key=lambda c: c["mean"])["fields"]
     assert (tmp_path / "dkp-mnist" / "dkp-mnist.png").is_file()
+
+
+def test_describe_names_the_trained_feedback():
+    """The root's feedback Parameter is the rule's, not a module left on backprop."""
+    rows = feedalign.describe(_model())
+    assert rows.backprop == [] and set(rows.counts()) == {"dkp"}
+    (row,) = [r for r in rows if r.parameter == "feedback"]
+    assert row.module == "" and "trained by the rule" in row.why

@@ -164,6 +164,13 @@ def _describe(model: nn.Module, rule: LearningRule) -> ModelDescription:
     rows: list[SignalPath] = []
     opaque: dict[str, str] = {}  # name prefix of an opaque module -> its class name
     seen: set[int] = set()
+    # feedback a converted model's rule trains (dkp's on the root, where no layer's handler would name it)
+    trained: set[int] = set()
+    if getattr(model, RULE_ATTRIBUTE, None) is rule:
+        try:
+            trained = {id(t) for b in rule.feedback_matrices(model) for t in (b, b._base) if t is not None}
+        except ValueError:  # dfa on Conv2d layers before its first forward pass: no feedback drawn yet, none trained
+            pass
     for name, module in model.named_modules():
         handler = handler_for(module)
         owner = next((o for p, o in opaque.items() if p == "" or name.startswith(p + ".")), None)
@@ -179,6 +186,8 @@ def _describe(model: nn.Module, rule: LearningRule) -> ModelDescription:
             if rule.exact and signal == "backprop":
                 signal = rule.name
             why = handler.why if handler.signal != "rule" or not rule.exact else "backprop (the rule asked for)"
+            if id(param) in trained:
+                signal, why = rule.name, "the rule's feedback, trained by the rule"
             rows.append(SignalPath(name, type(module).__name__, pname, tuple(param.shape), signal, why))
     return ModelDescription(rows, rule.name, rule.exact)
 
