@@ -93,6 +93,15 @@ def test_linear_quick(out):
 
 
 @pytest.mark.slow
+def test_linear_np_quick(out):
+    r = run_experiment("linear-np", quick=True, out=out, seeds=1, log=lambda *a: None)
+    assert_reproduced(r, "np_slower")
+    run = r["runs"][0]
+    assert run["np_error"][-1] < 0.5 * run["np_error"][0]  # slower, but it learns
+    assert set(r["search"]["chosen"]) == {"bp", "fa", "np", "wp"}
+
+
+@pytest.mark.slow
 def test_nonlinear_quick(out):
     r = run_experiment("nonlinear", quick=True, out=out, seeds=1, log=lambda *a: None)
     assert_reproduced(r, "30-20-10_fa_below_shallow")
