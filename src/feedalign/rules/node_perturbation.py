@@ -17,7 +17,9 @@ how ``dL_n`` is measured, the centred variant and the samples K)::
 
 ``E[delta_hat_l] -> dL/da_l`` (backprop's delta) as sigma -> 0, so the update is an unbiased estimate
 of the gradient in that limit; its variance grows with the number of perturbed units and falls as 1/K.
-``h_{l-1}`` is the layer's input in the clean pass.
+``h_{l-1}`` is the layer's input in the clean pass. Werfel, Xie & Seung's abstract (read here) gives the
+cost: for a linear perceptron at its fastest learning rate, node perturbation learns slower than gradient
+descent by a factor equal to the number of output units.
 
 How it runs: the forward pass is the clean one. Every layer takes its input *detached*, so no gradient
 runs between layers; each learning layer's output ``a_l`` is recorded, and the root's output goes

@@ -1,5 +1,6 @@
 """Weight perturbation (Jabri & Flower 1992, "Weight perturbation: an optimal architecture and learning
-technique for analog VLSI feedforward and recurrent multilayer networks", IEEE Trans. Neural Netw. 3;
+technique for analog VLSI feedforward and recurrent multilayer networks", IEEE Trans. Neural Netw. 3, and
+Neural Comput. 3 (1991) under the same title;
 Cauwenberghs 1993, "A fast stochastic error-descent algorithm for supervised learning and
 optimization", NIPS 5; analysed beside node perturbation and gradient descent by Werfel, Xie & Seung
 2005, Neural Computation 17). Equation numbers of these papers were not read here; the estimator below
@@ -14,7 +15,9 @@ batch; the change of the batch's loss ``dL = L(w + xi) - L(w)`` is correlated wi
     dw_hat = (1 / (K sigma^2)) sum_k dL_k xi_k
 
 ``E[dw_hat] -> dL/dw`` as sigma -> 0; the variance grows with the number of parameters perturbed
-(against node perturbation's number of units times examples) and falls as 1/K.
+(against node perturbation's number of units times examples) and falls as 1/K. Werfel, Xie & Seung's
+abstract (read here): for a linear perceptron at the fastest learning rates, weight perturbation is
+slower than node perturbation by a further factor equal to the number of input units.
 
 How it runs: the forward pass is the clean one; the root's output goes through one autograd Function
 whose inputs are the parameters. ``loss.backward()`` reaches it with ``e = dL/dy``; its backward replays
