@@ -6,7 +6,8 @@ import torch
 
 from feedalign.cli import main
 from feedalign.diagnostics import AlignmentCallback
-from feedalign.diagnostics.plots import hidden_activations, load_run
+from feedalign.diagnostics.plots import hidden_activations
+from feedalign.training.checkpoint import load_run
 from feedalign.training.config import Config
 from feedalign.training.engine import train
 

@@ -5,14 +5,13 @@
     loss = criterion(model(x), y); loss.backward(); optimizer.step()
 """
 from . import data, diagnostics
+from ._version import __version__  # noqa: F401  (feedalign.__version__)
 from .convert import convert, describe, feedback_matrices, learning_rule, rule_of
 from .diagnostics import alignment
-from .models import lenet5, mlp, nokland_conv, parse_sizes
+from .models import lenet5, lstm_classifier, mlp, nokland_conv, parse_sizes, vit_tiny
 from .rules import exact_gradients, get_rule, register, rules
-from .models import lstm_classifier, vit_tiny
-from .training import compare, resume, train
-
-__version__ = "0.1.0"
+from .sweeps import compare
+from .training import resume, train
 
 __all__ = ["alignment", "compare", "convert", "data", "describe", "diagnostics", "exact_gradients", "feedback_matrices",
            "get_rule", "learning_rule", "lenet5", "lstm_classifier", "mlp", "nokland_conv", "parse_sizes", "register",

@@ -6,6 +6,9 @@ so ``except ValueError`` (or ``TypeError``) keeps catching them.
 """
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 
 class FeedalignError(Exception):
     """Base class: an input the user can fix (a setting, a file, a directory); the message says how."""
@@ -45,8 +48,6 @@ def os_error_line(err: OSError) -> str | None:
     Used by the command line for every ``OSError``: None (an error about no path that is not a full or
     read-only disk) means a bug, which keeps its traceback.
     """
-    import errno
-    from pathlib import Path
     path = err.filename if err.filename is not None else None
     where = f"{path}: " if path is not None else ""
     code = err.errno

@@ -18,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .errors import ConfigError, ConfigTypeError, RunDirError, first_line
+
 
 def atomic_write(path: str | Path, content) -> None:
     """Write ``content`` (str, bytes, or a callable given the open binary file) to ``path`` atomically.
@@ -148,7 +150,6 @@ def read_jsonl(path: str | Path) -> list[dict]:
             continue
         row = _parse(line)
         if row is None:
-            from .errors import RunDirError
             shown = line[:60].decode("utf-8", "replace") + ("..." if len(line) > 60 else "")
             raise RunDirError(f"{str(path)!r} line {number} is damaged (not a JSON object: {shown!r}); restore the "
                               "file from a copy, or delete that line to keep the others")
@@ -261,7 +262,6 @@ class FolderLock:
         except BlockingIOError:
             holder = _holder(f)
             f.close()
-            from .errors import RunDirError
             raise RunDirError(f"{what} {shown!r} is in use by another feedalign process{holder}; wait for "
                               "it to finish or stop it, then run again (a killed process leaves no lock behind)") from None
         except OSError:  # ENOLCK and the like (some network file systems): go on without the lock
@@ -298,3 +298,37 @@ def _holder(f) -> str:
     except OSError:
         return ""
     return f" ({text})" if text else ""
+
+
+def read_mapping(path: str | Path, *, what: str) -> dict:
+    """A TOML (``.toml``) or YAML (``.yaml``/``.yml``) file as a dict, or a one-line ConfigError
+    that starts with ``what`` and the path (config files and sweep specs share this)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {str(path)!r} is a folder; give the file itself")
+    if not path.exists():
+        raise ConfigError(f"{what} {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml"):
+        raise ConfigError(f"{what} {str(path)!r}: expected a .toml, .yaml or .yml file")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {str(path)!r} is not UTF-8 text") from None
+    try:
+        if suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            values = tomllib.loads(text)
+        else:
+            import yaml
+            values = yaml.safe_load(text)
+            values = {} if values is None else values
+    except Exception as err:  # tomllib.TOMLDecodeError and yaml.YAMLError alike
+        raise ConfigError(f"{what} {str(path)!r} does not parse: {first_line(err)}") from None
+    if not isinstance(values, dict):
+        raise ConfigTypeError(f"{what} {str(path)!r}: expected a table of settings (key = value) at the top, "
+                              f"got {type(values).__name__}")
+    return values

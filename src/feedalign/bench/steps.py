@@ -26,13 +26,17 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-import feedalign
 from feedalign.data import batches, load
 from feedalign.errors import ConfigError
 from feedalign.models import check_memory
 from feedalign.rules import reference_rule
 from feedalign.rules.fused import uses_fused_path
 from feedalign.training.step import Step
+
+from ..convert import convert
+from ..models import mlp, parse_sizes
+from ..rules import get_rule
+from ..rules import rules as registered_rules
 
 SIZES = ("784-240x7-10:64", "784-1000-1000-1000-10:128", "784-240x100-10:64")
 SMOKE_SIZES = ("20-16x3-5:8", "20-24-24-5:16")
@@ -87,14 +91,14 @@ def gemm_ceiling(device: torch.device, size: int = 2048, repeats: int = 7) -> fl
 def step_flops(widths: list[int], batch: int, rule: str) -> float:
     """Matmul FLOPs of one training step under ``rule`` (``"fa"`` or ``"fa:general"``), as the rule
     counts them (:meth:`feedalign.rules.LearningRule.step_flops`)."""
-    return feedalign.get_rule(rule.partition(":")[0]).step_flops(widths, batch)
+    return get_rule(rule.partition(":")[0]).step_flops(widths, batch)
 
 
 def build(arch: str, rule: str, device: torch.device, seed: int = 0):
     """Model and SGD optimizer; ``"fa:general"`` (any rule) pins the general autograd path."""
     name, _, variant = rule.partition(":")
     torch.manual_seed(seed)
-    model = feedalign.convert(feedalign.mlp(arch, activation="tanh"), name, seed=seed).to(device)
+    model = convert(mlp(arch, activation="tanh"), name, seed=seed).to(device)
     if variant == "general":
         model.fused = False
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -156,7 +160,7 @@ class Row:
 def bench_size(spec: str, rules, device, *, rounds: int, min_round_s: float, ceiling: float, log=print) -> list[Row]:
     """Time every rule's training step on one architecture, interleaved; BP is always timed as the reference."""
     arch, batch = parse_size(spec)
-    widths = feedalign.parse_sizes(arch)
+    widths = parse_sizes(arch)
     reference = reference_rule()
     timed = [reference] + [r for r in rules if r != reference]
     g = torch.Generator().manual_seed(1)
@@ -224,7 +228,7 @@ def epoch_times(rows: list[Row], device, *, dataset: str = "mnist", log=print) -
         by_size.setdefault(row.size, []).append(row)
     for spec, group in by_size.items():
         arch, batch = parse_size(spec)
-        widths = feedalign.parse_sizes(arch)
+        widths = parse_sizes(arch)
         if widths[0] != train_x.shape[1] or widths[-1] != data.output_size:
             continue
         for row in group:
@@ -300,9 +304,9 @@ def run(sizes, rules, *, device="auto", rounds=7, min_round_s=0.3, epoch=True, g
         torch.set_num_threads(threads)
     if device.type == "cuda" and gemm_size == 2048:
         gemm_size = 8192  # a GPU needs a larger product to reach its peak
-    unknown = [r for r in rules if r.partition(":")[0] not in feedalign.rules() or r.partition(":")[2] not in ("", "general")]
+    unknown = [r for r in rules if r.partition(":")[0] not in registered_rules() or r.partition(":")[2] not in ("", "general")]
     if unknown:
-        raise ConfigError(f"unknown rule(s) {unknown}; known rules: {', '.join(feedalign.rules())}")
+        raise ConfigError(f"unknown rule(s) {unknown}; known rules: {', '.join(registered_rules())}")
     for spec in sizes:
         parse_size(spec)
     ceiling = gemm_ceiling(device, gemm_size)

@@ -16,6 +16,7 @@ import argparse
 import importlib
 import sys
 
+from .._version import __version__
 from ..errors import FeedalignError, first_line, os_error_line
 
 # Subcommand modules, in the order `feedalign --help` lists them.
@@ -32,7 +33,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
     parser = _Parser(prog="feedalign", description="Train networks with learning rules that need no weight transport.")
     parser.add_argument("--version", action="version", version=f"feedalign {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

@@ -29,7 +29,7 @@ def _name_list(text: str) -> list[str]:
 
 
 def register(subparsers) -> None:
-    from ..training import DEFAULT_RULES
+    from ..sweeps import DEFAULT_RULES
     parser = subparsers.add_parser(
         "compare", help="train the same network with several rules and seeds; print a table",
         description="Train one config with several learning rules and seeds. Prints test error (mean ± std over "
@@ -57,8 +57,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training import compare
-    from ..training.compare import FIGURE
+    from ..sweeps import compare
+    from ..sweeps.compare import FIGURE
     config = config_from_args(args, exclude=("rule",))
     if args.seed_list is not None:
         seeds = args.seed_list

@@ -69,8 +69,11 @@ def run(args: argparse.Namespace) -> int:
     if args.kind == "alignment":
         path = plots.plot_alignment(args.runs, output, metric=args.metric)
     elif args.kind == "hidden":
-        path = plots.plot_hidden(args.runs, output, layer=args.layer, per_class=args.per_class,
-                                 sort_units=args.sort_units)
+        if args.per_class < 1:  # before the (slow) loading
+            raise UsageError(f"feedalign plot hidden: --per-class must be >= 1; got {args.per_class}")
+        from ..training.checkpoint import load_run
+        runs = [(run_dir, *load_run(run_dir)) for run_dir in args.runs]
+        path = plots.plot_hidden(runs, output, layer=args.layer, per_class=args.per_class, sort_units=args.sort_units)
     else:
         path = plots.plot_curves(args.runs, output, metric=args.metric, split=args.split)
     print(f"wrote {path}")

@@ -61,7 +61,7 @@ def config_from_args(args: argparse.Namespace, exclude: tuple[str, ...] = ()):
 
 def resolved_from_args(args: argparse.Namespace, exclude: tuple[str, ...] = ()):
     """``(Config, {field: where its value came from})`` of the command line (see :func:`config_from_args`)."""
-    from ..training.config import read_mapping
+    from ..files import read_mapping
     from ..training.recipes import resolve
     layers = []
     if args.config:

@@ -7,13 +7,16 @@ draws with matplotlib's Agg backend, writes ``path`` and returns it.
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError, RunDirError
-from ..files import save_figure
+from ..files import read_jsonl, read_mapping, save_figure
+from ..rules import trainable_layers
 from .callback import read_alignment
 
 ANGLE_LABELS = {
@@ -43,10 +46,8 @@ def check_run_dir(run_dir: str | Path) -> Path:
 
 
 def _title(run_dir: Path, config=None) -> str:
-    if config is None:
-        from ..training import Config
-        config = Config.from_file(run_dir / "config.toml")
-    return f"{config.rule}: {run_dir.name}"
+    rule = read_mapping(run_dir / "config.toml", what="config file").get("rule") if config is None else config.rule
+    return f"{rule}: {run_dir.name}"
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -92,7 +93,6 @@ def plot_alignment(run_dirs, path, metric: str = "signal_angle") -> Path:
 
 def plot_curves(run_dirs, path, metric: str = "accuracy", split: str = "val") -> Path:
     """``split`` ``metric`` (accuracy or loss) per epoch from each run's metrics.jsonl, one line per run."""
-    from ..files import read_jsonl
     if metric not in ("accuracy", "loss") or split not in ("train", "val", "test"):
         raise ConfigError(f"curves: metric must be accuracy or loss and split train, val or test; got {metric}, {split}")
     plt = _pyplot()
@@ -116,9 +116,7 @@ def plot_curves(run_dirs, path, metric: str = "accuracy", split: str = "val") ->
 def error_curve(run_dir: str | Path) -> list[tuple[int, float]]:
     """``(step, test error)`` of one run, step > 0: the evaluations a compare with ``evals_per_epoch`` logged
     to ``steps.jsonl``, else the end of each epoch from ``metrics.jsonl`` (steps from the summary)."""
-    import json
 
-    from ..files import read_jsonl
     run_dir = check_run_dir(run_dir)
     points = {r["step"]: r["test_error"] for r in read_jsonl(run_dir / "steps.jsonl")
               if r.get("test_error") is not None and r["step"] > 0}
@@ -137,7 +135,6 @@ def hidden_signal_angle(run_dir: str | Path) -> list[tuple[int, float]]:
     """``(step, angle)``: the mean over hidden layers of the signal angle to the true gradient, per
     measurement in ``alignment.jsonl`` (the output layer, which gets the true error, left out), with
     those a compare with ``evals_per_epoch`` logged to ``steps.jsonl`` on the same probe batch."""
-    from ..files import read_jsonl
     run_dir = check_run_dir(run_dir)
     points = {r["step"]: r["hidden_signal_angle"] for r in read_jsonl(run_dir / "steps.jsonl")
               if r.get("hidden_signal_angle") is not None}
@@ -156,7 +153,6 @@ def hidden_signal_angle(run_dir: str | Path) -> list[tuple[int, float]]:
 
 def _over_seeds(curves: list[list[tuple[int, float]]]):
     """Steps every seed has, with the mean and std over seeds there (arrays), or None."""
-    import numpy as np
     curves = [dict(c) for c in curves if c]
     if not curves:
         return None
@@ -215,30 +211,11 @@ def plot_error_and_alignment(runs: dict[str, list[str | Path]], path: str | Path
 
 
 # -- hidden activations --------------------------------------------------------------------------
-def load_run(run_dir: str | Path, checkpoint: str = "best"):
-    """``(config, model, data)`` of a run: its config, its model with the ``checkpoint`` weights, its dataset."""
-    from ..training.build import build_model, load_data
-    from ..training import integrity
-    from ..training.checkpoint import read_checkpoint
-    run_dir = check_run_dir(run_dir)
-    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
-    if not path.exists():
-        raise RunDirError(f"{str(run_dir)!r} has no checkpoints/{checkpoint}.pt (the run has not finished an epoch)")
-    if integrity.load(run_dir) is None:
-        integrity.note_unverified(run_dir)
-    config = integrity.read_config(run_dir)  # verified as resume verifies it: the model must match the weights
-    state = read_checkpoint(run_dir, f"{checkpoint}.pt")
-    model = build_model(config, torch.device("cpu"))
-    model.load_state_dict(state["model"])
-    return config, model.eval(), load_data(config)
-
-
 def hidden_activations(model, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
     """(N, width) output of hidden layer ``layer`` (1-based; negative counts from the last hidden layer).
 
     Taken as the input of the next linear layer, i.e. ``h_k = f(a_k)`` after the activation.
     """
-    from ..rules import trainable_layers
     linears = trainable_layers(model)
     index = hidden_layer_number(model, layer) - 1
     seen = []
@@ -253,7 +230,6 @@ def hidden_activations(model, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
 
 def hidden_layer_number(model, layer: int) -> int:
     """``layer`` (1-based, or negative from the last hidden layer) as a 1-based number; ValueError if out of range."""
-    from ..rules import trainable_layers
     hidden = len(trainable_layers(model)) - 1
     if hidden < 1:
         raise ConfigError("the model has no hidden layer")
@@ -263,8 +239,11 @@ def hidden_layer_number(model, layer: int) -> int:
     return number
 
 
-def plot_hidden(run_dirs, path, layer: int = -1, per_class: int = 20, sort_units: bool = True) -> Path:
-    """Hidden activations of each run's best model on the same test examples, one panel per run.
+def plot_hidden(runs, path, layer: int = -1, per_class: int = 20, sort_units: bool = True) -> Path:
+    """Hidden activations of each run's model on the same test examples, one panel per run.
+
+    ``runs``: ``(run_dir, config, model, data)`` of each run, as
+    ``(run_dir, *feedalign.training.checkpoint.load_run(run_dir))`` gives them (its best model).
 
     Image of units x examples; the first ``per_class`` test examples of every class,
     grouped by class, with the class boundaries marked. ``sort_units`` orders units
@@ -273,7 +252,7 @@ def plot_hidden(run_dirs, path, layer: int = -1, per_class: int = 20, sort_units
     """
     if per_class < 1:
         raise ConfigError(f"per_class must be >= 1; got {per_class}")
-    loaded = [(Path(d), *load_run(d)) for d in run_dirs]
+    loaded = [(Path(run_dir), config, model, data) for run_dir, config, model, data in runs]
     if not loaded:
         raise ConfigError("plot hidden needs at least one run directory")
     datasets = {config.dataset for _, config, _, _ in loaded}

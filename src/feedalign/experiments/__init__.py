@@ -8,7 +8,8 @@ from __future__ import annotations
 import importlib
 
 from .base import (Claim, DataUnavailable, Experiment, SeededExperiment, experiment_config, experiments,
-                   get_experiment, register, run_experiment)
+                   get_experiment, register)
+from .runner import run_experiment
 from ._training import TrainingExperiment
 
 # Experiment modules, each registering itself on import.

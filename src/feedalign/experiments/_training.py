@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import abc
 import json
+import math
 import shutil
 import time
 from pathlib import Path
 
-from ..training import Config
+from ..data import DatasetError, load
 from ..errors import first_line
 from ..files import read_jsonl
+from ..sweeps.local import run_local, training_job
+from ..training import Config
 from .base import DataUnavailable, Experiment
 from .plotting import mean_std_band, pyplot
 
@@ -146,7 +149,6 @@ class TrainingExperiment(Experiment):
         validation error alone; returns the record that results.json keeps (grid, errors, choice)."""
         if not config.get("search"):
             return None
-        from ..sweeps.local import run_local, training_job
         search = config["search"]
         folder = Path(folder) / "search"
         if search.get("n_val") != config["data"].get("n_val"):
@@ -173,7 +175,6 @@ class TrainingExperiment(Experiment):
         return choose(search, errors)
 
     def execute(self, config: dict, folder: Path, *, key: str, workers: int, log) -> list[dict]:
-        from ..sweeps.local import run_local, training_job
         runs_dir = Path(folder) / f"runs-{key}"
         for old in Path(folder).glob("runs-*"):  # runs of other code or settings: never reused
             if old != runs_dir and old.is_dir():
@@ -269,7 +270,6 @@ def validation_curve(run_dir: Path) -> list[float]:
 
 def choose(search: dict, errors: dict[str, dict[int, list[float]]]) -> dict:
     """Each searched learner's candidate with the lowest mean validation error (the first on a tie)."""
-    import math
     record = {"what": (f"Grid searched per learner, {search.get('seeds', 1)} seed(s), "
                        f"{search.get('epochs') or 'the reported runs’'} epochs, "
                        f"{search.get('n_train') or 'all the remaining'} training and {search['n_val']} validation "
@@ -290,7 +290,6 @@ def choose(search: dict, errors: dict[str, dict[int, list[float]]]) -> dict:
 
 
 def _check_data(name: str, validation_size: int | None = None) -> None:
-    from ..data import DatasetError, load
     try:
         load(name, validation_size=validation_size)
     except DatasetError as err:

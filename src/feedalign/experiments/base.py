@@ -13,17 +13,16 @@ import abc
 import hashlib
 import json
 import math
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DatasetError
-from ..files import atomic_write
+from .._version import __version__
+from ..errors import DatasetError
 
 _REGISTRY: dict[str, type["Experiment"]] = {}
 
@@ -200,8 +199,7 @@ def package_hash(root: Path | None = None) -> str:
     whichever module that code is in (no hand-kept list of the modules that matter).
     """
     if root is None:
-        import feedalign
-        root = Path(feedalign.__file__).parent
+        root = Path(__file__).resolve().parent.parent  # the feedalign package
     h = hashlib.sha256()
     for f in sorted(root.rglob("*.py")):
         if "__pycache__" in f.parts:
@@ -213,8 +211,7 @@ def package_hash(root: Path | None = None) -> str:
 
 def result_key(experiment: Experiment, config: dict) -> str:
     """Hash of the resolved config (size and seeds included), the package version and its source."""
-    import feedalign
-    blob = json.dumps(config, sort_keys=True, default=str) + experiment.name + feedalign.__version__ + package_hash()
+    blob = json.dumps(config, sort_keys=True, default=str) + experiment.name + __version__ + package_hash()
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -234,65 +231,6 @@ def experiment_config(name: str, quick: bool, seeds: int | None = None) -> dict:
     config["size"] = "quick" if quick else "full"
     config["seeds"] = int(seeds) if seeds else experiment.default_seeds["quick" if quick else "full"]
     return config
-
-
-def run_experiment(name: str, *, quick: bool = False, out: str | Path = "runs/reproduce", seeds: int | None = None,
-                   force: bool = False, workers: int | None = None, witness: bool | None = None, log=print) -> dict:
-    """Run ``name`` (or reuse its current result) into ``out/NAME``; return the results dict.
-
-    The result is current when ``results.json`` holds the same key: the hash of the
-    config (size and seeds included), the package version and its source. ``force``
-    reruns. ``workers``: training processes at once (default: one per CPU core); runs
-    left unfinished by an interrupted call continue from their checkpoints. ``witness``
-    (default: for the full size) stores what ``reproduce --verify`` replays to carry the
-    result over to later code (:mod:`feedalign.experiments.witness`).
-    """
-    from ..sweeps.local import default_workers
-    if workers is not None and (not isinstance(workers, int) or workers < 1):
-        raise ConfigError(f"workers must be a positive integer; got {workers!r}")
-    workers = workers or default_workers(1)
-    experiment = get_experiment(name)
-    config = experiment_config(name, quick, seeds)
-    key = result_key(experiment, config)
-    folder = Path(out) / name
-    previous = read_results(folder)
-    if previous is not None and previous.get("key") == key and not force:
-        log(f"{name}: current result in {folder} (key {key}); skipped, --force reruns it")
-        previous["skipped"] = True
-        return previous
-    folder.mkdir(parents=True, exist_ok=True)
-    for dep in experiment.needs:  # e.g. hidden-activations reads review-dfa's trained networks
-        run_experiment(dep, quick=quick, out=out, seeds=seeds, force=False, workers=workers, log=log)
-    log(f"{name}: {experiment.title} ({config['size']}, {config['seeds']} seeds) -> {folder}")
-    start = time.perf_counter()
-    runs = experiment.execute(config, folder, key=key, workers=workers, log=log)
-    claims, figures = experiment.summarize(config, runs, folder)
-    seconds = time.perf_counter() - start
-    if witness if witness is not None else not quick:
-        from .witness import compute_witness
-        witness = compute_witness(name, config, chosen=(getattr(experiment, "last_search", None) or {}).get("chosen"))
-    else:
-        witness = None
-    command = f"feedalign reproduce {name}" + (" --quick" if quick else "") + (f" --seeds {seeds}" if seeds else "")
-    results = {
-        "experiment": name, "title": experiment.title, "paper": experiment.paper, "key": key,
-        "package_hash": package_hash(), "config": config, "command": command, "workers": workers,
-        "seconds": seconds, "run_seconds": experiment.run_seconds(runs), "full_runtime": experiment.full_runtime,
-        "deviations": experiment.deviations(config), "figures": figures,
-        "claims": [c.to_dict() for c in claims], "runs": runs, "search": getattr(experiment, "last_search", None),
-        "machine": f"{platform.machine()}, {platform.python_version()}",
-        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    if witness is not None:
-        results["witness"] = witness
-    atomic_write(folder / "results.json", json.dumps(results, indent=1, default=_jsonable))
-    atomic_write(folder / "report.md", render_report(results))
-    from .verdicts import judged
-    for row in judged(name, results)[0]:
-        log(f"  {row['verdict']:>12}  {row['claim']}: paper {row['paper']} | ours {row['ours']}")
-    log(f"{name}: done in {seconds:.1f} s ({run_time(results)}); report {folder / 'report.md'}")
-    results["skipped"] = False
-    return results
 
 
 def run_time(results: dict) -> str:
@@ -316,69 +254,6 @@ def provenance(results: dict) -> list[str]:
             f"by `feedalign reproduce --verify` ({len(verified)} verification{'s' if len(verified) > 1 else ''} in all)."]
 
 
-def _jsonable(x: Any):
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return str(x)
-
-
 def cell(text: str) -> str:
     """Text safe inside a markdown table cell."""
     return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def verdict_table(rows: list[dict]) -> list[str]:
-    """Markdown table of judged rows (:func:`feedalign.experiments.verdicts.judged`)."""
-    lines = ["| claim | paper | ours (mean ± std, se, seeds) | verdict | ours - paper | criterion | note |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {cell(r['claim'])} | {cell(r['paper'])} | {cell(r['ours'])} | {r['verdict']} | "
-                     f"{r['delta']} | {cell(r['criterion'])} | {cell(r['note'])} |")
-    return lines
-
-
-def search_section(search: dict | None) -> list[str]:
-    """The settings search of a result: the grid and the validation errors that chose each setting."""
-    if not search:
-        return []
-    lines = ["", "## Settings chosen on validation", "",
-             f"{search['what']}. Only validation errors are read; the test set is read once, by the reported runs.",
-             "", "| learner | candidate | validation error (per search seed; %, or MSE for regression) | mean | chosen |",
-             "|---|---|---|---|---|"]
-    for label, entry in search["learners"].items():
-        for cand in entry["candidates"]:
-            errs = ", ".join(format_number(e) for e in cand["val_errors"])
-            chosen = "yes" if cand["fields"] == entry["chosen"] else ""
-            lines.append(f"| {cell(label)} | `{cell(json.dumps(cand['fields'], sort_keys=True))}` | {errs} | "
-                         f"{format_number(cand['mean'])} | {chosen} |")
-    edge = [label for label, entry in search["learners"].items() if entry.get("at_edge")]
-    if edge:
-        lines += ["", f"Chosen at the edge of the grid (a wider grid might choose otherwise): {', '.join(edge)}."]
-    return lines
-
-
-def render_report(results: dict) -> str:
-    from .verdicts import judged
-    rows, retired = judged(results["experiment"], results)
-    lines = [f"# {results['title']}", "", f"Reproduces: {results['paper']}", "",
-             f"Command: `{results['command']}` ({results['config']['size']} size, {results['config']['seeds']} seeds); "
-             f"ran in {run_time(results)} on {results['machine']}, finished {results['finished']}."]
-    if results.get("full_runtime") and results["config"]["size"] == "quick":
-        lines.append(f"Full size (estimate): {results['full_runtime']} on 2 CPU cores shared with other jobs.")
-    lines += ["", "Verdicts are recomputed from the per-run values below and the registry of paper numbers "
-              "(`feedalign/experiments/paper_numbers.toml`) whenever this report is written.", ""]
-    lines += verdict_table(rows)
-    if retired:
-        lines += ["", "Rows withdrawn (their criterion could not fail at the numbers involved):", ""]
-        lines += [f"- {r['claim']}: {r['reason']}" for r in retired]
-    lines += search_section(results.get("search"))
-    if results.get("deviations"):
-        lines += ["", "## Where this run departs from the paper", ""] + [f"- {d}" for d in results["deviations"]]
-    if results.get("figures"):
-        lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in results["figures"]]
-    lines += ["", "## Config", "", "```json", json.dumps(results["config"], indent=1, sort_keys=True), "```",
-              "", f"Result key {results['key']} (config, package version and source hash {results.get('package_hash')}).",
-              *provenance(results), ""]
-    return "\n".join(lines)

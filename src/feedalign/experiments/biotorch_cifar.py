@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import numpy as np
 
-
+from ..data import DatasetError, load
+from ..data.store import data_root
 from ._training import TrainingExperiment
 from .base import Claim, DataUnavailable, register
+from .plotting import pyplot
 
 # Benchmarks.md, CIFAR 10 table, column "ResNet-20" (SGD): top-1 test error %.
 PAPER = {"bp": 8.63, "fa": 32.16, "dfa": 45.94, "usf": 10.05, "brsf": 11.02, "frsf": 11.2}
@@ -105,7 +107,6 @@ class BiotorchCifar(TrainingExperiment):
         return claims, [self.bar_figure(runs, out)]
 
     def bar_figure(self, runs, out):
-        from .plotting import pyplot
         plt = pyplot()
         rules = (*PAPER, *EXTRA)
         fig, ax = plt.subplots(figsize=(8, 4.2))
@@ -126,8 +127,6 @@ class BiotorchCifar(TrainingExperiment):
 def _require_cifar(name: str, validation_size: int) -> None:
     """CIFAR-10 must be on disk (user folder or cache), loadable with ``validation_size`` held out: a
     reproduction never starts a 163 MB download by itself."""
-    from ..data import DatasetError, load
-    from ..data.store import data_root
     try:
         load(name, validation_size=validation_size, download=False)
     except DatasetError as err:

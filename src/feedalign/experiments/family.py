@@ -13,12 +13,13 @@ averaged over the hidden layers (BP is 0 by definition). BioTorch's numbers come
 """
 from __future__ import annotations
 
-import feedalign
-
+from ..convert import convert
+from ..models import lenet5
+from ..rules import rules as registered_rules
+from . import papers
 from ._training import TrainingExperiment
 from .base import Claim, register
 from .plotting import mean_std_band, pyplot
-from . import papers
 from .verdicts import Compare
 
 BIOTORCH_RULES = ("bp", "fa", "dfa", "usf", "brsf", "frsf")
@@ -35,9 +36,9 @@ def biotorch(rule: str, dataset: str = "fashion-mnist") -> str | None:
 def convolutional_rules() -> list[str]:
     """The registered rules that convert LeNet-5's Conv2d layers (IFA, say, is for linear stacks only)."""
     out = []
-    for rule in feedalign.rules():
+    for rule in registered_rules():
         try:
-            feedalign.convert(feedalign.lenet5(), rule)
+            convert(lenet5(), rule)
         except ValueError:  # the rule's own refusal of this model
             continue
         out.append(rule)

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from feedalign.diagnostics.plots import hidden_activations, load_run
+from feedalign.diagnostics.plots import hidden_activations
+from feedalign.training.checkpoint import load_run
 
 from .base import Claim, SeededExperiment, read_results, register
 from .plotting import pyplot

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-import feedalign
 from feedalign.data.synthetic import linear_teacher
 from feedalign.diagnostics.angles import angle
 
+from ..convert import convert
+from ..rules import exact_gradients
 from .plotting import mean_std_band, pyplot
 
 
@@ -38,7 +39,7 @@ def linear_net(rule: str, seed: int, init_scale: float, feedback_scale: float) -
     with torch.no_grad():
         for layer in net:
             layer.weight.copy_(torch.empty_like(layer.weight).uniform_(-1, 1, generator=g) * init_scale)
-    return feedalign.convert(net, rule, seed=seed, feedback_scale=feedback_scale)
+    return convert(net, rule, seed=seed, feedback_scale=feedback_scale)
 
 
 def loss_fn(output, target):
@@ -60,7 +61,7 @@ def hidden_updates(model, x, target) -> dict[str, torch.Tensor]:
     loss_fn(y, target).backward()
     out["fa"] = hidden.weight.grad.clone()
     e = y.grad.detach()  # dL/dy
-    with feedalign.exact_gradients(model):
+    with exact_gradients(model):
         model.zero_grad()
         loss_fn(model(x), target).backward()
         out["bp"] = hidden.weight.grad.clone()

@@ -15,6 +15,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from feedalign.sweeps import (
+    run_sweep,
+    sensitivity_findings,
+    sensitivity_report,
+    spec_from_dict,
+)
+
 from .base import Claim, SeededExperiment, register
 
 REVIEW = {
@@ -64,7 +71,6 @@ class Sensitivity(SeededExperiment):
                 "review_code_epochs": 60}
 
     def specs(self, config: dict, seed: int, root: Path) -> list:
-        from feedalign.sweeps import spec_from_dict
         base = {k: v for k, v in config["base"].items() if v is not None}
         base.update(activation="tanh", init="uniform", optimizer="sgd", momentum=0.0, batch_size=64, seed=seed,
                     alignment_every=0)
@@ -82,7 +88,6 @@ class Sensitivity(SeededExperiment):
         return [init_lr, dfa_wd, review_code]
 
     def run_seed(self, config, seed, out):
-        from feedalign.sweeps import run_sweep, sensitivity_findings, sensitivity_report
         root = Path(out) / "sweeps" / f"seed{seed}"
         if root.exists():  # this experiment's own resuming decides what is current: a rerun starts clean
             shutil.rmtree(root)

@@ -12,8 +12,20 @@ import time
 from pathlib import Path
 
 from ..files import atomic_write
-from .base import (Claim, DataUnavailable, cell, experiment_config, experiments, get_experiment, provenance,
-                   read_results, result_key, run_experiment, run_time)
+from .base import (
+    DataUnavailable,
+    cell,
+    experiment_config,
+    experiments,
+    get_experiment,
+    provenance,
+    read_results,
+    result_key,
+    run_time,
+)
+from .runner import render_report, run_experiment, verify
+from .verdicts import judged
+from .witness import settings_changed
 
 
 def run_all(*, quick: bool = False, out: str | Path = "runs/reproduce/full", seeds: int | None = None,
@@ -99,7 +111,6 @@ def write_docs(out: Path, docs: Path, *, quick: bool, seeds: int | None, log=pri
                command: str | None = None) -> Path:
     """Write ``docs/reproduction.md`` from the results (local in ``out``, else published under ``docs/reports``),
     every verdict recomputed now (:func:`feedalign.experiments.verdicts.judged`)."""
-    from .verdicts import judged
     figures = docs / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     size = "quick" if quick else "full"
@@ -144,7 +155,6 @@ def write_docs(out: Path, docs: Path, *, quick: bool, seeds: int | None, log=pri
             lines.append(f"| {name} | (not run at {size} size for this page) | | | | | | |")
             todo.append((name, f"`{command}`", "never run at this size"))
             continue
-        from .witness import settings_changed
         by_settings = not current and settings_changed(
             experiment_config(name, quick, results.get("config", {}).get("seeds")), results.get("config", {}))
         stale = ("" if current else "stale: its settings changed since; rerun" if by_settings else
@@ -220,8 +230,6 @@ def verify_published(docs: str | Path = "docs", names: list[str] | None = None, 
     republish the verified ones, then regenerate ``docs/reproduction.md`` (for the ``quick`` or full size,
     with local results from ``out``). Returns name -> status.
     """
-    from .base import render_report
-    from .witness import verify
     docs = Path(docs)
     statuses = {}
     for name in names or experiments():

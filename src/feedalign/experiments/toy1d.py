@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from torch import nn
 
-import feedalign
 from feedalign.data.synthetic import toy1d
 
-from .plotting import pyplot
+from ..convert import convert, feedback_matrices
 from .base import Claim, SeededExperiment, register
+from .plotting import pyplot
 
 
 def inputs(n: int, seed: int) -> torch.Tensor:
@@ -27,11 +27,11 @@ def inputs(n: int, seed: int) -> torch.Tensor:
 
 def make_net(rule: str, w0: float, w: float, feedback: float = 1.0) -> nn.Module:
     net = nn.Sequential(nn.Linear(1, 1, bias=False), nn.Linear(1, 1, bias=False))
-    model = feedalign.convert(net, rule, seed=0)
+    model = convert(net, rule, seed=0)
     with torch.no_grad():
         model[0].weight.fill_(w0)
         model[1].weight.fill_(w)
-        for b in feedalign.feedback_matrices(model)[1:]:  # the output layer's B = 1: the hidden unit gets e * B
+        for b in feedback_matrices(model)[1:]:  # the output layer's B = 1: the hidden unit gets e * B
             b.fill_(feedback)
     return model
 

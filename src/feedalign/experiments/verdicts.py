@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 
 from . import papers
+from .base import format_number, get_experiment
 
 VERDICTS = ("reproduced", "better", "miss", "contradicted", "-")
 MIN_SEEDS = 3
@@ -87,7 +88,6 @@ def stats(values: list[float]) -> tuple[float, float, float]:
 
 
 def _fmt(x: float) -> str:
-    from .base import format_number
     return format_number(x)
 
 
@@ -162,7 +162,6 @@ def judged(name: str, results: dict) -> tuple[list[dict], list[dict]]:
     Returns ``(rows, retired)``: each row ``claim``, ``key``, ``paper``, ``ours``, ``verdict``, ``delta``,
     ``criterion``, ``note``; ``retired`` lists stored claims whose criterion was withdrawn, with the reason.
     """
-    from .base import get_experiment
     experiment = get_experiment(name)
     config = results.get("config", {})
     comparisons = experiment.comparisons(config)

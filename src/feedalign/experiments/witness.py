@@ -23,14 +23,17 @@ training (a schedule's tail, a rule's late phase) must change the config or be r
 from __future__ import annotations
 
 import json
-
 import math
 import tempfile
-import time
 from pathlib import Path
+from typing import Callable
 
-from ._training import TrainingExperiment
+import torch
+
+from ..training import train
+from ..training.engine import evaluate
 from . import base
+from ._training import TrainingExperiment
 
 STEPS = 20
 TOLERANCE = 1e-6
@@ -63,7 +66,6 @@ class _Probe:
 def fingerprint(run) -> dict:
     """Step count, ``[sum, sum of squares]`` of each floating-point tensor of the model's state, and the test
     loss and accuracy of ``run`` (a :class:`feedalign.training.engine.Run`) as it is now."""
-    from ..training.engine import evaluate
     state = {name: [float(t.double().sum()), float(t.double().square().sum())]
              for name, t in run.model.state_dict().items() if t.is_floating_point()}
     test_x, test_y = run.data.test_x.to(run.device), run.data.test_y.to(run.device)
@@ -71,24 +73,27 @@ def fingerprint(run) -> dict:
     return {"step": run.step, "state": state, "test_loss": loss, "test_accuracy": accuracy}
 
 
-def compute_witness(name: str, config: dict, *, steps: int = STEPS, chosen: dict | None = None) -> dict:
+def compute_witness(name: str, config: dict, *, steps: int = STEPS, chosen: dict | None = None,
+                    quick_results: Callable[[str], object] | None = None) -> dict:
     """The witness of experiment ``name`` at ``config`` (``experiment_config``'s) under the code as it is now;
-    ``chosen``: the settings its validation search chose (results.json's ``search.chosen``), which the runs use."""
-    import torch
+    ``chosen``: the settings its validation search chose (results.json's ``search.chosen``), which the runs use.
+    ``quick_results(name)``: every number of the quick size (:func:`feedalign.experiments.runner.run_experiment`
+    gives it), needed for an experiment that is not a :class:`TrainingExperiment`."""
     experiment = base.get_experiment(name)
     threads = torch.get_num_threads()
     try:
         if isinstance(experiment, TrainingExperiment):
             kind, values = f"first {steps} steps of every run", _first_steps(experiment, config, steps, chosen)
         else:
-            kind, values = "every number of the quick size", _quick_numbers(name)
+            if quick_results is None:
+                raise ValueError(f"the witness of {name!r} is its quick size's numbers: pass quick_results")
+            kind, values = "every number of the quick size", quick_results(name)
     finally:
         torch.set_num_threads(threads)
     return {"kind": kind, "steps": steps, "package_hash": base.package_hash(), "values": values}
 
 
 def _first_steps(experiment: TrainingExperiment, config: dict, steps: int, chosen: dict | None = None) -> list[dict]:
-    from ..training import train
     values = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, seed, run_config in experiment.run_configs(config, Path(tmp), chosen):
@@ -101,17 +106,12 @@ def _first_steps(experiment: TrainingExperiment, config: dict, steps: int, chose
     return values
 
 
-def _quick_numbers(name: str):
-    with tempfile.TemporaryDirectory() as tmp:
-        results = base.run_experiment(name, quick=True, out=tmp, witness=False, log=lambda *a: None)
-    return _without_timing(results["runs"])
-
-
-def _without_timing(obj):
+def without_timing(obj):
+    """``obj`` without the entries that measure the machine rather than the code (times, run folders)."""
     if isinstance(obj, dict):
-        return {k: _without_timing(v) for k, v in obj.items() if not any(t in k for t in _TIMING)}
+        return {k: without_timing(v) for k, v in obj.items() if not any(t in k for t in _TIMING)}
     if isinstance(obj, (list, tuple)):
-        return [_without_timing(v) for v in obj]
+        return [without_timing(v) for v in obj]
     return obj
 
 
@@ -147,38 +147,3 @@ def settings_changed(config: dict, stored: dict) -> list[str]:
     compared as JSON holds them (a dict keyed by depth, ``{1: 25}``, comes back as ``{"1": 25}``)."""
     config = json.loads(json.dumps(config, default=str))
     return sorted(k for k in set(config) | set(stored) if config.get(k) != stored.get(k))
-
-
-def verify(name: str, results: dict, *, log=print) -> tuple[str, dict]:
-    """Check the published ``results`` of ``name`` (full size, or quick) against the code as it is now.
-
-    Returns ``(status, results)``: ``"current"`` (its key is the current one), ``"verified"`` (the witness
-    agreed; the returned results are re-keyed to the current code), or ``"stale: <why>"``.
-    """
-    experiment = base.get_experiment(name)
-    size = results.get("config", {}).get("size")
-    config = base.experiment_config(name, size == "quick", results["config"].get("seeds"))
-    key = base.result_key(experiment, config)
-    if results.get("key") == key:
-        return "current", results
-    changed = settings_changed(config, results["config"])
-    if changed:
-        return f"stale: the experiment's settings changed ({', '.join(changed)}); rerun it", results
-    stored = results.get("witness")
-    if not stored:
-        return "stale: no witness stored with it; rerun it", results
-    log(f"{name}: replaying its witness ({stored['kind']}) under code {base.package_hash()} ...")
-    new = compute_witness(name, config, steps=stored.get("steps", STEPS),
-                          chosen=(results.get("search") or {}).get("chosen"))
-    difference = first_difference(stored["values"], new["values"])
-    if difference:
-        return f"stale: the code now computes something else ({difference}); rerun it", results
-    updated = dict(results)
-    updated["produced_by"] = results.get("produced_by") or results.get("package_hash")
-    updated["verified"] = list(results.get("verified", [])) + [
-        {"package_hash": new["package_hash"], "date": time.strftime("%Y-%m-%d %H:%M:%S"), "witness": stored["kind"]}]
-    updated.update(key=key, package_hash=new["package_hash"], witness={**stored, "package_hash": new["package_hash"]})
-    # same settings, same numbers: the current code's account of how they were made applies (a deviation
-    # note written since, e.g. a search that explains a miss, reaches the published report)
-    updated.update(title=experiment.title, paper=experiment.paper, deviations=experiment.deviations(config))
-    return "verified", updated

@@ -2,6 +2,7 @@
 named models with the input layout each reads, and user models given as ``module:function``."""
 from __future__ import annotations
 
+import importlib
 import re
 from dataclasses import dataclass
 from typing import Callable
@@ -160,7 +161,6 @@ def input_layout(architecture: str) -> str:
 
 def user_builder(architecture: str) -> Callable:
     """The function named by ``module:function``; a ConfigError says what is wrong."""
-    import importlib
     module_name, function_name = architecture.strip().split(":")
     try:
         module = importlib.import_module(module_name)

@@ -1,6 +1,7 @@
 """Size strings of MLPs (``"784-800-800-10"``, ``"784-240x7-10"``) and the memory a network needs to train."""
 from __future__ import annotations
 
+import os
 import re
 
 from ..errors import ConfigError, ConfigTypeError
@@ -28,7 +29,6 @@ def available_memory_bytes() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     try:
-        import os
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
         return None

@@ -8,11 +8,12 @@
 ``feedalign sweep SPEC`` is the command-line form. See :mod:`feedalign.sweeps.spec`
 for the spec format and :mod:`feedalign.sweeps.runner` for the sweep directory.
 """
+from .compare import DEFAULT_RULES, CompareResult, compare
 from .plots import plot_sweep
 from .results import read_results
 from .runner import SweepResult, run_sweep
 from .sensitivity import Finding, sensitivity_findings, sensitivity_report
 from .spec import SweepSpec, config_hash, load_spec, spec_from_dict
 
-__all__ = ["Finding", "SweepResult", "SweepSpec", "config_hash", "load_spec", "plot_sweep", "read_results",
-           "run_sweep", "sensitivity_findings", "sensitivity_report", "spec_from_dict"]
+__all__ = ["CompareResult", "DEFAULT_RULES", "Finding", "SweepResult", "SweepSpec", "compare", "config_hash", "load_spec",
+           "plot_sweep", "read_results", "run_sweep", "sensitivity_findings", "sensitivity_report", "spec_from_dict"]

@@ -18,8 +18,10 @@ population's.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import selectors
 import signal
 import subprocess
 import sys
@@ -28,12 +30,12 @@ from collections import deque
 from pathlib import Path
 
 from ..files import atomic_write
+from .spec import config_hash
 
 
 def training_job(config, run_dir: Path, **extra) -> dict:
     """One unit of work for :func:`run_local` and the Ray backend: train ``config`` (a Config) into
     ``run_dir``; ``key`` is the run's name, ``hash`` lets a worker recognise a run it may resume."""
-    from .spec import config_hash
     return {"key": config.name or Path(run_dir).name, "hash": config_hash(config), "config": config.to_dict(),
             "run_dir": str(run_dir), **extra}
 
@@ -66,7 +68,6 @@ def default_workers(threads_per_run: int) -> int:
 
 def _die_with_parent():  # runs in the child between fork and exec
     try:
-        import ctypes
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except Exception:
@@ -109,7 +110,6 @@ def run_local(jobs: list[dict], *, workers: int, threads: int, retries: int, swe
     (:func:`population_job`). Call ``on_done(job, summary, status, seconds, attempts, error)`` once per
     run; for a run trained in a population, ``job`` is its member job with ``population`` set to the
     population job's key, and ``seconds`` its 1/N share of the job's wall time."""
-    import selectors
     jobs_dir, logs_dir = sweep_dir / "jobs", sweep_dir / "logs"
     jobs_dir.mkdir(parents=True, exist_ok=True)
     logs_dir.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,8 @@ import math
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 from ..files import save_figure
 from .results import OUTCOME_LETTERS, read_results
 
@@ -71,7 +73,6 @@ def plot_sweep(source, *, pairs=None) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     rows, swept = read_results(source)
     sweep_dir = Path(source) if Path(source).is_dir() else Path(source).parent

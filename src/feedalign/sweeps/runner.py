@@ -38,6 +38,10 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..files import FolderLock, atomic_write
+from ..training.config import Config
+from ..training.population import population_key, unsupported
+from .local import default_workers, population_job, run_local, training_job
+from .plots import plot_sweep
 from .results import make_row, read_results, write_results
 from .spec import POPULATION_MODES, SweepSpec, check_fit, config_hash
 
@@ -62,7 +66,6 @@ def _finished(run_dir: Path, hash_: str) -> dict | None:
     if not summary.is_file():
         return None
     if config.is_file():
-        from ..training.config import Config
         try:
             if config_hash(Config.from_file(config)) != hash_:
                 return None
@@ -89,8 +92,6 @@ def plan_jobs(points: list, runs_dir: Path, *, population: str = "auto", populat
     while there are fewer jobs than ``workers`` (no job smaller than 2). A point alone in its
     group, or with a run directory to resume, is a single-run job.
     """
-    from ..training.population import population_key, unsupported
-    from .local import population_job, training_job
     _check_population(population)
     if not isinstance(population_size, int) or isinstance(population_size, bool) or population_size < 2:
         raise ConfigError(f"population_size must be an integer >= 2; got {population_size!r}")
@@ -166,7 +167,6 @@ def run_sweep(spec: SweepSpec, *, backend: str | None = None, address: str | Non
 
 def _run_locked(spec: SweepSpec, sweep_dir: Path, runs_dir: Path, points: list, *, backend: str, address, workers,
                 plot: bool, log, population: str) -> SweepResult:
-    from .local import default_workers, run_local, training_job
     atomic_write(sweep_dir / "spec.json", json.dumps(spec.to_dict(), indent=1, default=str) + "\n")
     swept = spec.swept
     previous = {}
@@ -233,7 +233,6 @@ def _run_locked(spec: SweepSpec, sweep_dir: Path, runs_dir: Path, points: list, 
     log(f"sweep {spec.name}: done in {time.perf_counter() - t0:.1f}s; results in {sweep_dir / 'results.csv'}")
     figures = []
     if plot:
-        from .plots import plot_sweep
         figures = plot_sweep(sweep_dir, pairs=spec.plot or None)
         if figures:
             log(f"sweep: {len(figures)} figure(s) in {sweep_dir / 'figures'}")

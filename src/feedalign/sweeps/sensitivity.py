@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from .results import read_results
 
@@ -90,7 +91,6 @@ def _sources(results) -> list:
 
 def _label(source) -> str:
     if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
-        from pathlib import Path
         path = Path(source)
         return (path.parent if path.name == "results.json" else path).name
     return ""

@@ -49,7 +49,11 @@ import random as _random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data import _spec
 from ..errors import ConfigError, ConfigTypeError
+from ..files import read_mapping as read_settings_file
+from ..training.build import check_fit as check_one
+from ..training.config import Config
 
 BACKENDS = ("local", "ray")
 POPULATION_MODES = ("auto", "off")
@@ -64,7 +68,6 @@ HASHED_UNLESS = {"warmup_steps": 0, "clip_grad_norm": None}
 
 
 def _config_cls():
-    from ..training.config import Config
     return Config
 
 
@@ -155,8 +158,6 @@ def check_fit(points: list[Point], source: str = "spec") -> None:
     they are small) rather than loading it. Raises :class:`ConfigError` naming the first
     unfit point and how many there are.
     """
-    from ..data import REGISTRY, _spec
-    from ..training.build import check_fit as check_one
     shapes: dict = {}
     unfit = []
     for p in points:
@@ -214,7 +215,6 @@ def _draw(rng: _random.Random, dist: dict):
 
 def read_mapping(path: str | Path) -> dict:
     """A TOML (.toml) or YAML (.yaml/.yml) sweep spec as a dict, or a one-line ConfigError."""
-    from ..training.config import read_mapping as read_settings_file
     return read_settings_file(path, what="sweep spec")
 
 

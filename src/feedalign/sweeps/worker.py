@@ -25,16 +25,23 @@ import json
 import os
 import shutil
 import sys
+import traceback
 from pathlib import Path
 
+import torch
+
 from ..errors import FeedalignError, first_line
+from ..training.build import load_data
+from ..training.config import Config
+from ..training.engine import resume, train
+from ..training.population import train_population
+from .spec import config_hash
 
 
 def pin_threads(threads: int) -> None:
     """Limit this process's torch (and OpenMP/MKL) to ``threads`` threads."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
-    import torch
     torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(max(1, threads))
@@ -44,7 +51,6 @@ def pin_threads(threads: int) -> None:
 
 def _config(job: dict, threads: int):
     """The run job's Config, writing into its run directory with ``threads`` threads."""
-    from ..training.config import Config
     run_dir = Path(job["run_dir"])
     values = dict(job["config"])
     values.update(out_dir=str(run_dir.parent), name=run_dir.name, threads=threads)
@@ -53,9 +59,6 @@ def _config(job: dict, threads: int):
 
 def run_job(job: dict) -> dict:
     """Train (or finish) one run; return its summary.json as a dict."""
-    from ..training.config import Config
-    from ..training.engine import resume, train
-    from .spec import config_hash
 
     pin_threads(int(job.get("threads") or 1))
     run_dir = Path(job["run_dir"])
@@ -78,8 +81,6 @@ def run_job(job: dict) -> dict:
 def run_population_job(job: dict) -> list[dict]:
     """Train the members of population job ``job`` that have no run directory yet as one population
     (one alone trains as a single run); return the summaries of the members trained."""
-    from ..training.build import load_data
-    from ..training.population import train_population
 
     threads = int(job.get("threads") or 1)
     pin_threads(threads)
@@ -122,7 +123,6 @@ def serve(threads: int) -> int:
             status, error = "invalid", first_line(err)
             print(f"feedalign sweep worker: invalid run: {error}", file=sys.stderr)
         except Exception as err:  # noqa: BLE001 - reported, and the run retried
-            import traceback
             traceback.print_exc()
             status, error = "error", f"{type(err).__name__}: {err}".splitlines()[0]
         sys.stdout.flush()

@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..diagnostics.plots import check_run_dir
 from ..errors import RunDirError
 from . import integrity
+from .build import build_model, load_data
 
 FORMAT = 1
 
@@ -78,3 +80,18 @@ def read_checkpoint(run_dir: str | Path, name: str, *, fix: str = "") -> dict:
     rel = f"checkpoints/{name}"
     integrity.verify(run_dir, rel, fix=fix)
     return load_checkpoint(Path(run_dir) / rel)
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best"):
+    """``(config, model, data)`` of a run: its config, its model with the ``checkpoint`` weights, its dataset."""
+    run_dir = check_run_dir(run_dir)
+    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    if not path.exists():
+        raise RunDirError(f"{str(run_dir)!r} has no checkpoints/{checkpoint}.pt (the run has not finished an epoch)")
+    if integrity.load(run_dir) is None:
+        integrity.note_unverified(run_dir)
+    config = integrity.read_config(run_dir)  # verified as resume verifies it: the model must match the weights
+    state = read_checkpoint(run_dir, f"{checkpoint}.pt")
+    model = build_model(config, torch.device("cpu"))
+    model.load_state_dict(state["model"])
+    return config, model.eval(), load_data(config)

@@ -13,7 +13,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ConfigError, ConfigTypeError, first_line
+from ..errors import ConfigError, ConfigTypeError
+from ..files import read_mapping
 from ..models import ACTIVATIONS, check_architecture, check_memory, input_layout
 from ..rules import parse_options, rules
 
@@ -265,38 +266,6 @@ def _at_least(name: str, value, low, strict: bool = False) -> None:
         raise ConfigError(f"{name} must be {'>' if strict else '>='} {low}; got {value!r}")
 
 
-def read_mapping(path: str | Path, *, what: str) -> dict:
-    """A TOML (``.toml``) or YAML (``.yaml``/``.yml``) file as a dict, or a one-line ConfigError
-    that starts with ``what`` and the path (config files and sweep specs share this)."""
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"{what} {str(path)!r} is a folder; give the file itself")
-    if not path.exists():
-        raise ConfigError(f"{what} {str(path)!r} does not exist")
-    suffix = path.suffix.lower()
-    if suffix not in (".toml", ".yaml", ".yml"):
-        raise ConfigError(f"{what} {str(path)!r}: expected a .toml, .yaml or .yml file")
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError:
-        raise ConfigError(f"{what} {str(path)!r} is not UTF-8 text") from None
-    try:
-        if suffix == ".toml":
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib
-            values = tomllib.loads(text)
-        else:
-            import yaml
-            values = yaml.safe_load(text)
-            values = {} if values is None else values
-    except Exception as err:  # tomllib.TOMLDecodeError and yaml.YAMLError alike
-        raise ConfigError(f"{what} {str(path)!r} does not parse: {first_line(err)}") from None
-    if not isinstance(values, dict):
-        raise ConfigTypeError(f"{what} {str(path)!r}: expected a table of settings (key = value) at the top, "
-                              f"got {type(values).__name__}")
-    return values
 
 
 def architecture_alias(values: dict, source: str) -> dict:

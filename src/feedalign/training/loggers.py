@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import importlib.util
 import math
+import os
 from pathlib import Path
 
 from ..diagnostics.callback import FILE_NAME
@@ -115,7 +116,6 @@ class WandbLogger(MetricsLogger):
         self.init_kwargs, self.wandb_run = init_kwargs, None
 
     def open(self, run) -> None:
-        import os
 
         import wandb
         kwargs = {"project": os.environ.get("WANDB_PROJECT", "feedalign"), "name": Path(run.run_dir).name,

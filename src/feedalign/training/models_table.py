@@ -14,11 +14,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
+from ..data import DatasetError, load
 from ..errors import ConfigError
 from ..files import atomic_write, write_json
 from ..rules import rules
@@ -75,13 +77,11 @@ def budget_config(model: str, rule: str, budget: Budget, out_dir: Path):
 
 def _train_rows(budget: Budget) -> int:
     """Training examples of ``budget``'s dataset once its validation set is held out."""
-    from ..data import load
     return len(load(budget.dataset, validation_size=budget.validation_size).train_y)
 
 
 def _missing(budget: Budget) -> str | None:
     """Why ``budget``'s dataset cannot be read without a download, or None when it can."""
-    from ..data import DatasetError, load
     try:
         load(budget.dataset, validation_size=budget.validation_size, download=False)
     except DatasetError as err:
@@ -113,7 +113,6 @@ def run_table(out_dir: str | Path, *, models: list[str] | None = None, rule_name
                 summary = json.loads((run_dir / "summary.json").read_text())
             else:
                 if run_dir.exists():
-                    import shutil
                     shutil.rmtree(run_dir)
                 t0 = time.perf_counter()
                 summary = train(config, progress="none").summary

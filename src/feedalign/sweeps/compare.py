@@ -16,23 +16,28 @@ the first steps on; without it the figure has the end of each epoch.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import math
+import multiprocessing
+import os
 import statistics
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..diagnostics import alignment
 from ..diagnostics.plots import plot_error_and_alignment
 from ..errors import ConfigError, ConfigTypeError, RunDirError
 from ..files import atomic_write, write_json
-from ..sweeps.local import run_local, training_job
-from . import records
-from .build import build_model, check_fit, load_data, resolve_device
-from .config import Config
-from .engine import RunResult, evaluate, resume, train
-from .population import train_population, unsupported
+from ..training import records
+from ..training.build import build_model, check_fit, load_data, resolve_device
+from ..training.config import Config
+from ..training.engine import RunResult, evaluate, resume, train
+from ..training.population import train_population, unsupported
+from .local import run_local, training_job
 
 DEFAULT_RULES = ("bp", "fa", "dfa", "ifa")
 FIGURE = "error-and-alignment.png"
@@ -199,9 +204,6 @@ def _train_in_processes(configs: list[Config], workers: int, evals_per_epoch: in
     The sweep's worker pool (:func:`_train_in_workers`) takes no callbacks, so the test-error curve
     needs processes of its own; each run is seeded on its own, so the numbers are the same.
     """
-    import concurrent.futures
-    import multiprocessing
-    import os
     threads = str(configs[0].threads or 1)
     saved = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     os.environ.update({v: threads for v in saved})  # the children's OpenMP pools, sized before torch loads
@@ -269,7 +271,6 @@ def _pm(mean, std) -> str:
 
 def plot_compare(path: Path, runs: dict[str, list[RunResult]], title: str) -> None:
     """Validation accuracy (or loss, for regression) per epoch: each rule's mean over seeds with a ±std band."""
-    import numpy as np
 
     fig, ax = records.epoch_figure(6, 4)
     ylabel = "validation accuracy"
