@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.sequence import has_sequence_modules
 from .base import TRAINABLE, FeedbackRole, LearningRule, forward_flops, trainable_layers
 
 DEFAULTS = {"sigma": 1e-3, "samples": 1, "antithetic": 0}
@@ -106,6 +107,9 @@ class NoiseDraw:
 
 def install(root: nn.Module, rule_name: str, generator: torch.Generator) -> PerturbationState:
     """Check ``root`` (see the module docstring), give it the seed buffers, the state and the input capture."""
+    if has_sequence_modules(root):
+        raise ValueError(f"{rule_name} supports feedforward stacks of nn.Linear/nn.Conv2d layers, each run once per "
+                         "forward pass; attention and recurrent modules are not supported")
     layers = trainable_layers(root)
     owned = {id(p) for layer in layers for p in layer.parameters(recurse=False)}
     for name, module in root.named_modules():
