@@ -220,3 +220,17 @@ def test_reproduce_family_tiny(tmp_path):
     assert all(0 < runs[0][rule]["update_angle"][-1] < 120 for rule in config["rules"] if rule != "bp")
     assert all(0 <= runs[0][rule]["test_error"] <= 100 for rule in config["rules"])
     assert (tmp_path / figures[0]).is_file()
+
+
+def test_family_mnist_is_biotorchs_mnist_column():
+    """family-mnist: BioTorch's recipe and rows on MNIST, each compared with the MNIST column of the registry."""
+    from feedalign.experiments import experiment_config, get_experiment, papers
+    experiment = get_experiment("family-mnist")
+    config = experiment_config("family-mnist", quick=False)
+    fashion = experiment_config("family", quick=False)
+    assert config["data"]["name"] == "mnist" and fashion["data"]["name"] == "fashion-mnist"
+    assert {k: v for k, v in config.items() if k != "data"} == {k: v for k, v in fashion.items() if k != "data"}
+    numbers = {key: compare.number for key, compare in experiment.comparisons(config).items()}
+    assert numbers == {f"{rule}_error": f"biotorch/mnist/lenet/{rule}" for rule in ("bp", "fa", "dfa", "usf", "brsf",
+                                                                                   "frsf")}
+    assert papers.value(numbers["bp_error"]) == 0.91  # Benchmarks.md's MNIST column, as the registry holds it

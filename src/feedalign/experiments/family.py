@@ -9,7 +9,8 @@ reports it. BioTorch does not state the initial learning rate: each rule's is ch
 split (``config["search"]``). Each run also logs its alignment with backprop (``alignment.jsonl``): the
 angle between each hidden layer's weight update under the rule and the true gradient on the same weights,
 averaged over the hidden layers (BP is 0 by definition). BioTorch's numbers come from the registry
-(:mod:`feedalign.experiments.papers`); kp, wm and drtp are extra rows without one.
+(:mod:`feedalign.experiments.papers`); the rules BioTorch does not benchmark are extra rows without one.
+``family-mnist`` is the same on MNIST, against BioTorch's MNIST column (one protocol for both datasets).
 """
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ class Family(TrainingExperiment):
                     "of 3 learning rates per rule); see docs/reproduction-plan.md")
     default_seeds = {"quick": 2, "full": 3}
     searched = ("initial learning rate",)
+    dataset, dataset_label = "fashion-mnist", "Fashion-MNIST"
 
     def config(self, quick):
         rules = convolutional_rules()
@@ -65,7 +67,7 @@ class Family(TrainingExperiment):
         else:
             search = {"learners": {rule: [{"lr": lr} for lr in LR_GRID] for rule in rules}, "seeds": 1,
                       "epochs": 20, "n_val": 10000, "pick": "best"}
-        return {"data": {"name": "fashion-mnist", "n_train": 5000 if quick else None, "n_val": 1000 if quick else 10000,
+        return {"data": {"name": self.dataset, "n_train": 5000 if quick else None, "n_val": 1000 if quick else 10000,
                          "n_test": None},
                 "recipe": "biotorch", "selection": "validation", "search": search, "rules": rules,
                 "epochs": 1 if quick else 100, "milestones": "50,75", "batch_size": 64, "lr": 0.01, "momentum": 0.9,
@@ -89,8 +91,8 @@ class Family(TrainingExperiment):
         return None
 
     def comparisons(self, config):
-        return {f"{rule}_error": Compare("value", number=biotorch(rule), tolerance=TOLERANCE)
-                for rule in config.get("rules", ()) if biotorch(rule)}
+        return {f"{rule}_error": Compare("value", number=biotorch(rule, self.dataset), tolerance=TOLERANCE)
+                for rule in config.get("rules", ()) if biotorch(rule, self.dataset)}
 
     def deviations(self, config):
         return [f"BioTorch's recipe: ReLU LeNet, SGD momentum {config['momentum']}, weight decay "
@@ -109,9 +111,9 @@ class Family(TrainingExperiment):
     def summarize(self, config, runs, out):
         claims = []
         for rule in config["rules"]:
-            number = biotorch(rule)
+            number = biotorch(rule, self.dataset)
             best_val = [min(e for e in curve[1:]) for curve in (r[rule]["val_error"] for r in runs if rule in r)]
-            claims.append(Claim(f"{rule}_error", f"{rule}: LeNet-5 Fashion-MNIST validation error of the best-"
+            claims.append(Claim(f"{rule}_error", f"{rule}: LeNet-5 {self.dataset_label} validation error of the best-"
                                 "validation model", papers.label(number) if number else "not in BioTorch's table",
                                 best_val, unit="%", paper_value=papers.value(number) if number else None))
             claims.append(Claim(f"{rule}_angle", f"{rule}: final alignment angle to the true gradient",
@@ -124,10 +126,23 @@ class Family(TrainingExperiment):
         for rule in config["rules"]:
             mean_std_band(ax, runs[0][rule]["alignment_steps"], [r[rule]["update_angle"] for r in runs], rule)
         ax.set(xlabel="training step", ylabel="angle to the true gradient (deg, hidden layers)",
-               title="LeNet-5 / Fashion-MNIST: alignment over training", ylim=(0, 100))
+               title=f"LeNet-5 / {self.dataset_label}: alignment over training", ylim=(0, 100))
         ax.legend(ncol=3, fontsize=8)
         fig.tight_layout()
-        name = "family-alignment.png"
+        name = f"{self.name}-alignment.png"
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
         return name
+
+
+@register
+class FamilyMNIST(Family):
+    """BioTorch's MNIST column (Benchmarks.md gives MNIST and Fashion-MNIST under one protocol): the same recipe,
+    search and rows on MNIST."""
+
+    name = "family-mnist"
+    title = "LeNet-5 on MNIST at BioTorch's recipe: every registered rule that converts Conv2d layers"
+    paper = ("Sanfiz & Akrout 2021 (BioTorch, Benchmarks.md, MNIST LeNet); rules: Lillicrap et al. 2016, "
+             "Nøkland 2016, Liao et al. 2016, Akrout et al. 2019, Frenkel et al. 2021")
+    order = 91
+    dataset, dataset_label = "mnist", "MNIST"
