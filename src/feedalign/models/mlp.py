@@ -20,21 +20,31 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "identity": nn.Identity,
 }
 
-def mlp(sizes: str, activation: str = "tanh", bias: bool = True) -> nn.Sequential:
+def mlp(sizes: str, activation: str = "tanh", bias: bool = True, *, dropout: float = 0.0,
+        input_dropout: float = 0.0) -> nn.Sequential:
     """A multilayer perceptron: ``nn.Linear`` layers with ``activation`` between them.
 
     The output layer has no activation (the loss decides what the output means).
     ``mlp("784-800-10")`` is ``Sequential(Linear(784, 800), Tanh(), Linear(800, 10))``.
+    ``dropout`` > 0 adds ``nn.Dropout(dropout)`` after every hidden activation and ``input_dropout`` > 0
+    ``nn.Dropout(input_dropout)`` before the first layer, as Nøkland's code places them (anokland/dfa-torch,
+    Models/mlp.lua; a direct rule's signal reaches a hidden layer through its dropout mask). Such a model trains
+    through the general path, not the fused one.
     """
     widths = parse_sizes(sizes)
     key = str(activation).lower()
     if key not in ACTIVATIONS:
         raise ConfigError(f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}")
-    layers: list[nn.Module] = []
+    for name, p in (("dropout", dropout), ("input_dropout", input_dropout)):
+        if not 0.0 <= p < 1.0:
+            raise ConfigError(f"{name} must be in [0, 1); got {p!r}")
+    layers: list[nn.Module] = [nn.Dropout(input_dropout)] if input_dropout else []
     for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
         layers.append(nn.Linear(fan_in, fan_out, bias=bias))
         if i < len(widths) - 2:
             layers.append(ACTIVATIONS[key]())
+            if dropout:
+                layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
 
 

@@ -173,21 +173,26 @@ def user_builder(architecture: str) -> Callable:
     return fn
 
 
-def build_architecture(architecture: str, activation: str, input_shape: tuple, num_classes: int) -> nn.Module:
+def build_architecture(architecture: str, activation: str, input_shape: tuple, num_classes: int, *,
+                       dropout: float = 0.0, input_dropout: float = 0.0) -> nn.Module:
     """The model ``architecture`` names, for inputs of ``input_shape`` (without the batch dimension).
 
-    - an MLP size string: ``mlp(architecture, activation)``, fed flat vectors;
+    - an MLP size string: ``mlp(architecture, activation, dropout=..., input_dropout=...)``, fed flat vectors
+      (dropout is for MLPs only; another architecture with it is refused);
     - a name of :data:`MODELS` (``lenet5``, ``nokland-conv``, ``resnet20``, ...), fed as its spec says;
     - ``module:function``: ``function(input_shape=..., num_classes=...)`` must return an nn.Module; it is fed
       (N, *input_shape), the dataset's own shape (flatten inside the model if it wants vectors).
     """
+    if (dropout or input_dropout) and (is_user_model(architecture) or architecture in MODELS):
+        raise ConfigError(f"dropout and input_dropout apply to MLP architectures (layer sizes); {architecture!r} "
+                          "is a named or user model: add dropout inside it")
     if is_user_model(architecture):
         model = user_builder(architecture)(input_shape=tuple(input_shape), num_classes=num_classes)
         if not isinstance(model, nn.Module):
             raise ConfigError(f"architecture {architecture!r} returned {type(model).__name__}, not an nn.Module")
         return model
     if architecture not in MODELS:
-        return mlp(architecture, activation)
+        return mlp(architecture, activation, dropout=dropout, input_dropout=input_dropout)
     spec = MODELS[architecture]
     if spec.inputs == "image" and (len(input_shape) != 3 or input_shape[1] != input_shape[2]):
         raise ConfigError(f"architecture {architecture!r} needs square images (C, H, W); the dataset's inputs "

@@ -110,7 +110,8 @@ def build_model(config: Config, device: torch.device, *, input_shape: tuple | No
         shape, classes = tuple(input_shape), num_classes
     with torch.random.fork_rng(devices=[]):  # the default init draws from the global generator; leave it be
         torch.manual_seed(seeds["forward"])
-        model = build_architecture(config.architecture, config.activation, shape, classes)
+        model = build_architecture(config.architecture, config.activation, shape, classes, dropout=config.dropout,
+                                   input_dropout=config.input_dropout)
     if config.init == "xavier":  # Glorot uniform weights, zero biases, every Linear and Conv2d (BioTorch's "xavier")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seeds["forward"])

@@ -63,6 +63,8 @@ class Config:
                               "(Linear layers), or xavier (Glorot uniform weights, zero biases, every Linear and Conv2d, as "
                               "BioTorch)")
     init_scale: float | None = _f(None, "w of the uniform/gaussian init (default 1/sqrt(fan_in)); biases follow")
+    dropout: float = _f(0.0, "MLPs: dropout probability after every hidden activation (Nøkland's 0.5); 0: none")
+    input_dropout: float = _f(0.0, "MLPs: dropout probability on the input (Nøkland's 0.1); 0: none")
     frozen: str = _f("none", "layers that keep their initial weights: none, first (the first layer) or hidden "
                              "(every layer but the output: 'shallow learning')")
     # learning rule
@@ -215,6 +217,12 @@ class Config:
             if getattr(self, name) is not None:
                 _at_least(name, getattr(self, name), 0)
         _at_least("threads", self.threads, 0)
+        for name in ("dropout", "input_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1); got {getattr(self, name)!r}")
+        if (self.dropout or self.input_dropout) and input_layout(self.architecture) != "flat":
+            raise ConfigError(f"dropout and input_dropout apply to MLP architectures (layer sizes); got "
+                              f"{self.architecture!r}")
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"momentum must be in [0, 1); got {self.momentum!r}")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):

@@ -66,6 +66,8 @@ def unsupported(config: Config) -> str | None:
         return f"rule {config.rule!r} has no fused path (population training runs the fused path's runner)"
     if input_layout(config.architecture) != "flat":
         return f"architecture {config.architecture!r} is not an MLP"
+    if config.dropout or config.input_dropout:  # the stacked runner is the fused path's, for plain stacks
+        return "dropout (population training runs the fused path, which has no dropout)"
     for name, value, needed in (("augment", config.augment, "none"), ("normalize", config.normalize, "none")):
         if value != needed:
             return f"{name} {value!r} (population training needs {needed!r})"
