@@ -77,3 +77,17 @@ def test_a_run_with_dropout_trains_and_evaluates_without_it(tmp_path):
     with torch.no_grad():
         assert torch.equal(result.model(x), result.model(x))  # eval: no dropout
     assert result.summary["epochs_completed"] == 1
+
+
+def test_nokland_dropout_experiment_is_his_code_with_dropout():
+    from feedalign.experiments import experiment_config, get_experiment
+    experiment = get_experiment("nokland-dropout")
+    config = experiment_config("nokland-dropout", quick=False)
+    learners = experiment.learners(config)
+    assert set(learners) == {"DFA", "BP"}
+    for fields in learners.values():
+        assert (fields["architecture"], fields["dropout"], fields["input_dropout"]) == ("784-800x2-10", 0.5, 0.1)
+        Config.from_dict({**fields, "dataset": "mnist"}).validate()  # every learner is a valid engine run
+    assert learners["DFA"]["init"] == "zero"  # Nøkland's code: DFA from zero weights
+    assert experiment.comparisons(config)["dfa_dropout"].number == "nokland2016/abstract/dfa-dropout"
+    assert set(config["search"]["learners"]) == {"DFA", "BP"} and config["search"]["n_val"] > 0

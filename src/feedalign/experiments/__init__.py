@@ -15,7 +15,7 @@ from ._training import TrainingExperiment
 # Experiment modules, each registering itself on import.
 _MODULES = ("toy1d", "linear", "nonlinear", "review", "mnist_fa", "deep100", "fixed_first_layer", "nokland_mnist",
             "hidden_activations", "sensitivity", "family", "biotorch_cifar", "eqprop", "transformer", "dtp",
-            "dkp_mnist", "ff_mnist", "pc_mnist", "linear_np", "rule_alignment")
+            "dkp_mnist", "ff_mnist", "pc_mnist", "linear_np", "rule_alignment", "nokland_dropout")
 for _name in _MODULES:
     importlib.import_module(f"{__name__}.{_name}")
 
