@@ -20,10 +20,11 @@ ACT = {"tanh": (np.tanh, lambda a: 1.0 - np.tanh(a) ** 2),
        "sigmoid": (lambda a: 1.0 / (1.0 + np.exp(-a)), lambda a: np.exp(-a) / (1.0 + np.exp(-a)) ** 2)}
 
 
-def numpy_pc(weights, biases, activation, x, e, *, steps, gamma, beta, fixed):
+def numpy_pc(weights, biases, activation, x, e, *, steps, gamma, beta, fixed, halving=True):
     """The PC update written from the equations (no autograd): value nodes start at the feedforward values, T
-    synchronous Euler steps on F = sum_{l<L} 1/2|x_l - mu_l|^2 + beta/2 |t - mu_L|^2 with t = y - N e, then
-    grad W_l = -(1/(beta N)) (f'(a_l) eps_l)^T x_{l-1}. Fixed prediction: mu, f' and x_{l-1} at feedforward values."""
+    synchronous Euler steps on F = sum_{l<L} 1/2|x_l - mu_l|^2 + beta/2 |t - mu_L|^2 with t = y - N e (standard PC:
+    the step halves after any step that raised some row's F), then grad W_l = -(1/(beta N)) (f'(a_l) eps_l)^T
+    x_{l-1}. Fixed prediction: mu, f' and x_{l-1} at feedforward values, the step never changes."""
     f, df = ACT[activation]
     n_layers, rows = len(weights), x.shape[0]
     ff = [x]  # ff[l]: the feedforward input of layer l; ff[L]: the output
@@ -43,10 +44,16 @@ def numpy_pc(weights, biases, activation, x, e, *, steps, gamma, beta, fixed):
             ders.append(der)
         return eps, ders
 
-    for _ in range(steps):
-        eps, ders = errors()
-        v = [v[0]] + [v[l] - gamma * (eps[l - 1] - (ders[l] * eps[l]) @ weights[l]) for l in range(1, n_layers)]
+    def energy(eps):
+        return sum(0.5 * (u ** 2).sum(1) for u in eps[:-1]) + 0.5 * beta * ((eps[-1] / beta) ** 2).sum(1)
+
     eps, ders = errors()
+    for _ in range(steps):
+        before = energy(eps)
+        v = [v[0]] + [v[l] - gamma * (eps[l - 1] - (ders[l] * eps[l]) @ weights[l]) for l in range(1, n_layers)]
+        eps, ders = errors()
+        if halving and not fixed and (energy(eps) > before).any():
+            gamma = gamma / 2
     grads = []
     for l in range(n_layers):
         delta = ders[l] * eps[l]
@@ -166,6 +173,27 @@ def test_standard_pc_approaches_backprop_as_the_output_error_shrinks():
     assert by_steps[0] > 0.3 and by_steps[-1] == pytest.approx(errors[-1])
 
 
+def test_step_halving_keeps_inference_stable_on_large_weights():
+    """With large weights a fixed step oscillates and the update turns away from the settled one; the authors'
+    halving (the default) settles as a small step does. The NumPy reference follows the same halving."""
+    net, x, y = setup("4-6-6-3", activation="sigmoid")
+    with torch.no_grad():
+        for m in net:
+            if isinstance(m, nn.Linear):
+                m.weight.mul_(5.0)
+    settled = pc_grads(net, x, y, steps=1500, inference_lr=0.03, step_halving=0)  # a small step, run long
+    fixed_step = pc_grads(net, x, y, steps=200, inference_lr=0.5, step_halving=0)
+    halved = pc_grads(net, x, y, steps=200, inference_lr=0.5)
+    assert not all(torch.isfinite(g).all() for g in fixed_step)
+    assert relative_error(halved, settled) < 5e-3
+    layers = [m for m in net if isinstance(m, nn.Linear)]
+    e = output_error(net(x).detach().numpy(), y.numpy(), "cross_entropy")
+    expected = numpy_pc([m.weight.detach().numpy() for m in layers], [m.bias.detach().numpy() for m in layers],
+                        "sigmoid", x.numpy(), e, steps=200, gamma=0.5, beta=1.0, fixed=False)
+    for g, r in zip(halved, [g for pair in expected for g in pair]):
+        np.testing.assert_allclose(g.numpy(), r, rtol=1e-9, atol=1e-12)
+
+
 # --- diagnostics ----------------------------------------------------------------------------
 
 def test_alignment_measures_the_update_angle_to_the_true_gradient():
@@ -200,7 +228,8 @@ def test_rule_options_reach_the_model():
 @pytest.mark.parametrize("settings, error, match", [
     ({"steps": -1}, ValueError, "whole number"), ({"steps": 2.5}, ValueError, "whole number"),
     ({"inference_lr": 0.0}, ValueError, "positive"), ({"output_precision": float("nan")}, ValueError, "positive"),
-    ({"fixed_prediction": 2}, ValueError, "0 or 1"), ({"steps": "3"}, TypeError, "number"),
+    ({"fixed_prediction": 2}, ValueError, "0 or 1"), ({"step_halving": 0.5}, ValueError, "0 or 1"),
+    ({"steps": "3"}, TypeError, "number"),
     ({"inference_lr": True}, TypeError, "number")])
 def test_configure_refuses_bad_settings(settings, error, match):
     model = feedalign.convert(feedalign.mlp("4-5-3"), "pc")

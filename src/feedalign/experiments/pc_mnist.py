@@ -26,7 +26,7 @@ from .verdicts import Compare
 NUMBER = "whittington2017/mnist/pc"
 LEARNING_RATES = (3e-4, 1e-3, 3e-3, 1e-2)  # Adam; the authors' 1e-3 among them
 ARCHITECTURE = "784-500-500-10"
-INFERENCE = "steps=20,inference_lr=0.1,fixed_prediction=0,output_precision=1"
+INFERENCE = "steps=20,inference_lr=0.1,fixed_prediction=0,output_precision=1,step_halving=1"
 
 
 @register
@@ -37,7 +37,7 @@ class PredictiveCodingMNIST(TrainingExperiment):
              "djcrw/Supervised-Predictive-Coding)")
     order = 110
     full_runtime = ("about an hour on 1 worker: a validation search (4 learning rates x 2 rules, 2 epochs on 20000 "
-                    "images), then 3 seeds x 2 rules x 8 epochs; PC's epoch costs about 5 of BP's (20 inference steps)")
+                    "images), then 3 seeds x 2 rules x 6 epochs; PC's epoch costs about 5 of BP's (20 inference steps)")
     default_seeds = {"quick": 1, "full": 3}
     searched = ("learning rate",)
 
@@ -48,7 +48,7 @@ class PredictiveCodingMNIST(TrainingExperiment):
                   "pick": "best"}
         return {"data": {"name": "mnist", "n_train": 3000 if quick else None, "n_val": 1000 if quick else None,
                          "n_test": 1000 if quick else None},
-                "epochs": 2 if quick else 8, "batch_size": 100, "lr": 1e-3, "selection": "validation",
+                "epochs": 2 if quick else 6, "batch_size": 100, "lr": 1e-3, "selection": "validation",
                 "search": search}
 
     def learners(self, config):
@@ -80,8 +80,11 @@ class PredictiveCodingMNIST(TrainingExperiment):
                 "authors' code's 'bp' variant); the paper's network puts them before it, mu_l = W_l f(x_{l-1}), "
                 "with updates eps_l f(x_{l-1})^T ('bio'), and passes the image through the inverse sigmoid so that "
                 "f(x_0) is the image: the same network function, the image going straight into the first layer.",
-                "Inference: a fixed 20 Euler steps of 0.1 from the feedforward values (the authors: up to 50, at "
-                "least 10, stopping once the energy settles, halving the step if it rises).",
+                "Inference: 20 Euler steps of 0.1 from the feedforward values, halved whenever an example's energy "
+                "rises, as the authors' code does (which runs up to 50 steps, at least 10, and stops once the energy "
+                "settles). A first full run without the halving collapsed: at the chosen lr 1e-2 the weights grew "
+                "until the fixed step oscillated, the middle layer's update turned over 90 degrees from backprop's "
+                "and the test error rose from 3.7 % after epoch 1 to 54 % after 8.",
                 "PyTorch's default init (the authors: U[-r, r], r = 4 sqrt(6 / (fan_in + fan_out)), biases 0); "
                 "each rule's Adam learning rate chosen on validation from "
                 f"{', '.join(format(c['lr'], 'g') for c in config['search']['learners']['PC'])}; "

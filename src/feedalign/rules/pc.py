@@ -74,8 +74,14 @@ so the feedback layout is backprop's and ``feedback_matrices`` is empty: PC remo
 backprop, not its weight transport. Under :func:`feedalign.exact_gradients` the model is plain backprop.
 
 Settings (rule options, or :func:`configure`): ``steps`` T (default 20), ``inference_lr`` gamma (0.1, the
-authors' code's Euler step ``beta``), ``fixed_prediction`` (0 or 1), ``output_precision`` beta (1). The
-authors' code runs up to 50 steps and stops early once the energy settles; T is fixed here.
+authors' code's Euler step ``beta``), ``fixed_prediction`` (0 or 1), ``output_precision`` beta (1),
+``step_halving`` (1). The authors' code runs up to 50 steps and stops early once the energy settles; T is
+fixed here. Their safeguard is kept: standard PC's inference is gradient descent on F, which a fixed step
+turns into a growing oscillation once the weights are large (the step must stay below 2 over F's largest
+curvature, which grows with ``W^T W``; on MNIST, Adam at lr 1e-2 got there within an epoch and the updates
+of the middle layer turned more than 90 degrees away from backprop's), so after
+every step in which any row's energy rose, gamma is halved for the rest of that backward. Under fixed
+prediction the dynamics is not a descent on F, and the step is never changed.
 
 What a model must be: an ``nn.Sequential`` of ``nn.Linear`` layers with parameter-free, deterministic,
 stateless modules between them (activations; ``feedalign.mlp``), ending with its output ``nn.Linear``:
@@ -94,7 +100,7 @@ from torch import nn
 
 from .base import LearningRule, forward_flops, register
 
-DEFAULTS = {"steps": 20, "inference_lr": 0.1, "fixed_prediction": 0, "output_precision": 1.0}
+DEFAULTS = {"steps": 20, "inference_lr": 0.1, "fixed_prediction": 0, "output_precision": 1.0, "step_halving": 1}
 
 
 class PredictiveCodingState:
@@ -107,6 +113,7 @@ class PredictiveCodingState:
         self.linears, self.between = linears, between
         self.steps, self.inference_lr = DEFAULTS["steps"], DEFAULTS["inference_lr"]
         self.fixed_prediction, self.output_precision = bool(DEFAULTS["fixed_prediction"]), DEFAULTS["output_precision"]
+        self.step_halving = bool(DEFAULTS["step_halving"])
         self._inputs: list | None = None
         root.register_forward_pre_hook(self._start)
         root.register_forward_hook(self._finish)
@@ -157,7 +164,8 @@ class _PredictiveCoding(torch.autograd.Function):
         grad_w, grad_b = predictive_coding_updates(
             [w.detach() for w in weights], [None if b is None else b.detach() for b in biases], state.between,
             inputs, output, error, steps=state.steps, inference_lr=state.inference_lr,
-            fixed_prediction=state.fixed_prediction, output_precision=state.output_precision)
+            fixed_prediction=state.fixed_prediction, output_precision=state.output_precision,
+            step_halving=state.step_halving)
         grads = [g for gw, gb, b in zip(grad_w, grad_b, biases) for g in ((gw,) if b is None else (gw, gb))]
         wanted = ctx.needs_input_grad[3 + n:]
         return (None, None, None, *([None] * n), *(g if w else None for g, w in zip(grads, wanted)))
@@ -165,7 +173,7 @@ class _PredictiveCoding(torch.autograd.Function):
 
 @torch.no_grad()
 def predictive_coding_updates(weights, biases, between, inputs, output, error, *, steps, inference_lr,
-                              fixed_prediction, output_precision):
+                              fixed_prediction, output_precision, step_halving=True):
     """The PC update of every layer: ``(grad_w, grad_b)``, lists in forward order (``grad_b[l]`` None without bias).
 
     ``weights[l]`` (out, in) and ``biases[l]`` of layer l (0-based); ``between[l]`` the modules from layer l's
@@ -210,12 +218,23 @@ def predictive_coding_updates(weights, biases, between, inputs, output, error, *
             out.append((eps, vjp))
         return out
 
+    def energy(eps):
+        """F of every row: sum_{l<L} 1/2 |eps_l|^2 + 1/(2 beta) |eps_L|^2 (eps_L = beta (t - mu_L))."""
+        return sum(0.5 * e.square().sum(1) for e, _ in eps[:-1]) + eps[-1][0].square().sum(1) / (2.0 * beta)
+
+    eps = errors()
+    halve = step_halving and not fixed_prediction
+    level = energy(eps) if halve else None
     for _ in range(int(steps)):
-        eps = errors()
         for l in range(1, n_layers):  # value node x[l] is layer l-1's output node
             down = times_derivative(eps[l][1], eps[l][0]).mm(w[l])  # J^T eps of the layer above
             x[l] = x[l] - gamma * (eps[l - 1][0] - down)
-    eps = errors()
+        eps = errors()
+        if halve:  # the authors' safeguard: a rise of any row's energy means the step is too large
+            new_level = energy(eps)
+            if bool((new_level > level).any()):
+                gamma /= 2.0
+            level = new_level
     scale = -1.0 / (beta * rows)
     grad_w, grad_b = [], []
     for l, (eps_l, vjp) in enumerate(eps):
@@ -267,27 +286,30 @@ def _pc_state(model: nn.Module) -> PredictiveCodingState:
 
 
 def configure(model: nn.Module, *, steps: int | None = None, inference_lr: float | None = None,
-              fixed_prediction: bool | None = None, output_precision: float | None = None) -> nn.Module:
+              fixed_prediction: bool | None = None, output_precision: float | None = None,
+              step_halving: bool | None = None) -> nn.Module:
     """Set a ``pc`` model's inference: ``steps`` T (an integer >= 0), ``inference_lr`` gamma (> 0),
-    ``fixed_prediction`` (False/True or 0/1), ``output_precision`` beta (> 0); returns ``model``.
+    ``fixed_prediction`` and ``step_halving`` (False/True or 0/1), ``output_precision`` beta (> 0); returns
+    ``model``.
 
     They are settings of the model object (kept by ``copy.deepcopy`` and ``torch.save(model)``), not of
     its ``state_dict``."""
     state = _pc_state(model)
+    switches = ("fixed_prediction", "step_halving")
     for name, value in (("steps", steps), ("inference_lr", inference_lr), ("fixed_prediction", fixed_prediction),
-                        ("output_precision", output_precision)):
+                        ("output_precision", output_precision), ("step_halving", step_halving)):
         if value is None:
             continue
-        if (isinstance(value, bool) and name != "fixed_prediction") or not isinstance(value, numbers.Real):
+        if (isinstance(value, bool) and name not in switches) or not isinstance(value, numbers.Real):
             raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
         if name == "steps":
             if not (math.isfinite(value) and value >= 0 and float(value).is_integer()):
                 raise ValueError(f"steps must be a whole number >= 0, got {value!r}")
             state.steps = int(value)
-        elif name == "fixed_prediction":
+        elif name in switches:
             if value not in (0, 1):
-                raise ValueError(f"fixed_prediction must be 0 or 1, got {value!r}")
-            state.fixed_prediction = bool(value)
+                raise ValueError(f"{name} must be 0 or 1, got {value!r}")
+            setattr(state, name, bool(value))
         else:
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite positive number, got {value!r}")
@@ -304,7 +326,9 @@ class PredictiveCoding(LearningRule):
                "inference_lr": "gamma, the inference step size (default 0.1)",
                "fixed_prediction": "1: hold predictions at their feedforward values (Millidge et al. 2022; exact "
                                    "backprop at equilibrium), 0: standard PC (default 0)",
-               "output_precision": "beta, the output node's precision 1/Sigma_L (default 1)"}
+               "output_precision": "beta, the output node's precision 1/Sigma_L (default 1)",
+               "step_halving": "1: halve gamma whenever a row's energy rises during inference (the authors' code; "
+                               "standard PC only), 0: never (default 1)"}
 
     def configure(self, model, **options):
         configure(model, **{k: options[k] for k in DEFAULTS if k in options})
