@@ -93,8 +93,9 @@ class StackedSignals(abc.ABC):
 
     def one_hidden(self, inputs: list[torch.Tensor]) -> bool:
         """Whether, on a stack with ONE hidden layer, the rule's signal is ``delta_1 = s (z M') * f'(a_1)`` with
-        ``(M', s)`` from :meth:`one_hidden_matrix`, ``z`` from :meth:`direct_source` and nothing else to do at
-        backward (no gradient for ``inputs``); the stack then runs as the one-hidden-layer node :class:`_OneHiddenFunction`.
+        ``(M', s)`` from :meth:`one_hidden_matrix`, ``z`` from :meth:`direct_source` and, for ``inputs`` that need
+        one, the gradient :meth:`input_grads` gives from ``dW_1, dW_2``; the stack then runs as the
+        one-hidden-layer node :class:`_OneHiddenFunction`.
         Default: False."""
         return False
 
@@ -369,7 +370,8 @@ class _OneHiddenFunction(torch.autograd.Function):
     """``h = f(x W_1^T + b_1)``, ``y = h W_2^T + b_2`` as one node, for rules whose hidden signal is
     ``delta_1 = s (z M') * f'(a_1)`` (:meth:`StackedSignals.one_hidden`, ``z`` the rule's
     :meth:`~StackedSignals.direct_source`): FA-type rules (``M = B_2``), DFA, IFA and drtp (``M = B_1``).
-    Backward: ``dW_2 = e^T h``, ``db_2 = sum_n e``, ``dW_1 = delta_1^T x``, ``db_1 = sum_n delta_1``; no input
+    Backward: ``dW_2 = e^T h``, ``db_2 = sum_n e``, ``dW_1 = delta_1^T x``, ``db_1 = sum_n delta_1``, and for the
+    rule's inputs the gradients :meth:`StackedSignals.input_grads` gives them (kp's B: its W's); no input
     gradient (taken only for 2-D inputs that need none). The same kernels as :class:`_StackFunction`,
     fewer Python steps, for the one-hidden-layer networks whose step is well under a millisecond.
     """
@@ -397,9 +399,16 @@ class _OneHiddenFunction(torch.autograd.Function):
         delta = signal.mm(matrix) if scale == 1.0 else torch.addmm(hidden, signal, matrix, beta=0, alpha=scale)
         _BACKWARDS[type(plan.activations[0])](delta, hidden, plan.activations[0], delta)
         needs = ctx.needs_input_grad  # (input, plan, w1, b1, w2, b2, *inputs)
-        return (None, None, delta.t().mm(input) if needs[2] else None, delta.sum(0) if needs[3] else None,
-                error.t().mm(hidden) if needs[4] else None, error.sum(0) if needs[5] else None,
-                *([None] * ctx.inputs))
+        if not any(needs[6:]):
+            return (None, None, delta.t().mm(input) if needs[2] else None, delta.sum(0) if needs[3] else None,
+                    error.t().mm(hidden) if needs[4] else None, error.sum(0) if needs[5] else None,
+                    *([None] * ctx.inputs))
+        # inputs that take a weight's gradient (kp's trained B): the rule says which
+        grad_weights = [delta.t().mm(input), error.t().mm(hidden)]
+        grad_inputs = [g if need else None for g, need in
+                       zip(plan.signals.input_grads(plan, grad_weights, inputs), needs[6:])]
+        return (None, None, grad_weights[0] if needs[2] else None, delta.sum(0) if needs[3] else None,
+                grad_weights[1] if needs[4] else None, error.sum(0) if needs[5] else None, *grad_inputs)
 
 
 def _same_kind(a, b) -> bool:

@@ -216,7 +216,7 @@ class LayerwiseSignals(fused.StackedSignals):
         return deltas
 
     def one_hidden(self, inputs):
-        return not inputs  # a trained feedback (kp) needs its gradient, which the one-hidden-layer node does not give
+        return True  # a trained feedback (kp) gets its gradient from input_grads there too
 
     def one_hidden_matrix(self, plan, inputs):
         return plan.linears[1].scaled_backward_weight()
