@@ -109,7 +109,8 @@ CONTRACTS = {
     # pc's update is its inference's (not BP's unless at equilibrium under fixed prediction); its float64 NumPy
     # reference of inference and update, and the tests against backprop's theory, are in test_pc.py; its errors
     # travel through W^T itself, so it has no feedback matrices
-    "pc": Contract(reference=None, conv=False, has_feedback=False, seeded=False),
+    # pc's updates are written into .grad after inference, never through the layers' outputs: no signal angle
+    "pc": Contract(reference=None, conv=False, has_feedback=False, seeded=False, signals=False),
     "chl": Contract(reference=None, conv=False, has_feedback=False, seeded=False, own_model=True,
                     target_context=energy.target),
     # forward-forward returns a network of its own (hidden layers by goodness, the last nn.Linear its softmax readout);

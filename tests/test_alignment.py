@@ -73,10 +73,11 @@ def test_output_layer_signal_and_update_are_exact(rule):
         last = alignment(model, *batch(), F.cross_entropy)[-1]
         assert last.update_angle < 15 and (math.isnan(last.signal_angle) or last.signal_angle < 15)
         return
-    if not contract(rule).signals:  # pepita: no gradient at the outputs; the output update uses the modulated pass
+    if not contract(rule).signals:  # no gradient at the outputs: pepita's output update uses the modulated pass,
+        # pc's the output error at the end of inference, where the hidden values have moved off the prediction
         last = alignment(model_for(rule), *batch(), F.cross_entropy)[-1]
         assert math.isnan(last.signal_angle) and "no gradient reaches" in last.reason
-        assert last.update_angle < 10
+        assert last.update_angle < (10 if rule == "pepita" else 45)
         return
     table = alignment(model_for(rule), *batch(), F.cross_entropy)
     last = table[-1]
