@@ -192,6 +192,40 @@ def trainable_layers(model: nn.Module) -> list[nn.Module]:
     return [module for module in model.modules() if isinstance(module, TRAINABLE)]
 
 
+def linear_stack(model: nn.Module, rule: str, *, stateless: bool = False) -> tuple[list[nn.Linear], list[nn.Sequential]]:
+    """The ``nn.Linear`` layers of an ``nn.Sequential`` MLP and the parameter-free modules between each two
+    (each as an ``nn.Sequential``), for rules that run the stack themselves (dtp, pc, pepita); a one-line
+    ValueError naming ``rule`` and what is wrong otherwise. ``stateless``: also refuse modules between the layers
+    that draw randomness or keep state (dropout, running statistics), for a rule that evaluates them again."""
+    why = (f"{rule} needs an nn.Sequential of nn.Linear layers with parameter-free activations between them, "
+           "ending with an nn.Linear (e.g. feedalign.mlp)")
+    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        raise ValueError(f"{why}; got nn.Conv2d ({rule} is implemented for MLPs only)")
+    if not isinstance(model, nn.Sequential):
+        raise ValueError(f"{why}; got {type(model).__name__}")
+    children = list(model)
+    if not children or not isinstance(children[-1], nn.Linear):
+        raise ValueError(f"{why}; the last module is not nn.Linear")
+    linears, between, current = [], [], []
+    for child in children:
+        if isinstance(child, nn.Linear):
+            if linears:
+                between.append(nn.Sequential(*current))
+            linears.append(child)
+            current = []
+        elif any(True for _ in child.parameters()) or any(isinstance(m, nn.Linear) for m in child.modules()):
+            raise ValueError(f"{why}; got {type(child).__name__} with parameters")
+        elif stateless and (any(True for _ in child.buffers())
+                            or any(isinstance(m, nn.modules.dropout._DropoutNd) for m in child.modules())):
+            raise ValueError(f"{why}; got {type(child).__name__}, which is random or keeps state ({rule} evaluates the "
+                             "modules between layers again at every step)")
+        elif not linears:
+            raise ValueError(f"{why}; got {type(child).__name__} before the first nn.Linear")
+        else:
+            current.append(child)
+    return linears, between
+
+
 def forward_flops(widths: list[int], batch: int) -> int:
     """Matmul FLOPs of an MLP's forward pass: ``2N sum(in * out)`` over its layers."""
     return 2 * batch * sum(i * o for i, o in zip(widths[:-1], widths[1:]))

@@ -81,7 +81,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._cut import HiddenCut, find_cut
-from .base import FeedbackRole, LearningRule, register, sample_feedback, trainable_layers
+from .base import FeedbackRole, LearningRule, linear_stack, register, sample_feedback, trainable_layers
 
 
 def noise_stream(seed: int, draw: int) -> int:
@@ -180,31 +180,6 @@ def _attach(root, output, hidden, preactivations):
     return _DifferenceTargets.apply(output, reconstruction, cut, *hidden)
 
 
-def _stack(model: nn.Module) -> tuple[list[nn.Linear], list[nn.Sequential]]:
-    """The Linear layers of a Sequential and the (parameter-free) modules between them; checked."""
-    why = ("dtp needs an nn.Sequential of nn.Linear layers with parameter-free activations between them, ending "
-           "with an nn.Linear (e.g. feedalign.mlp)")
-    if not isinstance(model, nn.Sequential):
-        raise ValueError(f"{why}; got {type(model).__name__}")
-    children = list(model)
-    if not children or not isinstance(children[-1], nn.Linear):
-        raise ValueError(f"{why}; the last module is not nn.Linear")
-    linears, between, current = [], [], []
-    for child in children:
-        if isinstance(child, nn.Linear):
-            if linears:
-                between.append(nn.Sequential(*current))
-            linears.append(child)
-            current = []
-        elif any(True for _ in child.parameters()) or any(isinstance(m, nn.Linear) for m in child.modules()):
-            raise ValueError(f"{why}; got {type(child).__name__} with parameters")
-        elif not linears:
-            raise ValueError(f"{why}; got {type(child).__name__} before the first nn.Linear")
-        else:
-            current.append(child)
-    return linears, between
-
-
 def configure(model: nn.Module, *, target_step: float | None = None, noise: float | None = None) -> nn.Module:
     """Set a ``dtp`` model's ``target_step`` (eta_hat, > 0) and ``noise`` (sigma, >= 0); returns ``model``.
 
@@ -277,7 +252,7 @@ class DifferenceTargetPropagation(LearningRule):
     def convert(self, model, *, generator, feedback_init, feedback_scale):
         if any(isinstance(m, nn.Conv2d) for m in model.modules()):
             raise ValueError("dtp supports nn.Linear layers only (no inverse is defined for nn.Conv2d here)")
-        linears, between = _stack(model)
+        linears, between = linear_stack(model, "dtp")
         cut = HiddenCut(model, linears, _attach)  # refuses a model without a hidden layer
         for layer in linears[1:-1]:  # g_i for every hidden layer but the first: V_i (in, out), c_i (in,)
             weight = sample_feedback((layer.in_features, layer.out_features), fan=layer.out_features,

@@ -98,7 +98,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LearningRule, forward_flops, register
+from .base import LearningRule, forward_flops, linear_stack, register
 
 DEFAULTS = {"steps": 20, "inference_lr": 0.1, "fixed_prediction": 0, "output_precision": 1.0, "step_halving": 1}
 
@@ -245,39 +245,6 @@ def predictive_coding_updates(weights, biases, between, inputs, output, error, *
     return grad_w, grad_b
 
 
-def _stack(model: nn.Module) -> tuple[list[nn.Linear], list[nn.Sequential]]:
-    """The Linear layers of a Sequential and the (parameter-free) modules between them; checked."""
-    why = ("pc needs an nn.Sequential of nn.Linear layers with parameter-free activations between them, ending "
-           "with an nn.Linear (e.g. feedalign.mlp)")
-    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        raise ValueError(f"{why}; got nn.Conv2d (pc is implemented for MLPs only)")
-    if not isinstance(model, nn.Sequential):
-        raise ValueError(f"{why}; got {type(model).__name__}")
-    children = list(model)
-    if not children or not isinstance(children[-1], nn.Linear):
-        raise ValueError(f"{why}; the last module is not nn.Linear")
-    linears, between, current = [], [], []
-    for child in children:
-        if isinstance(child, nn.Linear):
-            if linears:
-                between.append(nn.Sequential(*current))
-            linears.append(child)
-            current = []
-        elif any(True for _ in child.parameters()) or any(isinstance(m, nn.Linear) for m in child.modules()):
-            raise ValueError(f"{why}; got {type(child).__name__} with parameters")
-        elif any(True for _ in child.buffers()) or any(isinstance(m, nn.modules.dropout._DropoutNd)
-                                                        for m in child.modules()):
-            # inference evaluates these modules again at every step: a dropout mask or running statistics would
-            # change between the forward pass and the steps
-            raise ValueError(f"{why}; got {type(child).__name__}, which is random or keeps state (pc evaluates the "
-                             "modules between layers again at every inference step)")
-        elif not linears:
-            raise ValueError(f"{why}; got {type(child).__name__} before the first nn.Linear")
-        else:
-            current.append(child)
-    return linears, between
-
-
 def _pc_state(model: nn.Module) -> PredictiveCodingState:
     state = getattr(model, "_feedalign_cut", None)
     if not isinstance(state, PredictiveCodingState):
@@ -334,7 +301,7 @@ class PredictiveCoding(LearningRule):
         configure(model, **{k: options[k] for k in DEFAULTS if k in options})
 
     def convert(self, model, *, generator, feedback_init, feedback_scale):
-        linears, between = _stack(model)
+        linears, between = linear_stack(model, "pc", stateless=True)
         model._feedalign_cut = PredictiveCodingState(model, linears, between)
         return model
 

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import FeedbackRole, LearningRule, forward_flops, register, sample_feedback
+from .base import FeedbackRole, LearningRule, forward_flops, linear_stack, register, sample_feedback
 from .drtp import recover_target
 
 DEFAULT_SCALE = 0.05  # F ~ U[-s, s] with s = 0.05 sqrt(6 / in_features), the authors' notebook
@@ -223,36 +223,6 @@ def target(model: nn.Module, y: torch.Tensor):
         state.target = previous
 
 
-def _stack(model: nn.Module) -> tuple[list[nn.Linear], list[nn.Sequential]]:
-    """The Linear layers of a Sequential and the parameter-free modules between them; checked."""
-    why = ("pepita needs an nn.Sequential of nn.Linear layers with parameter-free modules between them, ending "
-           "with an nn.Linear (e.g. feedalign.mlp)")
-    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        raise ValueError(f"{why}; got nn.Conv2d (pepita is implemented for MLPs only)")
-    if not isinstance(model, nn.Sequential):
-        raise ValueError(f"{why}; got {type(model).__name__}")
-    children = list(model)
-    if not children or not isinstance(children[-1], nn.Linear):
-        raise ValueError(f"{why}; the last module is not nn.Linear")
-    linears, between, current = [], [], []
-    for child in children:
-        if isinstance(child, nn.Linear):
-            if linears:
-                between.append(nn.Sequential(*current))
-            linears.append(child)
-            current = []
-        elif any(True for _ in child.parameters()) or any(isinstance(m, nn.Linear) for m in child.modules()):
-            raise ValueError(f"{why}; got {type(child).__name__} with parameters")
-        elif not linears:
-            raise ValueError(f"{why}; got {type(child).__name__} before the first nn.Linear")
-        else:
-            current.append(child)
-    if len(linears) < 2:
-        raise ValueError("pepita needs at least one hidden layer (two nn.Linear layers); the model has "
-                         f"{len(linears)}")
-    return linears, between
-
-
 @register
 class Pepita(LearningRule):
     """``pepita``: two forward passes, the second on the input modulated by ``e F`` (see the module docstring)."""
@@ -260,7 +230,10 @@ class Pepita(LearningRule):
     name = "pepita"
 
     def convert(self, model, *, generator, feedback_init, feedback_scale):
-        linears, between = _stack(model)
+        linears, between = linear_stack(model, "pepita")
+        if len(linears) < 2:
+            raise ValueError("pepita needs at least one hidden layer (two nn.Linear layers); the model has "
+                             f"{len(linears)}")
         first, last = linears[0], linears[-1]
         scale = DEFAULT_SCALE * math.sqrt(6.0 / first.in_features) if feedback_scale is None else feedback_scale
         model.register_buffer("feedback", sample_feedback((last.out_features, first.in_features),
