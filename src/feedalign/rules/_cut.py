@@ -15,6 +15,7 @@ flattening and normalisation between layers pass through unchanged).
 """
 from __future__ import annotations
 
+import abc
 import functools
 
 import torch
@@ -291,3 +292,49 @@ def resolve_taps(model: nn.Module, rule, taps) -> list[str] | None:
             raise ValueError(f"tap {name!r} is given twice")
         names.append(name)
     return names
+
+
+class LayerInputs(abc.ABC):
+    """Records each layer's input (detached) during a training forward pass of ``root``, for rules whose backward
+    runs the stack again from those inputs (pc, pepita). A subclass sets ``rule`` (its name, for the messages)
+    and implements :meth:`attach`; nothing is recorded without grad or under ``feedalign.exact_gradients``."""
+
+    exact_gradient = False  # set by feedalign.exact_gradients(): plain backprop
+    rule = ""
+
+    def __init__(self, root: nn.Module, linears: list[nn.Module]):
+        self.linears = linears
+        self._inputs: list | None = None
+        root.register_forward_pre_hook(self._start)
+        root.register_forward_hook(self._finish)
+        for k, layer in enumerate(linears):
+            layer.register_forward_pre_hook(functools.partial(self._record, k))
+
+    @abc.abstractmethod
+    def attach(self, root: nn.Module, output: torch.Tensor, inputs: list[torch.Tensor],
+               params: list[torch.Tensor]) -> torch.Tensor:
+        """The output routed through the rule's Function, given every layer's input (forward order) and the
+        layers' parameters (weight, then bias where there is one, layer by layer)."""
+
+    def _start(self, root, args):
+        recording = not self.exact_gradient and torch.is_grad_enabled()
+        self._inputs = [None] * len(self.linears) if recording else None
+
+    def _record(self, k, layer, args):
+        if self._inputs is None or not torch.is_grad_enabled():
+            return
+        if self._inputs[k] is not None:
+            raise ValueError(f"layer {k + 1} ran twice in one forward pass; {self.rule} needs each layer once")
+        self._inputs[k] = args[0].detach()
+
+    def _finish(self, root, args, output):
+        inputs, self._inputs = self._inputs, None  # hold no tensors past the forward pass
+        if inputs is None or not torch.is_grad_enabled():
+            return None
+        params = [p for layer in self.linears for p in (layer.weight, layer.bias) if p is not None]
+        if not any(p.requires_grad for p in params):
+            return None  # nothing learns
+        missing = [k + 1 for k, x in enumerate(inputs) if x is None]
+        if missing:
+            raise ValueError(f"layers {missing} did not run in the forward pass; {self.rule} needs every layer once")
+        return self.attach(root, output, inputs, params)

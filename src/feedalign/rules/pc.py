@@ -90,7 +90,6 @@ Conv2d and other models.
 """
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 
@@ -98,49 +97,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._cut import LayerInputs
 from .base import LearningRule, forward_flops, linear_stack, register
 
 DEFAULTS = {"steps": 20, "inference_lr": 0.1, "fixed_prediction": 0, "output_precision": 1.0, "step_halving": 1}
 
 
-class PredictiveCodingState:
+class PredictiveCodingState(LayerInputs):
     """What a ``pc`` model carries (the root's ``_feedalign_cut``): its layers, the modules between them,
     the settings, and the inputs of the layers recorded during a training forward pass."""
 
-    exact_gradient = False  # set by feedalign.exact_gradients(): plain backprop
+    rule = "pc"
 
     def __init__(self, root: nn.Module, linears: list[nn.Linear], between: list[nn.Module]):
-        self.linears, self.between = linears, between
+        super().__init__(root, linears)
+        self.between = between
         self.steps, self.inference_lr = DEFAULTS["steps"], DEFAULTS["inference_lr"]
         self.fixed_prediction, self.output_precision = bool(DEFAULTS["fixed_prediction"]), DEFAULTS["output_precision"]
         self.step_halving = bool(DEFAULTS["step_halving"])
-        self._inputs: list | None = None
-        root.register_forward_pre_hook(self._start)
-        root.register_forward_hook(self._finish)
-        for k, layer in enumerate(linears):
-            layer.register_forward_pre_hook(functools.partial(self._record, k))
 
-    def _start(self, root, args):
-        recording = not self.exact_gradient and torch.is_grad_enabled()
-        self._inputs = [None] * len(self.linears) if recording else None
-
-    def _record(self, k, layer, args):
-        if self._inputs is None or not torch.is_grad_enabled():
-            return
-        if self._inputs[k] is not None:
-            raise ValueError(f"layer {k + 1} ran twice in one forward pass; pc needs each layer once")
-        self._inputs[k] = args[0].detach()
-
-    def _finish(self, root, args, output):
-        inputs, self._inputs = self._inputs, None  # hold no tensors past the forward pass
-        if inputs is None or not torch.is_grad_enabled():
-            return None
-        params = [p for layer in self.linears for p in (layer.weight, layer.bias) if p is not None]
-        if not any(p.requires_grad for p in params):
-            return None  # nothing learns
-        missing = [k + 1 for k, x in enumerate(inputs) if x is None]
-        if missing:
-            raise ValueError(f"layers {missing} did not run in the forward pass; pc needs every layer once")
+    def attach(self, root, output, inputs, params):
         return _PredictiveCoding.apply(output.detach(), self, len(inputs), *inputs, *params)
 
 

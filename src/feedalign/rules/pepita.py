@@ -44,62 +44,46 @@ dropout) between them, ending with an ``nn.Linear`` (``feedalign.mlp``), with at
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._cut import LayerInputs
 from .base import FeedbackRole, LearningRule, forward_flops, linear_stack, register, sample_feedback
 from .drtp import recover_target
 
 DEFAULT_SCALE = 0.05  # F ~ U[-s, s] with s = 0.05 sqrt(6 / in_features), the authors' notebook
 
 
-class PepitaState:
+class PepitaState(LayerInputs):
     """What a ``pepita`` model carries (the root's ``_feedalign_cut``): its layers, the modules between them,
     and during a training forward pass the layers' inputs and the RNG state (so pass 2 draws pass 1's
     dropout masks)."""
 
-    exact_gradient = False  # set by feedalign.exact_gradients(): plain backprop
+    rule = "pepita"
 
     def __init__(self, root: nn.Module, linears: list[nn.Linear], between: list[nn.Sequential]):
-        self.linears, self.between = linears, between
+        super().__init__(root, linears)
+        self.between = between
         self.target = None  # given by target(); else recovered at backward
         self.random = any(isinstance(m, nn.modules.dropout._DropoutNd) for b in between for m in b.modules())
-        self._inputs: list | None = None
         self._rng = None
-        root.register_forward_pre_hook(self._start)
-        root.register_forward_hook(self._finish)
-        for k, layer in enumerate(linears):
-            layer.register_forward_pre_hook(functools.partial(self._record, k))
 
     def _start(self, root, args):
-        recording = not self.exact_gradient and torch.is_grad_enabled()
-        self._inputs = [None] * len(self.linears) if recording else None
-        self._rng = _rng_state(args) if recording and self.random and root.training else None
-
-    def _record(self, k, layer, args):
-        if self._inputs is None or not torch.is_grad_enabled():
-            return
-        if self._inputs[k] is not None:
-            raise ValueError(f"layer {k + 1} ran twice in one forward pass; pepita needs each layer once")
-        self._inputs[k] = args[0].detach()
+        super()._start(root, args)
+        self._rng = _rng_state(args) if self._inputs is not None and self.random and root.training else None
 
     def _finish(self, root, args, output):
-        inputs, rng = self._inputs, self._rng
-        self._inputs = self._rng = None  # hold no tensors past the forward pass
-        if inputs is None or not torch.is_grad_enabled():
-            return None
-        params = [p for layer in self.linears for p in (layer.weight, layer.bias) if p is not None]
-        if not any(p.requires_grad for p in params):
-            return None  # nothing learns
-        missing = [k + 1 for k, x in enumerate(inputs) if x is None]
-        if missing:
-            raise ValueError(f"layers {missing} did not run in the forward pass; pepita needs every layer once")
+        try:
+            return super()._finish(root, args, output)
+        finally:
+            self._rng = None  # hold no state past the forward pass
+
+    def attach(self, root, output, inputs, params):
         target = None if self.target is None else _rows(self.target, output.shape, output.dtype)
-        return _Pepita.apply(output.detach(), self, root.feedback, target, rng, len(inputs), *inputs, *params)
+        return _Pepita.apply(output.detach(), self, root.feedback, target, self._rng, len(inputs), *inputs, *params)
 
 
 def _rng_state(args):

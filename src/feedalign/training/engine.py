@@ -13,6 +13,7 @@ callbacks, checkpoints, divergence, summaries) is this module's, the same for bo
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 import datetime
 import json
@@ -337,18 +338,18 @@ def train_together(configs: list[Config], make_trainer: Callable[[list["_Loop"]]
         return [loop.finish(rows, at) for loop, rows, at in zip(loops, metrics, diverged)]
 
 
-class EpochTrainer:
+class EpochTrainer(abc.ABC):
     """One pass over the training set of each of the engine's runs (one run, or several taken together).
 
     The engine calls :meth:`train_epoch` once per epoch with the runs still training, then ends each
     run's epoch itself (schedule, evaluation, callbacks, checkpoint: ``_Loop.conclude``).
     """
 
+    @abc.abstractmethod
     def train_epoch(self, epoch: int, members: list[int]) -> list[Trained | None]:
         """Train runs ``members`` (indices into the engine's loops) for ``epoch``: per member what its pass
         measured, or None if its loss went NaN/Inf (that run stops, the others go on). A run's
         ``optimizer`` lr is its schedule's for this epoch; its ``step`` counts the steps taken."""
-        raise NotImplementedError
 
     def stop(self, member: int) -> None:
         """Run ``member`` stopped after an epoch (its evaluation diverged): it trains no more."""
