@@ -43,16 +43,46 @@ from torch.nn.modules import module as _module
 
 _aten = torch.ops.aten
 
-# ``grad * f'(a)`` written with h = f(a), into ``out``: the fused kernels autograd itself
-# runs for these modules, so both paths give the same bits. ReLU: 1 where h > 0.
+# ``out = grad * f'(a)`` written with h = f(a), for an activation module m: the fused kernels autograd
+# itself runs for these modules, so both paths give the same bits. ReLU: 1 where h > 0.
+_tanh_backward = _aten.tanh_backward.grad_input
+_sigmoid_backward = _aten.sigmoid_backward.grad_input
+_threshold_backward = _aten.threshold_backward.grad_input
+_leaky_relu_backward = _aten.leaky_relu_backward.grad_input
+def _tanh(grad, h, out):
+    return _tanh_backward(grad, h, grad_input=out)
+
+
+def _sigmoid(grad, h, out):
+    return _sigmoid_backward(grad, h, grad_input=out)
+
+
+def _relu(grad, h, out):
+    return _threshold_backward(grad, h, 0, grad_input=out)
+
+
+def _leaky_relu(negative_slope, grad, h, out):
+    return _leaky_relu_backward(grad, h, negative_slope, True, grad_input=out)
+
+
+def _copy_into(grad, h, out):
+    return out if grad is out else out.copy_(grad)
+
+
+# module-level functions (and a partial), so a whole saved model that holds its plan still pickles
 _BACKWARDS = {
-    nn.Tanh: lambda grad, h, m, out: _aten.tanh_backward.grad_input(grad, h, grad_input=out),
-    nn.Sigmoid: lambda grad, h, m, out: _aten.sigmoid_backward.grad_input(grad, h, grad_input=out),
-    nn.ReLU: lambda grad, h, m, out: _aten.threshold_backward.grad_input(grad, h, 0, grad_input=out),
-    nn.LeakyReLU: lambda grad, h, m, out: _aten.leaky_relu_backward.grad_input(
-        grad, h, m.negative_slope, True, grad_input=out),
-    nn.Identity: lambda grad, h, m, out: out if grad is out else out.copy_(grad),
+    nn.Tanh: lambda m: _tanh,
+    nn.Sigmoid: lambda m: _sigmoid,
+    nn.ReLU: lambda m: _relu,
+    nn.LeakyReLU: lambda m: functools.partial(_leaky_relu, m.negative_slope),
+    nn.Identity: lambda m: _copy_into,
 }
+
+
+def derivative_kernel(activation):
+    """``(grad, h, out) -> out`` with ``out = grad * f'(a)`` given ``h = f(a)`` (``grad`` may be ``out``);
+    ``activation`` None is the identity."""
+    return _copy_into if activation is None else _BACKWARDS[type(activation)](activation)
 
 
 def scaled_matmul(signal: torch.Tensor, matrix: torch.Tensor, scale, out: torch.Tensor) -> torch.Tensor:
@@ -134,27 +164,30 @@ class Backward:
     def __init__(self, plan, weights, hidden, stack, output=None):
         self.plan, self.weights, self.hidden, self.stack, self.output = plan, weights, hidden, stack, output
         self.activations = plan.activations[:len(hidden)]
+        self.slices = None  # the K slices of the (K, N, w) tensor empty() made, so the runner need not unbind it again
 
     def empty(self):
         """``(deltas, outs)``: a fresh (K, N, w) tensor and its K slices if stacked, else a list of (N, w_l) twice."""
         if self.stack is not None:
             deltas = torch.empty_like(self.stack)
-            return deltas, deltas.unbind(0)
+            self.slices = (deltas, deltas.unbind(0))
+            return self.slices
         outs = [torch.empty_like(h) for h in self.hidden]
         return outs, outs
 
     def times_derivative(self, l: int, grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """``out = grad * f'(a_l)`` (``grad`` may be ``out``), with the kernel autograd would use."""
-        return times_derivative(self.activations[l], grad, self.hidden[l], out)
+        return self.plan.derivative_[l](grad, self.hidden[l], out)
 
     def times_derivatives(self, deltas) -> None:
         """``delta_l *= f'(a_l)`` in place for every hidden layer; one op when stacked with one activation kind."""
         first = self.activations[0]
         if self.stack is not None and first is not None and all(_same_kind(a, first) for a in self.activations):
-            _BACKWARDS[type(first)](deltas, self.stack, first, deltas)  # one op, not K strided ones
+            self.plan.derivative_[0](deltas, self.stack, deltas)  # one op, not K strided ones
             return
+        hidden, derivative_ = self.hidden, self.plan.derivative_
         for l, delta in enumerate(deltas.unbind(0) if self.stack is not None else deltas):
-            self.times_derivative(l, delta, delta)
+            derivative_[l](delta, hidden[l], delta)
 
 
 class Plan:
@@ -174,6 +207,8 @@ class Plan:
         # hidden outputs in one (K, N, w) tensor; a stacked model keeps a list of (M, N, w_l)
         self.stacked = len(set(widths)) == 1 and members is None
         self.activate_ = [_forward_kernel(a) for a in activations]  # f in place, or None
+        # out = grad * f'(a) from h = f(a): each layer's kernel bound once, not looked up per step
+        self.derivative_ = [derivative_kernel(a) for a in activations]
         # whether the rule projects a source of its own (not e): asked at backward only then
         self.own_source = type(signals).direct_source is not StackedSignals.direct_source
         # The layers' hook dicts and their sizes now (DFA/IFA's own cut hooks included): a hook
@@ -269,13 +304,17 @@ def _forward(plan: Plan, flat: torch.Tensor, weights, biases):
     lead, k = flat.shape[:-1], len(weights) - 1
     if plan.stacked:
         hidden = flat.new_empty((k, *lead, weights[0].shape[-2]))
-        outs = hidden.unbind(0) if k > 1 else (hidden[0],)
+        outs = hidden.unbind(0)
     else:
         outs = [flat.new_empty((*lead, w.shape[-2])) for w in weights[:-1]]
         hidden = None
     h = flat
+    one = flat.dim() == 2
     for w, b, out, activate_ in zip(weights, biases, outs, plan.activate_):
-        _affine(h, w, b, out)
+        if one and b is not None:
+            torch.addmm(b, h, w.t(), out=out)
+        else:
+            _affine(h, w, b, out)
         if activate_ is not None:
             activate_(out)
         h = out
@@ -315,7 +354,7 @@ class _StackFunction(torch.autograd.Function):
         output = saved.pop(0) if plan.signals.needs_output else None
         if plan.stacked:
             stack = saved[0]
-            hs = stack.unbind(0) if k > 1 else (stack[0],)
+            hs = stack.unbind(0)
             tensors = saved[1:]
         else:
             stack, hs, tensors = None, saved[:k], saved[k:]
@@ -330,7 +369,8 @@ class _StackFunction(torch.autograd.Function):
         needs = ctx.needs_input_grad  # (input, plan, n_layers, n_inputs, *weights, *biases, *inputs)
         grad_weights = [None] * n_layers
         if plan.stacked:
-            delta_list = deltas.unbind(0) if k > 1 else (deltas[0],)
+            made = step.slices  # the slices of the tensor empty() gave the rule, if it filled that one
+            delta_list = made[1] if made is not None and made[0] is deltas else deltas.unbind(0)
         else:
             delta_list = deltas
         grad_weights[-1] = torch.matmul(error.mT, hs[-1])
@@ -397,7 +437,7 @@ class _OneHiddenFunction(torch.autograd.Function):
         signal = plan.signals.direct_source(output, error, inputs) if plan.own_source else error
         # beta=0: hidden, of delta's shape, is only a placeholder input, never read
         delta = signal.mm(matrix) if scale == 1.0 else torch.addmm(hidden, signal, matrix, beta=0, alpha=scale)
-        _BACKWARDS[type(plan.activations[0])](delta, hidden, plan.activations[0], delta)
+        plan.derivative_[0](delta, hidden, delta)
         needs = ctx.needs_input_grad  # (input, plan, w1, b1, w2, b2, *inputs)
         if not any(needs[6:]):
             return (None, None, delta.t().mm(input) if needs[2] else None, delta.sum(0) if needs[3] else None,
@@ -415,14 +455,6 @@ def _same_kind(a, b) -> bool:
     """Whether activations ``a`` and ``b`` have the same derivative kernel with the same arguments
     (LeakyReLUs of different slopes do not)."""
     return type(a) is type(b) and getattr(a, "negative_slope", None) == getattr(b, "negative_slope", None)
-
-
-def times_derivative(activation, grad: torch.Tensor, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``out = grad * f'(a)`` given the activation's output ``h = f(a)`` (``grad`` may be ``out``);
-    ``activation`` None is the identity. The kernel autograd itself runs for the module."""
-    if activation is None:
-        return out if grad is out else out.copy_(grad)
-    return _BACKWARDS[type(activation)](grad, h, activation, out)
 
 
 def _forward_kernel(activation):
