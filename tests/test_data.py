@@ -20,7 +20,6 @@ import torch
 import feedalign.data as data
 from feedalign.data import DatasetError, batches, load
 from feedalign.data import mnist as mnist_mod
-from feedalign.data.cifar import CifarDataset
 from feedalign.data.idx import parse_idx, read_idx, write_idx
 
 FILES = (mnist_mod.TRAIN_IMAGES, mnist_mod.TRAIN_LABELS, mnist_mod.TEST_IMAGES, mnist_mod.TEST_LABELS)

@@ -4,7 +4,6 @@ step, the geometric decay of B_K - W_L under weight decay (and of every B_k's ra
 (general and fused) alike; the alignment diagnostics; its refusals."""
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import pytest

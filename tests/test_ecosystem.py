@@ -19,7 +19,7 @@ import feedalign
 from feedalign import data
 from feedalign.cli import main
 from feedalign.data import mnist as mnist_mod
-from feedalign.errors import ConfigError, DatasetError
+from feedalign.errors import DatasetError
 from feedalign.files import atomic_write, new_file_mode
 
 ROOT = Path(__file__).parents[1]

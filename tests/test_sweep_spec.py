@@ -2,7 +2,7 @@
 import pytest
 
 from feedalign.cli import main
-from feedalign.sweeps import load_spec, sensitivity_report, spec_from_dict
+from feedalign.sweeps import load_spec, sensitivity_report
 
 BASE = {"dataset": "mnist1d", "architecture": "40-16-10", "epochs": 1}
 

@@ -286,7 +286,7 @@ def install_debian_package() -> Path:
         return found
     apt = shutil.which("apt-get")
     if apt is None:
-        raise DatasetError(f"--install needs apt-get (a Debian or Ubuntu system); it is not on PATH")
+        raise DatasetError("--install needs apt-get (a Debian or Ubuntu system); it is not on PATH")
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
         raise DatasetError(f"--install runs apt-get, which needs root; run `{INSTALL_COMMAND}` yourself")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
