@@ -46,18 +46,24 @@ def _copy_run(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
+def copy_finished(source: Path, dest: Path) -> int:
+    """Copy every finished run under ``source`` that ``dest`` lacks to the same place under ``dest``."""
+    added = 0
+    for run in finished_runs(source):
+        target = dest / run.relative_to(source)
+        if not (target / "summary.json").is_file():
+            _copy_run(run, target)
+            added += 1
+    return added
+
+
 def save(runs_root: Path, relay: Path, commit: str) -> int:
     manifest_path = relay / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     if manifest.get("commit") not in (None, commit):
         sys.exit(f"relay: {relay} holds runs of commit {manifest['commit'][:12]}, not {commit[:12]}; "
                  "use another folder")
-    added = 0
-    for run in finished_runs(runs_root):
-        dst = relay / run.relative_to(runs_root)
-        if not (dst / "summary.json").is_file():
-            _copy_run(run, dst)
-            added += 1
+    added = copy_finished(runs_root, relay)
     counts = {}
     for run in finished_runs(relay):
         experiment = run.relative_to(relay).parts[0]
@@ -76,12 +82,7 @@ def load(relay: Path, runs_root: Path) -> int:
     if not manifest_path.is_file():
         sys.exit(f"relay: no {MANIFEST} in {relay}")
     manifest = json.loads(manifest_path.read_text())
-    added = 0
-    for run in finished_runs(relay):
-        dst = runs_root / run.relative_to(relay)
-        if not (dst / "summary.json").is_file():
-            _copy_run(run, dst)
-            added += 1
+    added = copy_finished(relay, runs_root)
     print(f"relay: {added} finished run(s) restored into {runs_root}; they count only under commit "
           f"{manifest['commit']} (run it from a worktree: git worktree add DIR {manifest['commit'][:12]})")
     return 0
