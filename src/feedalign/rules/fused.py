@@ -43,12 +43,14 @@ from torch.nn.modules import module as _module
 
 _aten = torch.ops.aten
 
-# ``out = grad * f'(a)`` written with h = f(a), for an activation module m: the fused kernels autograd
+# ``out = grad * f'(a)`` written with h = f(a), into ``out``: the fused kernels autograd
 # itself runs for these modules, so both paths give the same bits. ReLU: 1 where h > 0.
 _tanh_backward = _aten.tanh_backward.grad_input
 _sigmoid_backward = _aten.sigmoid_backward.grad_input
 _threshold_backward = _aten.threshold_backward.grad_input
 _leaky_relu_backward = _aten.leaky_relu_backward.grad_input
+
+
 def _tanh(grad, h, out):
     return _tanh_backward(grad, h, grad_input=out)
 
@@ -69,20 +71,19 @@ def _copy_into(grad, h, out):
     return out if grad is out else out.copy_(grad)
 
 
-# module-level functions (and a partial), so a whole saved model that holds its plan still pickles
-_BACKWARDS = {
-    nn.Tanh: lambda m: _tanh,
-    nn.Sigmoid: lambda m: _sigmoid,
-    nn.ReLU: lambda m: _relu,
-    nn.LeakyReLU: lambda m: functools.partial(_leaky_relu, m.negative_slope),
-    nn.Identity: lambda m: _copy_into,
-}
+# module-level functions (LeakyReLU's slope bound by a partial), so a whole saved model, which holds its
+# plan, still pickles
+_BACKWARDS = {nn.Tanh: _tanh, nn.Sigmoid: _sigmoid, nn.ReLU: _relu, nn.LeakyReLU: _leaky_relu, nn.Identity: _copy_into}
 
 
 def derivative_kernel(activation):
     """``(grad, h, out) -> out`` with ``out = grad * f'(a)`` given ``h = f(a)`` (``grad`` may be ``out``);
     ``activation`` None is the identity."""
-    return _copy_into if activation is None else _BACKWARDS[type(activation)](activation)
+    if activation is None:
+        return _copy_into
+    if type(activation) is nn.LeakyReLU:
+        return functools.partial(_leaky_relu, activation.negative_slope)
+    return _BACKWARDS[type(activation)]
 
 
 def scaled_matmul(signal: torch.Tensor, matrix: torch.Tensor, scale, out: torch.Tensor) -> torch.Tensor:
