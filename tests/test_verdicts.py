@@ -47,7 +47,10 @@ def test_gap_rows_keep_the_paper_sign():
     # Table 1, 3x800: DFA 1.70 below BP 1.75 (gap -0.05)
     gap = Compare("gap", number="nokland2016/table1/3x800/dfa", minus="nokland2016/table1/3x800/bp")
     assert judge([-0.10, -0.06, -0.08], gap).verdict == "reproduced"
-    assert judge([0.10, 0.12, 0.11], gap).verdict == "miss"   # within 0.3 of -0.05, but DFA above BP on every seed
+    opposite = judge([0.10, 0.12, 0.11], gap)
+    assert opposite.verdict == "miss"   # within 0.3 of -0.05, but DFA above BP on every seed
+    assert opposite.note.startswith("opposite sign to the paper's gap: ours +0.110, paper -0.05")
+    assert judge([-0.10, -0.06, -0.08], gap).note == ""
     assert judge([-0.5, -0.45, -0.55], gap).verdict == "better"
     assert judge([0.2, -0.25, 0.1], gap).verdict == "reproduced"  # -0.05 inside ours' mean ± 2 se
 

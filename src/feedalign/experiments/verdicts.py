@@ -135,12 +135,17 @@ def judge(values: list[float], compare: Compare, paper_text: str = "") -> Verdic
         return Verdict("-", criterion, label, delta_text,
                        note=f"not judged: {n} seed{'s' * (n != 1)}, needs {compare.min_seeds}")
     within_tolerance = abs(delta) <= tol + 1e-9
+    note = ""
     if compare.kind == "gap" and target != 0 and mean * target < 0:
+        if within_tolerance:  # say why a row this close is not reproduced
+            note = (f"opposite sign to the paper's gap: ours {mean:+.3f}, paper {target:+.2f} (within {tol:g} of it, "
+                    f"but the paper's value lies {abs(delta) / se:.1f} se from ours)" if se > 0 else
+                    f"opposite sign to the paper's gap: ours {mean:+.3f}, paper {target:+.2f}")
         within_tolerance = False  # the opposite sign is not the paper's gap, however small
     if within_tolerance or abs(delta) <= 2 * se:
         return Verdict("reproduced", criterion, label, delta_text)
     worse = delta < 0 if compare.higher_is_better else delta > 0
-    return Verdict("miss" if worse else "better", criterion, label, delta_text)
+    return Verdict("miss" if worse else "better", criterion, label, delta_text, note=note)
 
 
 def _from_stored(claim: dict) -> Verdict:
