@@ -72,6 +72,21 @@ def _copy_docs(tmp_path, names):
     return docs
 
 
+def _searched_on_test(tmp_path):
+    """docs/ with nokland-mnist's published result as it was before the validation-only search: no selection
+    in its config (so a key of its own), and a claim whose criterion has since been withdrawn."""
+    docs = _copy_docs(tmp_path, ["nokland-mnist"])
+    stored = docs / "reports" / "nokland-mnist" / "results.json"
+    results = json.loads(stored.read_text())
+    results["config"].pop("selection", None)
+    results["key"] = "0" * 16
+    results["claims"].append({"key": "7x240_all_train", "text": "7x240: BP, FA and DFA all train (worst of their "
+                              "test errors)", "paper": "all between 1.59 and 2.32%", "values": [2.22, 2.44, 2.35],
+                              "unit": "%", "reproduced": True, "criterion": "< 40% (chance 90%)"})
+    stored.write_text(json.dumps(results))
+    return docs
+
+
 def _row(page: str, experiment: str, claim: str) -> list[str]:
     line = next(l for l in page.splitlines() if l.startswith(f"| {experiment} | {claim} |"))
     return [c.strip() for c in line.strip("|").split(" | ")]
@@ -103,13 +118,14 @@ def test_a_registry_value_changes_the_verdict_on_the_page(tmp_path):
 def test_verify_recomputes_verdicts_and_marks_test_set_searches(tmp_path):
     """--verify rewrites every report with verdicts of now; results searched on test error are marked."""
     from feedalign.experiments.summary import verify_published
-    docs = _copy_docs(tmp_path, ["nokland-mnist"])
+    docs = _searched_on_test(tmp_path)
     report = docs / "reports" / "nokland-mnist" / "report.md"
     report.write_text("old")
     statuses = verify_published(docs, ["nokland-mnist"], out=tmp_path / "none", log=lambda *a: None)
     assert statuses["nokland-mnist"].startswith("stale: the experiment's settings changed")
     text = report.read_text()
-    assert "| reproduced |" in text and "| yes |" not in text and "chosen on test error" in text
+    verdicts = text.split("## Settings chosen on validation")[0]  # (its search table marks the chosen setting "yes")
+    assert "| reproduced |" in verdicts and "| yes |" not in verdicts and "chosen on test error" in text
     page = (docs / "reproduction.md").read_text()
     assert "chosen on test error" in _row(page, "nokland-mnist", "7x240 tanh, BP: test error")[7]
     # a retired criterion ('< 40 %') is listed as withdrawn, never judged in the table
@@ -190,7 +206,7 @@ def test_verify_cli_lists_results_awaiting_a_rerun_without_failing(tmp_path, cap
     """A result whose experiment has new settings cannot be replayed; --verify says so and still passes."""
     from feedalign.cli import main
     monkeypatch.chdir(tmp_path)
-    docs = _copy_docs(tmp_path, ["nokland-mnist"])
+    docs = _searched_on_test(tmp_path)
     assert main(["reproduce", "--verify", "nokland-mnist", "--docs", str(docs)]) == 0
     assert "awaiting a rerun with their new settings" in capsys.readouterr().out
     assert "| reproduced |" in (docs / "reports" / "nokland-mnist" / "report.md").read_text()
