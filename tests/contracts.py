@@ -38,6 +38,7 @@ class Contract:
     # backward recovers what it needs from a mean-reduced cross-entropy; any other loss
     # needs ``context(model, y)`` around the forward pass
     target_context: Callable | None = None
+    strict_target: bool = False  # target_context refuses class indices out of range (np/wp fall back instead)
     after_step: Callable[[nn.Module], object] | None = None  # run after each optimizer step
     feedback_from_weights: bool = False  # B is computed from the current W (changes as W trains)
     # the FA-type reference's B written independently of the rule's code, from W and the
@@ -95,13 +96,15 @@ CONTRACTS = {
     "frsf": Contract(feedback_from_weights=True, reference_feedback=_frsf_feedback, fused=True),
     "kp": Contract(trained_feedback=True, fused=True),
     "wm": Contract(after_step=lambda model: wm.mirror(model, 1), fused=True),
-    "drtp": Contract(reference="drtp", needs_hidden=True, target_context=drtp.target, fused=True),
+    "drtp": Contract(reference="drtp", needs_hidden=True, target_context=drtp.target, fused=True,
+                    strict_target=True),
     # DFA's weight gradients; its B_k (views of one Parameter) trained with e^T h_k (test_dkp.py's reference); its
     # feedback must exist when the optimizer is built, so Conv2d layers after the first are refused
     "dkp": Contract(reference="dfa", conv=False, needs_hidden=True, trained_feedback=True, fused=True),
     # two forward passes, no backward one: its float64 reference (pass 2 on the input modulated by e F, the updates
     # from the passes' difference) is its own, in test_pepita.py; the target is recovered from a mean cross-entropy
-    "pepita": Contract(reference=None, conv=False, needs_hidden=True, target_context=pepita.target, signals=False),
+    "pepita": Contract(reference=None, conv=False, needs_hidden=True, target_context=pepita.target, signals=False,
+                      strict_target=True),
     # dtp's float64 reference (weights and inverses, with its noise) is its own, in test_dtp.py
     "dtp": Contract(reference=None, conv=False, needs_hidden=True, trained_feedback=True,
                     counters=("dtp_noise_draws",)),
@@ -112,12 +115,12 @@ CONTRACTS = {
     # pc's updates are written into .grad after inference, never through the layers' outputs: no signal angle
     "pc": Contract(reference=None, conv=False, has_feedback=False, seeded=False, signals=False),
     "chl": Contract(reference=None, conv=False, has_feedback=False, seeded=False, own_model=True,
-                    target_context=energy.target),
+                    target_context=energy.target, strict_target=True),
     # forward-forward returns a network of its own (hidden layers by goodness, the last nn.Linear its softmax readout);
     # its float64 reference (each layer's own goodness-loss gradient, nothing across layers) is in test_ff.py; the
     # wrong labels of its negative data are drawn per backward from a counter in its state
     "ff": Contract(reference=None, conv=False, needs_hidden=True, has_feedback=False, seeded=False, own_model=True,
-                   counters=("negative_draws",), target_context=ff.target),
+                   counters=("negative_draws",), target_context=ff.target, strict_target=True),
     # node and weight perturbation: the estimate's mean and 1/K variance against the true gradient, and a float64
     # NumPy reference of one estimate given its noise, are in test_perturbation.py; no feedback matrices; the
     # noise comes from convert's seed through a counter buffer that every training forward pass advances

@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.sequence import has_sequence_modules
+from ._target import holding
 from .base import TRAINABLE, FeedbackRole, LearningRule, forward_flops, trainable_layers
 
 DEFAULTS = {"sigma": 1e-3, "samples": 1, "antithetic": 0}
@@ -200,15 +201,8 @@ def target(model: nn.Module, y: torch.Tensor):
     """Within this block the forward passes of an ``np``/``wp`` ``model`` take ``y`` (class indices (N,) or a
     target of the output's shape) as the target, so the backward measures the exact loss change where it
     recognises the loss (see :func:`loss_change`)."""
-    if not isinstance(y, torch.Tensor):
-        raise TypeError(f"target must be a tensor, got {type(y).__name__}")
-    state = _state(model)
-    previous = state.target
-    state.target = y
-    try:
+    with holding(_state(model), "target", y, rule="np/wp"):
         yield model
-    finally:
-        state.target = previous
 
 
 def _state(model: nn.Module) -> PerturbationState:

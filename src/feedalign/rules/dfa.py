@@ -33,7 +33,7 @@ defaults in its ``feedalign_taps`` attribute).
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 from torch import nn
@@ -139,6 +139,16 @@ class DirectRule(LearningRule):
     in the root's buffer ``feedback``, each carrying a signal from the output straight to h_k."""
 
     takes_taps = True
+    # attach(root, output, hidden, preactivations) -> the output routed through the rule's Function
+    attach: ClassVar[Callable]
+
+    def convert(self, model, *, generator, feedback_init, feedback_scale, taps=None):
+        layers = trainable_layers(model)
+        install_direct_feedback(model, layers, self.attach, generator=generator, feedback_init=feedback_init,
+                                feedback_scale=feedback_scale, taps=taps)
+        if taps is None and all(isinstance(layer, nn.Linear) for layer in layers):
+            fused.install(model, layers, self.fused_signals())
+        return model
 
     def feedback_matrices(self, model: nn.Module) -> list[torch.Tensor]:
         """One B_k per hidden layer (per tap with ``taps``), forward order, each (out_features, width_k):
@@ -168,13 +178,7 @@ class DirectFeedbackAlignment(DirectRule):
 
     name = "dfa"
 
-    def convert(self, model, *, generator, feedback_init, feedback_scale, taps=None):
-        layers = trainable_layers(model)
-        install_direct_feedback(model, layers, _attach, generator=generator, feedback_init=feedback_init,
-                                feedback_scale=feedback_scale, taps=taps)
-        if taps is None and all(isinstance(layer, nn.Linear) for layer in layers):
-            fused.install(model, layers, self.fused_signals())
-        return model
+    attach = staticmethod(_attach)
 
     # Learning-rate factors DFA's papers apply to the recipe BP trains a family with.
     RECIPE_LR: ClassVar[dict[str, tuple[float, str]]] = {

@@ -34,32 +34,12 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import fused
 from ._cut import find_cut, spread
-from .base import register, trainable_layers
-from .dfa import DirectRule, DirectSignals, _checked_feedback, install_direct_feedback, materialize_feedback
-
-
-def recover_target(output: torch.Tensor, error: torch.Tensor, rows: int | None = None) -> torch.Tensor:
-    """``t = softmax(y) - N e``, the target of a mean-reduced softmax cross-entropy; checked. ``N`` is
-    ``rows`` (the batch of one member of stacked models, each with its own mean), else every row
-    of ``y``; ``t`` then has the shape of ``error``, else (rows, out)."""
-    if rows is not None:
-        flat_y, flat_e, n = output, error, rows
-    else:
-        flat_y, flat_e = output.reshape(-1, output.shape[-1]), error.reshape(-1, error.shape[-1])
-        n = flat_y.shape[0]
-    t = torch.softmax(flat_y.to(flat_e.dtype), dim=-1) - flat_e * n
-    tolerance = 1e-3 if t.dtype in (torch.float32, torch.float64) else 2e-2
-    bounds = torch.aminmax(t) if t.numel() else None  # one kernel, not four: a check at every step
-    if bounds is not None and not (float(bounds.min) > -tolerance and float(bounds.max) < 1 + tolerance):
-        raise ValueError("drtp could not recover a target from the output error: the loss is not a mean-reduced "
-                         "softmax cross-entropy of the model output. Give it explicitly: "
-                         "`with feedalign.rules.drtp.target(model, y): loss = ...`")
-    return t
+from ._target import as_rows, holding, recover
+from .base import register
+from .dfa import DirectRule, DirectSignals, _checked_feedback, materialize_feedback
 
 
 class _DirectTargetProjection(torch.autograd.Function):
@@ -76,24 +56,10 @@ class _DirectTargetProjection(torch.autograd.Function):
     @staticmethod
     def backward(ctx, error):
         feedback, saved = ctx.saved_tensors
-        t = recover_target(saved, error) if ctx.recover else saved.to(error.dtype)
+        t = recover(saved, error) if ctx.recover else saved.to(error.dtype)
         signals = (t / t.shape[0]).mm(feedback).split(ctx.widths, dim=1)
         return (error, None, None, None,
                 *(spread(s, shape, ctx.n_lead) for s, shape in zip(signals, ctx.hidden_shapes)))
-
-
-def _one_hot(target: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
-    """``target`` (class indices, or of the output's ``shape``) as (N, out_features) rows of ``dtype``."""
-    classes = shape[-1]
-    if target.dtype in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-        if target.shape != shape[:-1]:
-            raise ValueError(f"drtp target of class indices must have shape {tuple(shape[:-1])}, "
-                             f"got {tuple(target.shape)}")
-        return F.one_hot(target.long(), classes).reshape(-1, classes).to(dtype)
-    if target.shape != shape:
-        raise ValueError(f"drtp target must be class indices or of the output's shape {tuple(shape)}, "
-                         f"got {tuple(target.shape)}")
-    return target.detach().reshape(-1, classes).to(dtype)
 
 
 def _attach(root, output, hidden, preactivations):
@@ -101,7 +67,7 @@ def _attach(root, output, hidden, preactivations):
     feedback = _checked_feedback(root, output.shape[-1])
     cut = find_cut(root)
     given = getattr(cut, "target", None)
-    target = None if given is None else _one_hot(given, output.shape, output.dtype)
+    target = None if given is None else as_rows(given, output.shape, output.dtype, rule="drtp")
     return _DirectTargetProjection.apply(output, feedback, cut.widths, target, *hidden)
 
 
@@ -118,13 +84,13 @@ class _TargetSignals(DirectSignals):
         if given is None:
             return [feedback]
         shape = torch.Size((*input.shape[:-1], plan.linears[-1].out_features))
-        return [feedback, _one_hot(given, shape, plan.linears[-1].weight.dtype)]
+        return [feedback, as_rows(given, shape, plan.linears[-1].weight.dtype, rule="drtp")]
 
     def direct_source(self, output, error, inputs):
         """``t / N`` (N the rows of one model's batch: ``error`` is (N, out), or (M, N, out) for stacked members)."""
         rows = error.shape[-2]
         if len(inputs) == 1:
-            t = recover_target(output, error, rows if error.dim() == 3 else None)
+            t = recover(output, error, rows if error.dim() == 3 else None)
         else:
             t = inputs[1].to(error.dtype).view_as(error)
         return t / rows
@@ -136,15 +102,8 @@ def target(model: nn.Module, y: torch.Tensor):
 
     ``y``: class indices (N,) or a target of the output's shape (N, out_features).
     """
-    if not isinstance(y, torch.Tensor):
-        raise TypeError(f"drtp target must be a tensor, got {type(y).__name__}")
-    cut = find_cut(model)
-    previous = getattr(cut, "target", None)
-    cut.target = y
-    try:
+    with holding(find_cut(model), "target", y, rule="drtp"):
         yield model
-    finally:
-        cut.target = previous
 
 
 @register
@@ -153,13 +112,7 @@ class DirectRandomTargetProjection(DirectRule):
 
     name = "drtp"
 
-    def convert(self, model, *, generator, feedback_init, feedback_scale, taps=None):
-        layers = trainable_layers(model)
-        install_direct_feedback(model, layers, _attach, generator=generator, feedback_init=feedback_init,
-                                feedback_scale=feedback_scale, taps=taps)
-        if taps is None and all(isinstance(layer, nn.Linear) for layer in layers):
-            fused.install(model, layers, self.fused_signals())
-        return model
+    attach = staticmethod(_attach)
 
     def fused_signals(self):
         return _TargetSignals()

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..models.sequence import has_sequence_modules
-from .drtp import recover_target
+from ._target import as_rows, holding, recover
 
 
 def hard_sigmoid(s: torch.Tensor) -> torch.Tensor:
@@ -157,12 +157,7 @@ class _Equilibrium(torch.autograd.Function):
             grads = _contrast(x, nudged, states, scale=-1.0 / (ctx.beta * n))
         else:
             if target is None:
-                try:
-                    target = recover_target(states[-1], error)
-                except ValueError:
-                    raise ValueError("chl could not recover a target from the output error: the loss is not a "
-                                     "mean-reduced softmax cross-entropy. Give it explicitly: "
-                                     "`with feedalign.rules.energy.target(model, y): loss = ...`") from None
+                target = recover(states[-1], error, rule="chl")
             clamped = relax(x, states[:-1] + [target], weights, biases, ctx.n_clamped, ctx.epsilon,
                             clamp_output=target)
             grads = _contrast(x, clamped, states, scale=-1.0 / n)
@@ -283,22 +278,9 @@ class EnergyNetwork(nn.Module):
         params = self._params()
         if not (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
             return self.settle(flat)[-1].reshape(*lead, -1)
-        target = None if self.target is None else _target_matrix(self.target, flat.shape[0], self.sizes[-1], flat)
+        target = None if self.target is None else as_rows(self.target, torch.Size((*lead, self.sizes[-1])), flat.dtype, rule="chl")
         out = _Equilibrium.apply(flat, self, target, *params)
         return out.reshape(*lead, -1)
-
-
-def _target_matrix(y: torch.Tensor, n: int, classes: int, like: torch.Tensor) -> torch.Tensor:
-    """Class indices (N,) -> one-hot (N, classes); or a (N, classes) target, detached."""
-    if not y.is_floating_point():
-        y = y.reshape(-1)
-        if y.shape[0] != n:
-            raise ValueError(f"chl target of class indices must have {n} entries, got {y.shape[0]}")
-        return torch.nn.functional.one_hot(y.long(), classes).to(like.dtype)
-    y = y.detach().reshape(-1, y.shape[-1])
-    if y.shape != (n, classes):
-        raise ValueError(f"chl target must be class indices or of shape ({n}, {classes}), got {tuple(y.shape)}")
-    return y.to(like.dtype)
 
 
 @contextlib.contextmanager
@@ -306,16 +288,10 @@ def target(model: nn.Module, y: torch.Tensor):
     """Within this block the forward passes of a ``chl`` (or ``eqprop``) ``model`` capture ``y`` as the
     target (class indices (N,) or (N, out_features)); CHL clamps its output to it. EP ignores it (its
     nudge is the output error)."""
-    if not isinstance(y, torch.Tensor):
-        raise TypeError(f"target must be a tensor, got {type(y).__name__}")
     if not isinstance(model, EnergyNetwork):
         raise ValueError(f"target needs a model converted with 'eqprop' or 'chl', got {type(model).__name__}")
-    previous = model.target
-    model.target = y
-    try:
+    with holding(model, "target", y, rule="chl"):
         yield model
-    finally:
-        model.target = previous
 
 
 def from_mlp(model: nn.Module, phase: str) -> EnergyNetwork:

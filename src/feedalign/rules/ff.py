@@ -73,8 +73,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._target import holding, recover
 from .base import FeedbackRole, LearningRule, forward_flops, register
-from .drtp import recover_target
 
 # added to the mean square before its root: a layer whose units are all off normalises to zeros, not NaN
 _NORM_EPS = 1e-12
@@ -123,12 +123,7 @@ class _ForwardForward(torch.autograd.Function):
         if given:
             labels = given[0]
         else:
-            try:
-                labels = recover_target(logits, error).argmax(-1)
-            except ValueError:
-                raise ValueError("ff could not recover the labels from the output error: the loss is not a "
-                                 "mean-reduced softmax cross-entropy. Give them explicitly: "
-                                 "`with feedalign.rules.ff.target(model, y): loss = ...`") from None
+            labels = recover(logits, error, rule="ff", what="the labels").argmax(-1)
         params = network.parameter_list()
         wanted = [p for p, need in zip(params, ctx.needs_input_grad[3:]) if need]
         with torch.enable_grad():
@@ -311,16 +306,10 @@ def target(model: nn.Module, y: torch.Tensor):
     """Within this block the training forward passes of an ``ff`` ``model`` take ``y`` (class indices (N,),
     or a (N, C) target whose argmax is the class) as the labels of the positive data; backward may run
     outside the block (they are captured at forward time)."""
-    if not isinstance(y, torch.Tensor):
-        raise TypeError(f"ff target must be a tensor, got {type(y).__name__}")
     if not isinstance(model, ForwardForwardNetwork):
         raise ValueError(f"target needs a model converted with 'ff', got {type(model).__name__}")
-    previous = model.labels
-    model.labels = y
-    try:
+    with holding(model, "labels", y, rule="ff"):
         yield model
-    finally:
-        model.labels = previous
 
 
 def from_mlp(model: nn.Module, *, seed: int = 0) -> ForwardForwardNetwork:

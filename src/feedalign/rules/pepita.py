@@ -51,8 +51,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._cut import LayerInputs
+from ._target import as_rows, holding, recover
 from .base import FeedbackRole, LearningRule, forward_flops, linear_stack, register, sample_feedback
-from .drtp import recover_target
 
 DEFAULT_SCALE = 0.05  # F ~ U[-s, s] with s = 0.05 sqrt(6 / in_features), the authors' notebook
 
@@ -82,7 +82,7 @@ class PepitaState(LayerInputs):
             self._rng = None  # hold no state past the forward pass
 
     def attach(self, root, output, inputs, params):
-        target = None if self.target is None else _rows(self.target, output.shape, output.dtype)
+        target = None if self.target is None else as_rows(self.target, output.shape, output.dtype, rule="pepita")
         return _Pepita.apply(output.detach(), self, root.feedback, target, self._rng, len(inputs), *inputs, *params)
 
 
@@ -110,12 +110,7 @@ class _Pepita(torch.autograd.Function):
         state, n = ctx.state, ctx.n_layers
         inputs = rest[:n]
         if target is None:
-            try:
-                target = recover_target(output, error)
-            except ValueError:
-                raise ValueError("pepita could not recover a target from the output error: the loss is not a "
-                                 "mean-reduced softmax cross-entropy of the model output. Give it explicitly: "
-                                 "`with feedalign.rules.pepita.target(model, y): loss = ...`") from None
+            target = recover(output, error, rule="pepita")
         biases = [layer.bias for layer in state.linears]
         with _replaying(ctx.rng):
             grad_w, grad_b = pepita_updates([layer.weight.detach() for layer in state.linears],
@@ -172,20 +167,6 @@ def pepita_updates(weights, biases, between, inputs, output, target, feedback):
     return grad_w, grad_b
 
 
-def _rows(target: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
-    """``target`` (class indices, or of the output's ``shape``) as (rows, out_features) of ``dtype``."""
-    classes = shape[-1]
-    if not target.dtype.is_floating_point:
-        if target.shape != shape[:-1]:
-            raise ValueError(f"pepita target of class indices must have shape {tuple(shape[:-1])}, "
-                             f"got {tuple(target.shape)}")
-        return F.one_hot(target.long(), classes).reshape(-1, classes).to(dtype)
-    if target.shape != shape:
-        raise ValueError(f"pepita target must be class indices or of the output's shape {tuple(shape)}, "
-                         f"got {tuple(target.shape)}")
-    return target.detach().reshape(-1, classes).to(dtype)
-
-
 def _state(model: nn.Module) -> PepitaState:
     state = getattr(model, "_feedalign_cut", None)
     if not isinstance(state, PepitaState):
@@ -197,14 +178,8 @@ def _state(model: nn.Module) -> PepitaState:
 def target(model: nn.Module, y: torch.Tensor):
     """Within this block the forward passes of a ``pepita`` ``model`` take ``y`` as the target: class indices
     (N,) or rows of the output's shape (N, out_features). The backward may run outside the block."""
-    if not isinstance(y, torch.Tensor):
-        raise TypeError(f"pepita target must be a tensor, got {type(y).__name__}")
-    state = _state(model)
-    previous, state.target = state.target, y
-    try:
+    with holding(_state(model), "target", y, rule="pepita"):
         yield model
-    finally:
-        state.target = previous
 
 
 @register
