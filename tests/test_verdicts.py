@@ -55,6 +55,16 @@ def test_gap_rows_keep_the_paper_sign():
     assert judge([0.2, -0.25, 0.1], gap).verdict == "reproduced"  # -0.05 inside ours' mean ± 2 se
 
 
+def test_a_number_far_from_the_paper_either_way_carries_its_finding():
+    value = Compare("value", number="nokland2016/table1/1x800/bp", finding="the likely reason")  # paper 1.59
+    better, miss = judge([0.9, 0.95, 1.0], value), judge([2.4, 2.5, 2.6], value)
+    assert (better.verdict, better.note) == ("better", "the likely reason")
+    assert (miss.verdict, miss.note) == ("miss", "the likely reason")
+    assert judge([1.55, 1.6, 1.65], value).note == ""  # reproduced: nothing to explain
+    gap = Compare("gap", number="nokland2016/table1/3x800/dfa", minus="nokland2016/table1/3x800/bp", finding="why")
+    assert judge([0.10, 0.12, 0.11], gap).note.endswith("; why")  # the sign note first, then the finding
+
+
 def test_checks_contradicted_and_vocabulary():
     check = Compare("check", holds=lambda v: max(v) < 1.0, criterion="below 1 %", finding="it is not")
     assert judge([0.5, 0.6, 0.4], check).verdict == "reproduced"

@@ -23,6 +23,12 @@ from .base import Claim, register
 from . import papers
 from .verdicts import Compare
 
+# Why shallow can land far from the paper's 7.2 % either way: the scale is not in the paper, and the search shows
+# how much it matters (its table lists the validation error at every scale tried).
+SHALLOW_FINDING = ("shallow trains only the output layer on fixed random features, whose quality depends on the "
+                   "hidden weights' scale w; the paper does not give w, and shallow's validation error changes by "
+                   "points across the scales searched (report: Settings chosen on validation), so the paper's "
+                   "number most likely reflects another w than the one validation chose")
 NUMBERS = {"BP": "lillicrap2016/mnist/bp", "FA": "lillicrap2016/mnist/fa", "shallow": "lillicrap2016/mnist/shallow"}
 MIN_SEEDS = 5  # rows set against numbers the paper averages over 20 runs
 FEEDBACK_SCALES = (None, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)  # None: the rule's default, U[-1/sqrt(fan), 1/sqrt(fan)]
@@ -75,8 +81,10 @@ class MnistFA(TrainingExperiment):
         n = MIN_SEEDS  # the paper averages 20 runs
         return {"bp_test": Compare("value", number=NUMBERS["BP"], min_seeds=n),
                 "fa_test": Compare("value", number=NUMBERS["FA"], min_seeds=n),
-                "shallow_test": Compare("value", number=NUMBERS["shallow"], tolerance=0.5, min_seeds=n),
-                "ordering": Compare("gap", number=NUMBERS["shallow"], minus=NUMBERS["FA"], tolerance=0.5, min_seeds=n),
+                "shallow_test": Compare("value", number=NUMBERS["shallow"], tolerance=0.5, min_seeds=n,
+                                        finding=SHALLOW_FINDING),
+                "ordering": Compare("gap", number=NUMBERS["shallow"], minus=NUMBERS["FA"], tolerance=0.5, min_seeds=n,
+                                    finding=SHALLOW_FINDING),
                 "fa_vs_bp": Compare("gap", number=NUMBERS["FA"], minus=NUMBERS["BP"], min_seeds=n)}
 
     def deviations(self, config):

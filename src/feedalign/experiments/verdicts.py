@@ -40,8 +40,10 @@ class Compare:
 
     ``kind``: ``"value"`` (ours against the registry number ``number``), ``"gap"`` (ours, a per-seed difference
     rule minus reference, against ``number`` minus ``minus``) or ``"check"`` (a qualitative claim: ``holds``
-    decides it on the per-seed values; ``criterion`` says how in words; ``finding`` says what a failure shows
-    and the likely reason). ``higher_is_better``: accuracies. ``min_seeds``: fewer seeds give ``-``.
+    decides it on the per-seed values; ``criterion`` says how in words). ``finding``: what a failed check, or a
+    value or gap row judged ``better`` or ``miss``, shows and the likely reason (the page's note: a number far
+    from the paper's, either way, is a finding to explain). ``higher_is_better``: accuracies. ``min_seeds``:
+    fewer seeds give ``-``.
     """
 
     kind: str
@@ -145,6 +147,7 @@ def judge(values: list[float], compare: Compare, paper_text: str = "") -> Verdic
     if within_tolerance or abs(delta) <= 2 * se:
         return Verdict("reproduced", criterion, label, delta_text)
     worse = delta < 0 if compare.higher_is_better else delta > 0
+    note = "; ".join(n for n in (note, compare.finding) if n)
     return Verdict("miss" if worse else "better", criterion, label, delta_text, note=note)
 
 
