@@ -220,3 +220,13 @@ def test_verify_cli_lists_results_awaiting_a_rerun_without_failing(tmp_path, cap
     assert main(["reproduce", "--verify", "nokland-mnist", "--docs", str(docs)]) == 0
     assert "awaiting a rerun with their new settings" in capsys.readouterr().out
     assert "| reproduced |" in (docs / "reports" / "nokland-mnist" / "report.md").read_text()
+
+
+def test_every_full_size_default_has_the_seeds_its_rows_need():
+    """`feedalign reproduce NAME` at full size, without --seeds, judges every row: no row left '-' for want of
+    seeds that the default could have given it."""
+    for name in experiments():
+        config = experiment_config(name, quick=False)
+        needs = {key: c.min_seeds for key, c in get_experiment(name).comparisons(config).items()}
+        short = {key: n for key, n in needs.items() if n > config["seeds"]}
+        assert not short, f"{name}: default {config['seeds']} seeds, but rows {short} need more"
