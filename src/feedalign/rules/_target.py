@@ -46,9 +46,10 @@ def as_rows(target: torch.Tensor, shape: torch.Size, dtype: torch.dtype, *, rule
         if target.shape != shape[:-1]:
             raise ValueError(f"{rule} target of class indices must have shape {tuple(shape[:-1])}, "
                              f"got {tuple(target.shape)}")
-        if target.numel() and (int(target.min()) < 0 or int(target.max()) >= classes):
+        low, high = (int(b) for b in torch.aminmax(target)) if target.numel() else (0, 0)  # one kernel a step
+        if low < 0 or high >= classes:
             raise ValueError(f"{rule} target must hold class indices in [0, {classes}), got values from "
-                             f"{int(target.min())} to {int(target.max())}")
+                             f"{low} to {high}")
         return F.one_hot(target.long(), classes).reshape(-1, classes).to(dtype)
     if target.shape != shape:
         raise ValueError(f"{rule} target must be class indices or of the output's shape {tuple(shape)}, "
