@@ -14,8 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import feedalign
+from feedalign.convert import convertible_rules
 from feedalign.diagnostics.angles import angle
 from feedalign.rules import drtp, wm
+from feedalign.rules import rules as registered_rules
 from feedalign.rules import trainable_layers
 
 from contracts import conv_net, mlp_net
@@ -185,6 +187,22 @@ def test_direct_conv_feedback_lazy_and_state_dict(rule):
 def test_ifa_refuses_conv():
     with pytest.raises(ValueError, match="ifa supports nn.Linear"):
         feedalign.convert(conv_net(), "ifa")
+
+
+def test_convertible_rules_are_those_that_do_not_refuse_the_model():
+    built = []
+
+    def make():
+        built.append(conv_net())
+        return built[-1]
+
+    names = convertible_rules(make)
+    assert len(built) == len(registered_rules())  # a fresh model for every rule
+    assert "ifa" not in names and {"bp", "fa", "dfa"} <= set(names)
+    assert names == [r for r in registered_rules() if r in names]  # registry order
+    for rule in set(registered_rules()) - set(names):
+        with pytest.raises(ValueError):
+            feedalign.convert(conv_net(), rule)
 
 
 def test_conv_builders():

@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .rules._cut import resolve_taps
-from .rules.base import RULE_ATTRIBUTE, LearningRule, get_rule, reference_rule, trainable_layers
 from .models import VisionTransformer
 from .models.sequence import has_sequence_modules, swap_sequence_modules
+from .rules._cut import resolve_taps
+from .rules.base import RULE_ATTRIBUTE, LearningRule, get_rule, reference_rule, trainable_layers
+from .rules.base import rules as registered_rules
 
 
 class BackpropFallbackWarning(UserWarning):
@@ -326,6 +327,20 @@ def feedback_seed(seed: int) -> int:
     as the first layer's default init, giving B == W (FA silently turned into BP).
     """
     return int(np.random.SeedSequence([seed, 0xFEEDBAC]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def convertible_rules(make_model: Callable[[], nn.Module]) -> list[str]:
+    """The registered rules, in registry order, that convert the model ``make_model()`` builds (a fresh one
+    each): a rule refuses a model it cannot train with a ValueError, so experiments that run "every rule"
+    on one model ask this rather than keep a list."""
+    out = []
+    for name in registered_rules():
+        try:
+            convert(make_model(), name)
+        except ValueError:  # the rule's own refusal of this model
+            continue
+        out.append(name)
+    return out
 
 
 def rule_of(model: nn.Module) -> str:

@@ -14,9 +14,8 @@ averaged over the hidden layers (BP is 0 by definition). BioTorch's numbers come
 """
 from __future__ import annotations
 
-from ..convert import convert
+from ..convert import convertible_rules
 from ..models import lenet5
-from ..rules import rules as registered_rules
 from . import papers
 from ._training import TrainingExperiment
 from .base import Claim, register
@@ -36,14 +35,7 @@ def biotorch(rule: str, dataset: str = "fashion-mnist") -> str | None:
 
 def convolutional_rules() -> list[str]:
     """The registered rules that convert LeNet-5's Conv2d layers (IFA, say, is for linear stacks only)."""
-    out = []
-    for rule in registered_rules():
-        try:
-            convert(lenet5(), rule)
-        except ValueError:  # the rule's own refusal of this model
-            continue
-        out.append(rule)
-    return out
+    return convertible_rules(lenet5)
 
 
 @register

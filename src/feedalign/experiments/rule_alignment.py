@@ -15,10 +15,9 @@ relaxation rules, by their own ``step_flops``) runs one seed, and is marked so.
 """
 from __future__ import annotations
 
-from ..convert import convert
+from ..convert import convertible_rules
 from ..models import mlp, parse_sizes
 from ..rules import get_rule, reference_rule
-from ..rules import rules as registered_rules
 from ._training import TrainingExperiment
 from .base import Claim, register
 from .plotting import pyplot
@@ -37,14 +36,7 @@ def step_cost(rule: str, batch: int = 64) -> float:
 
 def mlp_rules() -> list[str]:
     """The registered rules that convert a plain tanh MLP."""
-    out = []
-    for rule in registered_rules():
-        try:
-            convert(mlp(ARCHITECTURE, activation="tanh"), rule)
-        except ValueError:  # the rule's own refusal of this model
-            continue
-        out.append(rule)
-    return out
+    return convertible_rules(lambda: mlp(ARCHITECTURE, activation="tanh"))
 
 
 @register
