@@ -24,7 +24,7 @@ from ..files import read_jsonl
 from ..sweeps.local import run_local, training_job
 from ..training import Config
 from .base import DataUnavailable, Experiment
-from .plotting import mean_std_band, pyplot
+from .plotting import mean_std_band, pyplot, save_figure
 
 
 class RunsFailed(RuntimeError):
@@ -234,11 +234,7 @@ class TrainingExperiment(Experiment):
             ax.legend()
             ax.grid(alpha=0.3)
         fig.suptitle(title)
-        fig.tight_layout()
-        name = name or f"{self.name}-{key.replace('_', '-')}.png"
-        fig.savefig(Path(out) / name, dpi=110)
-        plt.close(fig)
-        return name
+        return save_figure(fig, out, name or f"{self.name}-{key.replace('_', '-')}.png")
 
     @staticmethod
     def final(runs, label, key="test_error"):

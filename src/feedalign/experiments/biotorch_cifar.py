@@ -32,7 +32,7 @@ from ..data import DatasetError, load
 from ..data.store import data_root
 from ._training import TrainingExperiment
 from .base import Claim, DataUnavailable, register
-from .plotting import pyplot
+from .plotting import pyplot, save_figure
 
 # Benchmarks.md, CIFAR 10 table, column "ResNet-20" (SGD): top-1 test error %.
 PAPER = {"bp": 8.63, "fa": 32.16, "dfa": 45.94, "usf": 10.05, "brsf": 11.02, "frsf": 11.2}
@@ -117,11 +117,7 @@ class BiotorchCifar(TrainingExperiment):
         ax.set(xticks=np.arange(len(rules)), xticklabels=rules, ylabel="test error (%)",
                title="ResNet-20 on CIFAR-10")
         ax.legend()
-        fig.tight_layout()
-        name = "biotorch-cifar-test-error.png"
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        return name
+        return save_figure(fig, out, "biotorch-cifar-test-error.png")
 
 
 def _require_cifar(name: str, validation_size: int) -> None:

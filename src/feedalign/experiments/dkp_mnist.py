@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .plotting import mean_std_band, pyplot
+from .plotting import mean_std_band, pyplot, save_figure
 from ._training import TrainingExperiment
 from .base import Claim, register
 from . import papers
@@ -134,8 +134,4 @@ class DirectKolenPollackMnist(TrainingExperiment):
                 ax.grid(alpha=0.3)
                 ax.legend()
         fig.suptitle("DKP vs DFA on MNIST (mean ± std over seeds)")
-        fig.tight_layout()
-        name = "dkp-mnist.png"
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        return name
+        return save_figure(fig, out, "dkp-mnist.png")

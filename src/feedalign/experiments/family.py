@@ -19,7 +19,7 @@ from ..models import lenet5
 from . import papers
 from ._training import TrainingExperiment
 from .base import Claim, register
-from .plotting import mean_std_band, pyplot
+from .plotting import mean_std_band, pyplot, save_figure
 from .verdicts import Compare
 
 BIOTORCH_RULES = ("bp", "fa", "dfa", "usf", "brsf", "frsf")
@@ -120,11 +120,7 @@ class Family(TrainingExperiment):
         ax.set(xlabel="training step", ylabel="angle to the true gradient (deg, hidden layers)",
                title=f"LeNet-5 / {self.dataset_label}: alignment over training", ylim=(0, 100))
         ax.legend(ncol=3, fontsize=8)
-        fig.tight_layout()
-        name = f"{self.name}-alignment.png"
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        return name
+        return save_figure(fig, out, f"{self.name}-alignment.png")
 
 
 @register

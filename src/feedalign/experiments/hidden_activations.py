@@ -10,7 +10,7 @@ from feedalign.diagnostics.plots import hidden_activations
 from feedalign.training.checkpoint import load_run
 
 from .base import Claim, SeededExperiment, read_results, register
-from .plotting import pyplot
+from .plotting import pyplot, save_figure
 
 
 def hidden_outputs(model, x) -> list[torch.Tensor]:
@@ -83,8 +83,4 @@ class HiddenActivations(SeededExperiment):
                 ax.set(title=f"{label}: hidden layer {k + 1}", xlabel=f"test examples, {config['per_class']} per class 0-9",
                        ylabel="units (sorted by mean)")
         fig.suptitle("Hidden activations, BP (upper) vs DFA (lower)")
-        fig.tight_layout()
-        name = "hidden-activations.png"
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        return claims, [name]
+        return claims, [save_figure(fig, out, "hidden-activations.png")]

@@ -20,7 +20,7 @@ from feedalign.diagnostics.angles import angle
 
 from ..convert import convert
 from ..rules import exact_gradients
-from .plotting import mean_std_band, pyplot
+from .plotting import mean_std_band, pyplot, save_figure
 
 
 def min_max_band(ax, x, curves, label):
@@ -205,8 +205,4 @@ class Linear(SeededExperiment):
         min_max_band(ax, steps, [r["theorem"]["error"] for r in runs], "FA, W0 = W = 0, whitened x")
         ax.set(yscale="log", xlabel="full-batch steps", ylabel="normalised training error", title="Theorem: error → 0")
         ax.legend()
-        fig.tight_layout()
-        name = "linear-error-angles.png"
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        return name
+        return save_figure(fig, out, "linear-error-angles.png")

@@ -32,7 +32,7 @@ from feedalign.rules import _perturbation
 
 from .base import Claim, SeededExperiment, register
 from .linear import linear_net, min_max_band, normalised_error
-from .plotting import pyplot
+from .plotting import pyplot, save_figure
 from .verdicts import Compare
 
 LEARNERS = ("bp", "fa", "np", "wp")
@@ -225,8 +225,4 @@ class LinearNodePerturbation(SeededExperiment):
         ax.set(yscale="log", xlabel="examples seen", ylabel="normalised squared error (test; geometric mean, min-max)",
                title="30-20-10 linear: y = T x")
         ax.legend()
-        fig.tight_layout()
-        name = "linear-np-error.png"
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        return name
+        return save_figure(fig, out, "linear-np-error.png")

@@ -16,7 +16,7 @@ import json
 
 import numpy as np
 
-from .plotting import pyplot
+from .plotting import pyplot, save_figure
 from ._training import TrainingExperiment
 from .base import Claim, register
 from . import papers
@@ -140,8 +140,4 @@ class NoklandMnist(TrainingExperiment):
         ax.set(xticks=np.arange(len(nets)), xticklabels=nets, ylabel="test error (%)",
                title=f"MNIST test error, {config['epochs']} epochs (black: paper's Table 1, unverified)")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        name = "nokland-mnist-test-error.png"
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        return name
+        return save_figure(fig, out, "nokland-mnist-test-error.png")

@@ -15,11 +15,10 @@ precision 1); the learning rate of each is chosen on a validation split; 3 seeds
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 from . import papers
 from ._training import TrainingExperiment
-from .plotting import mean_std_band, pyplot
+from .plotting import mean_std_band, pyplot, save_figure
 from .base import Claim, register
 from .verdicts import Compare
 
@@ -118,11 +117,7 @@ class PredictiveCodingMNIST(TrainingExperiment):
         ax.set_ylim(bottom=0)
         ax.legend()
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        name = f"{self.name}-update-angle.png"
-        fig.savefig(Path(out) / name, dpi=110)
-        plt.close(fig)
-        return name
+        return save_figure(fig, out, f"{self.name}-update-angle.png")
 
     @staticmethod
     def _quick(config):

@@ -20,7 +20,7 @@ from ..models import mlp, parse_sizes
 from ..rules import get_rule, reference_rule
 from ._training import TrainingExperiment
 from .base import Claim, register
-from .plotting import pyplot
+from .plotting import pyplot, save_figure
 
 ARCHITECTURE = "784-200-200-10"
 LR_GRID = (0.1, 0.03, 0.01)
@@ -105,8 +105,4 @@ class RuleAlignment(TrainingExperiment):
                title=f"MNIST {config['architecture']} {config['activation']}: alignment of every rule "
                      f"(mean over seeds)", ylim=(0, 120))
         ax.legend(ncol=1, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        fig.tight_layout()
-        name = "rule-alignment.png"
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        return name
+        return save_figure(fig, out, "rule-alignment.png")

@@ -15,7 +15,7 @@ from feedalign.data.synthetic import toy1d
 
 from ..convert import convert, feedback_matrices
 from .base import Claim, SeededExperiment, register
-from .plotting import pyplot
+from .plotting import pyplot, save_figure
 
 
 def inputs(n: int, seed: int) -> torch.Tensor:
@@ -145,8 +145,4 @@ class Toy1D(SeededExperiment):
             ax.legend(loc="lower right", fontsize=8)
         axes[0].set_ylabel("W (output weight)")
         fig.suptitle("y = W W0 x learning y = x; dashed: solutions W0 W = 1")
-        fig.tight_layout()
-        name = "toy1d-trajectories.png"
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        return name
+        return save_figure(fig, out, "toy1d-trajectories.png")
