@@ -75,6 +75,14 @@ def test_checks_contradicted_and_vocabulary():
         assert rows and {r["verdict"] for r in rows} <= set(VERDICTS)
 
 
+def test_eqprop_range_check_fails_on_either_side():
+    config = experiment_config("eqprop", quick=False)
+    check = get_experiment("eqprop").comparisons(config)["ep_1"]
+    assert judge([2.3, 2.4, 2.5], check).verdict == "reproduced"
+    for values in ([1.5, 1.6, 1.7], [2.5, 3.1, 2.6]):  # below the paper's 2-3 % is a finding too
+        assert judge(values, check).verdict == "contradicted"
+
+
 def _copy_docs(tmp_path, names):
     docs = tmp_path / "docs"
     for name in names:

@@ -66,8 +66,10 @@ class EquilibriumPropagationMNIST(TrainingExperiment):
     def comparisons(self, config):
         if self._quick(config):
             return {}
-        return {key: Compare("check", holds=lambda v: max(v) < 3.0, criterion="test error below 3 % on every seed "
-                             "(the paper: about 2-3 %)", finding="EP's test error is above the paper's range")
+        # two-sided: an error below the paper's range is a finding to explain, not a pass
+        return {key: Compare("check", holds=lambda v: min(v) >= 2.0 and max(v) < 3.0,
+                             criterion="test error within 2-3 % on every seed (the paper: about 2-3 %)",
+                             finding="EP's test error is outside the paper's range")
                 for key in ("ep_1", "ep_2", "ep_3")}
 
     def summarize(self, config, runs, out):
@@ -77,8 +79,9 @@ class EquilibriumPropagationMNIST(TrainingExperiment):
             ep = label.startswith("EP")
             claims.append(Claim(f"{'ep' if ep else 'chl'}_{label.split(', ')[1].split()[0]}", f"{label}: test error",
                                 PAPER_ERROR if ep else "(not in the paper)", errors, unit="%",
-                                reproduced=max(errors) < (50 if self._quick(config) else 3.0) if ep else None,
-                                criterion="< 50% (chance 90%) at quick size" if self._quick(config) else "< 3%"))
+                                reproduced=(max(errors) < 50 if self._quick(config) else 2.0 <= min(errors) and max(errors) < 3.0)
+                                if ep else None,
+                                criterion="< 50% (chance 90%) at quick size" if self._quick(config) else "2-3%"))
         figures = [self.curves(config, runs, out, key="test_error_curve",
                                title="Energy networks on MNIST: test error by epoch")]
         return claims, figures
