@@ -75,12 +75,24 @@ def test_checks_contradicted_and_vocabulary():
         assert rows and {r["verdict"] for r in rows} <= set(VERDICTS)
 
 
-def test_eqprop_range_check_fails_on_either_side():
+def test_eqprop_is_judged_against_the_papers_range_on_either_side():
     config = experiment_config("eqprop", quick=False)
-    check = get_experiment("eqprop").comparisons(config)["ep_1"]
-    assert judge([2.3, 2.4, 2.5], check).verdict == "reproduced"
-    for values in ([1.5, 1.6, 1.7], [2.5, 3.1, 2.6]):  # below the paper's 2-3 % is a finding too
-        assert judge(values, check).verdict == "contradicted"
+    compare = get_experiment("eqprop").comparisons(config)["ep_1"]
+    assert papers.label(compare.number) == "2-3% (unverified)"  # read from the registry, marked
+    inside = judge([2.3, 2.4, 2.5], compare)
+    assert (inside.verdict, inside.delta) == ("reproduced", "+0.00") and "2-3" in inside.criterion
+    below, above = judge([1.5, 1.6, 1.7], compare), judge([3.4, 3.5, 3.6], compare)
+    assert (below.verdict, below.delta) == ("better", "-0.40")  # below the paper's range is a finding too
+    assert (above.verdict, above.delta) == ("miss", "+0.50")
+    assert below.note == above.note == compare.finding
+    assert judge([1.2, 2.4, 1.8], compare).verdict == "reproduced"  # the range meets mean ± 2 se
+
+
+def test_a_range_in_the_registry_is_checked(tmp_path):
+    text = papers.DEFAULT.read_text().replace("high = 3.0", "high = 1.5", 1)
+    (tmp_path / "numbers.toml").write_text(text)
+    with pytest.raises(papers.RegistryError, match="scellier2017/mnist/ep.*a range needs high > value"):
+        papers.load(tmp_path / "numbers.toml")
 
 
 def _copy_docs(tmp_path, names):

@@ -47,6 +47,12 @@ class Number:
     source: str
     citation: str
     printed: str = ""  # the paper's words, where the number stands for a phrase ("zero training error")
+    high: float | None = None  # upper end where the paper gives a range ("about 2-3 %"): value..high
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """(low, high): the number itself twice, or the paper's range."""
+        return (self.value, self.value if self.high is None else self.high)
 
     @property
     def mark(self) -> str:
@@ -55,7 +61,7 @@ class Number:
 
     def label(self) -> str:
         unit = self.unit if self.unit == "%" else (f" {self.unit}" if self.unit else "")
-        number = f"{self.value:g}{unit}"
+        number = f"{self.value:g}{'' if self.high is None else f'-{self.high:g}'}{unit}"
         return f"'{self.printed}' ({number}){self.mark}" if self.printed else f"{number}{self.mark}"
 
 
@@ -80,8 +86,12 @@ def load(path: str | Path | None = None) -> dict[str, Number]:
             raise RegistryError(f"{path}: number {key!r} has status {entry['status']!r}; known: {', '.join(STATUSES)}")
         if entry["paper"] not in papers:
             raise RegistryError(f"{path}: number {key!r} names paper {entry['paper']!r}, not in [papers]")
+        high = entry.get("high")
+        if high is not None and not float(high) > float(entry["value"]):
+            raise RegistryError(f"{path}: number {key!r} has high = {high}; a range needs high > value ({entry['value']})")
         numbers[key] = Number(id=key, **{f: entry[f] for f in _FIELDS if f != "value"}, value=float(entry["value"]),
-                              citation=papers[entry["paper"]]["citation"], printed=entry.get("printed", ""))
+                              citation=papers[entry["paper"]]["citation"], printed=entry.get("printed", ""),
+                              high=None if high is None else float(high))
     _cache[path] = (mtime, numbers)
     return numbers
 

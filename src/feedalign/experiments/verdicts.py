@@ -3,7 +3,8 @@
 A verdict is one of :data:`VERDICTS`:
 
 - ``reproduced``: |ours - paper| within the row's tolerance, or the paper's value inside ours' mean ± 2
-  standard errors; a gap row (rule minus reference) also needs the paper's sign when it is decided by the
+  standard errors (where the paper gives a range, the distance is to its nearest end, and reproduced also when
+  the range meets mean ± 2 se); a gap row (rule minus reference) also needs the paper's sign when it is decided by the
   tolerance;
 - ``better``: ours below the paper (errors; above it for accuracies) by more than that: the gap is stated;
 - ``miss``: ours worse than the paper by more than that;
@@ -118,20 +119,24 @@ def judge(values: list[float], compare: Compare, paper_text: str = "") -> Verdic
         return Verdict("contradicted", criterion, label, note=compare.finding)
     number = papers.get(compare.number)
     if compare.kind == "value":
-        target, label = number.value, number.label()
+        (low, high), label = number.interval, number.label()
+        target = low if low == high else (low + high) / 2
         what = "ours"
     else:
         reference = papers.get(compare.minus)
         target = number.value - reference.value
+        low = high = target
         marks = {m for m in (number.mark, reference.mark) if m}
         label = f"{number.value:g} - {reference.value:g} = {target:+.2f}{''.join(sorted(marks))}"
         what = "our gap"
     tol = compare.tolerance
     sign_rule = " with the paper's sign" if compare.kind == "gap" else ""
-    criterion = (f"reproduced: |{what} - ({target:g})| <= {tol:g}{sign_rule}, or {target:g} within mean ± 2 se; "
+    paper = f"{target:g}" if low == high else f"the range {low:g}-{high:g}"
+    distance = f"|{what} - ({target:g})|" if low == high else f"the distance of {what} from {low:g}-{high:g}"
+    criterion = (f"reproduced: {distance} <= {tol:g}{sign_rule}, or {paper} within mean ± 2 se; "
                  f"beyond that better or miss ({'higher' if compare.higher_is_better else 'lower'} is better; "
                  f"needs {compare.min_seeds} seeds)")
-    delta = mean - target
+    delta = mean - high if mean > high else mean - low if mean < low else 0.0  # to the nearest end of a range
     delta_text = f"{delta:+.2f}" if math.isfinite(delta) else ""
     if n < compare.min_seeds:
         return Verdict("-", criterion, label, delta_text,
@@ -144,7 +149,7 @@ def judge(values: list[float], compare: Compare, paper_text: str = "") -> Verdic
                     f"but the paper's value lies {abs(delta) / se:.1f} se from ours)" if se > 0 else
                     f"opposite sign to the paper's gap: ours {mean:+.3f}, paper {target:+.2f}")
         within_tolerance = False  # the opposite sign is not the paper's gap, however small
-    if within_tolerance or abs(delta) <= 2 * se:
+    if within_tolerance or (mean - 2 * se <= high and low <= mean + 2 * se):
         return Verdict("reproduced", criterion, label, delta_text)
     worse = delta < 0 if compare.higher_is_better else delta > 0
     note = "; ".join(n for n in (note, compare.finding) if n)
