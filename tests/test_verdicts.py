@@ -73,6 +73,9 @@ def test_checks_contradicted_and_vocabulary():
     for name in ("nokland-mnist", "mnist-fa", "deep100", "sensitivity", "toy1d"):
         rows, _ = judged(name, json.loads((DOCS / "reports" / name / "results.json").read_text()))
         assert rows and {r["verdict"] for r in rows} <= set(VERDICTS)
+    rows, _ = judged("eqprop", json.loads((DOCS / "reports" / "eqprop" / "results.json").read_text()))
+    chl = next(r for r in rows if r["key"] == "chl_1")
+    assert (chl["verdict"], chl["criterion"]) == ("-", "")  # descriptive: no criterion printed beside it
 
 
 def test_eqprop_is_judged_against_the_papers_range_on_either_side():
@@ -80,7 +83,8 @@ def test_eqprop_is_judged_against_the_papers_range_on_either_side():
     compare = get_experiment("eqprop").comparisons(config)["ep_1"]
     assert papers.label(compare.number) == "2-3% (unverified)"  # read from the registry, marked
     inside = judge([2.3, 2.4, 2.5], compare)
-    assert (inside.verdict, inside.delta) == ("reproduced", "+0.00") and "2-3" in inside.criterion
+    assert (inside.verdict, inside.delta) == ("reproduced", "+0.00")
+    assert inside.criterion.startswith("reproduced: ours within 2-3, or that range meeting mean ± 2 se")
     below, above = judge([1.5, 1.6, 1.7], compare), judge([3.4, 3.5, 3.6], compare)
     assert (below.verdict, below.delta) == ("better", "-0.40")  # below the paper's range is a finding too
     assert (above.verdict, above.delta) == ("miss", "+0.50")

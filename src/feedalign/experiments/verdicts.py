@@ -131,9 +131,12 @@ def judge(values: list[float], compare: Compare, paper_text: str = "") -> Verdic
         what = "our gap"
     tol = compare.tolerance
     sign_rule = " with the paper's sign" if compare.kind == "gap" else ""
-    paper = f"{target:g}" if low == high else f"the range {low:g}-{high:g}"
-    distance = f"|{what} - ({target:g})|" if low == high else f"the distance of {what} from {low:g}-{high:g}"
-    criterion = (f"reproduced: {distance} <= {tol:g}{sign_rule}, or {paper} within mean ± 2 se; "
+    if low == high:
+        rule = f"|{what} - ({target:g})| <= {tol:g}{sign_rule}, or {target:g} within mean ± 2 se"
+    else:
+        rule = (f"{what} within {low:g}-{high:g}{f' ± {tol:g}' if tol else ''}, "
+                f"or that range meeting mean ± 2 se")
+    criterion = (f"reproduced: {rule}; "
                  f"beyond that better or miss ({'higher' if compare.higher_is_better else 'lower'} is better; "
                  f"needs {compare.min_seeds} seeds)")
     delta = mean - high if mean > high else mean - low if mean < low else 0.0  # to the nearest end of a range
@@ -159,7 +162,8 @@ def judge(values: list[float], compare: Compare, paper_text: str = "") -> Verdic
 def _from_stored(claim: dict) -> Verdict:
     """A claim the experiment gives no :class:`Compare` for: its stored qualitative outcome, in the vocabulary."""
     word = {True: "reproduced", False: "contradicted", None: "-"}[claim.get("reproduced")]
-    return Verdict(word, claim.get("criterion") or "", claim.get("paper", ""))
+    criterion = "" if claim.get("reproduced") is None else claim.get("criterion") or ""  # a descriptive row: none
+    return Verdict(word, criterion, claim.get("paper", ""))
 
 
 def retired_reason(experiment, key: str) -> str | None:
