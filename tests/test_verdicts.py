@@ -51,6 +51,11 @@ def test_gap_rows_keep_the_paper_sign():
     assert opposite.verdict == "miss"   # within 0.3 of -0.05, but DFA above BP on every seed
     assert opposite.note.startswith("opposite sign to the paper's gap: ours +0.110, paper -0.05")
     assert judge([-0.10, -0.06, -0.08], gap).note == ""
+    assert "one run of each rule" not in opposite.note  # ours' std 0.01 is below the paper's 0.05
+    noisy = judge([0.02, 0.14, 0.08], gap)  # std 0.06 > 0.05: the paper's sign rests on noise, and it says so
+    assert noisy.verdict == "miss" and noisy.note.endswith(
+        "the paper's gap (0.05 points) is smaller than the seed-to-seed std of ours (0.060): one run of each rule "
+        "could show either sign")
     assert judge([-0.5, -0.45, -0.55], gap).verdict == "better"
     assert judge([0.2, -0.25, 0.1], gap).verdict == "reproduced"  # -0.05 inside ours' mean ± 2 se
 

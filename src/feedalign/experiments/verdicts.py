@@ -108,7 +108,7 @@ def ours(values: list[float], unit: str = "") -> str:
 def judge(values: list[float], compare: Compare, paper_text: str = "") -> Verdict:
     """The verdict on ``values`` (one per seed) under ``compare``, read against the registry as it is now."""
     n = len(values)
-    mean, _, se = stats(values)
+    mean, std, se = stats(values)
     if compare.kind == "check":
         criterion = compare.criterion + (f" (needs {compare.min_seeds} seeds)" if compare.min_seeds > 1 else "")
         label = papers.label(compare.number) if compare.number else paper_text
@@ -151,6 +151,9 @@ def judge(values: list[float], compare: Compare, paper_text: str = "") -> Verdic
             note = (f"opposite sign to the paper's gap: ours {mean:+.3f}, paper {target:+.2f} (within {tol:g} of it, "
                     f"but the paper's value lies {abs(delta) / se:.1f} se from ours)" if se > 0 else
                     f"opposite sign to the paper's gap: ours {mean:+.3f}, paper {target:+.2f}")
+        if std > abs(target):  # computed, so it shows only where it holds
+            note += (f"; the paper's gap ({abs(target):.2f} points) is smaller than the seed-to-seed std of ours "
+                     f"({std:.3f}): one run of each rule could show either sign")
         within_tolerance = False  # the opposite sign is not the paper's gap, however small
     if within_tolerance or (mean - 2 * se <= high and low <= mean + 2 * se):
         return Verdict("reproduced", criterion, label, delta_text)
