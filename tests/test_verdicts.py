@@ -226,6 +226,50 @@ def test_settings_search_reads_validation_only(tmp_path, monkeypatch):
     assert all(c.test_size == 1 for _, _, _, c in experiment.search_configs(config, tmp_path))
 
 
+def test_a_grid_is_extended_past_a_winning_edge():
+    from feedalign.experiments._training import _round_nice, extension
+    grid = [{"lr": 1e-4, "b": 1.0}, {"lr": 3e-4, "b": 1.0}, {"lr": 1e-3, "b": 1.0}]
+    assert extension(grid, {0: [5.0], 1: [4.0], 2: [3.0]}) == {"lr": 3e-3, "b": 1.0}   # won at the top
+    assert extension(grid, {0: [2.0], 1: [4.0], 2: [3.0]}) == {"lr": 3e-5, "b": 1.0}   # at the bottom
+    assert extension(grid, {0: [5.0], 1: [2.0], 2: [3.0]}) is None                     # inside: nothing to add
+    assert extension(grid + [{"lr": 3e-3, "b": 1.0}], {0: [5.0], 1: [4.0], 2: [3.0], 3: [2.5]}) == {"lr": 1e-2, "b": 1.0}
+    assert extension(grid, {0: [5.0], 1: [4.0], 2: [float("nan")]}) is None           # a diverged edge never wins
+    two_fields = [{"lr": 1e-4, "schedule": "cosine"}, {"lr": 3e-4, "schedule": "constant"}, {"lr": 1e-3, "schedule": "cosine"}]
+    assert extension(two_fields, {0: [5.0], 1: [4.0], 2: [3.0]}) is None                # not one number: left as is
+    assert [_round_nice(x) for x in (3.33e-3, 9e-3, 0.15, 4.1)] == [3e-3, 1e-2, 0.2, 5.0]
+
+
+@pytest.mark.slow
+def test_search_extends_its_grid_and_says_so(tmp_path):
+    """A real search whose best rate is the grid's top adds the next rate, trains it, and records both rounds."""
+    from feedalign.experiments import TrainingExperiment
+
+    class Tiny(TrainingExperiment):
+        name = "tiny-extend"
+
+        def config(self, quick):
+            return {}
+
+        def learners(self, config):
+            return {"BP": {"architecture": "40-16-10", "rule": "bp", "optimizer": "sgd", "lr": 0.05, "epochs": 1,
+                           "batch_size": 50}}
+
+        def summarize(self, config, runs, out):
+            return [], []
+
+    config = {"data": {"name": "mnist1d", "n_train": 1000, "n_val": 500, "n_test": None}, "seeds": 1,
+              "search": {"learners": {"BP": [{"lr": 1e-3}, {"lr": 3e-3}, {"lr": 1e-2}]}, "seeds": 1, "n_val": 500,
+                         "pick": "final", "extend": 1}}
+    lines = []
+    record = Tiny().run_search(config, tmp_path, workers=1, log=lines.append)
+    candidates = [c["fields"] for c in record["learners"]["BP"]["candidates"]]
+    means = [c["mean"] for c in record["learners"]["BP"]["candidates"]]
+    assert candidates == [{"lr": 1e-3}, {"lr": 3e-3}, {"lr": 1e-2}, {"lr": 3e-2}], means  # 20 steps: more is better
+    assert any("adding {\"lr\": 0.03}" in line for line in lines) and "extended past it, up to 1" in record["what"]
+    assert (tmp_path / "search" / "00-bp-c3-seed0" / "summary.json").is_file()
+    assert record["chosen"]["BP"] == {"lr": 3e-2} and record["learners"]["BP"]["at_edge"]  # the cap of 1 reached
+
+
 def test_searched_experiments_choose_on_validation():
     """Every experiment that searches settings says so in its config and searches on a validation split."""
     for name in ("nokland-mnist", "mnist-fa", "deep100", "family"):

@@ -117,14 +117,16 @@ class TrainingExperiment(Experiment):
                 out.append((label, seed, Config.from_dict(values, source=f"{self.name} learner {label!r}")))
         return out
 
-    def search_configs(self, config: dict, folder: Path) -> list[tuple[str, int, int, Config]]:
+    def search_configs(self, config: dict, folder: Path, grid: dict | None = None) -> list[tuple[str, int, int, Config]]:
         """The runs of the settings search ``config["search"]``: ``(label, candidate index, seed, Config)``.
 
         ``config["search"]``: ``learners`` (label -> list of candidate field dicts), ``seeds`` (default 1),
         ``epochs`` (default: the learner's), ``n_train`` and ``n_val`` (the split the search trains and validates
         on; ``n_val`` must be positive), ``pick`` (``final``: validation error after the last epoch, for
-        experiments that report the final network; ``best``: the lowest over epochs). A search run evaluates a
-        single test example (the engine evaluates every split each epoch); nothing of it is read.
+        experiments that report the final network; ``best``: the lowest over epochs), ``extend`` (default 0: up to
+        this many candidates added per learner past a winning edge, see :func:`extension`). A search run evaluates
+        a single test example (the engine evaluates every split each epoch); nothing of it is read. ``grid``: the
+        candidates as extended so far (default: ``search["learners"]``).
         """
         search = config["search"]
         if not search.get("n_val"):
@@ -132,7 +134,7 @@ class TrainingExperiment(Experiment):
         learners = self.learners(config)
         out = []
         for seed in range(search.get("seeds", 1)):
-            for i, (label, candidates) in enumerate(search["learners"].items()):
+            for i, (label, candidates) in enumerate((grid or search["learners"]).items()):
                 for j, candidate in enumerate(candidates):
                     values = {**self.data_fields(config), "alignment_every": 0, "device": config.get("device", "cpu"),
                               **learners[label], **candidate, "seed": seed, "threads": 1, "out_dir": str(folder),
@@ -153,7 +155,22 @@ class TrainingExperiment(Experiment):
         folder = Path(folder) / "search"
         if search.get("n_val") != config["data"].get("n_val"):
             _check_data(config["data"]["name"], search["n_val"])
-        planned = self.search_configs(config, folder)
+        grid = {label: list(candidates) for label, candidates in search["learners"].items()}
+        for extended in range(search.get("extend", 0) + 1):
+            errors = self._search_round(config, search, folder, grid, workers=workers, log=log)
+            # a setting that wins at the grid's edge may be beaten past it: try the next one out, as often as allowed
+            added = {label: extension(grid[label], errors[label]) for label in grid}
+            added = {label: candidate for label, candidate in added.items() if candidate is not None}
+            if not added or extended == search.get("extend", 0):
+                break
+            for label, candidate in added.items():
+                grid[label].append(candidate)
+                log(f"  settings search: {label} won at the edge of its grid; adding {json.dumps(candidate)}")
+        return choose({**search, "learners": grid}, errors)
+
+    def _search_round(self, config, search, folder, grid, *, workers, log) -> dict[str, dict[int, list[float]]]:
+        """Train the search runs of ``grid`` not yet finished; label -> candidate index -> validation errors."""
+        planned = self.search_configs(config, folder, grid)
         jobs = [training_job(c, folder / c.name, label=label, seed=seed, candidate=j) for label, j, seed, c in planned]
         todo = [j for j in jobs if not (Path(j["run_dir"]) / "summary.json").is_file()]
         failed = []
@@ -172,7 +189,7 @@ class TrainingExperiment(Experiment):
             curve = validation_curve(Path(job["run_dir"]))
             error = curve[-1] if search.get("pick", "final") == "final" else min(curve)
             errors.setdefault(job["label"], {}).setdefault(job["candidate"], []).append(error)
-        return choose(search, errors)
+        return errors
 
     def execute(self, config: dict, folder: Path, *, key: str, workers: int, log) -> list[dict]:
         runs_dir = Path(folder) / f"runs-{key}"
@@ -264,13 +281,78 @@ def validation_curve(run_dir: Path) -> list[float]:
     return curve
 
 
+def _axis(candidates: list[dict]) -> tuple[str, list[float]] | None:
+    """The one field the candidates vary, with its values, when it is a positive number; else None."""
+    keys = {tuple(sorted(c)) for c in candidates}
+    if len(candidates) < 2 or len(keys) != 1:
+        return None
+    varying = [k for k in next(iter(keys)) if len({json.dumps(c[k]) for c in candidates}) > 1]
+    if len(varying) != 1:
+        return None
+    values = [c[varying[0]] for c in candidates]
+    if not all(isinstance(v, float) and v > 0 for v in values):
+        return None
+    return varying[0], values
+
+
+def _mean_errors(errors: dict[int, list[float]], n: int) -> list[float]:
+    means = [sum(errors[j]) / len(errors[j]) for j in range(n)]
+    return [m if math.isfinite(m) else float("inf") for m in means]
+
+
+def _at_edge(candidates: list[dict], best: int) -> bool:
+    """Whether the chosen candidate lies at an end of the grid (by value when one number varies)."""
+    if len(candidates) <= 2:
+        return False
+    axis = _axis(candidates)
+    if axis is None:
+        return best in (0, len(candidates) - 1)
+    values = axis[1]
+    return values[best] in (min(values), max(values))
+
+
+def _round_nice(x: float) -> float:
+    """``x`` rounded, in log scale, to the nearest of 1, 2, 3, 5 times a power of ten (3.3e-3 -> 3e-3)."""
+    power = math.floor(math.log10(x))
+    mantissas = (1.0, 2.0, 3.0, 5.0, 10.0)
+    best = min(mantissas, key=lambda m: abs(math.log(x / (m * 10.0 ** power))))
+    return float(f"{best * 10.0 ** power:.3g}")
+
+
+def extension(candidates: list[dict], errors: dict[int, list[float]]) -> dict | None:
+    """The next candidate past the grid's edge when the best (lowest mean validation error) lies there, else None.
+
+    Only for a grid that varies one positive number (a learning rate, a scale): the new value is the edge's
+    value times the ratio of the edge to its neighbour, rounded to 1, 2, 3 or 5 times a power of ten (lr 3e-4,
+    1e-3 won: 3e-3). None when the winner is inside, or the grid varies anything else.
+    """
+    axis = _axis(candidates)
+    if axis is None or len(candidates) <= 2:
+        return None
+    key, values = axis
+    means = _mean_errors(errors, len(candidates))
+    best = min(range(len(candidates)), key=lambda j: means[j])
+    ordered = sorted(values)
+    if values[best] == ordered[-1]:
+        edge, neighbour = ordered[-1], ordered[-2]
+    elif values[best] == ordered[0]:
+        edge, neighbour = ordered[0], ordered[1]
+    else:
+        return None
+    new = _round_nice(edge * edge / neighbour)
+    if new in values:  # rounding fell back onto the grid
+        return None
+    return {**candidates[best], key: new}
+
+
 def choose(search: dict, errors: dict[str, dict[int, list[float]]]) -> dict:
     """Each searched learner's candidate with the lowest mean validation error (the first on a tie)."""
     record = {"what": (f"Grid searched per learner, {search.get('seeds', 1)} seed(s), "
                        f"{search.get('epochs') or 'the reported runs’'} epochs, "
                        f"{search.get('n_train') or 'all the remaining'} training and {search['n_val']} validation "
                        f"images; chosen on the {'final' if search.get('pick', 'final') == 'final' else 'lowest'} "
-                       "validation error"),
+                       "validation error" + (f"; a grid whose winner lay at its edge was extended past it, up to "
+                                             f"{search['extend']} candidate(s)" if search.get("extend") else "")),
               "pick": search.get("pick", "final"), "learners": {}, "chosen": {}}
     for label, candidates in search["learners"].items():
         rows = []
@@ -280,7 +362,7 @@ def choose(search: dict, errors: dict[str, dict[int, list[float]]]) -> dict:
             rows.append({"fields": fields, "val_errors": values, "mean": mean if math.isfinite(mean) else float("inf")})
         best = min(range(len(rows)), key=lambda j: rows[j]["mean"])
         record["learners"][label] = {"candidates": rows, "chosen": rows[best]["fields"],
-                                     "at_edge": len(rows) > 2 and best in (0, len(rows) - 1)}
+                                     "at_edge": _at_edge(candidates, best)}
         record["chosen"][label] = rows[best]["fields"]
     return record
 

@@ -24,6 +24,7 @@ from .verdicts import Compare
 
 BIOTORCH_RULES = ("bp", "fa", "dfa", "usf", "brsf", "frsf")
 LR_GRID = (0.1, 0.01, 0.001)
+EXTEND = 2  # a rate that wins at the grid's edge gets up to two more past it (BioTorch does not state its rate)
 TOLERANCE = 0.5  # points (the target for errors of 9-13 %)
 
 
@@ -58,7 +59,7 @@ class Family(TrainingExperiment):
                       "n_train": 2000, "pick": "best"}
         else:
             search = {"learners": {rule: [{"lr": lr} for lr in LR_GRID] for rule in rules}, "seeds": 1,
-                      "epochs": 20, "n_val": 10000, "pick": "best"}
+                      "epochs": 20, "n_val": 10000, "pick": "best", "extend": EXTEND}
         return {"data": {"name": self.dataset, "n_train": 5000 if quick else None, "n_val": 1000 if quick else 10000,
                          "n_test": None},
                 "recipe": "biotorch", "selection": "validation", "search": search, "rules": rules,
