@@ -15,11 +15,10 @@ precision 1); the learning rate of each is chosen on a validation split; 3 seeds
 """
 from __future__ import annotations
 
-
 from . import papers
 from ._training import TrainingExperiment
-from .plotting import mean_std_band, pyplot, save_figure
 from .base import Claim, register
+from .plotting import mean_std_band, pyplot, save_figure
 from .verdicts import Compare
 
 NUMBER = "whittington2017/mnist/pc"
