@@ -21,7 +21,7 @@ from pathlib import Path
 from ..data import DatasetError, load
 from ..errors import first_line
 from ..files import read_jsonl
-from ..sweeps.local import run_local, training_job
+from ..sweeps.local import finished, run_local, training_job
 from ..training import Config
 from .base import DataUnavailable, Experiment
 from .plotting import mean_std_band, pyplot, save_figure
@@ -172,7 +172,7 @@ class TrainingExperiment(Experiment):
         """Train the search runs of ``grid`` not yet finished; label -> candidate index -> validation errors."""
         planned = self.search_configs(config, folder, grid)
         jobs = [training_job(c, folder / c.name, label=label, seed=seed, candidate=j) for label, j, seed, c in planned]
-        todo = [j for j in jobs if not (Path(j["run_dir"]) / "summary.json").is_file()]
+        todo = [j for j in jobs if not finished(j)]
         failed = []
 
         def on_done(job, summary, status, seconds, attempts, error):
@@ -205,7 +205,7 @@ class TrainingExperiment(Experiment):
         for label, seed, run_config in planned:
             run_dir = runs_dir / run_config.name
             jobs.append(training_job(run_config, run_dir, label=label, seed=seed))
-        todo = [j for j in jobs if not (Path(j["run_dir"]) / "summary.json").is_file()]
+        todo = [j for j in jobs if not finished(j)]
         started = sum((Path(j["run_dir"]) / "config.toml").is_file() for j in todo)
         if len(todo) < len(jobs) or started:
             log(f"  {len(jobs) - len(todo)} of {len(jobs)} runs already finished in {runs_dir}; "
@@ -226,6 +226,7 @@ class TrainingExperiment(Experiment):
             run_local(todo, workers=workers, threads=1, retries=1, sweep_dir=runs_dir, on_done=on_done, log=log)
         if failed:
             raise RunsFailed(f"{self.name}: {len(failed)} run(s) failed: {'; '.join(failed)}")
+        self.last_carried = _carried(runs_dir)
         results = [dict() for _ in range(config["seeds"])]
         for job in jobs:
             results[job["seed"]][job["label"]] = run_history(Path(job["run_dir"]))
@@ -268,6 +269,17 @@ class TrainingExperiment(Experiment):
                 f"{d.get('n_val') or 10000} validation, {d.get('n_test') or 10000} test "
                 "(validation examples are held out of MNIST's 60000 training images, chosen by the seed). "
                 "Test error is read at the epoch of best validation accuracy.")
+
+
+def _carried(runs_dir: Path) -> dict | None:
+    """The runs under ``runs_dir`` that scripts/carry_runs.py copied in and the experiment kept (a carried run
+    of other settings was trained again, losing its CARRIED file): their names and sources."""
+    marks = sorted(runs_dir.glob("**/CARRIED"))
+    if not marks:
+        return None
+    sources = [Path(m.read_text().strip()) for m in marks]
+    return {"runs": [str(m.parent.relative_to(runs_dir)) for m in marks],
+            "from": sorted({str(s.parent.parent if s.parent.name == "search" else s.parent) for s in sources})}
 
 
 def validation_curve(run_dir: Path) -> list[float]:

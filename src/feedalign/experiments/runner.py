@@ -73,6 +73,7 @@ def run_experiment(name: str, *, quick: bool = False, out: str | Path = "runs/re
         "seconds": seconds, "run_seconds": experiment.run_seconds(runs), "full_runtime": experiment.full_runtime,
         "deviations": experiment.deviations(config), "figures": figures,
         "claims": [c.to_dict() for c in claims], "runs": runs, "search": getattr(experiment, "last_search", None),
+        "carried": getattr(experiment, "last_carried", None) or None,
         "machine": f"{platform.machine()}, {platform.python_version()}",
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
@@ -183,6 +184,11 @@ def render_report(results: dict) -> str:
         lines += ["", "Rows withdrawn (their criterion could not fail at the numbers involved):", ""]
         lines += [f"- {r['claim']}: {r['reason']}" for r in retired]
     lines += search_section(results.get("search"))
+    if results.get("carried"):
+        carried = results["carried"]
+        lines += ["", f"{len(carried['runs'])} finished runs were carried from an earlier run folder "
+                  f"({', '.join(carried['from'])}) by scripts/carry_runs.py: their settings are these runs' own, "
+                  f"made by code that computed the same (listed in results.json, `carried`)."]
     if results.get("deviations"):
         lines += ["", "## Where this run departs from the paper", ""] + [f"- {d}" for d in results["deviations"]]
     if results.get("figures"):

@@ -30,6 +30,7 @@ from collections import deque
 from pathlib import Path
 
 from ..files import atomic_write
+from ..training import Config
 from .spec import config_hash
 
 
@@ -38,6 +39,19 @@ def training_job(config, run_dir: Path, **extra) -> dict:
     ``run_dir``; ``key`` is the run's name, ``hash`` lets a worker recognise a run it may resume."""
     return {"key": config.name or Path(run_dir).name, "hash": config_hash(config), "config": config.to_dict(),
             "run_dir": str(run_dir), **extra}
+
+
+def finished(job: dict) -> bool:
+    """Whether a run job's directory holds its finished run: a summary.json under a config.toml of the job's
+    settings. A finished run of other settings (one carried in from another run folder, say) is not the job's:
+    the worker starts that job over."""
+    run_dir = Path(job["run_dir"])
+    if not (run_dir / "summary.json").is_file():
+        return False
+    try:
+        return config_hash(Config.from_file(run_dir / "config.toml")) == job["hash"]
+    except (OSError, ValueError):  # no config.toml, or one too broken to read
+        return False
 
 
 def population_job(members: list[dict]) -> dict:

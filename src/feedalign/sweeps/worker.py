@@ -35,6 +35,7 @@ from ..training.build import load_data
 from ..training.config import Config
 from ..training.engine import resume, train
 from ..training.population import train_population
+from .local import finished
 from .spec import config_hash
 
 
@@ -63,11 +64,11 @@ def run_job(job: dict) -> dict:
     pin_threads(int(job.get("threads") or 1))
     run_dir = Path(job["run_dir"])
     config = _config(job, int(job.get("threads") or 1))
-    if (run_dir / "summary.json").is_file():
+    if finished(job):
         return json.loads((run_dir / "summary.json").read_text())
     if run_dir.exists():
         ok = False
-        if (run_dir / "config.toml").is_file():
+        if (run_dir / "config.toml").is_file() and not (run_dir / "summary.json").is_file():
             try:
                 ok = config_hash(Config.from_file(run_dir / "config.toml")) == job["hash"]
             except ValueError:  # a config error, or a file too broken to decode
