@@ -227,7 +227,7 @@ def test_settings_search_reads_validation_only(tmp_path, monkeypatch):
 
 
 def test_a_grid_is_extended_past_a_winning_edge():
-    from feedalign.experiments._training import _round_nice, extension
+    from feedalign.experiments._training import _at_edge, _round_nice, extension
     grid = [{"lr": 1e-4, "b": 1.0}, {"lr": 3e-4, "b": 1.0}, {"lr": 1e-3, "b": 1.0}]
     assert extension(grid, {0: [5.0], 1: [4.0], 2: [3.0]}) == {"lr": 3e-3, "b": 1.0}   # won at the top
     assert extension(grid, {0: [2.0], 1: [4.0], 2: [3.0]}) == {"lr": 3e-5, "b": 1.0}   # at the bottom
@@ -236,6 +236,10 @@ def test_a_grid_is_extended_past_a_winning_edge():
     assert extension(grid, {0: [5.0], 1: [4.0], 2: [float("nan")]}) is None           # a diverged edge never wins
     two_fields = [{"lr": 1e-4, "schedule": "cosine"}, {"lr": 3e-4, "schedule": "constant"}, {"lr": 1e-3, "schedule": "cosine"}]
     assert extension(two_fields, {0: [5.0], 1: [4.0], 2: [3.0]}) is None                # not one number: left as is
+    paper = {"lr": 1e-4, "schedule": "constant"}  # a candidate of its own kind beside the rates (nokland 7x240 FA)
+    assert extension(grid + [paper], {0: [5.0], 1: [4.0], 2: [3.0], 3: [3.5]}) == {"lr": 3e-3, "b": 1.0}
+    assert extension(grid + [paper], {0: [5.0], 1: [4.0], 2: [3.0], 3: [2.0]}) is None
+    assert not _at_edge(grid + [paper], 3) and _at_edge(grid + [paper], 2) and not _at_edge(grid, 1)
     assert [_round_nice(x) for x in (3.33e-3, 9e-3, 0.15, 4.1)] == [3e-3, 1e-2, 0.2, 5.0]
 
 

@@ -293,15 +293,15 @@ def validation_curve(run_dir: Path) -> list[float]:
     return curve
 
 
-def _axis(candidates: list[dict]) -> tuple[str, list[float]] | None:
-    """The one field the candidates vary, with its values, when it is a positive number; else None."""
-    keys = {tuple(sorted(c)) for c in candidates}
-    if len(candidates) < 2 or len(keys) != 1:
+def _axis(candidates: list[dict], best: int) -> tuple[str, list[float]] | None:
+    """The one field that the candidates with the fields of ``candidates[best]`` vary, with its values among
+    them, when it is a positive number (another kind of candidate, e.g. a paper's whole schedule beside a grid of
+    rates, stands apart); else None."""
+    same = [c for c in candidates if c.keys() == candidates[best].keys()]
+    varying = [k for k in candidates[best] if len({json.dumps(c[k]) for c in same}) > 1]
+    if len(same) < 2 or len(varying) != 1:
         return None
-    varying = [k for k in next(iter(keys)) if len({json.dumps(c[k]) for c in candidates}) > 1]
-    if len(varying) != 1:
-        return None
-    values = [c[varying[0]] for c in candidates]
+    values = [c[varying[0]] for c in same]
     if not all(isinstance(v, float) and v > 0 for v in values):
         return None
     return varying[0], values
@@ -313,14 +313,15 @@ def _mean_errors(errors: dict[int, list[float]], n: int) -> list[float]:
 
 
 def _at_edge(candidates: list[dict], best: int) -> bool:
-    """Whether the chosen candidate lies at an end of the grid (by value when one number varies)."""
-    if len(candidates) <= 2:
+    """Whether the chosen candidate lies at an end of its grid: by value when one number varies, by position
+    when the candidates vary more (never for a candidate of its own kind)."""
+    axis = _axis(candidates, best)
+    if axis is not None:
+        key, values = axis
+        return len(values) > 2 and candidates[best][key] in (min(values), max(values))
+    if any(c.keys() != candidates[best].keys() for c in candidates):
         return False
-    axis = _axis(candidates)
-    if axis is None:
-        return best in (0, len(candidates) - 1)
-    values = axis[1]
-    return values[best] in (min(values), max(values))
+    return len(candidates) > 2 and best in (0, len(candidates) - 1)
 
 
 def _round_nice(x: float) -> float:
@@ -334,20 +335,20 @@ def _round_nice(x: float) -> float:
 def extension(candidates: list[dict], errors: dict[int, list[float]]) -> dict | None:
     """The next candidate past the grid's edge when the best (lowest mean validation error) lies there, else None.
 
-    Only for a grid that varies one positive number (a learning rate, a scale): the new value is the edge's
-    value times the ratio of the edge to its neighbour, rounded to 1, 2, 3 or 5 times a power of ten (lr 3e-4,
-    1e-3 won: 3e-3). None when the winner is inside, or the grid varies anything else.
+    Only along one positive number (a learning rate, a scale) of at least three values: the new value is the
+    edge's value times the ratio of the edge to its neighbour, rounded to 1, 2, 3 or 5 times a power of ten (lr
+    3e-4, 1e-3 won: 3e-3). None when the winner is inside, or is a candidate of its own kind.
     """
-    axis = _axis(candidates)
-    if axis is None or len(candidates) <= 2:
-        return None
-    key, values = axis
     means = _mean_errors(errors, len(candidates))
     best = min(range(len(candidates)), key=lambda j: means[j])
+    axis = _axis(candidates, best)
+    if axis is None or len(axis[1]) <= 2:
+        return None
+    key, values = axis
     ordered = sorted(values)
-    if values[best] == ordered[-1]:
+    if candidates[best][key] == ordered[-1]:
         edge, neighbour = ordered[-1], ordered[-2]
-    elif values[best] == ordered[0]:
+    elif candidates[best][key] == ordered[0]:
         edge, neighbour = ordered[0], ordered[1]
     else:
         return None
