@@ -182,25 +182,32 @@ class _Unreadable:
     __bool__ = __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _fail
 
 
-@pytest.mark.slow
-def test_settings_search_reads_validation_only(tmp_path, monkeypatch):
-    """Searches choose by validation error; with every test number made unreadable they still run and choose
-    the same, and the choice follows validation where test disagrees."""
-    from feedalign.experiments import TrainingExperiment, _training
+def _one_learner(name: str, label: str, fields: dict):
+    """A training experiment of one learner (its search config is the test's), unregistered."""
+    from feedalign.experiments import TrainingExperiment
 
     class Tiny(TrainingExperiment):
-        name = "tiny-search"
-
         def config(self, quick):
             return {}
 
         def learners(self, config):
-            return {"FA": {"architecture": "40-32-10", "rule": "fa", "optimizer": "sgd", "lr": 0.05, "epochs": 2,
-                           "batch_size": 64}}
+            return {label: dict(fields)}
 
         def summarize(self, config, runs, out):
             return [], []
 
+    Tiny.name = name
+    return Tiny
+
+
+@pytest.mark.slow
+def test_settings_search_reads_validation_only(tmp_path, monkeypatch):
+    """Searches choose by validation error; with every test number made unreadable they still run and choose
+    the same, and the choice follows validation where test disagrees."""
+    from feedalign.experiments import _training
+
+    Tiny = _one_learner("tiny-search", "FA", {"architecture": "40-32-10", "rule": "fa", "optimizer": "sgd", "lr": 0.05,
+                                              "epochs": 2, "batch_size": 64})
     config = {"data": {"name": "mnist1d", "n_train": 1500, "n_val": 500, "n_test": None}, "seeds": 1,
               "search": {"learners": {"FA": [{"lr": 1e-4}, {"lr": 0.2}]}, "seeds": 1, "n_val": 500, "pick": "final"}}
     experiment = Tiny()
@@ -246,21 +253,8 @@ def test_a_grid_is_extended_past_a_winning_edge():
 @pytest.mark.slow
 def test_search_extends_its_grid_and_says_so(tmp_path):
     """A real search whose best rate is the grid's top adds the next rate, trains it, and records both rounds."""
-    from feedalign.experiments import TrainingExperiment
-
-    class Tiny(TrainingExperiment):
-        name = "tiny-extend"
-
-        def config(self, quick):
-            return {}
-
-        def learners(self, config):
-            return {"BP": {"architecture": "40-16-10", "rule": "bp", "optimizer": "sgd", "lr": 0.05, "epochs": 1,
-                           "batch_size": 50}}
-
-        def summarize(self, config, runs, out):
-            return [], []
-
+    Tiny = _one_learner("tiny-extend", "BP", {"architecture": "40-16-10", "rule": "bp", "optimizer": "sgd", "lr": 0.05,
+                                              "epochs": 1, "batch_size": 50})
     config = {"data": {"name": "mnist1d", "n_train": 1000, "n_val": 500, "n_test": None}, "seeds": 1,
               "search": {"learners": {"BP": [{"lr": 1e-3}, {"lr": 3e-3}, {"lr": 1e-2}]}, "seeds": 1, "n_val": 500,
                          "pick": "final", "extend": 1}}
