@@ -278,8 +278,9 @@ def _carried(runs_dir: Path) -> dict | None:
     if not marks:
         return None
     sources = [Path(m.read_text().strip()) for m in marks]
+    # the source's run folder by name (runs-KEY names the code and settings that trained it), not a machine's path
     return {"runs": [str(m.parent.relative_to(runs_dir)) for m in marks],
-            "from": sorted({str(s.parent.parent if s.parent.name == "search" else s.parent) for s in sources})}
+            "from": sorted({(s.parent.parent if s.parent.name == "search" else s.parent).name for s in sources})}
 
 
 def validation_curve(run_dir: Path) -> list[float]:
